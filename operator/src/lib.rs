@@ -1,0 +1,4 @@
+//! The Dynamo operator: reconciles `DynamoCluster` objects into StatefulSets and scales
+//! them without losing data. See `docs/kubernetes.md`.
+pub mod crd;
+pub mod crdgen;
