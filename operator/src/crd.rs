@@ -40,11 +40,35 @@ pub const VERSION: &str = "v1alpha1";
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Desired number of nodes"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Nodes whose readiness probe passes"),
-    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.mapEpoch", description = "Epoch of the committed partition map"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired number of nodes"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Nodes whose readiness probe passes"
+    ),
+    printcolumn(
+        name = "Epoch",
+        type_ = "integer",
+        json_path = ".status.mapEpoch",
+        description = "Epoch of the committed partition map"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.replication.n <= self.replicas").message("spec.replicas must be at least spec.replication.n: a cluster cannot run with fewer nodes than copies of each key").reason(Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
@@ -141,7 +165,11 @@ pub struct Storage {
 
 impl Default for Storage {
     fn default() -> Self {
-        Self { size: default_storage_size(), storage_class_name: None, on_scale_in: PvcPolicy::Delete }
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            on_scale_in: PvcPolicy::Delete,
+        }
     }
 }
 
@@ -241,7 +269,9 @@ pub enum Direction {
 
 /// Step of a scaling operation. Scale-out: Provisioning → Committing → Moving →
 /// Finalizing. Scale-in: Committing → Moving → Finalizing → Shrinking → CleaningUp.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
 pub enum Step {
     /// Growing the StatefulSet and waiting for the new pods to be ready.
     Provisioning,

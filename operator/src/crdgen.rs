@@ -28,7 +28,10 @@ pub fn crd_yaml() -> String {
 pub fn chart_crd_template() -> String {
     let yaml = serde_yaml::to_string(&DynamoCluster::crd()).expect("a CRD serializes to YAML");
     let name = format!("metadata:\n  name: {}\n", DynamoCluster::crd_name());
-    assert!(yaml.contains(&name), "generated CRD has metadata.name first");
+    assert!(
+        yaml.contains(&name),
+        "generated CRD has metadata.name first"
+    );
     let templated = yaml.replacen(
         &name,
         &format!(

@@ -2,3 +2,5 @@
 //! them without losing data. See `docs/kubernetes.md`.
 pub mod crd;
 pub mod crdgen;
+pub mod desired;
+pub mod testing;

@@ -7,7 +7,8 @@ use kube::core::cel::Validator;
 use serde_json::{json, Value};
 
 fn schema() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/dynamoclusters.dynamokv.io.yaml");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/dynamoclusters.dynamokv.io.yaml");
     let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
@@ -25,7 +26,13 @@ fn check(spec: Value, old: Option<Value>) -> Result<(), String> {
     let old = old.map(cluster);
     Validator::new()
         .validate(&schema(), &cluster(spec), old.as_ref())
-        .map_err(|errs| errs.as_slice().iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; "))
+        .map_err(|errs| {
+            errs.as_slice()
+                .iter()
+                .map(|e| e.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
 }
 
 fn rejected(spec: Value, old: Option<Value>, needle: &str) {
@@ -36,21 +43,45 @@ fn rejected(spec: Value, old: Option<Value>, needle: &str) {
 #[test]
 fn valid_specs_pass() {
     check(json!({}), None).unwrap();
-    check(json!({"replicas": 5, "partitions": 1024, "replication": {"n": 3, "r": 2, "w": 2}}), None).unwrap();
-    check(json!({"replicas": 1, "partitions": 16, "replication": {"n": 1, "r": 1, "w": 1}}), None).unwrap();
+    check(
+        json!({"replicas": 5, "partitions": 1024, "replication": {"n": 3, "r": 2, "w": 2}}),
+        None,
+    )
+    .unwrap();
+    check(
+        json!({"replicas": 1, "partitions": 16, "replication": {"n": 1, "r": 1, "w": 1}}),
+        None,
+    )
+    .unwrap();
     check(json!({"replicas": 3, "partitions": 4096}), None).unwrap();
 }
 
 #[test]
 fn r_and_w_above_n_are_rejected() {
-    rejected(json!({"replication": {"n": 3, "r": 4, "w": 2}, "replicas": 5}), None, "replication.r must be at most");
-    rejected(json!({"replication": {"n": 3, "r": 2, "w": 4}, "replicas": 5}), None, "replication.w must be at most");
+    rejected(
+        json!({"replication": {"n": 3, "r": 4, "w": 2}, "replicas": 5}),
+        None,
+        "replication.r must be at most",
+    );
+    rejected(
+        json!({"replication": {"n": 3, "r": 2, "w": 4}, "replicas": 5}),
+        None,
+        "replication.w must be at most",
+    );
 }
 
 #[test]
 fn replicas_below_n_is_rejected() {
-    rejected(json!({"replicas": 2}), None, "spec.replicas must be at least spec.replication.n");
-    rejected(json!({"replicas": 4, "replication": {"n": 5, "r": 3, "w": 3}}), None, "at least spec.replication.n");
+    rejected(
+        json!({"replicas": 2}),
+        None,
+        "spec.replicas must be at least spec.replication.n",
+    );
+    rejected(
+        json!({"replicas": 4, "replication": {"n": 5, "r": 3, "w": 3}}),
+        None,
+        "at least spec.replication.n",
+    );
 }
 
 #[test]
@@ -65,7 +96,11 @@ fn partitions_must_be_power_of_two_in_range() {
 
 #[test]
 fn partitions_and_n_are_immutable() {
-    rejected(json!({"partitions": 512}), Some(json!({"partitions": 256})), "immutable");
+    rejected(
+        json!({"partitions": 512}),
+        Some(json!({"partitions": 256})),
+        "immutable",
+    );
     rejected(
         json!({"replicas": 5, "replication": {"n": 5, "r": 3, "w": 3}}),
         Some(json!({"replicas": 5, "replication": {"n": 3, "r": 2, "w": 2}})),
@@ -77,11 +112,19 @@ fn partitions_and_n_are_immutable() {
 fn allowed_transitions_pass() {
     // Scaling, and changing r and w within n, are allowed updates.
     check(json!({"replicas": 5}), Some(json!({"replicas": 3}))).unwrap();
-    check(json!({"replicas": 3, "replication": {"n": 3, "r": 3, "w": 1}}), Some(json!({"replicas": 3}))).unwrap();
+    check(
+        json!({"replicas": 3, "replication": {"n": 3, "r": 3, "w": 1}}),
+        Some(json!({"replicas": 3})),
+    )
+    .unwrap();
     check(json!({"partitions": 256}), Some(json!({}))).unwrap();
 }
 
 #[test]
 fn scale_below_n_is_rejected_as_an_update() {
-    rejected(json!({"replicas": 2}), Some(json!({"replicas": 3})), "at least spec.replication.n");
+    rejected(
+        json!({"replicas": 2}),
+        Some(json!({"replicas": 3})),
+        "at least spec.replication.n",
+    );
 }

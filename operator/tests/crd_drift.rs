@@ -32,8 +32,14 @@ fn crd_has_scale_subresource_printer_columns_and_short_name() {
     assert_eq!(crd["spec"]["group"], "dynamokv.io");
     assert_eq!(v["name"], "v1alpha1");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "dyn");
-    assert_eq!(v["subresources"]["scale"]["specReplicasPath"], ".spec.replicas");
-    assert_eq!(v["subresources"]["scale"]["statusReplicasPath"], ".status.replicas");
+    assert_eq!(
+        v["subresources"]["scale"]["specReplicasPath"],
+        ".spec.replicas"
+    );
+    assert_eq!(
+        v["subresources"]["scale"]["statusReplicasPath"],
+        ".status.replicas"
+    );
     let cols: Vec<&str> = v["additionalPrinterColumns"]
         .as_sequence()
         .unwrap()

@@ -1,0 +1,207 @@
+//! Desired objects: pure functions from a validated `DynamoCluster` to the Kubernetes
+//! objects the operator owns. No I/O here; `reconcile` applies what these return with
+//! server-side apply, so every field set here is owned by the operator's field manager.
+//!
+//! Owned objects, all named after the cluster `<name>`:
+//! - StatefulSet `<name>` (pods `<name>-<ordinal>`, claims `data-<name>-<ordinal>`),
+//! - headless Service `<name>-peers` (peer discovery, publishes not-ready addresses),
+//! - client Service `<name>`,
+//! - PodDisruptionBudget `<name>` (maxUnavailable 1),
+//! - ConfigMap `<name>-config` (the node's `node.yaml`).
+
+pub mod configmap;
+pub mod pdb;
+pub mod services;
+pub mod statefulset;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::DynamoCluster;
+
+/// gRPC port of a node (clients and peers).
+pub const GRPC_PORT: i32 = 7100;
+/// HTTP port of a node (`/healthz`, `/readyz`, `/metrics`).
+pub const HTTP_PORT: i32 = 7180;
+/// Where the node keeps its data (the PVC mount).
+pub const DATA_DIR: &str = "/var/lib/dynamo";
+/// Where the node's configuration file is mounted.
+pub const CONFIG_DIR: &str = "/etc/dynamo";
+/// Name of the StatefulSet's volume claim template.
+pub const DATA_VOLUME: &str = "data";
+/// Value of `app.kubernetes.io/managed-by` on every owned object.
+pub const MANAGER: &str = "dynamo-operator";
+
+/// Names of the objects owned by one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub cluster: String,
+    pub namespace: String,
+}
+
+impl Names {
+    pub fn of(dc: &DynamoCluster) -> Self {
+        Self {
+            cluster: dc.name_any(),
+            namespace: dc.namespace().unwrap_or_else(|| "default".into()),
+        }
+    }
+    pub fn statefulset(&self) -> String {
+        self.cluster.clone()
+    }
+    pub fn peer_service(&self) -> String {
+        format!("{}-peers", self.cluster)
+    }
+    pub fn client_service(&self) -> String {
+        self.cluster.clone()
+    }
+    pub fn pdb(&self) -> String {
+        self.cluster.clone()
+    }
+    pub fn configmap(&self) -> String {
+        format!("{}-config", self.cluster)
+    }
+    /// Pod name, which is also the node id, of an ordinal.
+    pub fn pod(&self, ordinal: u32) -> String {
+        format!("{}-{ordinal}", self.cluster)
+    }
+    /// Name of an ordinal's data claim (`<template>-<statefulset>-<ordinal>`).
+    pub fn pvc(&self, ordinal: u32) -> String {
+        format!("{DATA_VOLUME}-{}-{ordinal}", self.cluster)
+    }
+    /// Ordinal of a pod or node id of this cluster, if it is one.
+    pub fn ordinal_of(&self, pod_name: &str) -> Option<u32> {
+        let rest = pod_name.strip_prefix(&self.cluster)?.strip_prefix('-')?;
+        rest.parse().ok().filter(|_| !rest.starts_with('+'))
+    }
+    /// Ordinal of a data claim of this cluster, if it is one.
+    pub fn ordinal_of_pvc(&self, pvc_name: &str) -> Option<u32> {
+        self.ordinal_of(pvc_name.strip_prefix(DATA_VOLUME)?.strip_prefix('-')?)
+    }
+    /// The gRPC address peers use for an ordinal (stable DNS through the headless Service).
+    pub fn peer_addr(&self, ordinal: u32) -> String {
+        format!(
+            "{}.{}.{}.svc:{GRPC_PORT}",
+            self.pod(ordinal),
+            self.peer_service(),
+            self.namespace
+        )
+    }
+    /// Identity of the cluster given to nodes (`<namespace>/<name>`).
+    pub fn cluster_id(&self) -> String {
+        format!("{}/{}", self.namespace, self.cluster)
+    }
+}
+
+/// Labels that select a cluster's pods (a stable subset of [`labels`]).
+pub fn selector_labels(names: &Names) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "dynamo".to_string()),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            names.cluster.clone(),
+        ),
+    ])
+}
+
+/// Labels on every owned object.
+pub fn labels(names: &Names) -> BTreeMap<String, String> {
+    let mut l = selector_labels(names);
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    l.insert("app.kubernetes.io/component".into(), "storage-node".into());
+    l
+}
+
+/// The pod label selector as a string, as the scale subresource reports it.
+pub fn selector_string(names: &Names) -> String {
+    selector_labels(names)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Metadata of an owned object: name, namespace, labels and the controller owner reference.
+pub fn owned_meta(dc: &DynamoCluster, name: String) -> ObjectMeta {
+    let names = Names::of(dc);
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(labels(&names)),
+        owner_references: Some(vec![owner_ref(dc)]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner_ref(dc: &DynamoCluster) -> OwnerReference {
+    dc.controller_owner_ref(&())
+        .unwrap_or_else(|| OwnerReference {
+            // Objects built before the cluster has a UID (only in tests) still carry a reference.
+            api_version: DynamoCluster::api_version(&()).into_owned(),
+            kind: DynamoCluster::kind(&()).into_owned(),
+            name: dc.name_any(),
+            uid: String::new(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinals_round_trip_through_names() {
+        let n = Names {
+            cluster: "kv".into(),
+            namespace: "ns".into(),
+        };
+        assert_eq!(n.ordinal_of(&n.pod(7)), Some(7));
+        assert_eq!(n.ordinal_of_pvc(&n.pvc(3)), Some(3));
+        assert_eq!(n.ordinal_of("kv-peers"), None);
+        assert_eq!(n.ordinal_of("kvx-1"), None);
+        assert_eq!(n.ordinal_of("kv-+1"), None);
+        assert_eq!(n.peer_addr(0), "kv-0.kv-peers.ns.svc:7100");
+    }
+}
+
+/// Every object the operator owns for one cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub configmap: k8s_openapi::api::core::v1::ConfigMap,
+    pub peer_service: k8s_openapi::api::core::v1::Service,
+    pub client_service: k8s_openapi::api::core::v1::Service,
+    pub pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget,
+    pub statefulset: k8s_openapi::api::apps::v1::StatefulSet,
+}
+
+/// Builds every owned object of `dc`, with the StatefulSet at `replicas` and the node
+/// file listing `members`. Both come from the scaling state machine.
+pub fn build(dc: &DynamoCluster, replicas: i32, members: &[dynamo_core::ring::Member]) -> Desired {
+    Desired {
+        configmap: configmap::configmap(dc, members),
+        peer_service: services::peer_service(dc),
+        client_service: services::client_service(dc),
+        pdb: pdb::pdb(dc),
+        statefulset: statefulset::statefulset(dc, replicas),
+    }
+}
+
+impl Desired {
+    /// All objects as YAML documents, in apply order (config and Services before pods).
+    pub fn to_yaml(&self) -> String {
+        let docs = [
+            serde_yaml::to_string(&self.configmap),
+            serde_yaml::to_string(&self.peer_service),
+            serde_yaml::to_string(&self.client_service),
+            serde_yaml::to_string(&self.pdb),
+            serde_yaml::to_string(&self.statefulset),
+        ];
+        docs.into_iter()
+            .map(|d| d.expect("objects serialize"))
+            .collect::<Vec<_>>()
+            .join("---\n")
+    }
+}

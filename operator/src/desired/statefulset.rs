@@ -1,0 +1,361 @@
+//! The StatefulSet that runs the storage nodes.
+//!
+//! - Node id = pod name = `<cluster>-<ordinal>` (`DYNAMO_NODE_ID` from the pod name).
+//! - `podManagementPolicy: Parallel`: a new pod owns no partition until the operator
+//!   commits a map that includes it, so starting pods in order buys no safety; Parallel
+//!   makes scale-out faster and avoids the OrderedReady wedge where one unready pod blocks
+//!   every later ordinal (and so blocks a user's scale back down).
+//! - `persistentVolumeClaimRetentionPolicy` Retain on scale and delete: Kubernetes never
+//!   deletes a volume; the operator deletes a departed node's claim itself, and only
+//!   after the node handed its partitions off.
+//! - Replicas are an input: the scaling state machine, not `spec.replicas`, decides them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    labels, owned_meta, selector_labels, Names, CONFIG_DIR, DATA_DIR, DATA_VOLUME, GRPC_PORT,
+    HTTP_PORT,
+};
+use crate::crd::DynamoCluster;
+
+/// UID and GID the node runs as (matches docker/node.Dockerfile).
+pub const NODE_UID: i64 = 10001;
+
+/// The StatefulSet of `dc` with `replicas` pods.
+pub fn statefulset(dc: &DynamoCluster, replicas: i32) -> StatefulSet {
+    let names = Names::of(dc);
+    StatefulSet {
+        metadata: owned_meta(dc, names.statefulset()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(names.peer_service()),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&names)),
+                ..Default::default()
+            },
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_scaled: Some("Retain".into()),
+                    when_deleted: Some("Retain".into()),
+                },
+            ),
+            template: pod_template(dc, &names),
+            volume_claim_templates: Some(vec![claim_template(dc)]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_template(dc: &DynamoCluster, names: &Names) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(names)),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![node_container(dc, names)],
+            affinity: Some(anti_affinity(dc, names)),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(NODE_UID),
+                run_as_group: Some(NODE_UID),
+                fs_group: Some(NODE_UID),
+                ..Default::default()
+            }),
+            termination_grace_period_seconds: Some(60),
+            volumes: Some(vec![Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: names.configmap(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn node_container(dc: &DynamoCluster, names: &Names) -> Container {
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector {
+            field_path: path.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    };
+    Container {
+        name: "node".into(),
+        image: Some(dc.spec.image.clone()),
+        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/node.yaml")]),
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(field("metadata.name")),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "DYNAMO_NODE_ID".into(),
+                value_from: Some(field("metadata.name")),
+                ..Default::default()
+            },
+            env(
+                "DYNAMO_ADVERTISE",
+                &format!(
+                    "$(POD_NAME).{}.{}.svc:{GRPC_PORT}",
+                    names.peer_service(),
+                    names.namespace
+                ),
+            ),
+            env("DYNAMO_CONFIG", &format!("{CONFIG_DIR}/node.yaml")),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: GRPC_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        resources: dc.spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: DATA_DIR.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+/// Spread nodes across zones first, then hosts. Preferred, not required: a cluster of 5
+/// in 3 zones must still schedule; the planner spreads replicas across zones anyway.
+fn anti_affinity(dc: &DynamoCluster, names: &Names) -> Affinity {
+    let term = |key: &str, weight: i32| WeightedPodAffinityTerm {
+        weight,
+        pod_affinity_term: PodAffinityTerm {
+            topology_key: key.into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(names)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    };
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                term(&dc.spec.zone_topology_key, 100),
+                term("kubernetes.io/hostname", 50),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn claim_template(dc: &DynamoCluster) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: dc.spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    Quantity(dc.spec.storage.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::cluster;
+
+    #[test]
+    fn statefulset_has_ordinal_ids_probes_and_retained_volumes() {
+        let dc = cluster("kv", 3);
+        let sts = statefulset(&dc, 4);
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.replicas,
+            Some(4),
+            "replicas come from the caller, not spec.replicas"
+        );
+        assert_eq!(spec.service_name.as_deref(), Some("kv-peers"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let policy = spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .unwrap();
+        assert_eq!(policy.when_scaled.as_deref(), Some("Retain"));
+        assert_eq!(policy.when_deleted.as_deref(), Some("Retain"));
+        let pod = spec.template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        let node_id = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "DYNAMO_NODE_ID")
+            .unwrap();
+        assert_eq!(
+            node_id
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+        let advertise = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "DYNAMO_ADVERTISE")
+            .unwrap();
+        assert_eq!(
+            advertise.value.as_deref(),
+            Some("$(POD_NAME).kv-peers.default.svc:7100")
+        );
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/healthz")
+        );
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn anti_affinity_uses_the_zone_topology_key() {
+        let mut dc = cluster("kv", 3);
+        dc.spec.zone_topology_key = "example.com/rack".into();
+        let sts = statefulset(&dc, 3);
+        let aff = sts.spec.unwrap().template.spec.unwrap().affinity.unwrap();
+        let terms = aff
+            .pod_anti_affinity
+            .unwrap()
+            .preferred_during_scheduling_ignored_during_execution
+            .unwrap();
+        assert_eq!(terms[0].pod_affinity_term.topology_key, "example.com/rack");
+        assert_eq!(
+            terms[1].pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+    }
+
+    #[test]
+    fn claim_template_uses_storage_spec_and_owner_is_the_cluster() {
+        let mut dc = cluster("kv", 3);
+        dc.spec.storage.size = "50Gi".into();
+        dc.spec.storage.storage_class_name = Some("fast".into());
+        let sts = statefulset(&dc, 3);
+        let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("DynamoCluster", "kv", Some(true))
+        );
+        let claim = &sts.spec.unwrap().volume_claim_templates.unwrap()[0];
+        let spec = claim.spec.as_ref().unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            "50Gi"
+        );
+    }
+}
