@@ -1,0 +1,158 @@
+//! `dynamoctl bench`: flags of the load generator (the generator is
+//! `dynamo_client::bench`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use dynamo_client::bench::{self, parse_duration, BenchConfig, Stop};
+
+use super::{client_config, Cli};
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workers, each with one request in flight.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    pub concurrency: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Bytes per key (keys look like k000000000000042).
+    #[arg(long, default_value_t = 16)]
+    pub key_size: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Share of operations that are gets, 0.0..=1.0 (the rest are puts).
+    #[arg(long, default_value_t = 0.5)]
+    pub read_ratio: f64,
+    /// How long to measure (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "ops")]
+    pub duration: Duration,
+    /// Stop after this many operations instead of after --duration (0: only prefill).
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Read and write every key once before measuring (untimed).
+    #[arg(long, alias = "warmup")]
+    pub prefill: bool,
+    /// R for gets (default: the cluster's).
+    #[arg(long)]
+    pub r: Option<u32>,
+    /// W for puts (default: the cluster's).
+    #[arg(long)]
+    pub w: Option<u32>,
+    /// HTTP/2 connections per node (default: one per 16 workers, at most 4).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Send each request to any node instead of the key's preference list.
+    #[arg(long)]
+    pub no_route: bool,
+    /// Seed of the random key choices.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    fn config(&self) -> BenchConfig {
+        BenchConfig {
+            concurrency: self.concurrency,
+            keys: self.keys,
+            key_size: self.key_size,
+            value_size: self.value_size,
+            read_ratio: self.read_ratio,
+            stop: match self.ops {
+                Some(n) => Stop::Ops(n),
+                None => Stop::After(self.duration),
+            },
+            prefill: self.prefill,
+            r: self.r,
+            w: self.w,
+            progress: !self.quiet,
+            seed: self.seed,
+        }
+    }
+
+    /// Channels per node: enough that no single HTTP/2 connection serialises many
+    /// workers, few enough not to multiply the nodes' connection handling.
+    fn connections(&self) -> usize {
+        self.connections
+            .unwrap_or(self.concurrency.div_ceil(16).clamp(1, 4))
+    }
+}
+
+/// Runs the bench and prints the report.
+pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.config();
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let mut config = client_config(cli);
+    config.channels_per_node = args.connections();
+    config.route_by_key = !args.no_route;
+    let client = config.connect().await?;
+    let outcome = bench::run(&client, &cfg).await?;
+    if let Some(t) = outcome.prefill {
+        eprintln!("prefill: {} keys in {:.2} s", cfg.keys, t.as_secs_f64());
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&outcome.report)?;
+        v["prefill_seconds"] = outcome.prefill.map(|t| t.as_secs_f64()).into();
+        v["context_reads"] = outcome.context_reads.into();
+        v["config"]["connections_per_node"] = args.connections().into();
+        v["config"]["route_by_key"] = (!args.no_route).into();
+        println!("{v}");
+    } else {
+        print!("{}", outcome.report.to_text());
+        if outcome.context_reads > 0 {
+            println!(
+                "context reads (untimed gets before a key's first put): {}",
+                outcome.context_reads
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> BenchArgs {
+        let mut all = vec!["dynamoctl", "bench"];
+        all.extend_from_slice(args);
+        match Cli::parse_from(all).command {
+            super::super::Command::Bench(b) => b,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let b = parse(&[]);
+        let cfg = b.config();
+        assert_eq!(cfg.concurrency, 16);
+        assert_eq!(cfg.keys, 10_000);
+        assert_eq!((cfg.key_size, cfg.value_size), (16, 100));
+        assert_eq!(cfg.read_ratio, 0.5);
+        assert_eq!(cfg.stop, Stop::After(Duration::from_secs(10)));
+        assert!(!cfg.prefill);
+        assert_eq!(b.connections(), 1);
+    }
+
+    #[test]
+    fn ops_and_warmup() {
+        let b = parse(&["--ops", "500", "--warmup", "-c", "64"]);
+        assert_eq!(b.config().stop, Stop::Ops(500));
+        assert!(b.config().prefill);
+        assert_eq!(b.connections(), 4);
+        assert!(
+            Cli::try_parse_from(["dynamoctl", "bench", "--ops", "1", "--duration", "1s"]).is_err()
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Command-line arguments of `dynamoctl` and the dispatch to each subcommand.
+
+mod bench;
+mod cluster;
+mod kv;
+mod status;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dynamo_client::bench::parse_duration;
+use dynamo_client::{Client, ClientConfig};
+
+/// Command-line client of the Dynamo-style key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "dynamoctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Node gRPC address(es), host:port; repeat the flag or separate with commas. Requests
+    /// go to any of them (round-robin, failing over when one is unreachable).
+    #[arg(
+        long,
+        global = true,
+        env = "DYNAMO_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7101"
+    )]
+    pub addr: Vec<String>,
+
+    /// Time allowed for one request (e.g. 500ms, 10s).
+    #[arg(long, global = true, env = "DYNAMO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read a key: every sibling, the replies, and the context for the next write.
+    Get(kv::GetArgs),
+    /// Write a value (from the argument, --file, or stdin), superseding --context.
+    Put(kv::PutArgs),
+    /// Delete what --context covers (writes a tombstone).
+    Delete(kv::DeleteArgs),
+    /// Show a node's identity, the partition map, member health and pending hints.
+    Status(status::StatusArgs),
+    /// Load generator: throughput and latency percentiles of gets and puts.
+    Bench(bench::BenchArgs),
+    /// Run a local cluster of dynamo-node processes until Ctrl-C.
+    Cluster(cluster::ClusterArgs),
+}
+
+/// Runs the chosen subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Get(ref args) => kv::get(&connect(&cli).await?, args).await,
+        Command::Put(ref args) => kv::put(&connect(&cli).await?, args).await,
+        Command::Delete(ref args) => kv::delete(&connect(&cli).await?, args).await,
+        Command::Status(ref args) => status::run(&cli, args).await,
+        Command::Bench(ref args) => bench::run(&cli, args).await,
+        Command::Cluster(ref args) => cluster::run(args).await,
+    }
+}
+
+/// The client configuration the global flags describe.
+pub fn client_config(cli: &Cli) -> ClientConfig {
+    let mut config = ClientConfig::new(&cli.addr);
+    config.request_timeout = cli.timeout;
+    config
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    Ok(client_config(cli).connect().await?)
+}
+
+/// `<CODE>: <message>` for client errors, the error chain for others.
+pub fn describe_error(err: &anyhow::Error) -> String {
+    match err.downcast_ref::<dynamo_client::Error>() {
+        Some(e) => format!("{}: {}", e.category(), e.message()),
+        None => format!("{err:#}"),
+    }
+}
+
+/// A value as text: itself when it is UTF-8, otherwise its base64 (marked as such).
+pub fn show_bytes(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn addresses_split_on_commas_and_repeat() {
+        let cli = Cli::parse_from(["dynamoctl", "--addr", "a:1,b:2", "--addr", "c:3", "status"]);
+        assert_eq!(cli.addr, ["a:1", "b:2", "c:3"]);
+        let cli = Cli::parse_from(["dynamoctl", "get", "k", "--addr", "x:9"]);
+        assert_eq!(cli.addr, ["x:9"]);
+    }
+
+    #[test]
+    fn errors_show_code_and_message() {
+        let err = anyhow::Error::from(dynamo_client::Error::from(tonic::Status::unavailable(
+            "1 of 2 replicas answered",
+        )));
+        assert_eq!(
+            describe_error(&err),
+            "UNAVAILABLE: 1 of 2 replicas answered"
+        );
+        let err = anyhow::anyhow!("plain");
+        assert_eq!(describe_error(&err), "plain");
+    }
+
+    #[test]
+    fn binary_values_are_marked() {
+        assert_eq!(show_bytes(b"hello"), "hello");
+        assert_eq!(show_bytes(&[0xff, 0x00]), "base64:/wA=");
+    }
+}

@@ -1,0 +1,252 @@
+//! `dynamoctl status`: what one node knows about itself and the cluster.
+//!
+//! Everything comes from the same node (the first address that answers), so the
+//! partition map, health and hints are one consistent point of view.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use dynamo_client::proto::{
+    ClusterHealthResponse, HintsResponse, NodeInfoResponse, PartitionMapResponse,
+};
+use dynamo_client::Client;
+use serde_json::json;
+
+use super::{client_config, Cli};
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The four admin answers of one node.
+struct Status {
+    info: NodeInfoResponse,
+    map: PartitionMapResponse,
+    health: ClusterHealthResponse,
+    hints: HintsResponse,
+}
+
+/// Queries the first node that answers and prints its view.
+pub async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut last = None;
+    for addr in &cli.addr {
+        let mut config = client_config(cli);
+        config.addrs = vec![addr.clone()];
+        let client = config.connect().await?;
+        match query(&client).await {
+            Ok(status) => {
+                if args.json {
+                    println!("{}", to_json(&status));
+                } else {
+                    print!("{}", to_text(&status));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) if e.is_transport_failure() && cli.addr.len() > 1 => {
+                eprintln!("{addr}: {}: {}", e.category(), e.message());
+                last = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("no address given")))
+}
+
+async fn query(client: &Client) -> dynamo_client::Result<Status> {
+    let info = client.node_info().await?;
+    let (map, health, hints) = tokio::try_join!(
+        client.partition_map(),
+        client.cluster_health(),
+        client.hints()
+    )?;
+    Ok(Status {
+        info,
+        map,
+        health,
+        hints,
+    })
+}
+
+fn to_text(s: &Status) -> String {
+    let i = &s.info;
+    let mut out = format!(
+        "node {} (incarnation {}) of cluster {:?}, version {}, at {}, up {}s\n\
+         replication N={} R={} W={}, fsync {}\n",
+        i.node_id,
+        i.incarnation,
+        i.cluster_id,
+        i.version,
+        i.advertise,
+        i.uptime_seconds,
+        i.n,
+        i.r,
+        i.w,
+        i.fsync
+    );
+    out.push_str(&format!(
+        "partition map: epoch {}, Q={}, N={}, {} members\n",
+        s.map.epoch,
+        s.map.partitions,
+        s.map.replication,
+        s.map.members.len()
+    ));
+    out.push_str(&format!(
+        "  {:<12} {:<22} {:<8} {:>6} {:>10}  {:<6} {:>8} {:>12}\n",
+        "member", "addr", "zone", "owned", "replicated", "health", "failures", "last seen ms"
+    ));
+    for m in &s.map.members {
+        let h = s.health.members.iter().find(|h| h.id == m.id);
+        out.push_str(&format!(
+            "  {:<12} {:<22} {:<8} {:>6} {:>10}  {:<6} {:>8} {:>12}\n",
+            m.id,
+            m.addr,
+            if m.zone.is_empty() { "-" } else { &m.zone },
+            m.owned,
+            m.replicated,
+            h.map_or("?", |h| h.state.as_str()),
+            h.map_or("-".into(), |h| h.failures.to_string()),
+            h.map_or("-".into(), |h| h.last_seen_ms.to_string()),
+        ));
+    }
+    for h in s
+        .health
+        .members
+        .iter()
+        .filter(|h| !s.map.members.iter().any(|m| m.id == h.id))
+    {
+        out.push_str(&format!(
+            "  {:<12} {:<22} (not in the map) health {} failures {}\n",
+            h.id, h.addr, h.state, h.failures
+        ));
+    }
+    out.push_str(&format!("hints pending: {}\n", s.hints.pending));
+    for t in &s.hints.targets {
+        out.push_str(&format!(
+            "  for {}: {} pending, oldest {} ms\n",
+            t.node_id, t.pending, t.oldest_age_ms
+        ));
+    }
+    out
+}
+
+fn to_json(s: &Status) -> serde_json::Value {
+    let i = &s.info;
+    let members: Vec<_> = s
+        .map
+        .members
+        .iter()
+        .map(|m| {
+            json!({"id": m.id, "addr": m.addr, "zone": m.zone, "owned": m.owned, "replicated": m.replicated})
+        })
+        .collect();
+    let health: Vec<_> = s
+        .health
+        .members
+        .iter()
+        .map(|h| {
+            json!({"id": h.id, "addr": h.addr, "state": h.state, "failures": h.failures, "last_seen_ms": h.last_seen_ms})
+        })
+        .collect();
+    let targets: Vec<_> = s
+        .hints
+        .targets
+        .iter()
+        .map(|t| json!({"node_id": t.node_id, "pending": t.pending, "oldest_age_ms": t.oldest_age_ms}))
+        .collect();
+    json!({
+        "node": {
+            "node_id": i.node_id, "incarnation": i.incarnation, "cluster_id": i.cluster_id,
+            "advertise": i.advertise, "version": i.version, "n": i.n, "r": i.r, "w": i.w,
+            "fsync": i.fsync, "uptime_seconds": i.uptime_seconds,
+        },
+        "partition_map": {
+            "epoch": s.map.epoch, "partitions": s.map.partitions,
+            "replication": s.map.replication, "members": members,
+        },
+        "health": {"node_id": s.health.node_id, "members": health},
+        "hints": {"pending": s.hints.pending, "targets": targets},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamo_client::proto::{HintTarget, MapMember, MemberHealth};
+
+    fn status() -> Status {
+        Status {
+            info: NodeInfoResponse {
+                node_id: "node-1".into(),
+                incarnation: 2,
+                cluster_id: "local".into(),
+                advertise: "127.0.0.1:7101".into(),
+                version: "0.1.0".into(),
+                n: 3,
+                r: 2,
+                w: 2,
+                fsync: "periodic".into(),
+                uptime_seconds: 5,
+            },
+            map: PartitionMapResponse {
+                epoch: 1,
+                partitions: 16,
+                replication: 3,
+                members: vec![MapMember {
+                    id: "node-1".into(),
+                    addr: "127.0.0.1:7101".into(),
+                    zone: String::new(),
+                    owned: 16,
+                    replicated: 16,
+                }],
+                owners: vec![0; 16],
+            },
+            health: ClusterHealthResponse {
+                node_id: "node-1".into(),
+                members: vec![MemberHealth {
+                    id: "node-1".into(),
+                    addr: "127.0.0.1:7101".into(),
+                    state: "self".into(),
+                    failures: 0,
+                    last_seen_ms: 0,
+                }],
+            },
+            hints: HintsResponse {
+                pending: 3,
+                targets: vec![HintTarget {
+                    node_id: "node-2".into(),
+                    pending: 3,
+                    oldest_age_ms: 90,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn text_has_every_section() {
+        let text = to_text(&status());
+        for want in [
+            "node node-1 (incarnation 2)",
+            "epoch 1, Q=16",
+            "self",
+            "hints pending: 3",
+            "for node-2",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn json_has_every_section() {
+        let v = to_json(&status());
+        assert_eq!(v["node"]["node_id"], "node-1");
+        assert_eq!(v["partition_map"]["members"][0]["owned"], 16);
+        assert_eq!(v["health"]["members"][0]["state"], "self");
+        assert_eq!(v["hints"]["targets"][0]["pending"], 3);
+    }
+}

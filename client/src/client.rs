@@ -1,0 +1,425 @@
+//! The client: `get`, `put`, `delete` and the admin calls, over long-lived channels to
+//! one or more nodes.
+//!
+//! Any node accepts any request and coordinates it, so the client only has to reach
+//! *some* node. It spreads requests round-robin over the addresses it was given, skips
+//! nodes whose connection recently failed, and on a failure fails over to the next
+//! address — but only when that cannot apply a write twice:
+//!
+//! - reads and admin calls fail over on any transport failure (refused connection, lost
+//!   connection, client-side timeout);
+//! - `put` and `delete` fail over only when the connection could not be made at all: a
+//!   write whose connection broke mid-flight may have been applied, and sending it again
+//!   would add a second, concurrent sibling. Such errors go back to the caller.
+//!
+//! A status the node itself sent (`INVALID_ARGUMENT`, `UNAVAILABLE` for a missed quorum,
+//! ...) is never retried: another coordinator would see the same replicas.
+//!
+//! With [`ClientConfig::route_by_key`] the client also fetches the partition map and sends
+//! each request to a node of the key's preference list (see [`crate::routing`]).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dynamo_proto::v1::admin_client::AdminClient;
+use dynamo_proto::v1::kv_client::KvClient;
+use dynamo_proto::v1::{
+    ClusterHealthRequest, ClusterHealthResponse, DeleteRequest, GetRequest, HintsRequest,
+    HintsResponse, NodeInfoRequest, NodeInfoResponse, PartitionMapRequest, PartitionMapResponse,
+    PutRequest,
+};
+use tonic::transport::Channel;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::pool::{split_addrs, ChannelSettings, NodeConn};
+use crate::routing::Routes;
+
+/// Largest response the client accepts: several siblings of the largest allowed value.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How to connect. Build with [`ClientConfig::new`], adjust fields, then
+/// [`ClientConfig::connect`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Node addresses (`host:port`); entries may be comma-separated lists.
+    pub addrs: Vec<String>,
+    /// Time allowed to open a TCP connection to a node.
+    pub connect_timeout: Duration,
+    /// Time allowed for one request, end to end, before the client gives up on it.
+    pub request_timeout: Duration,
+    /// HTTP/2 connections to open to each node (requests are spread over them).
+    pub channels_per_node: usize,
+    /// How long a node whose connection failed is tried only after the others.
+    pub down_for: Duration,
+    /// Fetch the partition map and send requests to the key's preference list.
+    pub route_by_key: bool,
+    /// How often the partition map is re-read when routing by key.
+    pub map_refresh: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults: 2 s connect timeout, 10 s request timeout, one channel per node, no
+    /// routing by key.
+    pub fn new<S: AsRef<str>>(addrs: &[S]) -> Self {
+        Self {
+            addrs: split_addrs(addrs),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            channels_per_node: 1,
+            down_for: Duration::from_secs(1),
+            route_by_key: false,
+            map_refresh: Duration::from_secs(10),
+        }
+    }
+
+    /// Opens the channels (lazily: a node that is down now is tried again later) and,
+    /// when routing by key, reads the partition map once; a failure to read it is not an
+    /// error (requests then go round-robin until a refresh succeeds).
+    pub async fn connect(self) -> Result<Client> {
+        Client::with_config(self).await
+    }
+
+    fn settings(&self) -> ChannelSettings {
+        ChannelSettings {
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            channels_per_node: self.channels_per_node,
+            down_for: self.down_for,
+        }
+    }
+}
+
+/// One version of a key, as `get` returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sibling {
+    /// The value, or `None` for a tombstone (a delete).
+    pub value: Option<Bytes>,
+    /// Identity of the write that made this version (`node#incarnation:counter`).
+    pub dot: String,
+}
+
+/// What `get` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetResult {
+    /// Every version not superseded, tombstones included.
+    pub siblings: Vec<Sibling>,
+    /// The context to send with the next `put` or `delete` of this key.
+    pub context: Context,
+    /// How many replicas answered.
+    pub replies: u32,
+}
+
+impl GetResult {
+    /// The live (non-tombstone) values.
+    pub fn values(&self) -> impl Iterator<Item = &Bytes> {
+        self.siblings.iter().filter_map(|s| s.value.as_ref())
+    }
+
+    /// Whether the key has at least one live value.
+    pub fn is_found(&self) -> bool {
+        self.values().next().is_some()
+    }
+}
+
+/// What `put` and `delete` return in detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteResult {
+    /// Context covering the new version and what it superseded.
+    pub context: Context,
+    /// How many replicas acknowledged.
+    pub acks: u32,
+}
+
+/// A client of the store. Cheap to clone: clones share the connections.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    seeds: Vec<Arc<NodeConn>>,
+    next: AtomicUsize,
+    routes: RwLock<Option<Arc<Routes>>>,
+}
+
+impl Client {
+    /// Connects to the given addresses with the default [`ClientConfig`].
+    pub async fn connect<S: AsRef<str>>(addrs: &[S]) -> Result<Self> {
+        ClientConfig::new(addrs).connect().await
+    }
+
+    async fn with_config(config: ClientConfig) -> Result<Self> {
+        if config.addrs.is_empty() {
+            return Err(Error::NoAddress);
+        }
+        let settings = config.settings();
+        let seeds = config
+            .addrs
+            .iter()
+            .map(|a| NodeConn::open(a, &settings).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        let route = config.route_by_key;
+        let client = Self {
+            inner: Arc::new(Inner {
+                config,
+                seeds,
+                next: AtomicUsize::new(0),
+                routes: RwLock::new(None),
+            }),
+        };
+        if route {
+            // Best effort: without a map, requests go round-robin.
+            let _ = client.refresh_routes().await;
+            spawn_map_refresher(Arc::downgrade(&client.inner));
+        }
+        Ok(client)
+    }
+
+    /// The addresses this client was given.
+    pub fn addrs(&self) -> &[String] {
+        &self.inner.config.addrs
+    }
+
+    /// Reads a key, waiting for `r` replicas (`None`: the cluster's R).
+    pub async fn get(&self, key: impl AsRef<[u8]>, r: Option<u32>) -> Result<GetResult> {
+        let key = key.as_ref();
+        let req = GetRequest {
+            key: key.to_vec(),
+            r,
+        };
+        let resp = self
+            .call(Some(key), true, |ch| {
+                let req = req.clone();
+                async move { kv(ch).get(req).await }
+            })
+            .await?;
+        let siblings = resp
+            .siblings
+            .into_iter()
+            .map(|s| Sibling {
+                value: if s.tombstone {
+                    None
+                } else {
+                    Some(Bytes::from(s.value))
+                },
+                dot: s.dot,
+            })
+            .collect();
+        Ok(GetResult {
+            siblings,
+            context: Context::from_bytes(resp.context),
+            replies: resp.replies,
+        })
+    }
+
+    /// Writes `value`, superseding what `context` covers, waiting for `w` acks (`None`: the
+    /// cluster's W). Returns the new context.
+    pub async fn put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+        context: &Context,
+        w: Option<u32>,
+    ) -> Result<Context> {
+        Ok(self.put_detailed(key, value, context, w).await?.context)
+    }
+
+    /// Like [`Client::put`], also returning how many replicas acknowledged.
+    pub async fn put_detailed(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+        context: &Context,
+        w: Option<u32>,
+    ) -> Result<WriteResult> {
+        let key = key.as_ref();
+        let value: Bytes = value.into();
+        let req = PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            context: context.as_bytes().to_vec(),
+            w,
+        };
+        let resp = self
+            .call(Some(key), false, |ch| {
+                let req = req.clone();
+                async move { kv(ch).put(req).await }
+            })
+            .await?;
+        Ok(WriteResult {
+            context: Context::from_bytes(resp.context),
+            acks: resp.acks,
+        })
+    }
+
+    /// Deletes what `context` covers (writes a tombstone). Returns the new context.
+    pub async fn delete(
+        &self,
+        key: impl AsRef<[u8]>,
+        context: &Context,
+        w: Option<u32>,
+    ) -> Result<Context> {
+        Ok(self.delete_detailed(key, context, w).await?.context)
+    }
+
+    /// Like [`Client::delete`], also returning how many replicas acknowledged.
+    pub async fn delete_detailed(
+        &self,
+        key: impl AsRef<[u8]>,
+        context: &Context,
+        w: Option<u32>,
+    ) -> Result<WriteResult> {
+        let key = key.as_ref();
+        let req = DeleteRequest {
+            key: key.to_vec(),
+            context: context.as_bytes().to_vec(),
+            w,
+        };
+        let resp = self
+            .call(Some(key), false, |ch| {
+                let req = req.clone();
+                async move { kv(ch).delete(req).await }
+            })
+            .await?;
+        Ok(WriteResult {
+            context: Context::from_bytes(resp.context),
+            acks: resp.acks,
+        })
+    }
+
+    /// Identity and settings of the node that answers.
+    pub async fn node_info(&self) -> Result<NodeInfoResponse> {
+        self.call(None, true, |ch| async move {
+            admin(ch).node_info(NodeInfoRequest {}).await
+        })
+        .await
+    }
+
+    /// The partition map as the node that answers knows it.
+    pub async fn partition_map(&self) -> Result<PartitionMapResponse> {
+        self.call(None, true, |ch| async move {
+            admin(ch).partition_map(PartitionMapRequest {}).await
+        })
+        .await
+    }
+
+    /// The health of every member as the node that answers sees it.
+    pub async fn cluster_health(&self) -> Result<ClusterHealthResponse> {
+        self.call(None, true, |ch| async move {
+            admin(ch).cluster_health(ClusterHealthRequest {}).await
+        })
+        .await
+    }
+
+    /// The hinted-handoff backlog of the node that answers.
+    pub async fn hints(&self) -> Result<HintsResponse> {
+        self.call(None, true, |ch| async move {
+            admin(ch).hints(HintsRequest {}).await
+        })
+        .await
+    }
+
+    /// Re-reads the partition map used for routing by key. Returns its epoch.
+    pub async fn refresh_routes(&self) -> Result<u64> {
+        let resp = self.partition_map().await?;
+        let open: Vec<Arc<NodeConn>> = {
+            let current = self.inner.routes.read().expect("routes lock");
+            let mut open = self.inner.seeds.clone();
+            if let Some(routes) = current.as_ref() {
+                open.extend(routes.conns().iter().cloned());
+            }
+            open
+        };
+        let routes = Routes::build(resp, &open, &self.inner.config.settings())?;
+        let epoch = routes.epoch();
+        *self.inner.routes.write().expect("routes lock") = Some(Arc::new(routes));
+        Ok(epoch)
+    }
+
+    /// Sends a request to the first candidate node, failing over as the module header
+    /// says.
+    async fn call<T, F, Fut>(&self, key: Option<&[u8]>, idempotent: bool, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = None;
+        for node in self.candidates(key, idempotent) {
+            match f(node.channel()).await {
+                Ok(resp) => {
+                    node.mark_up();
+                    return Ok(resp.into_inner());
+                }
+                Err(status) => {
+                    let err = Error::from(status);
+                    if err.is_connect_failure() {
+                        node.mark_down();
+                    }
+                    let may_retry = if idempotent {
+                        err.is_transport_failure()
+                    } else {
+                        err.is_connect_failure()
+                    };
+                    if !may_retry {
+                        return Err(err);
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::NoAddress))
+    }
+
+    /// Nodes to try, in order: the key's preference list when routing (reads rotated over
+    /// it, writes owner first), then the addresses given, round-robin; nodes marked down
+    /// go last.
+    fn candidates(&self, key: Option<&[u8]>, spread: bool) -> Vec<Arc<NodeConn>> {
+        let turn = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let mut list = Vec::with_capacity(self.inner.seeds.len() + 3);
+        if let Some(key) = key {
+            let routes = self.inner.routes.read().expect("routes lock").clone();
+            if let Some(routes) = routes {
+                list = routes.preference(key, if spread { turn } else { 0 });
+            }
+        }
+        let seeds = &self.inner.seeds;
+        for i in 0..seeds.len() {
+            let seed = &seeds[(turn + i) % seeds.len()];
+            if !list.iter().any(|c| Arc::ptr_eq(c, seed)) {
+                list.push(seed.clone());
+            }
+        }
+        // Stable: keeps the order among the up nodes and among the down ones.
+        list.sort_by_key(|c| c.is_down());
+        list
+    }
+}
+
+fn kv(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn admin(ch: Channel) -> AdminClient<Channel> {
+    AdminClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Re-reads the partition map periodically while the client is alive.
+fn spawn_map_refresher(inner: Weak<Inner>) {
+    tokio::spawn(async move {
+        loop {
+            let period = match inner.upgrade() {
+                Some(inner) => inner.config.map_refresh,
+                None => return,
+            };
+            tokio::time::sleep(period).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let _ = Client { inner }.refresh_routes().await;
+        }
+    });
+}

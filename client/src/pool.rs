@@ -1,0 +1,170 @@
+//! Connections to one node: a few long-lived HTTP/2 channels and a health mark.
+//!
+//! Each channel is one TCP connection (TCP_NODELAY on, so small requests never wait out a
+//! delayed ACK) over which tonic multiplexes every concurrent request. One is enough for
+//! most callers; a load generator with many workers opens a few so that one connection's
+//! HTTP/2 framing does not become the bottleneck. Channels are lazy and reconnect on
+//! their own; a node whose connection failed is marked down for a short while so that
+//! callers try the others first.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+
+/// Settings of the channels to one node.
+#[derive(Clone, Debug)]
+pub(crate) struct ChannelSettings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub channels_per_node: usize,
+    pub down_for: Duration,
+}
+
+/// The channels to one node.
+#[derive(Debug)]
+pub(crate) struct NodeConn {
+    addr: String,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+    /// Milliseconds since `epoch` until which the node counts as down; 0 = up.
+    down_until_ms: AtomicU64,
+    epoch: Instant,
+    down_for: Duration,
+}
+
+impl NodeConn {
+    /// Opens (lazily) the channels to `addr` (`host:port` or a full `http://` URI).
+    /// Must be called inside a tokio runtime.
+    pub fn open(addr: &str, settings: &ChannelSettings) -> Result<Self> {
+        let endpoint = endpoint(addr, settings)?;
+        let channels = (0..settings.channels_per_node.max(1))
+            .map(|_| endpoint.connect_lazy())
+            .collect();
+        Ok(Self {
+            addr: addr.to_string(),
+            channels,
+            next: AtomicUsize::new(0),
+            down_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            down_for: settings.down_for,
+        })
+    }
+
+    /// The address this node was opened with.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The next channel, round-robin.
+    pub fn channel(&self) -> Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[i].clone()
+    }
+
+    /// Whether a recent connection failure marks this node as down.
+    pub fn is_down(&self) -> bool {
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
+    }
+
+    /// Marks the node down for a short while after a connection failure.
+    pub fn mark_down(&self) {
+        let until = self.now_ms() + self.down_for.as_millis() as u64;
+        self.down_until_ms.store(until.max(1), Ordering::Relaxed);
+    }
+
+    /// Marks the node up after a successful call.
+    pub fn mark_up(&self) {
+        // Load first so that the common (already up) case does not write the cache line.
+        if self.down_until_ms.load(Ordering::Relaxed) != 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// The tonic endpoint for `addr`, with the client's timeouts and TCP_NODELAY.
+fn endpoint(addr: &str, settings: &ChannelSettings) -> Result<Endpoint> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(uri).map_err(|e| Error::InvalidAddress {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.request_timeout)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true))
+}
+
+/// Splits addresses given as repeated and/or comma-separated values, dropping empty
+/// entries and duplicates while keeping the order.
+pub fn split_addrs<S: AsRef<str>>(values: &[S]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for value in values {
+        for addr in value
+            .as_ref()
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            if !out.iter().any(|a| a == addr) {
+                out.push(addr.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_addrs_handles_commas_repeats_and_duplicates() {
+        let got = split_addrs(&["a:1,b:2", " c:3 ", "a:1", ",,"]);
+        assert_eq!(got, ["a:1", "b:2", "c:3"]);
+    }
+
+    #[test]
+    fn bad_address_is_rejected() {
+        let settings = ChannelSettings {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            channels_per_node: 1,
+            down_for: Duration::from_secs(1),
+        };
+        let err = endpoint("not an address", &settings).unwrap_err();
+        assert_eq!(err.category(), "invalid_address");
+    }
+
+    #[tokio::test]
+    async fn down_mark_expires_and_clears() {
+        let settings = ChannelSettings {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            channels_per_node: 2,
+            down_for: Duration::from_millis(30),
+        };
+        let node = NodeConn::open("127.0.0.1:1", &settings).unwrap();
+        assert!(!node.is_down());
+        node.mark_down();
+        assert!(node.is_down());
+        node.mark_up();
+        assert!(!node.is_down());
+        node.mark_down();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!node.is_down());
+    }
+}
