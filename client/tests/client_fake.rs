@@ -1,0 +1,201 @@
+//! The client library against fake nodes over real gRPC: round trips, error codes,
+//! failover, routing by key, and the bench's sibling discipline.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use dynamo_client::bench::{self, BenchConfig, Stop};
+use dynamo_client::{Client, ClientConfig, Context};
+use support::{dead_addr, FakeNode};
+
+#[tokio::test]
+async fn put_get_delete_round_trip() {
+    let node = FakeNode::start("node-1").await;
+    let client = Client::connect(&[node.addr.to_string()]).await.unwrap();
+
+    let got = client.get("cart", None).await.unwrap();
+    assert!(!got.is_found());
+    assert!(got.context.is_empty());
+
+    let ctx = client
+        .put("cart", "milk", &Context::empty(), None)
+        .await
+        .unwrap();
+    let ctx2 = client
+        .put("cart", "eggs", &Context::empty(), Some(1))
+        .await
+        .unwrap();
+    let got = client.get("cart", Some(3)).await.unwrap();
+    assert_eq!(got.replies, 3);
+    let mut values: Vec<_> = got.values().cloned().collect();
+    values.sort();
+    assert_eq!(values, ["eggs", "milk"], "blind writes are siblings");
+    assert_ne!(ctx, ctx2);
+
+    // Merge and write back with the context read: one sibling left.
+    let merged = client
+        .put("cart", "eggs,milk", &got.context, None)
+        .await
+        .unwrap();
+    let got = client.get("cart", None).await.unwrap();
+    assert_eq!(got.values().collect::<Vec<_>>(), ["eggs,milk"]);
+
+    // The text form of a context works like the context.
+    let parsed = Context::from_base64(&merged.to_base64()).unwrap();
+    let deleted = client.delete_detailed("cart", &parsed, None).await.unwrap();
+    assert_eq!(deleted.acks, 2);
+    let got = client.get("cart", None).await.unwrap();
+    assert!(!got.is_found());
+    assert_eq!(got.siblings.len(), 1);
+    assert_eq!(got.siblings[0].value, None, "tombstone");
+}
+
+#[tokio::test]
+async fn node_errors_keep_code_and_message_and_are_not_retried() {
+    let a = FakeNode::start("a").await;
+    let b = FakeNode::start("b").await;
+    let client = Client::connect(&[a.addr.to_string(), b.addr.to_string()])
+        .await
+        .unwrap();
+
+    let err = client.get("", None).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
+    assert_eq!(
+        err.to_string(),
+        "INVALID_ARGUMENT: key is empty: keys are 1 to 1024 bytes"
+    );
+
+    let before = a.calls() + b.calls();
+    let err = client
+        .put("fail-quorum", "v", &Context::empty(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), "UNAVAILABLE");
+    assert!(err.message().contains("1 of 2 replicas"), "{err}");
+    assert!(!err.is_connect_failure());
+    assert_eq!(
+        a.calls() + b.calls(),
+        before + 1,
+        "a quorum failure is not retried elsewhere"
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_is_a_connect_failure() {
+    let client = Client::connect(&[dead_addr()]).await.unwrap();
+    let err = client.get("k", None).await.unwrap_err();
+    assert_eq!(err.category(), "UNAVAILABLE", "{err}");
+    assert!(err.is_connect_failure(), "{err}");
+    let err = client
+        .put("k", "v", &Context::empty(), None)
+        .await
+        .unwrap_err();
+    assert!(err.is_connect_failure(), "{err}");
+}
+
+#[tokio::test]
+async fn fails_over_from_an_unreachable_node() {
+    let live = FakeNode::start("live").await;
+    let mut config = ClientConfig::new(&[dead_addr(), live.addr.to_string()]);
+    config.connect_timeout = Duration::from_millis(500);
+    let client = config.connect().await.unwrap();
+    for i in 0..6 {
+        let key = format!("k{i}");
+        let ctx = client
+            .put(&key, "v", &Context::empty(), None)
+            .await
+            .unwrap();
+        assert!(!ctx.is_empty());
+        assert!(client.get(&key, None).await.unwrap().is_found());
+        client.node_info().await.unwrap();
+    }
+    assert_eq!(live.calls(), 12);
+}
+
+#[tokio::test]
+async fn routes_each_key_to_its_owner() {
+    let a = FakeNode::start("node-a").await;
+    let b = FakeNode::start("node-b").await;
+    let members = vec![
+        ("node-a".to_string(), a.addr.to_string()),
+        ("node-b".to_string(), b.addr.to_string()),
+    ];
+    *a.state.members.lock().unwrap() = members.clone();
+    *b.state.members.lock().unwrap() = members;
+
+    let mut config = ClientConfig::new(&[a.addr.to_string()]);
+    config.route_by_key = true;
+    let client = config.connect().await.unwrap();
+    assert_eq!(client.refresh_routes().await.unwrap(), 1);
+
+    // The fake's map: Q=16, N=1, partition p owned by member p % 2 (members sorted by id).
+    let mut want_a = 0;
+    for i in 0..50u32 {
+        let key = format!("key-{i}");
+        let p = dynamo_core::ring::partition_of(key.as_bytes(), 16);
+        if p.is_multiple_of(2) {
+            want_a += 1;
+        }
+        client
+            .put(&key, "v", &Context::empty(), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(a.calls(), want_a);
+    assert_eq!(b.calls(), 50 - want_a);
+}
+
+#[tokio::test]
+async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
+    let node = FakeNode::start("node-1").await;
+    let client = Client::connect(&[node.addr.to_string()]).await.unwrap();
+    let cfg = BenchConfig {
+        concurrency: 8,
+        keys: 50,
+        key_size: 16,
+        value_size: 100,
+        read_ratio: 0.3,
+        stop: Stop::Ops(2000),
+        prefill: true,
+        r: None,
+        w: None,
+        progress: false,
+        seed: 7,
+    };
+    let outcome = bench::run(&client, &cfg).await.unwrap();
+    let r = &outcome.report;
+    assert_eq!(r.ops, 2000);
+    assert_eq!(r.errors, 0);
+    assert_eq!(r.read.ops + r.write.ops, 2000);
+    assert!(r.read.ops > 300 && r.write.ops > 1000, "{r:?}");
+    assert!(outcome.prefill.is_some());
+    assert_eq!(outcome.context_reads, 0, "prefill hands out every context");
+    assert_eq!(
+        node.state.max_siblings.load(Ordering::Relaxed),
+        1,
+        "no sibling pile-up"
+    );
+
+    // A second run without prefill fetches contexts lazily and still adds no sibling.
+    let cfg = BenchConfig {
+        prefill: false,
+        read_ratio: 0.0,
+        stop: Stop::Ops(500),
+        ..cfg
+    };
+    let outcome = bench::run(&client, &cfg).await.unwrap();
+    assert_eq!(outcome.report.write.ops, 500);
+    assert!(outcome.context_reads > 0);
+    assert_eq!(node.state.max_siblings.load(Ordering::Relaxed), 1);
+
+    // Duration-bounded runs stop.
+    let cfg = BenchConfig {
+        stop: Stop::After(Duration::from_millis(300)),
+        ..cfg
+    };
+    let outcome = bench::run(&client, &cfg).await.unwrap();
+    assert!(outcome.report.seconds < 2.0);
+    assert!(outcome.report.ops > 0);
+}
