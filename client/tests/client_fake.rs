@@ -190,6 +190,17 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
     assert!(outcome.context_reads > 0);
     assert_eq!(node.state.max_siblings.load(Ordering::Relaxed), 1);
 
+    // Prefill on a filled store only reads.
+    let before = node.calls();
+    let prefill_only = BenchConfig {
+        prefill: true,
+        stop: Stop::Ops(0),
+        ..cfg.clone()
+    };
+    let outcome = bench::run(&client, &prefill_only).await.unwrap();
+    assert_eq!(outcome.report.ops, 0);
+    assert_eq!(node.calls() - before, 50, "one get per key");
+
     // Duration-bounded runs stop.
     let cfg = BenchConfig {
         stop: Stop::After(Duration::from_millis(300)),

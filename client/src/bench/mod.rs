@@ -3,10 +3,11 @@
 //! `concurrency` workers each run a closed loop of gets and puts over `keys` keys
 //! ([`keys`]), with a read ratio, until a duration or an operation count is spent, then
 //! the per-worker stats are merged into a [`Report`] ([`stats`]). How writes avoid
-//! piling up siblings is explained in [`worker`]. With `prefill`, every key is first read
-//! and written once (with the read context, so re-running a prefill never adds siblings)
-//! before the clock starts; that also hands each worker the contexts of the keys it
-//! writes.
+//! piling up siblings is explained in [`worker`]. With `prefill`, before the clock starts
+//! every key is read, and written (with the read context, so no sibling is added) unless
+//! it already holds exactly one live value; that makes every read hit a value and hands
+//! each worker the contexts of the keys it writes, and re-running it on a filled cluster
+//! costs one get a key.
 
 pub mod keys;
 pub mod stats;
@@ -180,7 +181,7 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
     })
 }
 
-/// Reads and writes every key once; returns each key's context after its write.
+/// Makes every key hold exactly one live value; returns each key's context.
 async fn prefill(
     client: &Client,
     cfg: &BenchConfig,
@@ -194,7 +195,15 @@ async fn prefill(
             async move {
                 let key = key_for(i, cfg.key_size);
                 let got = client.get(&key, cfg.r).await?;
-                let ctx = client.put(&key, value.clone(), &got.context, cfg.w).await?;
+                // A key that already holds exactly one live value keeps it (so re-running a
+                // prefill costs one get a key); anything else is written once, superseding
+                // what was read.
+                let single = got.siblings.len() == 1 && got.is_found();
+                let ctx = if single {
+                    got.context
+                } else {
+                    client.put(&key, value.clone(), &got.context, cfg.w).await?
+                };
                 bar.inc(1);
                 Ok::<_, crate::Error>((i, ctx))
             }

@@ -33,7 +33,8 @@ pub struct BenchArgs {
     /// Stop after this many operations instead of after --duration (0: only prefill).
     #[arg(long)]
     pub ops: Option<u64>,
-    /// Read and write every key once before measuring (untimed).
+    /// Before measuring (untimed): read every key and write it unless it holds exactly one
+    /// value, so reads hit values and writes start with a context.
     #[arg(long, alias = "warmup")]
     pub prefill: bool,
     /// R for gets (default: the cluster's).

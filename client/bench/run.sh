@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Benchmark of a local 3-node cluster (N=3 R=2 W=2, 100-byte values), the numbers the
+# design's performance bar is stated in.
+#
+# For each fsync policy it starts `dynamoctl cluster --wipe` on its own ports and data
+# directory, prefills the keys, then runs `dynamoctl bench --json` for write-only,
+# read-only and 50/50 workloads at each concurrency, several times each; it records every
+# node's peak resident memory (VmHWM) and prints markdown tables of the medians. Every
+# process it starts is stopped on exit, failure or Ctrl-C.
+#
+# Environment (all optional):
+#   BENCH_DURATION=10s          measured time of one run
+#   BENCH_REPS=3                repetitions of each (workload, concurrency)
+#   BENCH_CONCURRENCY="1 16 64" client concurrencies
+#   BENCH_POLICIES="periodic always"  fsync policies
+#   BENCH_KEYS=10000            distinct keys;  BENCH_VALUE_SIZE=100  bytes per value
+#   BENCH_BASE_PORT=7300        gRPC ports base+1..; HTTP ports BENCH_HTTP_BASE_PORT=7380
+#   BENCH_OUT=target/bench      where results-<time>/ goes (raw JSON lines, logs, summary)
+#   BENCH_NO_BUILD=1            skip `cargo build --release`
+#   CARGO_TARGET_DIR            where the release binaries are (default: target)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE="$ROOT/client/bench"
+DURATION=${BENCH_DURATION:-10s}
+REPS=${BENCH_REPS:-3}
+CONCURRENCY=${BENCH_CONCURRENCY:-"1 16 64"}
+POLICIES=${BENCH_POLICIES:-"periodic always"}
+KEYS=${BENCH_KEYS:-10000}
+VALUE_SIZE=${BENCH_VALUE_SIZE:-100}
+BASE_PORT=${BENCH_BASE_PORT:-7300}
+HTTP_BASE_PORT=${BENCH_HTTP_BASE_PORT:-7380}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT="${BENCH_OUT:-$ROOT/target/bench}/results-$(date -u +%Y%m%dT%H%M%SZ)"
+NODES=3
+
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+MEMORY="$OUT/memory.jsonl"
+: >"$RESULTS"
+: >"$MEMORY"
+DATA=$(mktemp -d "${TMPDIR:-/tmp}/dynamo-bench.XXXXXX")
+
+CLUSTER_PID=""
+NODE_PIDS=""
+
+log() { echo "[bench $(date -u +%H:%M:%S)] $*" >&2; }
+
+# Stops the cluster launcher (which SIGTERMs its nodes and SIGKILLs them after 10 s),
+# then kills any node that is somehow still there.
+stop_cluster() {
+    if [[ -n "$CLUSTER_PID" ]] && kill -0 "$CLUSTER_PID" 2>/dev/null; then
+        kill -TERM "$CLUSTER_PID" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            kill -0 "$CLUSTER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$CLUSTER_PID" 2>/dev/null || true
+        wait "$CLUSTER_PID" 2>/dev/null || true
+    fi
+    for pid in $NODE_PIDS; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    CLUSTER_PID=""
+    NODE_PIDS=""
+}
+
+cleanup() {
+    local code=$?
+    trap - EXIT INT TERM
+    stop_cluster
+    rm -rf "$DATA"
+    if [[ $code -ne 0 ]]; then
+        log "failed (exit $code); logs and partial results in $OUT"
+    fi
+    exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release -p dynamo-node -p dynamo-client)
+fi
+CTL="$TARGET/release/dynamoctl"
+NODE_BIN="$TARGET/release/dynamo-node"
+for bin in "$CTL" "$NODE_BIN"; do
+    [[ -x "$bin" ]] || { log "missing $bin (set CARGO_TARGET_DIR?)"; exit 1; }
+done
+
+ADDRS=$(seq -s, -f "127.0.0.1:%g" $((BASE_PORT + 1)) $((BASE_PORT + NODES)))
+
+start_cluster() {
+    local policy=$1
+    log "starting a $NODES-node cluster, fsync=$policy"
+    "$CTL" cluster --nodes "$NODES" --n 3 --r 2 --w 2 --fsync "$policy" --wipe \
+        --data-dir "$DATA/$policy" --base-port "$BASE_PORT" --http-base-port "$HTTP_BASE_PORT" \
+        --node-bin "$NODE_BIN" --ready-timeout 120s >"$OUT/cluster-$policy.log" 2>&1 &
+    CLUSTER_PID=$!
+    for _ in $(seq 1 1300); do
+        if ! kill -0 "$CLUSTER_PID" 2>/dev/null; then
+            tail -n 30 "$OUT/cluster-$policy.log" >&2
+            log "the cluster exited during start-up"
+            exit 1
+        fi
+        if grep -q "is ready:" "$OUT/cluster-$policy.log"; then
+            NODE_PIDS=$(pgrep -P "$CLUSTER_PID" | tr '\n' ' ')
+            log "cluster ready, node pids: $NODE_PIDS"
+            return
+        fi
+        sleep 0.1
+    done
+    log "the cluster was not ready in time"
+    exit 1
+}
+
+record_memory() {
+    local policy=$1 pid rss hwm name
+    for pid in $NODE_PIDS; do
+        [[ -r /proc/$pid/status ]] || continue
+        hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+        rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+        name=$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed -n 's/.*--node-id \([^ ]*\).*/\1/p')
+        echo "{\"policy\":\"$policy\",\"node\":\"$name\",\"pid\":$pid,\"vm_hwm_kb\":${hwm:-0},\"vm_rss_kb\":${rss:-0}}" >>"$MEMORY"
+    done
+}
+
+bench() {
+    "$CTL" --addr "$ADDRS" bench --quiet --keys "$KEYS" --value-size "$VALUE_SIZE" "$@"
+}
+
+for policy in $POLICIES; do
+    start_cluster "$policy"
+    log "prefilling $KEYS keys"
+    bench --prefill --ops 0 --concurrency 64 >/dev/null
+    for mix in write read mixed; do
+        case $mix in
+            write) ratio=0 ;;
+            read) ratio=1 ;;
+            mixed) ratio=0.5 ;;
+        esac
+        for c in $CONCURRENCY; do
+            for rep in $(seq 1 "$REPS"); do
+                log "fsync=$policy $mix c=$c run $rep/$REPS ($DURATION)"
+                # --prefill here only reads (the keys are filled) and hands out contexts.
+                json=$(bench --json --prefill --read-ratio "$ratio" --concurrency "$c" \
+                    --duration "$DURATION" --seed "$rep")
+                echo "{\"policy\":\"$policy\",\"mix\":\"$mix\",\"concurrency\":$c,\"rep\":$rep,\"result\":$json}" >>"$RESULTS"
+            done
+        done
+    done
+    record_memory "$policy"
+    "$CTL" --addr "$ADDRS" status >"$OUT/status-$policy.txt" 2>&1 || true
+    log "stopping the cluster"
+    stop_cluster
+done
+
+python3 "$HERE/summarize.py" "$RESULTS" "$MEMORY" | tee "$OUT/summary.md"
+log "raw results: $RESULTS"

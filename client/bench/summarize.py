@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Markdown tables of the medians of client/bench/run.sh's results.
+
+Usage: summarize.py RESULTS.jsonl [MEMORY.jsonl]
+
+RESULTS lines: {"policy", "mix", "concurrency", "rep", "result": <dynamoctl bench --json>}.
+MEMORY lines: {"policy", "node", "pid", "vm_hwm_kb", "vm_rss_kb"}.
+"""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+MIX_ORDER = {"write": 0, "read": 1, "mixed": 2}
+MIX_NAME = {"write": "write-only", "read": "read-only", "mixed": "50/50"}
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def ms(us):
+    return us / 1000.0
+
+
+def results_table(rows):
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["policy"], row["mix"], row["concurrency"])].append(row["result"])
+    out = [
+        "| fsync | workload | clients | runs | ops/s | p50 ms | p99 ms | p99.9 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = sorted(groups, key=lambda k: (k[0], MIX_ORDER.get(k[1], 9), k[2]))
+    for key in order:
+        runs = groups[key]
+        med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
+        out.append(
+            "| {} | {} | {} | {} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {} |".format(
+                key[0],
+                MIX_NAME.get(key[1], key[1]),
+                key[2],
+                len(runs),
+                med(lambda r: r["ops_per_sec"]),
+                ms(med(lambda r: r["latency_us"]["p50"])),
+                ms(med(lambda r: r["latency_us"]["p99"])),
+                ms(med(lambda r: r["latency_us"]["p999"])),
+                sum(r["errors"] for r in runs),
+            )
+        )
+    return "\n".join(out)
+
+
+def memory_table(rows):
+    out = [
+        "| fsync | node | peak RSS (VmHWM) MiB | RSS at end MiB |",
+        "|---|---|---:|---:|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["policy"], r["node"])):
+        out.append(
+            "| {} | {} | {:.1f} | {:.1f} |".format(
+                row["policy"], row["node"], row["vm_hwm_kb"] / 1024, row["vm_rss_kb"] / 1024
+            )
+        )
+    return "\n".join(out)
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    print("## Throughput and latency (medians)\n")
+    print(results_table(load(argv[1])))
+    if len(argv) > 2:
+        memory = load(argv[2])
+        if memory:
+            print("\n## Node memory\n")
+            print(memory_table(memory))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
