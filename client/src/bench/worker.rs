@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -30,6 +30,9 @@ use super::keys::{key_for, Rng};
 use super::stats::OpStats;
 use crate::client::Client;
 use crate::context::Context;
+
+/// Pause of a worker after a failed operation.
+const ERROR_PAUSE: Duration = Duration::from_millis(5);
 
 /// When a run stops.
 #[derive(Clone, Debug)]
@@ -100,12 +103,17 @@ pub(crate) async fn run_worker(
     let mut rng = Rng::new(spec.seed);
     let mut result = WorkerResult::default();
     while budget.claim() {
+        let errors = result.read.errors() + result.write.errors();
         if rng.unit() < spec.read_ratio {
             read(&client, &spec, &mut rng, &mut result).await;
         } else {
             write(&client, &mut spec, &mut rng, &mut result).await;
         }
         done.fetch_add(1, Ordering::Relaxed);
+        if result.read.errors() + result.write.errors() > errors {
+            // A failing cluster answers fast; do not spin the CPU it needs to recover.
+            tokio::time::sleep(ERROR_PAUSE).await;
+        }
     }
     result
 }

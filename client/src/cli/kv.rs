@@ -1,6 +1,6 @@
 //! `dynamoctl get | put | delete`.
 
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -104,6 +104,9 @@ fn read_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
     }
     if let Some(path) = &args.file {
         return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading the value from stdin (end it with Ctrl-D)");
     }
     let mut value = Vec::new();
     std::io::stdin()
