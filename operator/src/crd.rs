@@ -10,6 +10,9 @@
 //! (see [`crate::validate`]) because a CRD can be installed without them, and refuses
 //! with a `Degraded` condition rather than acting on an invalid spec.
 
+// kube's `printcolumn(...)` repeats `type_` by design, which clippy reads as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;

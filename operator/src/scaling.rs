@@ -1,0 +1,472 @@
+//! The scaling state machine, as pure logic: from what is observed (the Kubernetes side,
+//! the admin side and the operation recorded in status) to the one next action.
+//!
+//! Every transition to a new step is first *recorded* in status (`Action::Record`) and
+//! only a later pass performs that step's side effect, which is idempotent and derived
+//! from observed state. So an operator killed at any point and restarted resumes: it
+//! re-reads the recorded step and re-derives the same action.
+//!
+//! - Scale-out: Provisioning (grow the StatefulSet, wait for the pods to be ready and
+//!   reachable) → Committing (plan with the Strategy 3 planner, commit) → Moving (wait
+//!   until moves are done and every node synced) → Finalizing (retire the old map) → done.
+//! - Scale-in: Committing (plan without the highest ordinals) → Moving (also wait until
+//!   the departing nodes are drained: hold nothing the others lack) → Finalizing →
+//!   Shrinking (lower the StatefulSet with optimistic concurrency, wait for the pods to be
+//!   gone) → CleaningUp (delete their claims if the policy says so) → done.
+//! - A change of `spec.replicas` while an operation runs: before Finalizing the pending
+//!   map is aborted (the old map stayed live and complete, so nothing is lost) and the
+//!   operation cleared; from Finalizing on, the operation finishes first. Then a new
+//!   operation starts from the committed map. Neither way can wedge.
+//! - Refusals (no operation starts): `spec.replicas` below N, a changed partition count,
+//!   or an unhealthy cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dynamo_core::ring::{NodeId, PartitionMap};
+
+use crate::admin::{MapState, MoveProgress};
+use crate::crd::{Direction, PvcPolicy, ScalingOperation, Step};
+use crate::desired::configmap::ordinal_members;
+use crate::desired::Names;
+
+/// What the user asked for, from the validated spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub replicas: i32,
+    pub n: u32,
+    pub partitions: u32,
+    pub pvc_policy: PvcPolicy,
+}
+
+/// The StatefulSet as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsView {
+    pub replicas: u32,
+    pub resource_version: Option<String>,
+}
+
+/// What the Kubernetes side shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadView {
+    /// The StatefulSet, if it exists.
+    pub statefulset: Option<StsView>,
+    /// Existing pods by ordinal, and whether each is ready.
+    pub pods: BTreeMap<u32, bool>,
+    /// Ordinals whose data claim exists.
+    pub pvcs: BTreeSet<u32>,
+    /// The operation recorded in status.
+    pub operation: Option<ScalingOperation>,
+}
+
+/// Everything a decision is derived from.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub names: Names,
+    pub intent: Intent,
+    pub workloads: WorkloadView,
+    pub maps: MapState,
+    /// Progress of the pending map, when there is one.
+    pub progress: Option<MoveProgress>,
+    /// Drained state of the current map's members that the pending map drops.
+    pub drained: BTreeMap<NodeId, bool>,
+    /// Nodes the admin side sees up.
+    pub reachable: BTreeSet<NodeId>,
+}
+
+/// The one side effect of this pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Nothing to do now (steady, waiting, or refused).
+    Nothing,
+    /// Write the operation (or its absence) to status.
+    Record(Option<ScalingOperation>),
+    /// Set the StatefulSet's replicas; with the resourceVersion it was observed at when
+    /// shrinking (optimistic concurrency).
+    Scale {
+        replicas: u32,
+        expected_resource_version: Option<String>,
+    },
+    /// Commit the planned map as the pending version.
+    Commit(PartitionMap),
+    /// Retire the old map version.
+    Finalize(u64),
+    /// Drop the pending map version.
+    Abort(u64),
+    /// Delete a departed ordinal's data claim (re-read live, UID precondition).
+    DeleteVolume(u32),
+}
+
+/// Why no operation is started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    BelowReplication { replicas: i32, n: u32 },
+    PartitionsChanged { committed: u32, requested: u32 },
+    Unhealthy { not_ready: Vec<String> },
+    PlanFailed(String),
+}
+
+impl Refusal {
+    /// Stable category: the Degraded condition's reason and the Event reason.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::BelowReplication { .. } => "BelowReplicationFactor",
+            Self::PartitionsChanged { .. } => "PartitionsImmutable",
+            Self::Unhealthy { .. } => "ClusterUnhealthy",
+            Self::PlanFailed(_) => "PlanFailed",
+        }
+    }
+
+    /// What happened and what to do, for the condition message and the Event.
+    pub fn message(&self) -> String {
+        match self {
+            Self::BelowReplication { replicas, n } => format!(
+                "refusing to scale to {replicas} nodes: below replication factor n={n}; set spec.replicas to at least {n}"
+            ),
+            Self::PartitionsChanged { committed, requested } => format!(
+                "refusing to change partitions from {committed} to {requested}: the partition count is fixed at creation; set spec.partitions back to {committed}"
+            ),
+            Self::Unhealthy { not_ready } => format!(
+                "refusing to start scaling while nodes are not ready: {}; scaling starts when they are",
+                not_ready.join(", ")
+            ),
+            Self::PlanFailed(e) => format!("cannot plan the partition map: {e}"),
+        }
+    }
+}
+
+/// The next action and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub action: Action,
+    /// What the operator is waiting for, if anything.
+    pub waiting: Option<String>,
+    /// Why a requested change is refused, if it is.
+    pub refusal: Option<Refusal>,
+}
+
+impl Decision {
+    fn act(action: Action) -> Self {
+        Self {
+            action,
+            waiting: None,
+            refusal: None,
+        }
+    }
+    fn wait(why: impl Into<String>) -> Self {
+        Self {
+            action: Action::Nothing,
+            waiting: Some(why.into()),
+            refusal: None,
+        }
+    }
+    fn refuse(r: Refusal) -> Self {
+        Self {
+            action: Action::Nothing,
+            waiting: None,
+            refusal: Some(r),
+        }
+    }
+    fn steady() -> Self {
+        Self::act(Action::Nothing)
+    }
+}
+
+impl Observed {
+    fn map_count(&self) -> u32 {
+        self.maps
+            .current
+            .as_ref()
+            .map_or(0, |m| m.members.len() as u32)
+    }
+    fn sts_replicas(&self) -> u32 {
+        self.workloads
+            .statefulset
+            .as_ref()
+            .map_or(0, |s| s.replicas)
+    }
+    /// The requested node count, or None when it is refused.
+    fn requested(&self) -> Result<u32, Refusal> {
+        let i = &self.intent;
+        if i.replicas < i.n as i32 {
+            return Err(Refusal::BelowReplication {
+                replicas: i.replicas,
+                n: i.n,
+            });
+        }
+        if let Some(m) = &self.maps.current {
+            if m.partitions != i.partitions {
+                return Err(Refusal::PartitionsChanged {
+                    committed: m.partitions,
+                    requested: i.partitions,
+                });
+            }
+        }
+        Ok(i.replicas as u32)
+    }
+    /// Node ids of ordinals `0..count` that are not ready or not reachable.
+    fn not_ready(&self, count: u32) -> Vec<String> {
+        (0..count)
+            .map(|o| (o, self.names.pod(o)))
+            .filter(|(o, id)| {
+                self.workloads.pods.get(o) != Some(&true) || !self.reachable.contains(id)
+            })
+            .map(|(_, id)| id)
+            .collect()
+    }
+    fn plan(&self, to: u32) -> Result<PartitionMap, Refusal> {
+        let members = ordinal_members(&self.names, to);
+        dynamo_core::planner::plan(
+            self.maps.current.as_ref(),
+            &members,
+            self.intent.partitions,
+            self.intent.n,
+        )
+        .map_err(|e| Refusal::PlanFailed(e.to_string()))
+    }
+    fn next_epoch(&self) -> u64 {
+        self.maps.current.as_ref().map_or(1, |m| m.epoch + 1)
+    }
+}
+
+/// Decides the next action.
+pub fn decide(o: &Observed) -> Decision {
+    match &o.workloads.operation {
+        None => idle(o),
+        Some(op) => {
+            let requested = o.requested().ok();
+            if let Some(d) = interrupted(o, op, requested) {
+                return d;
+            }
+            let mut d = in_operation(o, op);
+            if let (Action::Nothing, Err(r)) = (&d.action, o.requested()) {
+                d.refusal = Some(r);
+            }
+            d
+        }
+    }
+}
+
+/// No operation recorded: refuse, tidy up, or start one.
+fn idle(o: &Observed) -> Decision {
+    let count = o.map_count();
+    if let Some(p) = &o.maps.pending {
+        // A pending map without a recorded operation was never ours to finish.
+        return Decision::act(Action::Abort(p.epoch));
+    }
+    let requested = match o.requested() {
+        Ok(r) => r,
+        Err(r) => return Decision::refuse(r),
+    };
+    // Pods above the map own nothing (an aborted scale-out): removing them is always safe.
+    if o.sts_replicas() > count && count > 0 && requested <= count {
+        return Decision::act(Action::Scale {
+            replicas: count,
+            expected_resource_version: None,
+        });
+    }
+    if requested == count {
+        if o.sts_replicas() < count {
+            return Decision::act(Action::Scale {
+                replicas: count,
+                expected_resource_version: None,
+            });
+        }
+        return Decision::steady();
+    }
+    let not_ready = o.not_ready(count);
+    if !not_ready.is_empty() {
+        return Decision::refuse(Refusal::Unhealthy { not_ready });
+    }
+    let op = if requested > count {
+        ScalingOperation {
+            direction: Direction::ScaleOut,
+            from: count as i32,
+            to: requested as i32,
+            step: Step::Provisioning,
+            target_epoch: None,
+        }
+    } else {
+        ScalingOperation {
+            direction: Direction::ScaleIn,
+            from: count as i32,
+            to: requested as i32,
+            step: Step::Committing,
+            target_epoch: Some(o.next_epoch() as i64),
+        }
+    };
+    Decision::act(Action::Record(Some(op)))
+}
+
+/// A change of the requested size that reverses the operation: abort while the old map
+/// is still live, otherwise let the operation finish.
+fn interrupted(o: &Observed, op: &ScalingOperation, requested: Option<u32>) -> Option<Decision> {
+    let requested = requested? as i32;
+    let reversed = match op.direction {
+        Direction::ScaleOut => requested < op.to,
+        Direction::ScaleIn => requested > op.to,
+    };
+    if !reversed || op.step >= Step::Finalizing {
+        return None;
+    }
+    let target = op.target_epoch.map(|e| e as u64);
+    match (&o.maps.pending, target) {
+        (Some(p), Some(t)) if p.epoch == t => Some(Decision::act(Action::Abort(t))),
+        // Already finalized (a crash between finalize and recording it): finish instead.
+        _ if target.is_some() && o.maps.current.as_ref().map(|c| c.epoch) == target => None,
+        _ => Some(Decision::act(Action::Record(None))),
+    }
+}
+
+fn record(op: &ScalingOperation, step: Step) -> Decision {
+    Decision::act(Action::Record(Some(ScalingOperation {
+        step,
+        ..op.clone()
+    })))
+}
+
+fn in_operation(o: &Observed, op: &ScalingOperation) -> Decision {
+    match op.step {
+        Step::Provisioning => provisioning(o, op),
+        Step::Committing => committing(o, op),
+        Step::Moving => moving(o, op),
+        Step::Finalizing => finalizing(o, op),
+        Step::Shrinking => shrinking(o, op),
+        Step::CleaningUp => cleaning_up(o, op),
+    }
+}
+
+fn provisioning(o: &Observed, op: &ScalingOperation) -> Decision {
+    let to = op.to as u32;
+    if o.sts_replicas() < to {
+        return Decision::act(Action::Scale {
+            replicas: to,
+            expected_resource_version: None,
+        });
+    }
+    let not_ready = o.not_ready(to);
+    if !not_ready.is_empty() {
+        return Decision::wait(format!(
+            "waiting for nodes to be ready: {}",
+            not_ready.join(", ")
+        ));
+    }
+    let next = ScalingOperation {
+        step: Step::Committing,
+        target_epoch: Some(o.next_epoch() as i64),
+        ..op.clone()
+    };
+    Decision::act(Action::Record(Some(next)))
+}
+
+fn committing(o: &Observed, op: &ScalingOperation) -> Decision {
+    let target = op.target_epoch.unwrap_or(0) as u64;
+    if o.maps.pending.as_ref().is_some_and(|p| p.epoch == target)
+        || o.maps.current.as_ref().is_some_and(|c| c.epoch >= target)
+    {
+        return record(op, Step::Moving);
+    }
+    match o.plan(op.to as u32) {
+        Ok(map) if map.epoch == target => Decision::act(Action::Commit(map)),
+        Ok(map) => Decision::refuse(Refusal::PlanFailed(format!(
+            "planned epoch {} but the operation expects {target}; another map change happened",
+            map.epoch
+        ))),
+        Err(r) => Decision::refuse(r),
+    }
+}
+
+fn moving(o: &Observed, op: &ScalingOperation) -> Decision {
+    let target = op.target_epoch.unwrap_or(0) as u64;
+    let Some(pending) = o.maps.pending.as_ref().filter(|p| p.epoch == target) else {
+        return record(op, Step::Finalizing);
+    };
+    let Some(progress) = &o.progress else {
+        return Decision::wait("waiting for move progress");
+    };
+    if progress.pending > 0 {
+        return Decision::wait(format!(
+            "{} partition moves pending, {} done",
+            progress.pending, progress.done
+        ));
+    }
+    let unsynced: Vec<&str> = pending
+        .members
+        .iter()
+        .map(|m| m.id.as_str())
+        .filter(|id| !progress.synced.contains(*id))
+        .collect();
+    if !unsynced.is_empty() {
+        return Decision::wait(format!(
+            "waiting for nodes to sync epoch {target}: {}",
+            unsynced.join(", ")
+        ));
+    }
+    let undrained: Vec<&str> = o
+        .drained
+        .iter()
+        .filter(|(_, d)| !**d)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !undrained.is_empty() {
+        return Decision::wait(format!(
+            "waiting for departing nodes to drain: {}",
+            undrained.join(", ")
+        ));
+    }
+    record(op, Step::Finalizing)
+}
+
+fn finalizing(o: &Observed, op: &ScalingOperation) -> Decision {
+    let target = op.target_epoch.unwrap_or(0) as u64;
+    if o.maps.pending.as_ref().is_some_and(|p| p.epoch == target) {
+        return Decision::act(Action::Finalize(target));
+    }
+    match op.direction {
+        Direction::ScaleOut => Decision::act(Action::Record(None)),
+        Direction::ScaleIn => record(op, Step::Shrinking),
+    }
+}
+
+fn shrinking(o: &Observed, op: &ScalingOperation) -> Decision {
+    let to = op.to as u32;
+    if let Some(sts) = &o.workloads.statefulset {
+        if sts.replicas > to {
+            return Decision::act(Action::Scale {
+                replicas: to,
+                expected_resource_version: sts.resource_version.clone(),
+            });
+        }
+    }
+    let lingering: Vec<String> = o
+        .workloads
+        .pods
+        .keys()
+        .filter(|&&ord| ord >= to)
+        .map(|&ord| o.names.pod(ord))
+        .collect();
+    if !lingering.is_empty() {
+        return Decision::wait(format!(
+            "waiting for departed pods to be gone: {}",
+            lingering.join(", ")
+        ));
+    }
+    record(op, Step::CleaningUp)
+}
+
+fn cleaning_up(o: &Observed, op: &ScalingOperation) -> Decision {
+    if o.intent.pvc_policy == PvcPolicy::Delete {
+        let departed = (op.to as u32)..(op.from as u32);
+        let in_map = |ord: u32| {
+            o.maps
+                .current
+                .as_ref()
+                .is_some_and(|m| m.member(&o.names.pod(ord)).is_some())
+        };
+        if let Some(&ord) = o.workloads.pvcs.iter().find(|&&ord| {
+            departed.contains(&ord) && !in_map(ord) && !o.workloads.pods.contains_key(&ord)
+        }) {
+            return Decision::act(Action::DeleteVolume(ord));
+        }
+    }
+    Decision::act(Action::Record(None))
+}
