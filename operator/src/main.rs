@@ -1,1 +1,136 @@
-fn main() {}
+//! `dynamo-operator`: runs the DynamoCluster controller, with leader election, health and
+//! metrics endpoints.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::events::Reporter;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+
+use dynamo_operator::crd::DynamoCluster;
+use dynamo_operator::http::{router, Health};
+use dynamo_operator::leader::LeaseLock;
+use dynamo_operator::metrics::Metrics;
+use dynamo_operator::reconcile::{error_policy, reconcile, Context};
+
+/// Kubernetes operator for Dynamo clusters.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Address of the health and metrics endpoints.
+    #[arg(long, env = "DYNAMO_OPERATOR_HTTP", default_value = "0.0.0.0:8080")]
+    http_listen: String,
+    /// Only watch this namespace (all namespaces when unset).
+    #[arg(long, env = "DYNAMO_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Elect a leader with a Lease, so several replicas can run.
+    #[arg(long, env = "DYNAMO_OPERATOR_LEADER_ELECTION", default_value_t = true)]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "DYNAMO_OPERATOR_LEASE_NAME",
+        default_value = "dynamo-operator-leader"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity (the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "dynamo-operator")]
+    identity: String,
+    /// Log filter (tracing env-filter syntax).
+    #[arg(long, env = "DYNAMO_OPERATOR_LOG", default_value = "info")]
+    log: String,
+}
+
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(args.log.as_str())
+        .init();
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let listener = tokio::net::TcpListener::bind(&args.http_listen).await?;
+    let app = router(Health {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let lock = LeaseLock {
+        api: Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        name: args.lease_name.clone(),
+        identity: args.identity.clone(),
+        duration: Duration::from_secs(15),
+    };
+    if args.leader_election {
+        tracing::info!(identity = %args.identity, "waiting for leadership");
+        lock.acquire().await;
+        tracing::info!("leading");
+    }
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        reporter: Reporter {
+            controller: "dynamo-operator".into(),
+            instance: Some(args.identity.clone()),
+        },
+        metrics,
+    });
+    let ns = &args.watch_namespace;
+    let controller = Controller::new(
+        scoped::<DynamoCluster>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(
+        scoped::<StatefulSet>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(scoped::<Service>(&client, ns), watcher::Config::default())
+    .owns(scoped::<ConfigMap>(&client, ns), watcher::Config::default())
+    .owns(
+        scoped::<PodDisruptionBudget>(&client, ns),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        if let Err(e) = res {
+            tracing::debug!("reconcile: {e}");
+        }
+    });
+    ready.store(true, Ordering::Relaxed);
+    if args.leader_election {
+        tokio::select! {
+            _ = controller => {}
+            _ = lock.keep() => {
+                tracing::error!("lost leadership; exiting so that another replica takes over");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        controller.await;
+    }
+    Ok(())
+}

@@ -11,6 +11,7 @@
 //! Until then the core is tested against [`memory::MemoryAdmin`], an in-memory model of
 //! the nodes that really tracks which node holds which partition.
 
+pub mod configmap;
 pub mod memory;
 
 use std::collections::BTreeSet;

@@ -54,7 +54,7 @@ pub fn statefulset(dc: &DynamoCluster, replicas: i32) -> StatefulSet {
                 },
             ),
             template: pod_template(dc, &names),
-            volume_claim_templates: Some(vec![claim_template(dc)]),
+            volume_claim_templates: Some(vec![claim_template(dc, &names)]),
             ..Default::default()
         }),
         status: None,
@@ -210,10 +210,12 @@ fn anti_affinity(dc: &DynamoCluster, names: &Names) -> Affinity {
     }
 }
 
-fn claim_template(dc: &DynamoCluster) -> PersistentVolumeClaim {
+/// The claim template. Its labels let the operator find (and check) a cluster's claims.
+fn claim_template(dc: &DynamoCluster, names: &Names) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(DATA_VOLUME.into()),
+            labels: Some(labels(names)),
             ..Default::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
