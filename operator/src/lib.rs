@@ -8,6 +8,7 @@ pub mod admin;
 pub mod crd;
 pub mod crdgen;
 pub mod desired;
+pub mod fake_api;
 pub mod http;
 pub mod kube_workloads;
 pub mod leader;

@@ -19,7 +19,7 @@ use dynamo_operator::crd::DynamoCluster;
 use dynamo_operator::http::{router, Health};
 use dynamo_operator::leader::LeaseLock;
 use dynamo_operator::metrics::Metrics;
-use dynamo_operator::reconcile::{error_policy, reconcile, Context};
+use dynamo_operator::reconcile::{error_policy, reconcile, AdminSource, Context};
 
 /// Kubernetes operator for Dynamo clusters.
 #[derive(Parser, Debug)]
@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(args.identity.clone()),
         },
         metrics,
+        admin: AdminSource::ConfigMap,
     });
     let ns = &args.watch_namespace;
     let controller = Controller::new(

@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::admin::configmap::ConfigMapAdmin;
+use crate::admin::memory::MemoryAdmin;
 use crate::admin::ClusterAdmin;
 use crate::crd::DynamoCluster;
 use crate::desired::configmap::ordinal_members;
@@ -35,11 +36,21 @@ use crate::validate::{validate, InvalidSpec};
 /// Finalizer the operator puts on every `DynamoCluster`.
 pub const FINALIZER: &str = "dynamokv.io/finalizer";
 
+/// Which admin side the reconciler drives.
+#[derive(Clone, Debug)]
+pub enum AdminSource {
+    /// Real nodes: map versions in a ConfigMap (see [`crate::admin::configmap`]).
+    ConfigMap,
+    /// The in-memory model of the nodes (tests and simulations).
+    Memory(MemoryAdmin),
+}
+
 /// Shared state of the reconcilers.
 pub struct Context {
     pub client: kube::Client,
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
+    pub admin: AdminSource,
 }
 
 /// Why a reconcile failed.
@@ -100,7 +111,6 @@ pub fn error_policy(_dc: Arc<DynamoCluster>, err: &Error, _ctx: Arc<Context>) ->
 async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Requeue, Error> {
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let workloads = KubeWorkloads::new(ctx.client.clone(), dc, recorder);
-    let admin = ConfigMapAdmin::new(ctx.client.clone(), dc);
     let intent = match validate(dc) {
         Ok(i) => i,
         Err(e) => {
@@ -116,7 +126,15 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Requeue, Error> {
             return Ok(Requeue::await_change());
         }
     };
-    reconcile_cluster(dc, &intent, &workloads, &admin, ctx.client.clone()).await
+    match &ctx.admin {
+        AdminSource::ConfigMap => {
+            let admin = ConfigMapAdmin::new(ctx.client.clone(), dc);
+            reconcile_cluster(dc, &intent, &workloads, &admin, ctx.client.clone()).await
+        }
+        AdminSource::Memory(admin) => {
+            reconcile_cluster(dc, &intent, &workloads, admin, ctx.client.clone()).await
+        }
+    }
 }
 
 fn base_inputs(dc: &DynamoCluster) -> StatusInputs {

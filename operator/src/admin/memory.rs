@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 
 use super::{AdminError, ClusterAdmin, MapState, MoveProgress};
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 struct State {
     current: Option<PartitionMap>,
     pending: Option<PartitionMap>,
@@ -73,6 +73,13 @@ impl MemoryAdmin {
     /// An empty cluster with no map.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A deep copy with its own state.
+    pub fn fork(&self) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(self.state.lock().clone())),
+        }
     }
 
     /// Sets which nodes are up (in a test world: the ready pods).
