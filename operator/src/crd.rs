@@ -106,7 +106,8 @@ pub struct DynamoClusterSpec {
     pub resources: Option<ResourceRequirements>,
 
     /// Node label whose value is a node's failure zone. Pods are spread across its values
-    /// with pod anti-affinity, and the zone is passed to the partition planner.
+    /// with (preferred) pod anti-affinity. (Passing zones to the partition planner, so that
+    /// preference lists span zones, is not done yet.)
     #[serde(default = "default_zone_key")]
     pub zone_topology_key: String,
 

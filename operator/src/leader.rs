@@ -165,3 +165,70 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+    use crate::fake_api::FakeApi;
+
+    fn lock(api: &FakeApi, who: &str) -> LeaseLock {
+        LeaseLock {
+            api: Api::namespaced(api.client(), "ops"),
+            name: "leader".into(),
+            identity: who.into(),
+            duration: Duration::from_secs(15),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_one_of_two_replicas_holds_the_lease() {
+        let api = FakeApi::new();
+        let (a, b) = (lock(&api, "a"), lock(&api, "b"));
+        assert!(
+            a.try_acquire().await.unwrap(),
+            "the first candidate creates the lease"
+        );
+        assert!(
+            !b.try_acquire().await.unwrap(),
+            "a valid lease is respected"
+        );
+        assert!(a.try_acquire().await.unwrap(), "the holder renews");
+        let lease = api.get("leases", "ops", "leader").unwrap();
+        assert_eq!(lease["spec"]["holderIdentity"], "a");
+    }
+
+    #[tokio::test]
+    async fn a_stale_read_loses_the_race_with_a_conflict() {
+        let api = FakeApi::new();
+        let a = lock(&api, "a");
+        assert!(a.try_acquire().await.unwrap());
+        // Expire the lease, then let b write at a stale resourceVersion: the API refuses.
+        api.with_store(|s| {
+            let key = (
+                "leases".to_string(),
+                "ops".to_string(),
+                "leader".to_string(),
+            );
+            let mut l = s.objects.get(&key).cloned().unwrap();
+            l["spec"]["renewTime"] = serde_json::json!("2020-01-01T00:00:00.000000Z");
+            s.objects.insert(key, l);
+        });
+        let mut stale: Lease =
+            serde_json::from_value(api.get("leases", "ops", "leader").unwrap()).unwrap();
+        assert!(
+            lock(&api, "b").try_acquire().await.unwrap(),
+            "an expired lease is taken over"
+        );
+        stale.spec.as_mut().unwrap().holder_identity = Some("c".into());
+        let err = lock(&api, "c")
+            .api
+            .replace("leader", &PostParams::default(), &stale)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409));
+        assert_eq!(
+            api.get("leases", "ops", "leader").unwrap()["spec"]["holderIdentity"],
+            "b"
+        );
+    }
+}
