@@ -11,16 +11,31 @@ use tonic::Code;
 /// Result of a client call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Where a status came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A node sent it: the request was processed and failed (or was refused).
+    Node,
+    /// The connection could not be made: the request never left the client.
+    Connect,
+    /// The transport failed after connecting (connection lost, client-side timeout): the
+    /// request may or may not have been applied.
+    Transport,
+}
+
 /// Everything a client call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The node (or the transport, for connection failures) answered with a gRPC status.
+    /// The node answered with a gRPC status, or the transport failed (then tonic reports
+    /// it as a status too, usually `UNAVAILABLE`; `origin` tells which).
     #[error("{}: {message}", code_name(*code))]
     Status {
         /// The gRPC status code, e.g. `Code::InvalidArgument` or `Code::Unavailable`.
         code: Code,
         /// The message that came with it.
         message: String,
+        /// Whether a node sent it or the client's transport made it.
+        origin: Origin,
     },
     /// No node address was given.
     #[error("no node address given: pass at least one host:port")]
@@ -78,41 +93,42 @@ impl Error {
     /// Whether the request surely never reached a node (the connection could not be
     /// made), so that sending it to another node cannot apply it twice.
     pub fn is_connect_failure(&self) -> bool {
-        match self {
-            // tonic maps connector failures to UNAVAILABLE with the connector's message
-            // ("tcp connect error", "error trying to connect", "connection refused").
+        matches!(
+            self,
             Error::Status {
-                code: Code::Unavailable,
-                message,
-            } => {
-                let m = message.to_ascii_lowercase();
-                m.contains("connect") || m.contains("connection refused")
+                origin: Origin::Connect,
+                ..
             }
-            _ => false,
-        }
+        )
     }
 
-    /// Whether the transport failed (connection lost, timeout) rather than the node
-    /// answering with an error: retrying an idempotent request elsewhere may help.
+    /// Whether the transport failed (no connection, connection lost, timeout) rather than
+    /// a node answering with an error: retrying an idempotent request elsewhere may help.
     pub fn is_transport_failure(&self) -> bool {
-        match self {
-            Error::Status { code, message } => match code {
-                Code::Unavailable => self.is_connect_failure() || message.contains("transport"),
-                Code::Cancelled => message.contains("Timeout expired"),
-                Code::Unknown => message.contains("transport") || message.contains("h2 protocol"),
-                _ => false,
-            },
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::Status {
+                origin: Origin::Connect | Origin::Transport,
+                ..
+            }
+        )
     }
 }
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         let mut message = status.message().to_string();
-        // Transport errors carry their cause in the source chain, not the message.
+        // A status decoded from a node's answer has no source; one that tonic made from a
+        // local error keeps that error as its source, with a `ConnectError` in the chain
+        // when the connection could not be made. The chain's text completes the message.
+        let mut origin = Origin::Node;
         let mut source = std::error::Error::source(&status);
         while let Some(err) = source {
+            if err.downcast_ref::<tonic::ConnectError>().is_some() {
+                origin = Origin::Connect;
+            } else if origin == Origin::Node {
+                origin = Origin::Transport;
+            }
             let text = err.to_string();
             if !message.contains(&text) {
                 if !message.is_empty() {
@@ -125,6 +141,7 @@ impl From<tonic::Status> for Error {
         Error::Status {
             code: status.code(),
             message,
+            origin,
         }
     }
 }
@@ -166,12 +183,36 @@ mod tests {
     }
 
     #[test]
-    fn quorum_failure_is_not_a_connect_failure() {
-        let err = Error::from(tonic::Status::unavailable("1 of 2 replicas answered"));
+    fn node_statuses_are_not_transport_failures() {
+        // Even when the node's message talks about connections to its peers.
+        let err = Error::from(tonic::Status::unavailable(
+            "1 of 2 replicas answered (node-2: tcp connect error: connection refused)",
+        ));
+        assert!(matches!(
+            err,
+            Error::Status {
+                origin: Origin::Node,
+                ..
+            }
+        ));
         assert!(!err.is_connect_failure());
         assert!(!err.is_transport_failure());
-        let err = Error::from(tonic::Status::unavailable("tcp connect error"));
+    }
+
+    #[test]
+    fn local_errors_are_classified_by_their_source() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let connect = tonic::ConnectError(Box::new(refused));
+        let err = Error::from(tonic::Status::from_error(Box::new(connect)));
+        assert_eq!(err.code(), Some(Code::Unavailable));
         assert!(err.is_connect_failure());
+        assert!(err.is_transport_failure());
+        assert!(err.message().contains("refused"), "{err}");
+
+        let timeout = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        let err = Error::from(timeout);
+        assert_eq!(err.category(), "CANCELLED");
+        assert!(!err.is_connect_failure());
         assert!(err.is_transport_failure());
     }
 

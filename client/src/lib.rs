@@ -31,5 +31,5 @@ pub use client::{Client, ClientConfig, GetResult, Sibling, WriteResult};
 pub use context::Context;
 /// The generated gRPC types (admin responses are returned as they are).
 pub use dynamo_proto::v1 as proto;
-pub use error::{Error, Result};
+pub use error::{Error, Origin, Result};
 pub use pool::split_addrs;
