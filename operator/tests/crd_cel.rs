@@ -128,3 +128,20 @@ fn scale_below_n_is_rejected_as_an_update() {
         "at least spec.replication.n",
     );
 }
+
+#[test]
+fn every_example_passes_the_cel_rules() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let obj: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        if obj["kind"] == "DynamoCluster" {
+            Validator::new()
+                .validate(&schema(), &obj, None)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "examples found: {checked}");
+}

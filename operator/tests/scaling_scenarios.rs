@@ -260,3 +260,48 @@ async fn operator_restarted_between_every_pair_of_scale_in_steps_ends_the_same()
 async fn operator_restarted_between_every_pair_of_scale_out_steps_ends_the_same() {
     crash_everywhere(3, 5).await;
 }
+
+/// A small deterministic generator (xorshift), so random schedules replay exactly.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+/// Random schedules of size changes (including refused ones below n), operator crashes
+/// before and after side effects, and stuck nodes; the safety checks run after every pass
+/// and the cluster must end at the last valid size.
+#[tokio::test]
+async fn random_schedules_of_scaling_crashes_and_hints_stay_safe_and_converge() {
+    for seed in 1..=25u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let w = cluster_of(3).await;
+        let mut size = 3;
+        for _ in 0..6 {
+            let requested = 2 + rng.next(5) as i32; // 2..=6; 2 is below n and refused
+            if requested >= N as i32 {
+                size = requested;
+            }
+            if rng.next(2) == 0 {
+                w.crash_at(1 + rng.next(6), rng.next(2) == 0);
+            }
+            if rng.next(3) == 0 {
+                w.admin.add_hints(
+                    &format!("kv-{}", rng.next(size as u64)),
+                    rng.next(20) as u32,
+                );
+            }
+            run_passes(&w, &intent(requested), rng.next(40) as usize).await;
+            assert_eq!(w.violations(), Vec::<String>::new(), "seed {seed}");
+        }
+        w.crash_at(u64::MAX, false);
+        settle(&w, &intent(size)).await;
+        assert_eq!(map_members(&w), ids(size as u32), "seed {seed}");
+        assert_eq!(w.summary().0, Some(size as u32), "seed {seed}");
+        assert!(w.admin.min_copies() >= N, "seed {seed}");
+    }
+}
