@@ -16,8 +16,9 @@
 #   BENCH_KEYS=10000            distinct keys;  BENCH_VALUE_SIZE=100  bytes per value
 #   BENCH_BASE_PORT=7300        gRPC ports base+1..; HTTP ports BENCH_HTTP_BASE_PORT=7380
 #   BENCH_OUT=target/bench      where results-<time>/ goes (raw JSON lines, logs, summary)
-#   BENCH_NO_BUILD=1            skip `cargo build --release`
-#   CARGO_TARGET_DIR            where the release binaries are (default: target)
+#   BENCH_NO_BUILD=1            skip the cargo build
+#   BENCH_PROFILE=release       cargo profile of the binaries (`dev` only to try the script)
+#   CARGO_TARGET_DIR            where the binaries are (default: target)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -31,6 +32,9 @@ VALUE_SIZE=${BENCH_VALUE_SIZE:-100}
 BASE_PORT=${BENCH_BASE_PORT:-7300}
 HTTP_BASE_PORT=${BENCH_HTTP_BASE_PORT:-7380}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+PROFILE=${BENCH_PROFILE:-release}
+PROFILE_DIR=$PROFILE
+[[ $PROFILE == dev ]] && PROFILE_DIR=debug
 OUT="${BENCH_OUT:-$ROOT/target/bench}/results-$(date -u +%Y%m%dT%H%M%SZ)"
 NODES=3
 
@@ -80,11 +84,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
-    log "building release binaries"
-    (cd "$ROOT" && cargo build --release -p dynamo-node -p dynamo-client)
+    log "building $PROFILE binaries"
+    (cd "$ROOT" && cargo build --profile "$PROFILE" -p dynamo-node -p dynamo-client)
 fi
-CTL="$TARGET/release/dynamoctl"
-NODE_BIN="$TARGET/release/dynamo-node"
+CTL="$TARGET/$PROFILE_DIR/dynamoctl"
+NODE_BIN="$TARGET/$PROFILE_DIR/dynamo-node"
 for bin in "$CTL" "$NODE_BIN"; do
     [[ -x "$bin" ]] || { log "missing $bin (set CARGO_TARGET_DIR?)"; exit 1; }
 done
@@ -156,5 +160,12 @@ for policy in $POLICIES; do
     stop_cluster
 done
 
-python3 "$HERE/summarize.py" "$RESULTS" "$MEMORY" | tee "$OUT/summary.md"
+{
+    echo "# Local cluster benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "$NODES nodes N=3 R=2 W=2 on one machine ($(nproc) cores, Linux $(uname -r)), client on the" \
+        "same machine; $KEYS keys, $VALUE_SIZE-byte values, $DURATION per run, median of $REPS runs."
+    echo
+    python3 "$HERE/summarize.py" "$RESULTS" "$MEMORY"
+} | tee "$OUT/summary.md"
 log "raw results: $RESULTS"
