@@ -106,8 +106,8 @@ pub struct DynamoClusterSpec {
     pub resources: Option<ResourceRequirements>,
 
     /// Node label whose value is a node's failure zone. Pods are spread across its values
-    /// with (preferred) pod anti-affinity. (Passing zones to the partition planner, so that
-    /// preference lists span zones, is not done yet.)
+    /// with (preferred) pod anti-affinity, and each pod's zone (read from its Kubernetes
+    /// node) is given to the partition planner so that preference lists span zones.
     #[serde(default = "default_zone_key")]
     pub zone_topology_key: String,
 

@@ -8,7 +8,9 @@
 //!   precondition, so a claim re-created for a new pod of the same ordinal is never hit.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Resource, ResourceExt};
@@ -27,6 +29,7 @@ pub struct KubeWorkloads {
     pub pods: Api<Pod>,
     pub pvcs: Api<PersistentVolumeClaim>,
     pub clusters: Api<DynamoCluster>,
+    pub nodes: Api<Node>,
     pub recorder: Recorder,
 }
 
@@ -40,7 +43,8 @@ impl KubeWorkloads {
             sts: Api::namespaced(client.clone(), ns),
             pods: Api::namespaced(client.clone(), ns),
             pvcs: Api::namespaced(client.clone(), ns),
-            clusters: Api::namespaced(client, ns),
+            clusters: Api::namespaced(client.clone(), ns),
+            nodes: Api::all(client),
             names,
             recorder,
         }
@@ -63,6 +67,28 @@ impl KubeWorkloads {
             .await
             .map(|_| ())
             .map_err(api_error)
+    }
+}
+
+impl KubeWorkloads {
+    /// Zone of each scheduled pod: the zone label of the Kubernetes node it runs on.
+    async fn zones(&self, pods: &[Pod]) -> Result<BTreeMap<u32, String>, WorkloadError> {
+        let key = &self.dc.spec.zone_topology_key;
+        let mut zones = BTreeMap::new();
+        for pod in pods {
+            let (Some(ordinal), Some(node)) = (
+                self.names.ordinal_of(&pod.name_any()),
+                pod.spec.as_ref().and_then(|s| s.node_name.as_ref()),
+            ) else {
+                continue;
+            };
+            if let Some(n) = self.nodes.get_opt(node).await.map_err(api_error)? {
+                if let Some(zone) = n.labels().get(key) {
+                    zones.insert(ordinal, zone.clone());
+                }
+            }
+        }
+        Ok(zones)
     }
 }
 
@@ -106,6 +132,7 @@ impl Workloads for KubeWorkloads {
             .get_status(&self.names.cluster)
             .await
             .map_err(api_error)?;
+        let zones = self.zones(&pods.items).await?;
         Ok(WorkloadView {
             statefulset: sts.map(|s| StsView {
                 replicas: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32,
@@ -121,6 +148,7 @@ impl Workloads for KubeWorkloads {
                 .iter()
                 .filter_map(|c| self.names.ordinal_of_pvc(&c.name_any()))
                 .collect(),
+            zones,
             operation: live.status.and_then(|s| s.operation),
         })
     }

@@ -54,6 +54,8 @@ pub struct WorkloadView {
     pub pods: BTreeMap<u32, bool>,
     /// Ordinals whose data claim exists.
     pub pvcs: BTreeSet<u32>,
+    /// Failure zone of each pod's Kubernetes node (value of the zone topology label).
+    pub zones: BTreeMap<u32, String>,
     /// The operation recorded in status.
     pub operation: Option<ScalingOperation>,
 }
@@ -213,8 +215,13 @@ impl Observed {
             .map(|(_, id)| id)
             .collect()
     }
+    /// The planner's map for ordinals `0..to`, with the zones the pods run in, so that
+    /// preference lists span zones.
     fn plan(&self, to: u32) -> Result<PartitionMap, Refusal> {
-        let members = ordinal_members(&self.names, to);
+        let mut members = ordinal_members(&self.names, to);
+        for (ordinal, m) in members.iter_mut().enumerate() {
+            m.zone = self.workloads.zones.get(&(ordinal as u32)).cloned();
+        }
         dynamo_core::planner::plan(
             self.maps.current.as_ref(),
             &members,

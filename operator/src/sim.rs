@@ -187,6 +187,11 @@ impl Workloads for World {
             }),
             pods: s.pods.iter().map(|(&o, p)| (o, p.0)).collect(),
             pvcs: s.pvcs.keys().copied().collect(),
+            zones: s
+                .pods
+                .keys()
+                .map(|&o| (o, format!("zone-{}", o % 3)))
+                .collect(),
             operation: s.operation.clone(),
         })
     }

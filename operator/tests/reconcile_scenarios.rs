@@ -586,3 +586,30 @@ async fn the_controller_runs_on_watches_until_the_cluster_is_available() {
     handle.abort();
     assert!(available, "status: {:?}", e.dc().status);
 }
+
+#[tokio::test]
+async fn zones_of_the_pods_nodes_reach_the_partition_map() {
+    let e = env();
+    for (i, zone) in ["eu-1a", "eu-1b", "eu-1c"].iter().enumerate() {
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{i}"), "labels": {"topology.kubernetes.io/zone": zone}}});
+        e.api
+            .with_store(|s| s.create(&("nodes".into(), String::new(), format!("node-{i}")), node))
+            .unwrap();
+    }
+    e.create(json!({"replicas": 3}));
+    e.settle().await;
+    let map = e.admin.snapshot().current.unwrap();
+    let zones: Vec<Option<String>> = map.members.iter().map(|m| m.zone.clone()).collect();
+    assert_eq!(
+        zones,
+        [
+            Some("eu-1a".into()),
+            Some("eu-1b".into()),
+            Some("eu-1c".into())
+        ]
+    );
+    for p in 0..map.partitions {
+        let distinct: BTreeSet<_> = map.preference_list(p).map(|m| m.zone.clone()).collect();
+        assert_eq!(distinct.len(), 3, "partition {p} spans every zone");
+    }
+}

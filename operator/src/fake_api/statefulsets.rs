@@ -3,7 +3,8 @@
 //! Per StatefulSet: claims from the claim templates are created for ordinals below
 //! `replicas` and never deleted (retention policy Retain); pods are created by ordinal,
 //! become Ready the round after (unless marked broken), and pods at or above `replicas`
-//! get a deletionTimestamp, then disappear the round after.
+//! get a deletionTimestamp, then disappear the round after. Pods are scheduled on the
+//! Kubernetes nodes `node-0`, `node-1`, `node-2` by ordinal.
 
 use serde_json::{json, Value};
 
@@ -64,12 +65,14 @@ impl FakeApi {
                     let pod_name = format!("{name}-{ord}");
                     if !pods.iter().any(|(o, _)| *o == ord) {
                         let labels = sts["spec"]["template"]["metadata"]["labels"].clone();
+                        let mut spec = sts["spec"]["template"]["spec"].clone();
+                        spec["nodeName"] = json!(format!("node-{}", ord % 3));
                         let pod = json!({
                             "apiVersion": "v1", "kind": "Pod",
                             "metadata": {"name": pod_name, "namespace": ns, "labels": labels,
                                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name,
                                     "uid": sts["metadata"]["uid"], "controller": true}]},
-                            "spec": sts["spec"]["template"]["spec"],
+                            "spec": spec,
                             "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]},
                         });
                         let _ = store.create(&("pods".into(), ns.clone(), pod_name), pod);
