@@ -24,6 +24,8 @@ struct Env {
     ctx: Arc<Context>,
     /// Claims seen so far, to check each deletion against the admin side.
     claims: std::sync::Mutex<BTreeSet<String>>,
+    /// Partition replicas the nodes move per round.
+    moves: usize,
 }
 
 fn env_with(admin: AdminSource) -> Env {
@@ -46,6 +48,7 @@ fn env_with(admin: AdminSource) -> Env {
         admin: memory,
         ctx,
         claims: Default::default(),
+        moves: 24,
     }
 }
 
@@ -97,7 +100,7 @@ impl Env {
             .filter(|p| p["status"]["conditions"][0]["status"] == "True");
         self.admin
             .set_up(ready.map(|p| p["metadata"]["name"].as_str().unwrap().to_string()));
-        self.admin.tick(24);
+        self.admin.tick(self.moves);
         self.check_safety();
     }
 
@@ -198,6 +201,7 @@ impl Env {
             admin,
             ctx,
             claims: std::sync::Mutex::new(self.claims.lock().unwrap().clone()),
+            moves: self.moves,
         }
     }
 
@@ -460,7 +464,8 @@ fn final_state(e: &Env) -> (u64, Vec<String>, Vec<String>, usize) {
 /// saw the answer. The next pass is a restarted operator with nothing but the cluster.
 #[tokio::test]
 async fn operator_killed_at_every_write_of_a_scale_in_resumes_to_the_same_end() {
-    let start = running(5).await;
+    let mut start = running(5).await;
+    start.moves = 256; // moves are not what this test is about: keep each run short
     start.scale(3).await;
     let reference = start.fork();
     reference.api.fail_write(u64::MAX, false);
