@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::events::Reporter;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 
@@ -61,6 +61,13 @@ where
     }
 }
 
+fn reporter(identity: &str) -> Reporter {
+    Reporter {
+        controller: "dynamo-operator".into(),
+        instance: Some(identity.to_string()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -92,10 +99,7 @@ async fn main() -> anyhow::Result<()> {
 
     let ctx = Arc::new(Context {
         client: client.clone(),
-        reporter: Reporter {
-            controller: "dynamo-operator".into(),
-            instance: Some(args.identity.clone()),
-        },
+        recorder: Recorder::new(client.clone(), reporter(&args.identity)),
         metrics,
         admin: AdminSource::ConfigMap,
     });

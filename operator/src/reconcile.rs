@@ -13,7 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -48,7 +48,9 @@ pub enum AdminSource {
 /// Shared state of the reconcilers.
 pub struct Context {
     pub client: kube::Client,
-    pub reporter: Reporter,
+    /// One recorder for the process, so repeated Events (a refusal every requeue) are
+    /// aggregated into a series instead of piling up.
+    pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub admin: AdminSource,
 }
@@ -109,7 +111,7 @@ pub fn error_policy(_dc: Arc<DynamoCluster>, err: &Error, _ctx: Arc<Context>) ->
 }
 
 async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Requeue, Error> {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let recorder = ctx.recorder.clone();
     let workloads = KubeWorkloads::new(ctx.client.clone(), dc, recorder);
     let intent = match validate(dc) {
         Ok(i) => i,
@@ -263,7 +265,7 @@ async fn write_status(
 /// On deletion: owner references remove the owned objects; volumes are kept (the
 /// StatefulSet's retention policy is Retain), which the Event says.
 async fn cleanup(dc: &DynamoCluster, ctx: &Context) -> Result<Requeue, Error> {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let recorder = ctx.recorder.clone();
     let w = KubeWorkloads::new(ctx.client.clone(), dc, recorder);
     let msg = format!(
         "cluster deleted; its data volumes (data-{}-N) are kept: delete them with kubectl when the data is no longer needed",

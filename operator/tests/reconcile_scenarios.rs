@@ -13,7 +13,7 @@ use dynamo_operator::metrics::Metrics;
 use dynamo_operator::reconcile::{reconcile, AdminSource, Context, FINALIZER};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::Reporter;
+use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{json, Value};
 
 const MAX_PASSES: usize = 300;
@@ -28,6 +28,14 @@ struct Env {
     moves: usize,
 }
 
+fn recorder(api: &FakeApi) -> Recorder {
+    let reporter = Reporter {
+        controller: "dynamo-operator".into(),
+        instance: Some("test".into()),
+    };
+    Recorder::new(api.client(), reporter)
+}
+
 fn env_with(admin: AdminSource) -> Env {
     let api = FakeApi::new();
     let memory = match &admin {
@@ -36,10 +44,7 @@ fn env_with(admin: AdminSource) -> Env {
     };
     let ctx = Arc::new(Context {
         client: api.client(),
-        reporter: Reporter {
-            controller: "dynamo-operator".into(),
-            instance: Some("test".into()),
-        },
+        recorder: recorder(&api),
         metrics: Arc::new(Metrics::default()),
         admin,
     });
@@ -192,7 +197,7 @@ impl Env {
         let api = self.api.fork();
         let ctx = Arc::new(Context {
             client: api.client(),
-            reporter: self.ctx.reporter.clone(),
+            recorder: recorder(&api),
             metrics: Arc::new(Metrics::default()),
             admin: AdminSource::Memory(admin.clone()),
         });
@@ -389,6 +394,21 @@ async fn scale_below_n_is_refused_with_degraded_and_a_warning_event() {
     assert!(e
         .events()
         .contains(&("Warning".into(), "BelowReplicationFactor".into())));
+    // Repeated refusals are one Event with a growing series, not one Event per pass.
+    for _ in 0..3 {
+        e.pass().await;
+    }
+    let refusals = e
+        .events()
+        .into_iter()
+        .filter(|ev| ev.1 == "BelowReplicationFactor")
+        .count();
+    assert_eq!(refusals, 1);
+    assert!(e
+        .api
+        .requests()
+        .iter()
+        .any(|r| r.starts_with("PATCH /apis/events.k8s.io/")));
 }
 
 #[tokio::test]
