@@ -53,6 +53,8 @@ struct State {
     deleted_volumes: Vec<u32>,
     /// Ordinals whose pods never become ready.
     broken: BTreeSet<u32>,
+    /// Bump the StatefulSet's resourceVersion right after the next observe (a concurrent writer).
+    race: bool,
 }
 
 /// The simulated world: Kubernetes side and admin side of one cluster.
@@ -146,6 +148,11 @@ impl World {
         }
     }
 
+    /// Makes another writer change the StatefulSet right after the operator's next read.
+    pub fn race_next_observe(&self) {
+        self.state.lock().race = true;
+    }
+
     /// Safety violations seen so far.
     pub fn violations(&self) -> Vec<String> {
         self.state.lock().violations.clone()
@@ -179,8 +186,8 @@ impl World {
 
 impl Workloads for World {
     async fn observe(&self) -> Result<WorkloadView, WorkloadError> {
-        let s = self.state.lock();
-        Ok(WorkloadView {
+        let mut s = self.state.lock();
+        let view = WorkloadView {
             statefulset: s.sts.map(|r| StsView {
                 replicas: r,
                 resource_version: Some(s.resource_version.to_string()),
@@ -193,7 +200,11 @@ impl Workloads for World {
                 .map(|&o| (o, format!("zone-{}", o % 3)))
                 .collect(),
             operation: s.operation.clone(),
-        })
+        };
+        if std::mem::take(&mut s.race) {
+            s.resource_version += 1;
+        }
+        Ok(view)
     }
 
     async fn record(&self, op: Option<&ScalingOperation>) -> Result<(), WorkloadError> {

@@ -435,7 +435,7 @@ async fn an_invalid_spec_is_rejected_with_a_clear_reason_and_nothing_is_built() 
 }
 
 #[tokio::test]
-async fn a_stale_resource_version_makes_the_shrink_conflict_instead_of_acting() {
+async fn an_apply_at_a_stale_resource_version_conflicts_and_the_scale_in_still_finishes() {
     let e = running(4).await;
     e.scale(3).await;
     // Run until the operator is about to shrink, then change the StatefulSet behind its back.

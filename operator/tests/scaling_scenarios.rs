@@ -305,3 +305,23 @@ async fn random_schedules_of_scaling_crashes_and_hints_stay_safe_and_converge() 
         assert!(w.admin.min_copies() >= N, "seed {seed}");
     }
 }
+
+#[tokio::test]
+async fn a_shrink_racing_another_writer_conflicts_then_retries() {
+    let w = cluster_of(4).await;
+    let target = intent(3);
+    for _ in 0..MAX_PASSES {
+        if w.summary().3.is_some_and(|op| op.step == Step::Shrinking) {
+            break;
+        }
+        step(&w, &w, &w.names, &target).await.unwrap();
+        w.tick(MOVES_PER_TICK);
+    }
+    assert_eq!(w.summary().0, Some(4), "about to shrink");
+    w.race_next_observe();
+    let err = step(&w, &w, &w.names, &target).await.unwrap_err();
+    assert_eq!(err.category(), "Conflict", "{err}");
+    assert_eq!(w.summary().0, Some(4), "nothing shrank on stale state");
+    settle(&w, &target).await;
+    assert_eq!((w.summary().0, map_members(&w)), (Some(3), ids(3)));
+}
