@@ -150,6 +150,14 @@ fn error(e: ApiError) -> Response<Body> {
     respond(e.code().0, &e.status())
 }
 
+impl Faults {
+    /// Counts a state-changing write; `Some(after)` when this one is to fail.
+    fn hit(&mut self) -> Option<bool> {
+        self.writes += 1;
+        (self.at == Some(self.writes)).then_some(self.after)
+    }
+}
+
 impl Default for FakeApi {
     fn default() -> Self {
         Self::new()
@@ -269,36 +277,22 @@ impl FakeApi {
         let significant = t.plural == "statefulsets"
             || parts.method == Method::DELETE
             || (t.sub.as_deref() == Some("status") && body["status"].get("operation").is_some());
-        let after = {
-            let mut f = self.faults.lock();
-            if !significant {
-                drop(f);
-                let result = self.write(&parts.method, &t, &q, &ctype, body);
-                let _ = self.notify.send(0);
-                return match result {
-                    Ok((code, v)) => respond(code, &v),
-                    Err(e) => error(e),
-                };
-            }
-            f.writes += 1;
-            match f.at {
-                Some(at) if at == f.writes && !f.after => {
-                    return error(ApiError::Internal("injected failure".into()))
-                }
-                Some(at) => at == f.writes,
-                None => false,
-            }
+        let crash = if significant {
+            self.faults.lock().hit()
+        } else {
+            None
         };
+        if crash == Some(false) {
+            return error(ApiError::Internal("injected failure".into()));
+        }
         let result = self.write(&parts.method, &t, &q, &ctype, body);
         let _ = self.notify.send(0);
-        if after {
-            return error(ApiError::Internal(
+        match (crash, result) {
+            (Some(true), _) => error(ApiError::Internal(
                 "injected failure after the write".into(),
-            ));
-        }
-        match result {
-            Ok((code, v)) => respond(code, &v),
-            Err(e) => error(e),
+            )),
+            (_, Ok((code, v))) => respond(code, &v),
+            (_, Err(e)) => error(e),
         }
     }
 
