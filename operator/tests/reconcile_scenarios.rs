@@ -638,3 +638,45 @@ async fn zones_of_the_pods_nodes_reach_the_partition_map() {
         assert_eq!(distinct.len(), 3, "partition {p} spans every zone");
     }
 }
+
+fn degraded_reason(e: &Env) -> String {
+    let st = e.dc().status.unwrap();
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == "True")
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn changing_partitions_is_refused() {
+    let e = running(3).await;
+    let patch = json!({"spec": {"partitions": 512, "replicas": 4}});
+    e.clusters()
+        .patch("kv", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    e.settle().await;
+    assert_eq!(degraded_reason(&e), "PartitionsImmutable");
+    assert_eq!((e.sts_replicas(), e.map_nodes()), (3, 3), "nothing scaled");
+    assert!(e
+        .events()
+        .contains(&("Warning".into(), "PartitionsImmutable".into())));
+}
+
+#[tokio::test]
+async fn scaling_an_unhealthy_cluster_is_refused_until_it_recovers() {
+    let e = running(3).await;
+    e.api.set_broken("kv-1", true);
+    e.tick();
+    e.scale(4).await;
+    for _ in 0..5 {
+        e.pass().await;
+    }
+    assert_eq!(degraded_reason(&e), "ClusterUnhealthy");
+    assert_eq!(e.sts_replicas(), 3);
+    e.api.set_broken("kv-1", false);
+    e.tick();
+    e.settle().await;
+    assert_eq!((e.sts_replicas(), e.map_nodes()), (4, 4));
+}
