@@ -46,7 +46,8 @@ pub struct BenchArgs {
     /// HTTP/2 connections per node (default: one per 16 workers, at most 4).
     #[arg(long)]
     pub connections: Option<usize>,
-    /// Send each request to any node instead of the key's preference list.
+    /// Send each request to the --addr nodes instead of the key's preference list (use when
+    /// the addresses nodes advertise are not reachable from here, e.g. via port-forward).
     #[arg(long)]
     pub no_route: bool,
     /// Seed of the random key choices.
