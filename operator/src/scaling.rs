@@ -477,3 +477,128 @@ fn cleaning_up(o: &Observed, op: &ScalingOperation) -> Decision {
     }
     Decision::act(Action::Record(None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(replicas: i32, map_nodes: u32, pods: u32) -> Observed {
+        let names = Names {
+            cluster: "kv".into(),
+            namespace: "ns".into(),
+        };
+        let current = (map_nodes > 0).then(|| {
+            dynamo_core::planner::plan(None, &ordinal_members(&names, map_nodes), 64, 3).unwrap()
+        });
+        Observed {
+            intent: Intent {
+                replicas,
+                n: 3,
+                partitions: 64,
+                pvc_policy: PvcPolicy::Delete,
+            },
+            workloads: WorkloadView {
+                statefulset: (pods > 0).then(|| StsView {
+                    replicas: pods,
+                    resource_version: Some("7".into()),
+                }),
+                pods: (0..pods).map(|o| (o, true)).collect(),
+                pvcs: (0..pods).collect(),
+                ..Default::default()
+            },
+            maps: MapState {
+                current,
+                pending: None,
+            },
+            progress: None,
+            drained: BTreeMap::new(),
+            reachable: (0..pods).map(|o| names.pod(o)).collect(),
+            names,
+        }
+    }
+
+    fn scale_in(step: Step) -> ScalingOperation {
+        ScalingOperation {
+            direction: Direction::ScaleIn,
+            from: 5,
+            to: 3,
+            step,
+            target_epoch: Some(2),
+        }
+    }
+
+    #[test]
+    fn a_new_cluster_records_a_scale_out_from_zero_before_anything_else() {
+        let d = decide(&observed(3, 0, 0));
+        let Action::Record(Some(op)) = d.action else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            (op.direction, op.from, op.to, op.step),
+            (Direction::ScaleOut, 0, 3, Step::Provisioning)
+        );
+    }
+
+    #[test]
+    fn below_n_is_refused_and_nothing_happens() {
+        let d = decide(&observed(2, 3, 3));
+        assert_eq!(d.action, Action::Nothing);
+        assert_eq!(d.refusal.unwrap().category(), "BelowReplicationFactor");
+    }
+
+    #[test]
+    fn a_scale_in_waits_for_an_undrained_departing_node() {
+        let mut o = observed(3, 5, 5);
+        let pending = o.plan(3).unwrap();
+        o.maps.pending = Some(pending);
+        o.progress = Some(MoveProgress {
+            pending: 0,
+            done: 40,
+            synced: ids(3),
+        });
+        o.drained = BTreeMap::from([("kv-3".into(), true), ("kv-4".into(), false)]);
+        o.workloads.operation = Some(scale_in(Step::Moving));
+        let d = decide(&o);
+        assert_eq!(d.action, Action::Nothing);
+        assert!(d.waiting.unwrap().contains("kv-4"));
+    }
+
+    #[test]
+    fn scaling_back_up_aborts_a_scale_in_before_finalize_and_finishes_it_after() {
+        let mut o = observed(5, 5, 5);
+        o.maps.pending = Some(o.plan(3).unwrap());
+        o.workloads.operation = Some(scale_in(Step::Moving));
+        assert_eq!(decide(&o).action, Action::Abort(2));
+
+        let mut o = observed(5, 3, 5);
+        o.workloads.operation = Some(scale_in(Step::Shrinking));
+        let d = decide(&o);
+        assert_eq!(
+            d.action,
+            Action::Scale {
+                replicas: 3,
+                expected_resource_version: Some("7".into())
+            }
+        );
+    }
+
+    #[test]
+    fn claims_are_deleted_only_for_departed_ordinals_whose_pods_are_gone() {
+        let mut o = observed(3, 3, 3);
+        o.workloads.pvcs = (0..5).collect();
+        o.workloads.operation = Some(scale_in(Step::CleaningUp));
+        assert_eq!(decide(&o).action, Action::DeleteVolume(3));
+        o.workloads.pods.insert(3, false);
+        assert_eq!(
+            decide(&o).action,
+            Action::DeleteVolume(4),
+            "ordinal 3 still has a pod"
+        );
+        o.intent.pvc_policy = PvcPolicy::Retain;
+        assert_eq!(decide(&o).action, Action::Record(None));
+    }
+
+    fn ids(k: u32) -> BTreeSet<NodeId> {
+        (0..k).map(|o| format!("kv-{o}")).collect()
+    }
+}
