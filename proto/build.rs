@@ -5,7 +5,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // Build scripts run single-threaded; nothing else reads the environment concurrently.
     std::env::set_var("PROTOC", protoc);
-    let files = ["dynamo/v1/kv.proto", "dynamo/v1/admin.proto", "dynamo/v1/replica.proto"];
+    let files = [
+        "dynamo/v1/kv.proto",
+        "dynamo/v1/admin.proto",
+        "dynamo/v1/replica.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -119,7 +119,10 @@ pub fn decode_vv(r: &mut Reader<'_>) -> Result<Vec<(Actor, u64)>, DecodeError> {
         let node = std::str::from_utf8(r.bytes()?)
             .map_err(|_| DecodeError::Malformed("actor is not UTF-8"))?
             .to_owned();
-        let actor = Actor { node, incarnation: r.varint()? };
+        let actor = Actor {
+            node,
+            incarnation: r.varint()?,
+        };
         if entries.last().is_some_and(|(a, _)| *a >= actor) {
             return Err(DecodeError::Malformed("actors not in order"));
         }
@@ -137,7 +140,9 @@ pub fn encode_set(set: &SiblingSet) -> Vec<u8> {
     let actors: Vec<&Actor> = vv.iter().map(|(a, _)| a).collect();
     put_varint(&mut out, set.siblings().len() as u64);
     for s in set.siblings() {
-        let idx = actors.binary_search(&&s.dot.actor).expect("vv covers every sibling");
+        let idx = actors
+            .binary_search(&&s.dot.actor)
+            .expect("vv covers every sibling");
         put_varint(&mut out, idx as u64);
         put_varint(&mut out, s.dot.counter);
         match &s.value {
@@ -163,17 +168,27 @@ pub fn decode_set(buf: &[u8]) -> Result<SiblingSet, DecodeError> {
     let mut siblings = Vec::with_capacity(nsib.min(1024) as usize);
     for _ in 0..nsib {
         let idx = r.varint()? as usize;
-        let actor = entries.get(idx).ok_or(DecodeError::Malformed("actor index"))?.0.clone();
+        let actor = entries
+            .get(idx)
+            .ok_or(DecodeError::Malformed("actor index"))?
+            .0
+            .clone();
         let counter = r.varint()?;
         let value = match r.u8()? {
             0 => Some(Bytes::copy_from_slice(r.bytes()?)),
             1 => None,
             _ => return Err(DecodeError::Malformed("sibling kind")),
         };
-        siblings.push(Sibling { dot: Dot { actor, counter }, value });
+        siblings.push(Sibling {
+            dot: Dot { actor, counter },
+            value,
+        });
     }
     r.finish()?;
-    Ok(SiblingSet::from_parts(entries.into_iter().collect(), siblings))
+    Ok(SiblingSet::from_parts(
+        entries.into_iter().collect(),
+        siblings,
+    ))
 }
 
 #[cfg(test)]
@@ -203,8 +218,15 @@ mod tests {
     fn rejects_unknown_format_and_truncation() {
         assert_eq!(decode_set(&[9]), Err(DecodeError::UnknownFormat(9)));
         let mut s = SiblingSet::new();
-        s.update(&VersionVector::new(), &Actor::new("a", 1), Some(Bytes::from("v")));
+        s.update(
+            &VersionVector::new(),
+            &Actor::new("a", 1),
+            Some(Bytes::from("v")),
+        );
         let enc = encode_set(&s);
-        assert_eq!(decode_set(&enc[..enc.len() - 1]), Err(DecodeError::Truncated));
+        assert_eq!(
+            decode_set(&enc[..enc.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
     }
 }

@@ -50,7 +50,10 @@ pub fn decode(tag: u64, bytes: &[u8]) -> Result<VersionVector, ContextError> {
     }
     let corrupt = |e: DecodeError| ContextError::Corrupt(e.to_string());
     if bytes.len() < 1 + 8 + 1 + 8 {
-        return Err(ContextError::Corrupt(format!("{} bytes is too short", bytes.len())));
+        return Err(ContextError::Corrupt(format!(
+            "{} bytes is too short",
+            bytes.len()
+        )));
     }
     let (body, sum) = bytes.split_at(bytes.len() - 8);
     if checksum(body).to_le_bytes() != sum {
@@ -75,7 +78,9 @@ mod tests {
     use crate::version::Actor;
 
     fn vv() -> VersionVector {
-        [(Actor::new("n0", 7), 3), (Actor::new("n1", 1), 9)].into_iter().collect()
+        [(Actor::new("n0", 7), 3), (Actor::new("n1", 1), 9)]
+            .into_iter()
+            .collect()
     }
 
     #[test]
@@ -88,7 +93,10 @@ mod tests {
     #[test]
     fn refuses_other_cluster() {
         let enc = encode(cluster_tag("c1"), &vv());
-        assert_eq!(decode(cluster_tag("c2"), &enc), Err(ContextError::OtherCluster));
+        assert_eq!(
+            decode(cluster_tag("c2"), &enc),
+            Err(ContextError::OtherCluster)
+        );
     }
 
     #[test]
@@ -98,7 +106,10 @@ mod tests {
         for i in 0..enc.len() * 8 {
             let mut bad = enc.clone();
             bad[i / 8] ^= 1 << (i % 8);
-            assert!(matches!(decode(tag, &bad), Err(ContextError::Corrupt(_))), "bit {i}");
+            assert!(
+                matches!(decode(tag, &bad), Err(ContextError::Corrupt(_))),
+                "bit {i}"
+            );
         }
     }
 }

@@ -17,7 +17,11 @@ pub enum LimitError {
     #[error("value is {size} bytes; the limit is {limit} bytes")]
     ValueTooLarge { size: usize, limit: usize },
     #[error("{which} = {got} is out of range; it must be 1..={n} (N = {n})")]
-    BadQuorum { which: &'static str, got: u32, n: u32 },
+    BadQuorum {
+        which: &'static str,
+        got: u32,
+        n: u32,
+    },
 }
 
 /// Checks a key's size.
@@ -32,7 +36,10 @@ pub fn check_key(key: &[u8]) -> Result<(), LimitError> {
 /// Checks a value's size against `limit`.
 pub fn check_value(value: &[u8], limit: usize) -> Result<(), LimitError> {
     if value.len() > limit {
-        return Err(LimitError::ValueTooLarge { size: value.len(), limit });
+        return Err(LimitError::ValueTooLarge {
+            size: value.len(),
+            limit,
+        });
     }
     Ok(())
 }
@@ -59,13 +66,22 @@ mod tests {
     fn keys() {
         assert_eq!(check_key(b""), Err(LimitError::EmptyKey));
         assert!(check_key(&[1; MAX_KEY_BYTES]).is_ok());
-        assert_eq!(check_key(&[1; MAX_KEY_BYTES + 1]), Err(LimitError::KeyTooLarge(1025)));
+        assert_eq!(
+            check_key(&[1; MAX_KEY_BYTES + 1]),
+            Err(LimitError::KeyTooLarge(1025))
+        );
     }
 
     #[test]
     fn values() {
         assert!(check_value(&[0; 10], 10).is_ok());
-        assert_eq!(check_value(&[0; 11], 10), Err(LimitError::ValueTooLarge { size: 11, limit: 10 }));
+        assert_eq!(
+            check_value(&[0; 11], 10),
+            Err(LimitError::ValueTooLarge {
+                size: 11,
+                limit: 10
+            })
+        );
     }
 
     #[test]

@@ -79,7 +79,10 @@ fn rebalance(current: &PartitionMap, members: &[Member]) -> Vec<u32> {
         *owner = Some(m);
         next += 1;
     }
-    owners.into_iter().map(|o| o.expect("every partition assigned") as u32).collect()
+    owners
+        .into_iter()
+        .map(|o| o.expect("every partition assigned") as u32)
+        .collect()
 }
 
 /// Target partition count per member: `⌊Q/S⌋`, plus one for the `Q mod S` members that
@@ -110,14 +113,19 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn members(ids: impl IntoIterator<Item = usize>) -> Vec<Member> {
-        ids.into_iter().map(|i| Member::new(format!("node-{i:02}"), format!("h{i}:1"))).collect()
+        ids.into_iter()
+            .map(|i| Member::new(format!("node-{i:02}"), format!("h{i}:1")))
+            .collect()
     }
 
     fn assert_balanced(map: &PartitionMap) {
         let q = map.partitions as usize;
         let s = map.member_count();
         for (id, c) in map.ownership_counts() {
-            assert!(c == q / s || c == q.div_ceil(s), "{id} owns {c} of {q} over {s}");
+            assert!(
+                c == q / s || c == q.div_ceil(s),
+                "{id} owns {c} of {q} over {s}"
+            );
         }
     }
 
@@ -125,7 +133,11 @@ mod tests {
         for p in 0..map.partitions {
             let ids: BTreeSet<_> = map.preference_list(p).map(|m| m.id.clone()).collect();
             let want = (map.replication as usize).min(map.member_count());
-            assert_eq!(ids.len(), want, "partition {p} preference list not distinct");
+            assert_eq!(
+                ids.len(),
+                want,
+                "partition {p} preference list not distinct"
+            );
         }
     }
 

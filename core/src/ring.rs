@@ -41,7 +41,11 @@ pub struct Member {
 impl Member {
     /// A member without a zone.
     pub fn new(id: impl Into<NodeId>, addr: impl Into<String>) -> Self {
-        Self { id: id.into(), addr: addr.into(), zone: None }
+        Self {
+            id: id.into(),
+            addr: addr.into(),
+            zone: None,
+        }
     }
 }
 
@@ -58,8 +62,14 @@ pub enum MapError {
     DuplicateMember(NodeId),
     #[error("the map has {got} owners for {q} partitions")]
     OwnerCount { got: usize, q: u32 },
-    #[error("partition {partition} is owned by member index {index}, but there are {members} members")]
-    BadOwner { partition: u32, index: u32, members: usize },
+    #[error(
+        "partition {partition} is owned by member index {index}, but there are {members} members"
+    )]
+    BadOwner {
+        partition: u32,
+        index: u32,
+        members: usize,
+    },
 }
 
 /// Checks that `q` is an allowed partition count.
@@ -126,8 +136,14 @@ impl PartitionMap {
         members: Vec<Member>,
         owners: Vec<u32>,
     ) -> Result<Self, MapError> {
-        let mut map =
-            Self { epoch, partitions, replication, members, owners, prefs: Vec::new() };
+        let mut map = Self {
+            epoch,
+            partitions,
+            replication,
+            members,
+            owners,
+            prefs: Vec::new(),
+        };
         map.validate()?;
         map.prefs = (0..partitions).map(|p| map.compute_preference(p)).collect();
         Ok(map)
@@ -135,7 +151,13 @@ impl PartitionMap {
 
     /// Re-derives the preference lists after deserialization, validating the map.
     pub fn rebuild(self) -> Result<Self, MapError> {
-        Self::from_indices(self.epoch, self.partitions, self.replication, self.members, self.owners)
+        Self::from_indices(
+            self.epoch,
+            self.partitions,
+            self.replication,
+            self.members,
+            self.owners,
+        )
     }
 
     fn validate(&self) -> Result<(), MapError> {
@@ -152,7 +174,10 @@ impl PartitionMap {
             }
         }
         if self.owners.len() != self.partitions as usize {
-            return Err(MapError::OwnerCount { got: self.owners.len(), q: self.partitions });
+            return Err(MapError::OwnerCount {
+                got: self.owners.len(),
+                q: self.partitions,
+            });
         }
         for (p, &o) in self.owners.iter().enumerate() {
             if o as usize >= self.members.len() {
@@ -235,13 +260,17 @@ impl PartitionMap {
     /// The preference list of partition `p`: `min(N, S)` distinct members, owner first.
     pub fn preference_list(&self, p: PartitionId) -> impl Iterator<Item = &Member> + '_ {
         let n = (self.replication as usize).min(self.members.len());
-        self.prefs[p as usize][..n].iter().map(|&i| &self.members[i as usize])
+        self.prefs[p as usize][..n]
+            .iter()
+            .map(|&i| &self.members[i as usize])
     }
 
     /// Every member, in preference order for partition `p`: the preference list, then the
     /// fallbacks a sloppy quorum uses.
     pub fn extended_preference_list(&self, p: PartitionId) -> impl Iterator<Item = &Member> + '_ {
-        self.prefs[p as usize].iter().map(|&i| &self.members[i as usize])
+        self.prefs[p as usize]
+            .iter()
+            .map(|&i| &self.members[i as usize])
     }
 
     /// Whether `node` is in the preference list of partition `p`.
@@ -255,7 +284,11 @@ impl PartitionMap {
         for &o in &self.owners {
             counts[o as usize] += 1;
         }
-        self.members.iter().map(|m| m.id.clone()).zip(counts).collect()
+        self.members
+            .iter()
+            .map(|m| m.id.clone())
+            .zip(counts)
+            .collect()
     }
 
     /// Partitions for which `node` is in the preference list.
@@ -269,7 +302,9 @@ mod tests {
     use super::*;
 
     fn members(n: usize) -> Vec<Member> {
-        (0..n).map(|i| Member::new(format!("n{i}"), format!("127.0.0.1:{}", 7000 + i))).collect()
+        (0..n)
+            .map(|i| Member::new(format!("n{i}"), format!("127.0.0.1:{}", 7000 + i)))
+            .collect()
     }
 
     #[test]
@@ -283,7 +318,10 @@ mod tests {
     #[test]
     fn rejects_bad_partition_counts() {
         for q in [0, 8, 17, 100, 8192] {
-            assert_eq!(validate_partition_count(q), Err(MapError::BadPartitionCount(q)));
+            assert_eq!(
+                validate_partition_count(q),
+                Err(MapError::BadPartitionCount(q))
+            );
         }
         for q in [16, 256, 4096] {
             assert!(validate_partition_count(q).is_ok());

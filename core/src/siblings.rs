@@ -90,14 +90,23 @@ impl SiblingSet {
     /// highest (the coordinator writes locally first).
     pub fn update(&mut self, context: &VersionVector, actor: &Actor, value: Option<Bytes>) -> Dot {
         let counter = self.vv.get(actor).max(context.get(actor)) + 1;
-        let dot = Dot { actor: actor.clone(), counter };
+        let dot = Dot {
+            actor: actor.clone(),
+            counter,
+        };
         self.siblings.retain(|s| !context.covers(&s.dot));
         self.vv.merge(context);
         self.vv.witness(actor, counter);
         // The new dot is the largest of its actor, so inserting at the sorted place keeps
         // the order without a full sort.
         let at = self.siblings.partition_point(|s| s.dot < dot);
-        self.siblings.insert(at, Sibling { dot: dot.clone(), value });
+        self.siblings.insert(
+            at,
+            Sibling {
+                dot: dot.clone(),
+                value,
+            },
+        );
         dot
     }
 
@@ -217,14 +226,26 @@ mod tests {
     /// is the state of replica `ctx_from` (or none: a blind write), or two replicas sync.
     #[derive(Clone, Debug)]
     enum Op {
-        Write { at: usize, ctx_from: Option<usize>, delete: bool },
-        Sync { from: usize, to: usize },
+        Write {
+            at: usize,
+            ctx_from: Option<usize>,
+            delete: bool,
+        },
+        Sync {
+            from: usize,
+            to: usize,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0usize..3, proptest::option::of(0usize..3), any::<bool>())
-                .prop_map(|(at, ctx_from, delete)| Op::Write { at, ctx_from, delete }),
+            (0usize..3, proptest::option::of(0usize..3), any::<bool>()).prop_map(
+                |(at, ctx_from, delete)| Op::Write {
+                    at,
+                    ctx_from,
+                    delete
+                }
+            ),
             (0usize..3, 0usize..3).prop_map(|(from, to)| Op::Sync { from, to }),
         ]
     }
@@ -236,7 +257,11 @@ mod tests {
         let mut written: BTreeMap<Dot, VersionVector> = BTreeMap::new();
         for op in ops {
             match *op {
-                Op::Write { at, ctx_from, delete } => {
+                Op::Write {
+                    at,
+                    ctx_from,
+                    delete,
+                } => {
                     let ctx = ctx_from
                         .map(|r| reps[r].version_vector().clone())
                         .unwrap_or_default();

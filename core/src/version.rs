@@ -24,7 +24,10 @@ pub struct Actor {
 impl Actor {
     /// An actor of node `node` at `incarnation`.
     pub fn new(node: impl Into<String>, incarnation: u64) -> Self {
-        Self { node: node.into(), incarnation }
+        Self {
+            node: node.into(),
+            incarnation,
+        }
     }
 }
 
@@ -147,6 +150,9 @@ mod tests {
         let old = Actor::new("n", 1);
         let new = Actor::new("n", 2);
         let vv: VersionVector = [(old, 10)].into_iter().collect();
-        assert!(!vv.covers(&Dot { actor: new, counter: 1 }));
+        assert!(!vv.covers(&Dot {
+            actor: new,
+            counter: 1
+        }));
     }
 }
