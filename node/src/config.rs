@@ -1,0 +1,342 @@
+//! Node configuration: an optional YAML file, overridden by flags and `DYNAMO_*`
+//! environment variables, validated once after loading.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use dynamo_core::limits::DEFAULT_MAX_VALUE_BYTES;
+use dynamo_core::ring::{validate_partition_count, Member, DEFAULT_PARTITIONS};
+use serde::{Deserialize, Serialize};
+
+/// When writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Every write is in the WAL (OS page cache) before it is acknowledged, and the WAL is
+    /// synced to disk every `fsync_interval_ms`. Survives a process crash; a power loss
+    /// of every acknowledging replica within the interval can lose the last writes.
+    Periodic,
+    /// Every write is synced to disk before it is acknowledged (group commit: concurrent
+    /// writes share one sync).
+    Always,
+    /// Never sync explicitly; the OS writes back when it likes. Survives a process crash.
+    Never,
+}
+
+/// Replication settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    /// Replicas of every key (N).
+    pub n: u32,
+    /// Replicas a read waits for (R), unless the request overrides it.
+    pub r: u32,
+    /// Replicas a write waits for (W), unless the request overrides it.
+    pub w: u32,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self { n: 3, r: 2, w: 2 }
+    }
+}
+
+/// The configuration of one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Stable node id (e.g. the StatefulSet pod name).
+    pub node_id: String,
+    /// gRPC listen address, for clients and peers.
+    pub listen: SocketAddr,
+    /// Address peers and clients use to reach this node; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// HTTP listen address for `/healthz`, `/readyz` and `/metrics`.
+    pub http_listen: SocketAddr,
+    /// Where RocksDB keeps its files.
+    pub data_dir: PathBuf,
+    /// Cluster name; contexts made by another cluster are refused.
+    pub cluster_id: String,
+    /// Every member of the cluster, this node included.
+    pub members: Vec<Member>,
+    /// Replication settings.
+    pub replication: Replication,
+    /// Number of partitions Q (a power of two in 16..=4096), fixed at cluster creation.
+    pub partitions: u32,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// When writes reach the disk.
+    pub fsync: FsyncPolicy,
+    /// WAL sync interval for the `periodic` policy.
+    pub fsync_interval_ms: u64,
+    /// How long a coordinator waits for R or W replicas.
+    pub request_timeout_ms: u64,
+    /// RocksDB block cache size.
+    pub cache_bytes: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            listen: "0.0.0.0:7100".parse().expect("valid"),
+            advertise: None,
+            http_listen: "0.0.0.0:7180".parse().expect("valid"),
+            data_dir: PathBuf::from("/var/lib/dynamo"),
+            cluster_id: "dynamo".into(),
+            members: Vec::new(),
+            replication: Replication::default(),
+            partitions: DEFAULT_PARTITIONS,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            fsync: FsyncPolicy::Periodic,
+            fsync_interval_ms: 100,
+            request_timeout_ms: 1000,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a configuration is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("invalid member {0:?}: expected ID=HOST:PORT or ID=HOST:PORT@ZONE")]
+    BadMember(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Command-line flags; each overrides the YAML file and has a `DYNAMO_*` variable.
+#[derive(Debug, Parser)]
+#[command(name = "dynamo-node", version, about = "A Dynamo-style storage node")]
+pub struct Args {
+    /// YAML configuration file (fields as in NodeConfig).
+    #[arg(long, env = "DYNAMO_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "DYNAMO_NODE_ID")]
+    pub node_id: Option<String>,
+    #[arg(long, env = "DYNAMO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "DYNAMO_ADVERTISE")]
+    pub advertise: Option<String>,
+    #[arg(long, env = "DYNAMO_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    #[arg(long, env = "DYNAMO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "DYNAMO_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// Members as `ID=HOST:PORT[@ZONE]`, comma-separated.
+    #[arg(long, env = "DYNAMO_MEMBERS", value_delimiter = ',')]
+    pub members: Option<Vec<String>>,
+    #[arg(long, env = "DYNAMO_N")]
+    pub n: Option<u32>,
+    #[arg(long, env = "DYNAMO_R")]
+    pub r: Option<u32>,
+    #[arg(long, env = "DYNAMO_W")]
+    pub w: Option<u32>,
+    #[arg(long, env = "DYNAMO_PARTITIONS")]
+    pub partitions: Option<u32>,
+    #[arg(long, env = "DYNAMO_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    #[arg(long, env = "DYNAMO_FSYNC", value_enum)]
+    pub fsync: Option<FsyncPolicy>,
+    #[arg(long, env = "DYNAMO_FSYNC_INTERVAL_MS")]
+    pub fsync_interval_ms: Option<u64>,
+    #[arg(long, env = "DYNAMO_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    #[arg(long, env = "DYNAMO_CACHE_BYTES")]
+    pub cache_bytes: Option<usize>,
+}
+
+/// Parses `ID=HOST:PORT[@ZONE]`.
+pub fn parse_member(s: &str) -> Result<Member, ConfigError> {
+    let bad = || ConfigError::BadMember(s.to_owned());
+    let (id, rest) = s.trim().split_once('=').ok_or_else(bad)?;
+    let (addr, zone) = match rest.split_once('@') {
+        Some((a, z)) => (a, Some(z.to_owned())),
+        None => (rest, None),
+    };
+    if id.is_empty() || !addr.contains(':') {
+        return Err(bad());
+    }
+    Ok(Member {
+        id: id.to_owned(),
+        addr: addr.to_owned(),
+        zone,
+    })
+}
+
+impl NodeConfig {
+    /// Loads the YAML file (if any), applies the flags and validates the result.
+    pub fn load(args: Args) -> Result<Self, ConfigError> {
+        let mut cfg = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => NodeConfig::default(),
+        };
+        cfg.apply(args)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, a: Args) -> Result<(), ConfigError> {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = a.$field { self.$field = v; } )* };
+        }
+        set!(
+            node_id,
+            listen,
+            http_listen,
+            data_dir,
+            cluster_id,
+            partitions,
+            max_value_bytes
+        );
+        set!(fsync, fsync_interval_ms, request_timeout_ms, cache_bytes);
+        if a.advertise.is_some() {
+            self.advertise = a.advertise;
+        }
+        if let Some(n) = a.n {
+            self.replication.n = n;
+        }
+        if let Some(r) = a.r {
+            self.replication.r = r;
+        }
+        if let Some(w) = a.w {
+            self.replication.w = w;
+        }
+        if let Some(ms) = a.members {
+            self.members = ms
+                .iter()
+                .map(|m| parse_member(m))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+
+    /// Checks the invariants a node relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id.is_empty() {
+            return invalid("node_id is empty (set --node-id or DYNAMO_NODE_ID)".into());
+        }
+        validate_partition_count(self.partitions)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let Replication { n, r, w } = self.replication;
+        if n == 0 || r == 0 || w == 0 || r > n || w > n {
+            return invalid(format!("replication n={n} r={r} w={w}: need 1 <= r,w <= n"));
+        }
+        if !self.members.iter().any(|m| m.id == self.node_id) {
+            return invalid(format!(
+                "node_id {:?} is not among the members",
+                self.node_id
+            ));
+        }
+        if self.max_value_bytes == 0 {
+            return invalid("max_value_bytes must be positive".into());
+        }
+        if self.request_timeout_ms == 0 {
+            return invalid("request_timeout_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The address others reach this node at.
+    pub fn advertise_addr(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// The coordinator's deadline for a quorum.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec![
+            "dynamo-node",
+            "--node-id",
+            "a",
+            "--members",
+            "a=127.0.0.1:1,b=127.0.0.1:2@z",
+        ];
+        v.extend_from_slice(extra);
+        Args::parse_from(v)
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let cfg = NodeConfig::load(args(&["--w", "3", "--fsync", "always"])).unwrap();
+        assert_eq!(cfg.replication, Replication { n: 3, r: 2, w: 3 });
+        assert_eq!(cfg.fsync, FsyncPolicy::Always);
+        assert_eq!(cfg.members[1].zone.as_deref(), Some("z"));
+    }
+
+    #[test]
+    fn yaml_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.yaml");
+        std::fs::write(
+            &path,
+            "partitions: 64\nreplication: {n: 2, r: 1, w: 1}\nfsync: never\n",
+        )
+        .unwrap();
+        let cfg =
+            NodeConfig::load(args(&["--config", path.to_str().unwrap(), "--r", "2"])).unwrap();
+        assert_eq!(cfg.partitions, 64);
+        assert_eq!(cfg.replication, Replication { n: 2, r: 2, w: 1 });
+        assert_eq!(cfg.fsync, FsyncPolicy::Never);
+    }
+
+    #[test]
+    fn rejects_bad_settings_with_reasons() {
+        let err = NodeConfig::load(args(&["--r", "4"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r=4"), "{err}");
+        let err = NodeConfig::load(args(&["--partitions", "100"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("power of two"), "{err}");
+        let stranger = Args::parse_from([
+            "dynamo-node",
+            "--node-id",
+            "zz",
+            "--members",
+            "a=127.0.0.1:1",
+        ]);
+        let err = NodeConfig::load(stranger).unwrap_err().to_string();
+        assert!(err.contains("not among the members"), "{err}");
+        assert!(parse_member("nohost").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.yaml");
+        std::fs::write(&path, "bogus_field: 1\n").unwrap();
+        let err = NodeConfig::load(args(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(err.to_string().contains("bogus_field"), "{err}");
+    }
+}

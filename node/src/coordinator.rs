@@ -1,0 +1,304 @@
+//! Request coordination: routing, N/R/W quorums and sloppy quorum.
+//!
+//! Any node accepts a request. A node outside the key's preference list forwards it to a
+//! preference-list node (never twice). The coordinator then:
+//!
+//! - **put/delete**: validates the request (nothing is stored on bad input), records the
+//!   new version in its own store (atomic read-modify-write, see [`crate::store`]), sends
+//!   the resulting sibling set to the other replicas and answers after W of the intended
+//!   replicas are covered. Replicas believed down, or that fail, are replaced by the next
+//!   healthy nodes of the extended preference list, which keep the write as a hint
+//!   (sloppy quorum); replicas still uncovered at the deadline get a hint kept here.
+//!   The rest of the replication finishes in the background.
+//! - **get**: reads its own copy and asks the other replicas, answers with the join of the
+//!   first R replies, and lets [`crate::read_repair`] fix stale replicas in the background.
+//!
+//! When fewer than R or W answer in time, the client gets `UNAVAILABLE` saying how many
+//! answered of how many were needed. A put that fails this way may still have been stored
+//! on fewer than W replicas, as in Dynamo; it is never reported as a success.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dynamo_core::limits::{check_key, check_value, resolve_quorum};
+use dynamo_core::{context, Member, SiblingSet, VersionVector};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{timeout_at, Instant};
+
+use crate::error::RequestError;
+use crate::network::{Forward, Forwarded, WriteEntry};
+use crate::node::Node;
+use crate::quorum::WriteQuorum;
+use crate::read_repair;
+
+/// Where a request is coordinated.
+pub enum Route {
+    /// This node is in the key's preference list.
+    Local,
+    /// Forward to these preference-list nodes, in order of preference.
+    Forward(Vec<Member>),
+}
+
+/// Decides who coordinates a request for `key`.
+pub fn route(node: &Node, key: &[u8], forwarded: bool) -> Result<Route, RequestError> {
+    let p = node.map.partition_of(key);
+    if node.map.is_replica(p, node.id()) {
+        return Ok(Route::Local);
+    }
+    if forwarded {
+        return Err(RequestError::NoCoordinator(format!(
+            "request was forwarded to {}, which is not a replica of partition {p}",
+            node.id()
+        )));
+    }
+    let mut targets: Vec<Member> = node.map.preference_list(p).cloned().collect();
+    targets.sort_by_key(|m| !node.health.is_up(&m.id)); // healthy first, stable otherwise
+    Ok(Route::Forward(targets))
+}
+
+/// Forwards a request to the first preference-list node that can be reached.
+///
+/// Only connection failures fail over to the next node: a request that reached a
+/// coordinator may have been applied, and re-running a blind put elsewhere would add a
+/// duplicate sibling.
+pub async fn forward(
+    node: &Node,
+    targets: Vec<Member>,
+    req: Forward,
+) -> Result<Forwarded, tonic::Status> {
+    let mut last = tonic::Status::unavailable("no preference-list node to forward to");
+    for m in targets {
+        match node
+            .transport
+            .forward(&m, req.clone(), node.timeout())
+            .await
+        {
+            Ok(resp) => {
+                node.health.record_success(&m.id);
+                return Ok(resp);
+            }
+            Err(s) if is_connection_failure(&s) => {
+                node.health.record_failure(&m.id);
+                last = tonic::Status::unavailable(format!(
+                    "forwarding to {} failed: {}",
+                    m.id,
+                    s.message()
+                ));
+            }
+            Err(s) => return Err(s),
+        }
+    }
+    Err(last)
+}
+
+fn is_connection_failure(s: &tonic::Status) -> bool {
+    use std::error::Error;
+    s.code() == tonic::Code::Unavailable
+        && s.source()
+            .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
+}
+
+/// A successful write: the context the client should send next, and the acks counted.
+pub struct Written {
+    pub context: Vec<u8>,
+    pub acks: usize,
+}
+
+/// Coordinates a put (`value` is `Some`) or a delete (`value` is `None`).
+pub async fn write(
+    node: &Arc<Node>,
+    key: Bytes,
+    value: Option<Bytes>,
+    context_bytes: &[u8],
+    w: Option<u32>,
+) -> Result<Written, RequestError> {
+    let op = if value.is_some() { "put" } else { "delete" };
+    check_key(&key)?;
+    if let Some(v) = &value {
+        check_value(v, node.cfg.max_value_bytes)?;
+    }
+    let n = node.cfg.replication.n;
+    let w = resolve_quorum("w", w, node.cfg.replication.w, n)? as usize;
+    let ctx = context::decode(node.cluster_tag, context_bytes)?;
+    if value.is_none() && ctx.is_empty() {
+        return Err(RequestError::BadRequest(
+            "delete needs the context of a get of this key (a delete supersedes what it saw)"
+                .into(),
+        ));
+    }
+    let deadline = Instant::now() + node.timeout();
+    let set = node
+        .store
+        .update(key.clone(), ctx.clone(), node.actor.clone(), value)
+        .await?;
+
+    // The client's next context covers what it saw plus its own write, nothing else: a
+    // concurrent sibling it never saw must not be superseded by its next put.
+    let mut next: VersionVector = ctx;
+    next.witness(&node.actor, set.version_vector().get(&node.actor));
+
+    let p = node.map.partition_of(&key);
+    let pref: Vec<Member> = node.map.preference_list(p).cloned().collect();
+    let mut quorum = WriteQuorum::new(pref.iter().map(|m| m.id.clone()).collect(), w);
+    quorum.ack(node.id());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(replicate(node.clone(), key, set, pref, tx));
+    while !quorum.reached() {
+        match timeout_at(deadline, rx.recv()).await {
+            Ok(Some(covered)) => {
+                quorum.ack(&covered);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if !quorum.reached() {
+        return Err(RequestError::Unavailable {
+            op,
+            which: "W",
+            got: quorum.acks(),
+            needed: w,
+            n,
+            timeout_ms: node.cfg.request_timeout_ms,
+        });
+    }
+    Ok(Written {
+        context: context::encode(node.cluster_tag, &next),
+        acks: quorum.acks(),
+    })
+}
+
+/// Sends `set` to the other intended replicas (or fallbacks), reporting each covered
+/// intended replica on `covered`, and keeps a local hint for any left uncovered.
+async fn replicate(
+    node: Arc<Node>,
+    key: Bytes,
+    set: SiblingSet,
+    pref: Vec<Member>,
+    covered: mpsc::UnboundedSender<String>,
+) {
+    let p = node.map.partition_of(&key);
+    let mut used: HashSet<String> = pref.iter().map(|m| m.id.clone()).collect();
+    let fallbacks: Vec<Member> = node
+        .map
+        .extended_preference_list(p)
+        .filter(|m| !used.contains(&m.id))
+        .cloned()
+        .collect();
+    let next_fallback = |node: &Node, used: &mut HashSet<String>| {
+        let fb = fallbacks
+            .iter()
+            .find(|m| !used.contains(&m.id) && node.health.is_up(&m.id))?;
+        used.insert(fb.id.clone());
+        Some(fb.clone())
+    };
+    let send = |target: Member, intended: String| {
+        let node = node.clone();
+        let entry = WriteEntry {
+            key: key.clone(),
+            set: set.clone(),
+            hint_for: (target.id != intended).then(|| intended.clone()),
+        };
+        async move {
+            let r = node
+                .transport
+                .write(&target, vec![entry], node.timeout())
+                .await;
+            (target, intended, r)
+        }
+    };
+    let mut inflight = FuturesUnordered::new();
+    let mut done: HashSet<String> = HashSet::from([node.id().to_owned()]);
+    for m in pref.iter().filter(|m| m.id != node.id()) {
+        if node.health.is_up(&m.id) {
+            inflight.push(send(m.clone(), m.id.clone()));
+        } else if let Some(fb) = next_fallback(&node, &mut used) {
+            inflight.push(send(fb, m.id.clone()));
+        }
+    }
+    while let Some((target, intended, result)) = inflight.next().await {
+        match result {
+            Ok(()) => {
+                if node.health.record_success(&target.id) {
+                    node.handoff_wakeup.notify_one();
+                }
+                done.insert(intended.clone());
+                let _ = covered.send(intended);
+            }
+            Err(e) => {
+                tracing::debug!(peer = %target.id, error = %e, "replica write failed");
+                node.health.record_failure(&target.id);
+                if let Some(fb) = next_fallback(&node, &mut used) {
+                    inflight.push(send(fb, intended));
+                }
+            }
+        }
+    }
+    drop(covered);
+    let now = node.clock.now_ms();
+    for m in pref.iter().filter(|m| !done.contains(&m.id)) {
+        if let Err(e) = node
+            .store
+            .add_hint(m.id.clone(), key.clone(), set.clone(), now)
+            .await
+        {
+            tracing::error!(target = %m.id, error = %e, "could not keep a hint");
+        }
+    }
+}
+
+/// A successful read: the join of at least R replicas' states.
+pub struct Read {
+    pub set: SiblingSet,
+    pub replies: usize,
+}
+
+/// Coordinates a get.
+pub async fn read(node: &Arc<Node>, key: Bytes, r: Option<u32>) -> Result<Read, RequestError> {
+    check_key(&key)?;
+    let n = node.cfg.replication.n;
+    let r = resolve_quorum("r", r, node.cfg.replication.r, n)? as usize;
+    let deadline = Instant::now() + node.timeout();
+    let local = node.store.read(&key)?;
+    let p = node.map.partition_of(&key);
+    let others: Vec<Member> = node
+        .map
+        .preference_list(p)
+        .filter(|m| m.id != node.id())
+        .cloned()
+        .collect();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut merged = local.clone();
+    let mut replies = 1;
+    tokio::spawn(read_repair::gather_and_repair(
+        node.clone(),
+        key,
+        local,
+        others,
+        tx,
+    ));
+    while replies < r {
+        match timeout_at(deadline, rx.recv()).await {
+            Ok(Some(set)) => {
+                merged.absorb(&set);
+                replies += 1;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if replies < r {
+        return Err(RequestError::Unavailable {
+            op: "get",
+            which: "R",
+            got: replies,
+            needed: r,
+            n,
+            timeout_ms: node.cfg.request_timeout_ms,
+        });
+    }
+    Ok(Read {
+        set: merged,
+        replies,
+    })
+}

@@ -1,0 +1,122 @@
+//! Hinted handoff and peer probing.
+//!
+//! Hints live in their own column family and survive restarts. [`run`] loops forever:
+//! it probes peers believed down (with back-off), and hands every hint to its intended
+//! node once that node answers, deleting a hint only after the node acknowledged it (and
+//! only if no newer hinted write joined it meanwhile). It wakes early when a peer comes
+//! back or a hint is stored, and it refreshes the hint and storage metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::network::WriteEntry;
+use crate::node::Node;
+
+/// How often handoff runs without being woken.
+const PERIOD: Duration = Duration::from_millis(500);
+/// Hints sent to one node in one request.
+const BATCH: usize = 128;
+
+/// Runs probing and hinted handoff until the process stops.
+pub async fn run(node: Arc<Node>) {
+    loop {
+        tokio::select! {
+            _ = node.handoff_wakeup.notified() => {}
+            _ = tokio::time::sleep(PERIOD) => {}
+        }
+        round(&node).await;
+    }
+}
+
+/// One round of probing and hint delivery.
+pub async fn round(node: &Node) {
+    probe(node).await;
+    if let Err(e) = deliver(node).await {
+        tracing::warn!(error = %e, "hinted handoff round failed");
+    }
+}
+
+/// Probes down peers whose back-off has passed.
+async fn probe(node: &Node) {
+    for id in node.health.due_probes() {
+        let Some(m) = node.member(&id) else { continue };
+        match node.transport.ping(m, Duration::from_millis(500)).await {
+            Ok(()) => {
+                node.health.record_success(&id);
+                tracing::info!(peer = %id, "peer answers again");
+            }
+            Err(_) => node.health.record_failure(&id),
+        }
+    }
+}
+
+/// One round: refresh metrics, then deliver hints to every reachable target.
+async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
+    let summary = node.store.hint_summary()?;
+    let now = node.clock.now_ms();
+    node.metrics
+        .hints_pending
+        .set(summary.iter().map(|(_, n, _)| *n as i64).sum());
+    let oldest = summary
+        .iter()
+        .map(|(_, _, c)| *c)
+        .min()
+        .map_or(0, |c| now.saturating_sub(c));
+    node.metrics
+        .hint_oldest_age_seconds
+        .set((oldest / 1000) as i64);
+    node.metrics
+        .storage_bytes
+        .set(node.store.engine().size_bytes() as i64);
+
+    for (target, _, _) in summary {
+        if target == node.id() {
+            // A hint for ourselves (we were someone's fallback for our own key): keep it
+            // as data.
+            for h in node.store.hints_for(&target, BATCH)? {
+                node.store.join(h.key.clone(), h.set.clone()).await?;
+                node.store.clear_hint(&h).await?;
+            }
+            continue;
+        }
+        let Some(member) = node.member(&target).cloned() else {
+            continue;
+        };
+        if !node.health.is_up(&target) {
+            continue;
+        }
+        loop {
+            let hints = node.store.hints_for(&target, BATCH)?;
+            if hints.is_empty() {
+                break;
+            }
+            let entries = hints
+                .iter()
+                .map(|h| WriteEntry {
+                    key: h.key.clone(),
+                    set: h.set.clone(),
+                    hint_for: None,
+                })
+                .collect();
+            match node.transport.write(&member, entries, node.timeout()).await {
+                Ok(()) => {
+                    node.health.record_success(&target);
+                    for h in &hints {
+                        node.store.clear_hint(h).await?;
+                    }
+                    node.metrics.hints_delivered.inc_by(hints.len() as u64);
+                    tracing::debug!(peer = %target, count = hints.len(), "hints delivered");
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %target, error = %e, "hint delivery failed");
+                    node.health.record_failure(&target);
+                    break;
+                }
+            }
+            if hints.len() < BATCH {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

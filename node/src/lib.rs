@@ -1,0 +1,36 @@
+//! The storage node.
+//!
+//! Each Dynamo mechanism has its own module:
+//!
+//! - [`config`]: flags, environment and YAML configuration;
+//! - [`storage`]: the engine trait, RocksDB and in-memory engines;
+//! - [`store`]: sibling sets and hints over an engine, atomic read-modify-write, group commit;
+//! - [`identity`]: node id and incarnation (actor ids never reuse counters);
+//! - [`coordinator`]: routing and N/R/W quorums with sloppy quorum;
+//! - [`quorum`]: write quorum accounting;
+//! - [`read_repair`]: repairing stale replicas after a get;
+//! - [`handoff`]: hinted handoff and probing of down peers;
+//! - [`health`]: this node's view of its peers;
+//! - [`network`]: the transport seam (gRPC in production);
+//! - [`clock`]: the clock seam;
+//! - [`service`]: the gRPC services; [`http`]: health and metrics endpoints;
+//! - [`server`]: wiring it all together.
+
+pub mod clock;
+pub mod config;
+pub mod coordinator;
+pub mod error;
+pub mod handoff;
+pub mod health;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod quorum;
+pub mod read_repair;
+#[cfg(feature = "rocksdb")]
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod store;

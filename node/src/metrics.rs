@@ -1,0 +1,141 @@
+//! Prometheus metrics of a node, served at `/metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A client operation.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum OpKind {
+    Get,
+    Put,
+    Delete,
+}
+
+/// How a request ended, by error category.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Outcome {
+    Ok,
+    InvalidArgument,
+    Unavailable,
+    Internal,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub op: OpKind,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: OpKind,
+}
+
+fn latency() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Every metric a node exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<OpLabels, Histogram, fn() -> Histogram>,
+    pub siblings_per_read: Histogram,
+    pub hints_pending: Gauge,
+    pub hint_oldest_age_seconds: Gauge,
+    pub hints_delivered: Counter,
+    pub read_repairs: Counter,
+    pub storage_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("dynamo");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency as fn() -> Histogram,
+        );
+        let siblings_per_read = Histogram::new([1.0, 2.0, 3.0, 4.0, 8.0, 16.0, 64.0].into_iter());
+        let hints_pending = Gauge::default();
+        let hint_oldest_age_seconds = Gauge::default();
+        let hints_delivered = Counter::default();
+        let read_repairs = Counter::default();
+        let storage_bytes = Gauge::default();
+        registry.register(
+            "requests",
+            "Client requests coordinated, by operation and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Client request latency at the coordinator",
+            latency.clone(),
+        );
+        registry.register(
+            "siblings_per_read",
+            "Siblings returned per get",
+            siblings_per_read.clone(),
+        );
+        registry.register(
+            "hints_pending",
+            "Hints held here for other nodes",
+            hints_pending.clone(),
+        );
+        registry.register(
+            "hint_oldest_age_seconds",
+            "Age of the oldest hint held here",
+            hint_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "hints_delivered",
+            "Hints handed off and acknowledged",
+            hints_delivered.clone(),
+        );
+        registry.register(
+            "read_repairs",
+            "Stale replicas repaired after a get",
+            read_repairs.clone(),
+        );
+        registry.register(
+            "storage_bytes",
+            "Approximate bytes stored by the engine",
+            storage_bytes.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            siblings_per_read,
+            hints_pending,
+            hint_oldest_age_seconds,
+            hints_delivered,
+            read_repairs,
+            storage_bytes,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one finished client request.
+    pub fn request(&self, op: OpKind, outcome: Outcome, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels { op, outcome })
+            .inc();
+        self.latency
+            .get_or_create(&OpLabels { op })
+            .observe(seconds);
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

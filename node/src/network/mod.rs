@@ -1,0 +1,85 @@
+//! The network seam: how a node talks to its peers.
+//!
+//! The coordinator, hinted handoff and read repair only see [`Transport`]. Production uses
+//! [`GrpcTransport`]: one long-lived HTTP/2 channel per peer (requests multiplexed over it),
+//! TCP_NODELAY on every connection, deadlines on every call. A simulation can supply its
+//! own transport (or run this one over turmoil's simulated TCP).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dynamo_core::{Member, SiblingSet};
+use dynamo_proto::v1::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
+};
+
+mod grpc;
+pub mod loopback;
+
+pub use grpc::{GrpcTransport, MAX_MESSAGE_BYTES};
+
+/// Why a peer call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Status(tonic::Status),
+    #[error("bad address {0:?}")]
+    BadAddress(String),
+    #[error("peer sent a corrupt sibling set: {0}")]
+    Corrupt(String),
+}
+
+/// One sibling set to join on a peer; `hint_for` names the node it is really meant for
+/// when the peer is a sloppy-quorum fallback.
+#[derive(Clone, Debug)]
+pub struct WriteEntry {
+    pub key: Bytes,
+    pub set: SiblingSet,
+    pub hint_for: Option<String>,
+}
+
+/// A client request forwarded to a preference-list node.
+#[derive(Clone, Debug)]
+pub enum Forward {
+    Get(GetRequest),
+    Put(PutRequest),
+    Delete(DeleteRequest),
+}
+
+/// The answer to a forwarded request.
+pub enum Forwarded {
+    Get(GetResponse),
+    Put(PutResponse),
+    Delete(DeleteResponse),
+}
+
+/// How a node reaches its peers.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Reads a key's sibling set on `peer`.
+    async fn read(
+        &self,
+        peer: &Member,
+        key: Bytes,
+        timeout: Duration,
+    ) -> Result<SiblingSet, PeerError>;
+    /// Joins sibling sets on `peer`.
+    async fn write(
+        &self,
+        peer: &Member,
+        entries: Vec<WriteEntry>,
+        timeout: Duration,
+    ) -> Result<(), PeerError>;
+    /// Checks that `peer` answers.
+    async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError>;
+    /// Has `peer` coordinate a client request.
+    async fn forward(
+        &self,
+        peer: &Member,
+        req: Forward,
+        timeout: Duration,
+    ) -> Result<Forwarded, tonic::Status>;
+}

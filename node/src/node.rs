@@ -1,0 +1,112 @@
+//! The state one node shares between its services and background tasks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynamo_core::context::cluster_tag;
+use dynamo_core::{Actor, Member, PartitionMap};
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::health::Health;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::network::{Transport, WriteEntry};
+use crate::storage::StorageError;
+use crate::store::Store;
+
+/// Everything a node's request handlers and background tasks share.
+pub struct Node {
+    pub cfg: NodeConfig,
+    pub identity: Identity,
+    /// The actor this node writes with (node id + incarnation).
+    pub actor: Actor,
+    /// The partition map in force (static membership for now).
+    pub map: PartitionMap,
+    pub store: Store,
+    pub transport: Arc<dyn Transport>,
+    pub health: Health,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    /// Tag of this cluster in causal contexts.
+    pub cluster_tag: u64,
+    /// Wakes hinted handoff (a peer came back, or a hint was stored).
+    pub handoff_wakeup: Notify,
+    pub started: Instant,
+    ready: AtomicBool,
+}
+
+impl Node {
+    pub fn new(
+        cfg: NodeConfig,
+        identity: Identity,
+        map: PartitionMap,
+        store: Store,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let actor = Actor::new(identity.node_id.clone(), identity.incarnation);
+        let cluster_tag = cluster_tag(&cfg.cluster_id);
+        Self {
+            cfg,
+            identity,
+            actor,
+            map,
+            store,
+            transport,
+            health: Health::default(),
+            metrics: Metrics::default(),
+            clock,
+            cluster_tag,
+            handoff_wakeup: Notify::new(),
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.identity.node_id
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.cfg.request_timeout()
+    }
+
+    /// Looks up a member of the map.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.map.member(id)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Accepts sibling sets sent by a peer: joins them into the store, or keeps them as
+    /// hints when they are meant for another node (this node is a sloppy-quorum fallback).
+    /// All entries are applied together (one writer group).
+    pub async fn accept(&self, entries: Vec<WriteEntry>) -> Result<(), StorageError> {
+        let now = self.clock.now_ms();
+        let mut hinted = false;
+        let writes = entries.into_iter().map(|e| {
+            let target = e.hint_for.filter(|t| t != self.id());
+            hinted |= target.is_some();
+            async move {
+                match target {
+                    Some(t) => self.store.add_hint(t, e.key, e.set, now).await,
+                    None => self.store.join(e.key, e.set).await.map(|_| ()),
+                }
+            }
+        });
+        futures::future::try_join_all(writes).await?;
+        if hinted {
+            self.handoff_wakeup.notify_one();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! Read repair: after a get, replicas that answered with a stale state receive the join
+//! of every state the coordinator saw.
+//!
+//! The coordinator answers the client after R replies; [`gather_and_repair`] keeps
+//! collecting the rest until each replica answered or timed out, then repairs in the
+//! background, so repair never adds to the client's latency.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dynamo_core::{Member, SiblingSet};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::network::WriteEntry;
+use crate::node::Node;
+
+/// The replicas whose state differs from the join of all states (pure).
+pub fn stale<'a>(replies: &'a [(String, SiblingSet)], merged: &SiblingSet) -> Vec<&'a str> {
+    replies
+        .iter()
+        .filter(|(_, s)| s != merged)
+        .map(|(id, _)| id.as_str())
+        .collect()
+}
+
+/// Reads `key` from `others`, passes each state to the coordinator on `replies`, then
+/// repairs every replica (this node included) that answered stale.
+pub async fn gather_and_repair(
+    node: Arc<Node>,
+    key: Bytes,
+    local: SiblingSet,
+    others: Vec<Member>,
+    replies: mpsc::UnboundedSender<SiblingSet>,
+) {
+    let mut inflight: FuturesUnordered<_> = others
+        .into_iter()
+        .map(|m| {
+            let node = node.clone();
+            let key = key.clone();
+            async move {
+                let r = node.transport.read(&m, key, node.timeout()).await;
+                (m, r)
+            }
+        })
+        .collect();
+    let mut states = vec![(node.id().to_owned(), local)];
+    while let Some((m, result)) = inflight.next().await {
+        match result {
+            Ok(set) => {
+                if node.health.record_success(&m.id) {
+                    node.handoff_wakeup.notify_one();
+                }
+                let _ = replies.send(set.clone());
+                states.push((m.id.clone(), set));
+            }
+            Err(e) => {
+                tracing::debug!(peer = %m.id, error = %e, "replica read failed");
+                node.health.record_failure(&m.id);
+            }
+        }
+    }
+    drop(replies);
+    let merged = states
+        .iter()
+        .fold(SiblingSet::new(), |acc, (_, s)| acc.join(s));
+    for id in stale(&states, &merged) {
+        node.metrics.read_repairs.inc();
+        if id == node.id() {
+            if let Err(e) = node.store.join(key.clone(), merged.clone()).await {
+                tracing::warn!(error = %e, "local read repair failed");
+            }
+        } else if let Some(m) = node.member(id) {
+            let entry = WriteEntry {
+                key: key.clone(),
+                set: merged.clone(),
+                hint_for: None,
+            };
+            if let Err(e) = node.transport.write(m, vec![entry], node.timeout()).await {
+                tracing::debug!(peer = %id, error = %e, "read repair failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamo_core::{Actor, VersionVector};
+
+    #[test]
+    fn only_replicas_behind_the_join_are_stale() {
+        let mut fresh = SiblingSet::new();
+        fresh.update(
+            &VersionVector::new(),
+            &Actor::new("a", 1),
+            Some(Bytes::from("v")),
+        );
+        let replies = vec![
+            ("a".to_owned(), fresh.clone()),
+            ("b".to_owned(), SiblingSet::new()),
+        ];
+        let merged = replies
+            .iter()
+            .fold(SiblingSet::new(), |acc, (_, s)| acc.join(s));
+        assert_eq!(stale(&replies, &merged), ["b"]);
+    }
+}

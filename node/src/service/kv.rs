@@ -1,0 +1,165 @@
+//! The `dynamo.v1.Kv` service: client get/put/delete, coordinated or forwarded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dynamo_core::{context, SiblingSet};
+use dynamo_proto::v1::kv_server::Kv;
+use dynamo_proto::v1::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, Sibling,
+};
+use dynamo_proto::FORWARDED_HEADER;
+use tonic::{Request, Response, Status};
+
+use crate::coordinator::{self, Route};
+use crate::metrics::{OpKind, Outcome};
+use crate::network::{Forward, Forwarded};
+use crate::node::Node;
+
+/// The client API of a node.
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn finish<T>(&self, op: OpKind, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
+        let outcome = match &r {
+            Ok(_) => Outcome::Ok,
+            Err(s) => match s.code() {
+                tonic::Code::InvalidArgument => Outcome::InvalidArgument,
+                tonic::Code::Unavailable => Outcome::Unavailable,
+                _ => Outcome::Internal,
+            },
+        };
+        self.node
+            .metrics
+            .request(op, outcome, started.elapsed().as_secs_f64());
+        r
+    }
+}
+
+fn is_forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED_HEADER)
+}
+
+fn unexpected() -> Status {
+    Status::internal("forwarded request got an answer of another kind")
+}
+
+/// The wire form of a read.
+pub fn get_response(node: &Node, set: &SiblingSet, replies: usize) -> GetResponse {
+    let siblings = set
+        .siblings()
+        .iter()
+        .map(|s| Sibling {
+            value: s.value.as_ref().map(|v| v.to_vec()).unwrap_or_default(),
+            tombstone: s.is_tombstone(),
+            dot: s.dot.to_string(),
+        })
+        .collect();
+    GetResponse {
+        siblings,
+        context: context::encode(node.cluster_tag, set.version_vector()),
+        replies: replies as u32,
+    }
+}
+
+impl KvService {
+    async fn do_get(&self, req: Request<GetRequest>) -> Result<GetResponse, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        match coordinator::route(&self.node, &msg.key, fwd)? {
+            Route::Forward(targets) => {
+                match coordinator::forward(&self.node, targets, Forward::Get(msg)).await? {
+                    Forwarded::Get(r) => Ok(r),
+                    _ => Err(unexpected()),
+                }
+            }
+            Route::Local => {
+                let read = coordinator::read(&self.node, Bytes::from(msg.key), msg.r).await?;
+                self.node
+                    .metrics
+                    .siblings_per_read
+                    .observe(read.set.values().count() as f64);
+                Ok(get_response(&self.node, &read.set, read.replies))
+            }
+        }
+    }
+
+    async fn do_write(
+        &self,
+        fwd: bool,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        ctx: Vec<u8>,
+        w: Option<u32>,
+        forward: Forward,
+    ) -> Result<(Vec<u8>, u32), Status> {
+        match coordinator::route(&self.node, &key, fwd)? {
+            Route::Forward(targets) => {
+                match coordinator::forward(&self.node, targets, forward).await? {
+                    Forwarded::Put(r) => Ok((r.context, r.acks)),
+                    Forwarded::Delete(r) => Ok((r.context, r.acks)),
+                    Forwarded::Get(_) => Err(unexpected()),
+                }
+            }
+            Route::Local => {
+                let written = coordinator::write(
+                    &self.node,
+                    Bytes::from(key),
+                    value.map(Bytes::from),
+                    &ctx,
+                    w,
+                )
+                .await?;
+                Ok((written.context, written.acks as u32))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let started = Instant::now();
+        let r = self.do_get(req).await;
+        self.finish(OpKind::Get, started, r).map(Response::new)
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let started = Instant::now();
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        let (key, value, ctx, w) = (
+            msg.key.clone(),
+            msg.value.clone(),
+            msg.context.clone(),
+            msg.w,
+        );
+        let r = self
+            .do_write(fwd, key, Some(value), ctx, w, Forward::Put(msg))
+            .await;
+        self.finish(OpKind::Put, started, r)
+            .map(|(context, acks)| Response::new(PutResponse { context, acks }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let started = Instant::now();
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        let (key, ctx, w) = (msg.key.clone(), msg.context.clone(), msg.w);
+        let r = self
+            .do_write(fwd, key, None, ctx, w, Forward::Delete(msg))
+            .await;
+        self.finish(OpKind::Delete, started, r)
+            .map(|(context, acks)| Response::new(DeleteResponse { context, acks }))
+    }
+}

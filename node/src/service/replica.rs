@@ -1,0 +1,79 @@
+//! The `dynamo.v1.Replica` service: peers read and join sibling sets here.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dynamo_core::codec::{decode_set, encode_set};
+use dynamo_proto::v1::replica_server::Replica;
+use dynamo_proto::v1::{
+    ReplicaReadRequest, ReplicaReadResponse, ReplicaWriteRequest, ReplicaWriteResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::network::WriteEntry;
+use crate::node::Node;
+
+/// Node-to-node replication endpoint.
+pub struct ReplicaService {
+    node: Arc<Node>,
+}
+
+impl ReplicaService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
+        if cluster_id != self.node.cfg.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "peer belongs to cluster {cluster_id:?}, this node to {:?}",
+                self.node.cfg.cluster_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn storage(e: crate::storage::StorageError) -> Status {
+    Status::internal(e.to_string())
+}
+
+#[tonic::async_trait]
+impl Replica for ReplicaService {
+    async fn read(
+        &self,
+        req: Request<ReplicaReadRequest>,
+    ) -> Result<Response<ReplicaReadResponse>, Status> {
+        let req = req.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        let set = self.node.store.read(&req.key).map_err(storage)?;
+        let set = if set.is_empty() {
+            Vec::new()
+        } else {
+            encode_set(&set)
+        };
+        Ok(Response::new(ReplicaReadResponse { set }))
+    }
+
+    async fn write(
+        &self,
+        req: Request<ReplicaWriteRequest>,
+    ) -> Result<Response<ReplicaWriteResponse>, Status> {
+        let req = req.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        // Decode everything first, so that a corrupt entry stores nothing.
+        let mut entries = Vec::with_capacity(req.entries.len());
+        for e in req.entries {
+            let set = decode_set(&e.set)
+                .map_err(|err| Status::invalid_argument(format!("corrupt sibling set: {err}")))?;
+            let hint_for = (!e.hint_for.is_empty()).then_some(e.hint_for);
+            entries.push(WriteEntry {
+                key: Bytes::from(e.key),
+                set,
+                hint_for,
+            });
+        }
+        self.node.accept(entries).await.map_err(storage)?;
+        Ok(Response::new(ReplicaWriteResponse {}))
+    }
+}

@@ -1,0 +1,126 @@
+//! One test suite, run against every engine.
+
+use super::memory::MemoryEngine;
+use super::rocks::RocksEngine;
+use super::{Batch, Cf, Engine};
+
+fn put(e: &dyn Engine, cf: Cf, k: &[u8], v: &[u8]) {
+    let mut b = Batch::default();
+    b.put(cf, k.to_vec(), v.to_vec());
+    e.write(b, false).unwrap();
+}
+
+fn get_put_delete(e: &dyn Engine) {
+    assert_eq!(e.get(Cf::Data, b"k").unwrap(), None);
+    put(e, Cf::Data, b"k", b"v1");
+    assert_eq!(e.get(Cf::Data, b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(
+        e.get(Cf::Hints, b"k").unwrap(),
+        None,
+        "column families are separate"
+    );
+    put(e, Cf::Data, b"k", b"v2");
+    assert_eq!(e.get(Cf::Data, b"k").unwrap().as_deref(), Some(&b"v2"[..]));
+    let mut b = Batch::default();
+    b.delete(Cf::Data, b"k".to_vec());
+    e.write(b, true).unwrap();
+    assert_eq!(e.get(Cf::Data, b"k").unwrap(), None);
+}
+
+fn batches_are_atomic_and_ordered(e: &dyn Engine) {
+    let mut b = Batch::default();
+    b.put(Cf::Meta, b"a".to_vec(), b"1".to_vec());
+    b.put(Cf::Meta, b"a".to_vec(), b"2".to_vec());
+    b.put(Cf::Hints, b"h".to_vec(), b"x".to_vec());
+    e.write(b, true).unwrap();
+    assert_eq!(e.get(Cf::Meta, b"a").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(e.get(Cf::Hints, b"h").unwrap().as_deref(), Some(&b"x"[..]));
+}
+
+fn scan_respects_prefix_start_and_limit(e: &dyn Engine) {
+    for k in [&b"a1"[..], b"b1", b"b2", b"b3", b"c1"] {
+        put(e, Cf::Hints, k, k);
+    }
+    let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(
+        keys(e.scan(Cf::Hints, b"b", b"", 10).unwrap()),
+        [b"b1", b"b2", b"b3"]
+    );
+    assert_eq!(
+        keys(e.scan(Cf::Hints, b"b", b"b2", 10).unwrap()),
+        [b"b2", b"b3"]
+    );
+    assert_eq!(
+        keys(e.scan(Cf::Hints, b"b", b"", 2).unwrap()),
+        [b"b1", b"b2"]
+    );
+    assert!(e.scan(Cf::Data, b"b", b"", 10).unwrap().is_empty());
+}
+
+fn range_delete(e: &dyn Engine) {
+    for k in [&b"p1a"[..], b"p1b", b"p2a"] {
+        put(e, Cf::Data, k, b"v");
+    }
+    let mut b = Batch::default();
+    b.delete_range(Cf::Data, b"p1".to_vec(), b"p2".to_vec());
+    e.write(b, false).unwrap();
+    assert_eq!(e.get(Cf::Data, b"p1a").unwrap(), None);
+    assert_eq!(e.get(Cf::Data, b"p1b").unwrap(), None);
+    assert!(e.get(Cf::Data, b"p2a").unwrap().is_some());
+}
+
+fn run_all(make: &dyn Fn() -> Box<dyn Engine>) {
+    get_put_delete(&*make());
+    batches_are_atomic_and_ordered(&*make());
+    scan_respects_prefix_start_and_limit(&*make());
+    range_delete(&*make());
+}
+
+#[test]
+fn memory_engine_conforms() {
+    run_all(&|| Box::new(MemoryEngine::new()));
+}
+
+#[test]
+fn rocks_engine_conforms() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    run_all(&|| {
+        let d = tempfile::tempdir().unwrap();
+        let e = RocksEngine::open(d.path(), 8 << 20).unwrap();
+        dirs.borrow_mut().push(d);
+        Box::new(e)
+    });
+}
+
+#[test]
+fn rocks_engine_survives_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let e = RocksEngine::open(d.path(), 8 << 20).unwrap();
+        put(&e, Cf::Data, b"k", b"v");
+        put(&e, Cf::Meta, b"m", b"1");
+    }
+    let e = RocksEngine::open(d.path(), 8 << 20).unwrap();
+    assert_eq!(e.get(Cf::Data, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(e.get(Cf::Meta, b"m").unwrap().as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn memory_engine_crash_drops_only_unsynced_writes() {
+    let e = MemoryEngine::new();
+    put(&e, Cf::Data, b"synced", b"1");
+    e.sync().unwrap();
+    put(&e, Cf::Data, b"unsynced", b"2");
+    let mut b = Batch::default();
+    b.put(Cf::Data, b"synced-write".to_vec(), b"3".to_vec());
+    e.write(b, true).unwrap();
+    put(&e, Cf::Data, b"lost", b"4");
+    e.crash();
+    assert!(e.get(Cf::Data, b"synced").unwrap().is_some());
+    assert!(
+        e.get(Cf::Data, b"unsynced").unwrap().is_some(),
+        "a synced write syncs earlier ones"
+    );
+    assert!(e.get(Cf::Data, b"synced-write").unwrap().is_some());
+    assert_eq!(e.get(Cf::Data, b"lost").unwrap(), None);
+}

@@ -1,0 +1,125 @@
+//! The RocksDB engine.
+//!
+//! One database per node with the column families of [`Cf`]. The WAL is always on; the
+//! fsync policy decides only whether a write waits for the WAL sync. All column families
+//! share one LRU block cache, whose size bounds the node's memory together with the
+//! (small, fixed) memtables.
+
+use std::path::Path;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions, DB,
+};
+
+use super::{Batch, Cf, Engine, Op, StorageError};
+
+/// Memtable size per column family; with two memtables each this bounds write buffers.
+const WRITE_BUFFER_BYTES: usize = 16 << 20;
+
+/// [`Engine`] on RocksDB.
+pub struct RocksEngine {
+    db: DB,
+}
+
+fn err(e: rocksdb::Error) -> StorageError {
+    StorageError::Engine(e.into_string())
+}
+
+fn cf_options(cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    opts.set_max_write_buffer_number(2);
+    opts
+}
+
+impl RocksEngine {
+    /// Opens (or creates) the database in `dir` with a block cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
+        let cache = Cache::new_lru_cache(cache_bytes);
+        let mut opts = cf_options(&cache);
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(&cache)));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(err)?;
+        Ok(Self { db })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(cf.name())
+            .expect("column families are created at open")
+    }
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(self.cf(cf), key).map_err(err)
+    }
+
+    fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                Op::Put(cf, k, v) => wb.put_cf(self.cf(cf), k, v),
+                Op::Delete(cf, k) => wb.delete_cf(self.cf(cf), k),
+                Op::DeleteRange(cf, from, to) => wb.delete_range_cf(self.cf(cf), from, to),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo).map_err(err)
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let from = if start > prefix { start } else { prefix };
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward))
+        {
+            let (k, v) = item.map_err(err)?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true).map_err(err)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        Cf::ALL
+            .iter()
+            .map(|&cf| {
+                let prop = |name| {
+                    self.db
+                        .property_int_value_cf(self.cf(cf), name)
+                        .ok()
+                        .flatten()
+                };
+                prop("rocksdb.estimate-live-data-size").unwrap_or(0)
+                    + prop("rocksdb.cur-size-all-mem-tables").unwrap_or(0)
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,447 @@
+//! The local store: sibling sets and hints on top of an [`Engine`].
+//!
+//! Every mutation goes through one writer thread. That gives two properties at once:
+//!
+//! - **Atomic read-modify-write per key.** The writer reads the stored set, joins or
+//!   updates it and writes it back with no other mutation in between, so concurrent
+//!   coordinators never lose each other's versions.
+//! - **Group commit.** The writer takes every request queued while it was busy, applies
+//!   them as one RocksDB write batch and, with the `always` fsync policy, one WAL sync
+//!   acknowledges all of them.
+//!
+//! Reads go straight to the engine and see every committed write.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dynamo_core::codec::{decode_set, encode_set};
+use dynamo_core::ring::partition_of;
+use dynamo_core::{Actor, SiblingSet, VersionVector};
+use tokio::sync::oneshot;
+
+use crate::storage::keys::{data_key, hint_key, hint_prefix, split_hint_key};
+use crate::storage::{Batch, Cf, Engine, StorageError};
+
+/// Most requests the writer folds into one batch.
+const MAX_GROUP: usize = 512;
+
+/// A hint held for another node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hint {
+    pub target: String,
+    pub key: Bytes,
+    pub set: SiblingSet,
+    /// When the hint was first stored (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// The stored bytes, so that delivery deletes the hint only if it did not change.
+    pub raw: Vec<u8>,
+}
+
+enum Mutation {
+    Update {
+        key: Bytes,
+        context: VersionVector,
+        actor: Actor,
+        value: Option<Bytes>,
+    },
+    Join {
+        key: Bytes,
+        set: SiblingSet,
+    },
+    Hint {
+        target: String,
+        key: Bytes,
+        set: SiblingSet,
+        now_ms: u64,
+    },
+    ClearHint {
+        target: String,
+        key: Bytes,
+        raw: Vec<u8>,
+    },
+}
+
+enum Outcome {
+    Set(SiblingSet),
+    Done,
+}
+
+struct Request {
+    mutation: Mutation,
+    reply: oneshot::Sender<Result<Outcome, StorageError>>,
+}
+
+/// Sibling sets and hints of one node.
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    partitions: u32,
+    tx: mpsc::Sender<Request>,
+}
+
+fn encode_hint(created_ms: u64, set: &SiblingSet) -> Vec<u8> {
+    let mut v = created_ms.to_le_bytes().to_vec();
+    v.extend_from_slice(&encode_set(set));
+    v
+}
+
+fn decode_hint(raw: &[u8]) -> Result<(u64, SiblingSet), StorageError> {
+    if raw.len() < 8 {
+        return Err(StorageError::Corrupt("hint shorter than its header".into()));
+    }
+    let created = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
+    let set = decode_set(&raw[8..]).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    Ok((created, set))
+}
+
+fn decode_stored(raw: Option<Vec<u8>>) -> Result<SiblingSet, StorageError> {
+    match raw {
+        None => Ok(SiblingSet::new()),
+        Some(b) => decode_set(&b).map_err(|e| StorageError::Corrupt(e.to_string())),
+    }
+}
+
+impl Store {
+    /// Starts the writer thread over `engine`. With `sync_writes`, every batch is synced
+    /// before its writes are acknowledged.
+    pub fn new(engine: Arc<dyn Engine>, partitions: u32, sync_writes: bool) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let writer_engine = engine.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer(writer_engine, partitions, sync_writes, rx))
+            .expect("spawn writer thread");
+        Self {
+            engine,
+            partitions,
+            tx,
+        }
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Reads the sibling set of `key` (empty if never written here).
+    pub fn read(&self, key: &[u8]) -> Result<SiblingSet, StorageError> {
+        let dk = data_key(partition_of(key, self.partitions), key);
+        decode_stored(self.engine.get(Cf::Data, &dk)?)
+    }
+
+    async fn submit(&self, mutation: Mutation) -> Result<Outcome, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { mutation, reply })
+            .map_err(|_| StorageError::Engine("store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StorageError::Engine("store writer has stopped".into()))?
+    }
+
+    /// Records a new version of `key` coordinated by `actor`, superseding what `context`
+    /// covers. Returns the stored set after the write.
+    pub async fn update(
+        &self,
+        key: Bytes,
+        context: VersionVector,
+        actor: Actor,
+        value: Option<Bytes>,
+    ) -> Result<SiblingSet, StorageError> {
+        match self
+            .submit(Mutation::Update {
+                key,
+                context,
+                actor,
+                value,
+            })
+            .await?
+        {
+            Outcome::Set(s) => Ok(s),
+            Outcome::Done => unreachable!("update returns a set"),
+        }
+    }
+
+    /// Joins `set` into the stored set of `key`. Returns the stored set after the join.
+    pub async fn join(&self, key: Bytes, set: SiblingSet) -> Result<SiblingSet, StorageError> {
+        match self.submit(Mutation::Join { key, set }).await? {
+            Outcome::Set(s) => Ok(s),
+            Outcome::Done => unreachable!("join returns a set"),
+        }
+    }
+
+    /// Keeps `set` for `target` as a hint (joined with any hint already held for the key).
+    pub async fn add_hint(
+        &self,
+        target: String,
+        key: Bytes,
+        set: SiblingSet,
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
+        self.submit(Mutation::Hint {
+            target,
+            key,
+            set,
+            now_ms,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes a delivered hint, unless it changed since it was read.
+    pub async fn clear_hint(&self, hint: &Hint) -> Result<(), StorageError> {
+        let m = Mutation::ClearHint {
+            target: hint.target.clone(),
+            key: hint.key.clone(),
+            raw: hint.raw.clone(),
+        };
+        self.submit(m).await.map(|_| ())
+    }
+
+    /// Up to `limit` hints held for `target`.
+    pub fn hints_for(&self, target: &str, limit: usize) -> Result<Vec<Hint>, StorageError> {
+        let prefix = hint_prefix(target);
+        self.engine
+            .scan(Cf::Hints, &prefix, &prefix, limit)?
+            .into_iter()
+            .map(|(k, raw)| {
+                let (_, key) =
+                    split_hint_key(&k).ok_or(StorageError::Corrupt("hint key".into()))?;
+                let (created_ms, set) = decode_hint(&raw)?;
+                Ok(Hint {
+                    target: target.to_owned(),
+                    key: Bytes::copy_from_slice(key),
+                    set,
+                    created_ms,
+                    raw,
+                })
+            })
+            .collect()
+    }
+
+    /// Every hint held, summarized per target: (target, count, oldest created_ms).
+    pub fn hint_summary(&self) -> Result<Vec<(String, u64, u64)>, StorageError> {
+        let mut out: Vec<(String, u64, u64)> = Vec::new();
+        let mut start = Vec::new();
+        loop {
+            let page = self.engine.scan(Cf::Hints, b"", &start, 1024)?;
+            let Some((last, _)) = page.last() else { break };
+            start = last.clone();
+            start.push(0);
+            for (k, raw) in &page {
+                let (target, _) =
+                    split_hint_key(k).ok_or(StorageError::Corrupt("hint key".into()))?;
+                let created = decode_hint(raw)?.0;
+                match out.last_mut() {
+                    Some(e) if e.0 == target => {
+                        e.1 += 1;
+                        e.2 = e.2.min(created);
+                    }
+                    _ => out.push((target.to_owned(), 1, created)),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Pending state of keys already touched by the batch being built.
+#[derive(Default)]
+struct Overlay {
+    data: HashMap<Vec<u8>, SiblingSet>,
+    hints: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+fn writer(engine: Arc<dyn Engine>, q: u32, sync: bool, rx: mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Batch::default();
+        let mut overlay = Overlay::default();
+        let results: Vec<_> = group
+            .iter_mut()
+            .map(|r| {
+                let m = std::mem::replace(
+                    &mut r.mutation,
+                    Mutation::ClearHint {
+                        target: String::new(),
+                        key: Bytes::new(),
+                        raw: Vec::new(),
+                    },
+                );
+                apply(&*engine, q, m, &mut batch, &mut overlay)
+            })
+            .collect();
+        let written = if batch.is_empty() {
+            Ok(())
+        } else {
+            engine.write(batch, sync)
+        };
+        for (req, result) in group.into_iter().zip(results) {
+            let reply = match (&written, result) {
+                (Err(e), _) => Err(StorageError::Engine(e.to_string())),
+                (Ok(()), r) => r,
+            };
+            let _ = req.reply.send(reply);
+        }
+    }
+}
+
+fn apply(
+    engine: &dyn Engine,
+    q: u32,
+    m: Mutation,
+    batch: &mut Batch,
+    overlay: &mut Overlay,
+) -> Result<Outcome, StorageError> {
+    match m {
+        Mutation::Update {
+            key,
+            context,
+            actor,
+            value,
+        } => {
+            let dk = data_key(partition_of(&key, q), &key);
+            let mut set = current(engine, overlay, &dk)?;
+            set.update(&context, &actor, value);
+            batch.put(Cf::Data, dk.clone(), encode_set(&set));
+            overlay.data.insert(dk, set.clone());
+            Ok(Outcome::Set(set))
+        }
+        Mutation::Join { key, set } => {
+            let dk = data_key(partition_of(&key, q), &key);
+            let mut stored = current(engine, overlay, &dk)?;
+            if stored.absorb(&set) {
+                batch.put(Cf::Data, dk.clone(), encode_set(&stored));
+                overlay.data.insert(dk, stored.clone());
+            }
+            Ok(Outcome::Set(stored))
+        }
+        Mutation::Hint {
+            target,
+            key,
+            set,
+            now_ms,
+        } => {
+            let hk = hint_key(&target, &key);
+            let (created, joined) = match current_hint(engine, overlay, &hk)? {
+                Some(raw) => {
+                    let (created, held) = decode_hint(&raw)?;
+                    (created, held.join(&set))
+                }
+                None => (now_ms, set),
+            };
+            let raw = encode_hint(created, &joined);
+            batch.put(Cf::Hints, hk.clone(), raw.clone());
+            overlay.hints.insert(hk, Some(raw));
+            Ok(Outcome::Done)
+        }
+        Mutation::ClearHint { target, key, raw } => {
+            let hk = hint_key(&target, &key);
+            if current_hint(engine, overlay, &hk)?.as_deref() == Some(&raw[..]) {
+                batch.delete(Cf::Hints, hk.clone());
+                overlay.hints.insert(hk, None);
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+fn current(engine: &dyn Engine, overlay: &Overlay, dk: &[u8]) -> Result<SiblingSet, StorageError> {
+    match overlay.data.get(dk) {
+        Some(s) => Ok(s.clone()),
+        None => decode_stored(engine.get(Cf::Data, dk)?),
+    }
+}
+
+fn current_hint(
+    engine: &dyn Engine,
+    overlay: &Overlay,
+    hk: &[u8],
+) -> Result<Option<Vec<u8>>, StorageError> {
+    match overlay.hints.get(hk) {
+        Some(v) => Ok(v.clone()),
+        None => engine.get(Cf::Hints, hk),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryEngine;
+
+    fn store() -> Store {
+        Store::new(Arc::new(MemoryEngine::new()), 16, false)
+    }
+
+    #[tokio::test]
+    async fn concurrent_blind_updates_all_survive() {
+        let s = Arc::new(store());
+        let actor = Actor::new("n", 1);
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let (s, actor) = (s.clone(), actor.clone());
+                tokio::spawn(async move {
+                    s.update(
+                        Bytes::from("k"),
+                        VersionVector::new(),
+                        actor,
+                        Some(Bytes::from(format!("{i}"))),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            s.read(b"k").unwrap().values().count(),
+            100,
+            "no update lost another"
+        );
+    }
+
+    #[tokio::test]
+    async fn hints_join_and_clear_only_if_unchanged() {
+        let s = store();
+        let mut a = SiblingSet::new();
+        a.update(
+            &VersionVector::new(),
+            &Actor::new("x", 1),
+            Some(Bytes::from("1")),
+        );
+        s.add_hint("t".into(), Bytes::from("k"), a.clone(), 5)
+            .await
+            .unwrap();
+        let held = s.hints_for("t", 10).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].created_ms, 5);
+        let mut b = SiblingSet::new();
+        b.update(
+            &VersionVector::new(),
+            &Actor::new("y", 1),
+            Some(Bytes::from("2")),
+        );
+        s.add_hint("t".into(), Bytes::from("k"), b, 9)
+            .await
+            .unwrap();
+        s.clear_hint(&held[0]).await.unwrap();
+        let now = s.hints_for("t", 10).unwrap();
+        assert_eq!(
+            now.len(),
+            1,
+            "a hint that changed after it was read is kept"
+        );
+        assert_eq!(now[0].set.values().count(), 2);
+        assert_eq!(now[0].created_ms, 5, "the oldest write's age is kept");
+        assert_eq!(s.hint_summary().unwrap(), vec![("t".to_owned(), 1, 5)]);
+        s.clear_hint(&now[0]).await.unwrap();
+        assert!(s.hints_for("t", 10).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,211 @@
+//! The real coordinator, store and handoff of several nodes in one process, connected by
+//! the loopback transport: sloppy quorum, forwarding, hints, quorum failures.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dynamo_core::{planner, Member};
+use dynamo_node::clock::SystemClock;
+use dynamo_node::config::{NodeConfig, Replication};
+use dynamo_node::coordinator;
+use dynamo_node::error::RequestError;
+use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
+use dynamo_node::node::Node;
+use dynamo_node::storage::memory::MemoryEngine;
+use dynamo_node::storage::Engine;
+use dynamo_node::store::Store;
+use dynamo_node::{handoff, identity};
+
+const Q: u32 = 16;
+
+fn cluster(s: usize, n: u32, w: u32) -> (Arc<LoopbackNet>, Vec<Arc<Node>>) {
+    let members: Vec<Member> = (1..=s)
+        .map(|i| Member::new(format!("n{i}"), format!("mem:{i}")))
+        .collect();
+    let net = LoopbackNet::new();
+    let nodes = members
+        .iter()
+        .map(|m| {
+            let cfg = NodeConfig {
+                node_id: m.id.clone(),
+                members: members.clone(),
+                replication: Replication { n, r: 2.min(n), w },
+                partitions: Q,
+                request_timeout_ms: 500,
+                ..NodeConfig::default()
+            };
+            cfg.validate().unwrap();
+            let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+            let identity = identity::open(&*engine, &m.id, &cfg.cluster_id).unwrap();
+            let map = planner::plan(None, &members, Q, n).unwrap();
+            let store = Store::new(engine, Q, false);
+            let transport = Arc::new(LoopbackTransport { net: net.clone() });
+            let node = Arc::new(Node::new(
+                cfg,
+                identity,
+                map,
+                store,
+                transport,
+                Arc::new(SystemClock),
+            ));
+            net.register(&node);
+            node
+        })
+        .collect();
+    (net, nodes)
+}
+
+fn index(nodes: &[Arc<Node>], id: &str) -> usize {
+    nodes.iter().position(|n| n.id() == id).unwrap()
+}
+
+fn pref(nodes: &[Arc<Node>], key: &[u8]) -> Vec<usize> {
+    let map = &nodes[0].map;
+    map.preference_list(map.partition_of(key))
+        .map(|m| index(nodes, &m.id))
+        .collect()
+}
+
+fn local_values(node: &Node, key: &[u8]) -> Vec<Bytes> {
+    node.store.read(key).unwrap().values().cloned().collect()
+}
+
+#[tokio::test]
+async fn sloppy_quorum_fallbacks_count_and_hand_off() {
+    let (net, nodes) = cluster(5, 3, 3);
+    let key = b"cart";
+    let p = pref(&nodes, key);
+    net.set_down(nodes[p[1]].id(), true);
+    net.set_down(nodes[p[2]].id(), true);
+
+    // W=3 with two of three replicas down: only fallbacks holding hints can make it.
+    let w = coordinator::write(
+        &nodes[p[0]],
+        Bytes::from_static(key),
+        Some(Bytes::from("v")),
+        &[],
+        None,
+    )
+    .await
+    .expect("sloppy quorum write");
+    assert_eq!(w.acks, 3);
+    let fallbacks: Vec<usize> = (0..5).filter(|i| !p.contains(i)).collect();
+    let held: u64 = fallbacks
+        .iter()
+        .flat_map(|&f| nodes[f].store.hint_summary().unwrap())
+        .map(|(_, count, _)| count)
+        .sum();
+    assert_eq!(held, 2, "each fallback holds one hint for a down replica");
+    for &f in &fallbacks {
+        assert!(
+            local_values(&nodes[f], key).is_empty(),
+            "a fallback keeps hints, not data"
+        );
+    }
+
+    net.set_down(nodes[p[1]].id(), false);
+    net.set_down(nodes[p[2]].id(), false);
+    for n in &nodes {
+        handoff::round(n).await;
+    }
+    for &r in &p {
+        assert_eq!(
+            local_values(&nodes[r], key),
+            [Bytes::from("v")],
+            "replica {r}"
+        );
+    }
+    for n in &nodes {
+        assert!(
+            n.store.hint_summary().unwrap().is_empty(),
+            "{} still holds hints",
+            n.id()
+        );
+    }
+}
+
+#[tokio::test]
+async fn coordinator_keeps_a_hint_when_no_fallback_exists() {
+    let (net, nodes) = cluster(3, 3, 2);
+    let key = b"k";
+    let p = pref(&nodes, key);
+    net.set_down(nodes[p[2]].id(), true);
+    coordinator::write(
+        &nodes[p[0]],
+        Bytes::from_static(key),
+        Some(Bytes::from("v")),
+        &[],
+        None,
+    )
+    .await
+    .expect("W=2 with one replica down");
+    // The background replication finishes and records the hint.
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held = nodes[p[0]].store.hint_summary().unwrap();
+        if !held.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].0, nodes[p[2]].id());
+    net.set_down(nodes[p[2]].id(), false);
+    // The coordinator saw the failure, so the peer is "down" until a probe succeeds.
+    for _ in 0..40 {
+        handoff::round(&nodes[p[0]]).await;
+        if !local_values(&nodes[p[2]], key).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(local_values(&nodes[p[2]], key), [Bytes::from("v")]);
+}
+
+#[tokio::test]
+async fn requests_to_a_non_replica_are_forwarded() {
+    let (_net, nodes) = cluster(5, 3, 2);
+    let key = b"elsewhere";
+    let p = pref(&nodes, key);
+    let outsider = (0..5).find(|i| !p.contains(i)).unwrap();
+    let route = coordinator::route(&nodes[outsider], key, false).unwrap();
+    let coordinator::Route::Forward(targets) = route else {
+        panic!("expected forwarding")
+    };
+    assert_eq!(targets.len(), 3);
+    assert!(matches!(
+        coordinator::route(&nodes[outsider], key, true),
+        Err(RequestError::NoCoordinator(_))
+    ));
+}
+
+#[tokio::test]
+async fn too_few_replicas_is_unavailable_and_says_how_many() {
+    let (net, nodes) = cluster(3, 3, 2);
+    let key = b"k";
+    let p = pref(&nodes, key);
+    net.set_down(nodes[p[1]].id(), true);
+    net.set_down(nodes[p[2]].id(), true);
+    let err = coordinator::write(
+        &nodes[p[0]],
+        Bytes::from_static(key),
+        Some(Bytes::from("v")),
+        &[],
+        None,
+    )
+    .await
+    .err()
+    .expect("must fail");
+    assert!(
+        err.to_string().contains("1 of 2 required replicas"),
+        "{err}"
+    );
+    let err = coordinator::read(&nodes[p[0]], Bytes::from_static(key), None)
+        .await
+        .err()
+        .expect("must fail");
+    assert!(
+        err.to_string().contains("get: 1 of 2 required replicas"),
+        "{err}"
+    );
+}
