@@ -1,0 +1,41 @@
+# One task runner for the project. `make cluster` starts a local cluster; `make test` runs
+# every test. Both install what they need first (scripts/setup.sh).
+
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+NODES ?= 3
+
+.PHONY: setup build cluster test test-rust test-chart lint generate bench
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --release -p dynamo-node -p dynamo-client
+
+## Start a local cluster of $(NODES) real node processes on loopback (Ctrl-C stops it).
+cluster: build
+	$(CARGO_TARGET_DIR)/release/dynamoctl cluster --nodes $(NODES)
+
+## Every test: Rust unit, property and process tests, then the Helm chart checks.
+test: setup test-rust test-chart
+
+# Always the whole workspace: a different package selection can unify features differently
+# and rebuild RocksDB from scratch.
+test-rust:
+	cargo test --workspace
+
+test-chart:
+	scripts/test-chart.sh
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## Regenerate the CRD (crds/ and the chart's copy) from the Rust types.
+generate:
+	cargo run -p dynamo-operator --bin crdgen
+
+## Throughput and latency of a local 3-node cluster (see client/bench/run.sh).
+bench: setup
+	client/bench/run.sh

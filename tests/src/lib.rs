@@ -1,0 +1,369 @@
+//! Test harness: a cluster of real `dynamo-node` processes on loopback.
+//!
+//! [`Cluster`] starts nodes with their own data directories and ports, can SIGKILL,
+//! SIGSTOP/SIGCONT, restart and wipe them, and kills every process it started when it is
+//! dropped, so a failing test leaves nothing behind. Node logs go to files in the
+//! cluster's temporary directory and are printed when a test fails to start a node.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dynamo_proto::v1::{
+    admin_client::AdminClient, kv_client::KvClient, replica_client::ReplicaClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// Settings of a test cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: usize,
+    pub n: u32,
+    pub r: u32,
+    pub w: u32,
+    pub partitions: u32,
+    pub request_timeout_ms: u64,
+    pub extra: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            n: 3,
+            r: 2,
+            w: 2,
+            partitions: 64,
+            request_timeout_ms: 1000,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// One node of the test cluster.
+pub struct NodeProc {
+    pub id: String,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    stopped: bool,
+}
+
+/// A cluster of real node processes.
+pub struct Cluster {
+    pub opts: Options,
+    pub nodes: Vec<NodeProc>,
+    dir: tempfile::TempDir,
+    // Declared last: released after every process is gone.
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Clusters in one test binary run one at a time: timing-sensitive tests on a 2-core
+/// machine must not fight each other for CPU.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The `dynamo-node` binary: `$DYNAMO_NODE_BIN`, or the one cargo built next to this test.
+pub fn node_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("DYNAMO_NODE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/dynamo-node
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("dynamo-node");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p dynamo-node` or set DYNAMO_NODE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+impl Cluster {
+    /// Starts a cluster and waits until every node is ready.
+    pub fn start(opts: Options) -> Self {
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nodes = (1..=opts.nodes)
+            .map(|i| {
+                let id = format!("node-{i}");
+                NodeProc {
+                    grpc: free_port(),
+                    http: free_port(),
+                    data_dir: dir.path().join(&id),
+                    log: dir.path().join(format!("{id}.log")),
+                    id,
+                    child: None,
+                    stopped: false,
+                }
+            })
+            .collect();
+        let mut c = Self {
+            opts,
+            nodes,
+            dir,
+            _serial: serial,
+        };
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        for i in 0..c.nodes.len() {
+            c.wait_ready(i);
+        }
+        c
+    }
+
+    /// The `--members` flag value.
+    pub fn members(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.grpc))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The command line of node `i`.
+    pub fn command(&self, i: usize) -> Command {
+        let n = &self.nodes[i];
+        let o = &self.opts;
+        let mut cmd = Command::new(node_binary());
+        cmd.args(["--node-id", &n.id])
+            .args(["--listen", &n.grpc.to_string()])
+            .args(["--http-listen", &n.http.to_string()])
+            .args(["--data-dir", n.data_dir.to_str().expect("utf-8 path")])
+            .args(["--cluster-id", "test-cluster"])
+            .args(["--members", &self.members()])
+            .args([
+                "--n",
+                &o.n.to_string(),
+                "--r",
+                &o.r.to_string(),
+                "--w",
+                &o.w.to_string(),
+            ])
+            .args(["--partitions", &o.partitions.to_string()])
+            .args(["--request-timeout-ms", &o.request_timeout_ms.to_string()])
+            .args(&o.extra)
+            .env("RUST_LOG", "info,dynamo_node=debug");
+        cmd
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.nodes[i].log)
+            .expect("open node log");
+        let child = self
+            .command(i)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn dynamo-node");
+        self.nodes[i].child = Some(child);
+        self.nodes[i].stopped = false;
+    }
+
+    /// Waits until node `i` answers `/readyz` with 200.
+    pub fn wait_ready(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.nodes[i]
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{} exited with {status} during start-up:\n{}",
+                    self.nodes[i].id,
+                    self.log(i)
+                );
+            }
+            if http_status(self.nodes[i].http, "/readyz") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{} not ready within 30 s:\n{}",
+            self.nodes[i].id,
+            self.log(i)
+        );
+    }
+
+    /// Node `i`'s log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    fn pid(&self, i: usize) -> libc::pid_t {
+        self.nodes[i].child.as_ref().expect("node is running").id() as libc::pid_t
+    }
+
+    fn signal(&self, i: usize, sig: libc::c_int) {
+        // SAFETY: kill(2) on a child process we spawned and have not reaped.
+        let rc = unsafe { libc::kill(self.pid(i), sig) };
+        assert_eq!(rc, 0, "kill({sig}) failed for {}", self.nodes[i].id);
+    }
+
+    /// SIGKILLs node `i` and reaps it.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs node `i` and waits for it to stop cleanly.
+    pub fn stop(&mut self, i: usize) {
+        self.signal(i, libc::SIGTERM);
+        let mut c = self.nodes[i].child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "{} stopped with {status}:\n{}",
+                    self.nodes[i].id,
+                    self.log(i)
+                );
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("{} did not stop within 15 s of SIGTERM", self.nodes[i].id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Freezes node `i` (SIGSTOP).
+    pub fn freeze(&mut self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+        self.nodes[i].stopped = true;
+    }
+
+    /// Thaws node `i` (SIGCONT).
+    pub fn thaw(&mut self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+        self.nodes[i].stopped = false;
+    }
+
+    /// Starts node `i` again (after kill9 or stop) and waits until it is ready.
+    pub fn restart(&mut self, i: usize) {
+        assert!(
+            self.nodes[i].child.is_none(),
+            "{} is still running",
+            self.nodes[i].id
+        );
+        self.spawn(i);
+        self.wait_ready(i);
+    }
+
+    /// Deletes node `i`'s data directory (the node must be down).
+    pub fn wipe(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "wipe a running node");
+        std::fs::remove_dir_all(&self.nodes[i].data_dir).expect("remove data dir");
+    }
+
+    fn endpoint(&self, i: usize) -> Endpoint {
+        Endpoint::from_shared(format!("http://{}", self.nodes[i].grpc))
+            .expect("endpoint")
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+    }
+
+    /// A client of node `i`'s Kv service.
+    pub fn kv(&self, i: usize) -> KvClient<Channel> {
+        KvClient::new(self.endpoint(i).connect_lazy())
+    }
+
+    /// A client of node `i`'s Admin service.
+    pub fn admin(&self, i: usize) -> AdminClient<Channel> {
+        AdminClient::new(self.endpoint(i).connect_lazy())
+    }
+
+    /// A client of node `i`'s Replica service (reads its local copy, no repair).
+    pub fn replica(&self, i: usize) -> ReplicaClient<Channel> {
+        ReplicaClient::new(self.endpoint(i).connect_lazy())
+    }
+
+    /// Where the cluster keeps its files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                if n.stopped {
+                    // SAFETY: kill(2) on our own child.
+                    unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                eprintln!("----- log of {} -----\n{}", n.id, self.log(i));
+            }
+        }
+    }
+}
+
+/// GETs `path` on `addr`; the HTTP status code, or None if nothing answered.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    http_get(addr, path).map(|(code, _)| code)
+}
+
+/// GETs `path` on `addr`: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Runs `f` until it returns true or `within` passes.
+pub async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

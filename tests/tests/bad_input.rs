@@ -1,0 +1,148 @@
+//! Every bad input gets INVALID_ARGUMENT naming the problem, and stored data stays intact.
+
+mod common;
+
+use common::*;
+use dynamo_core::context::{cluster_tag, encode};
+use dynamo_core::{Actor, VersionVector};
+use dynamo_proto::v1::{DeleteRequest, GetRequest, PutRequest};
+use dynamo_tests::{node_binary, Cluster, Options};
+use tonic::Code;
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_store_nothing() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let c = Cluster::start(Options {
+            extra: vec!["--max-value-bytes".into(), "1000".into()],
+            ..Options::default()
+        });
+        put_ok(&c, 0, "keep", "original", &[]).await;
+        let before = get_ok(&c, 1, "keep").await;
+
+        let put_raw = |key: Vec<u8>, value: Vec<u8>, context: Vec<u8>, w: Option<u32>| {
+            let mut kv = c.kv(0);
+            async move {
+                kv.put(PutRequest {
+                    key,
+                    value,
+                    context,
+                    w,
+                })
+                .await
+                .map(|r| r.into_inner())
+            }
+        };
+        assert_status(
+            put_raw(vec![], b"v".to_vec(), vec![], None).await,
+            Code::InvalidArgument,
+            "key is empty",
+        );
+        assert_status(
+            put_raw(vec![b'k'; 1025], b"v".to_vec(), vec![], None).await,
+            Code::InvalidArgument,
+            "1024 bytes",
+        );
+        assert_status(
+            put_raw(b"keep".to_vec(), vec![0; 1001], vec![], None).await,
+            Code::InvalidArgument,
+            "limit is 1000 bytes",
+        );
+        let mut corrupt = before.context.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        assert_status(
+            put_raw(b"keep".to_vec(), b"x".to_vec(), corrupt.clone(), None).await,
+            Code::InvalidArgument,
+            "context is corrupt",
+        );
+        assert_status(
+            put_raw(b"keep".to_vec(), b"x".to_vec(), b"garbage".to_vec(), None).await,
+            Code::InvalidArgument,
+            "context is corrupt",
+        );
+        let vv: VersionVector = [(Actor::new("node-1", 1), 5)].into_iter().collect();
+        let foreign = encode(cluster_tag("another-cluster"), &vv);
+        assert_status(
+            put_raw(b"keep".to_vec(), b"x".to_vec(), foreign, None).await,
+            Code::InvalidArgument,
+            "another cluster",
+        );
+        assert_status(
+            put_raw(b"keep".to_vec(), b"x".to_vec(), vec![], Some(0)).await,
+            Code::InvalidArgument,
+            "w = 0",
+        );
+        assert_status(
+            put_raw(b"keep".to_vec(), b"x".to_vec(), vec![], Some(4)).await,
+            Code::InvalidArgument,
+            "w = 4",
+        );
+        for r in [0, 4] {
+            let res = c
+                .kv(1)
+                .get(GetRequest {
+                    key: b"keep".to_vec(),
+                    r: Some(r),
+                })
+                .await;
+            assert_status(res, Code::InvalidArgument, &format!("r = {r}"));
+        }
+        let res = c
+            .kv(2)
+            .delete(DeleteRequest {
+                key: b"keep".to_vec(),
+                context: vec![],
+                w: None,
+            })
+            .await;
+        assert_status(res, Code::InvalidArgument, "delete needs the context");
+        let res = c
+            .kv(2)
+            .delete(DeleteRequest {
+                key: b"keep".to_vec(),
+                context: corrupt,
+                w: None,
+            })
+            .await;
+        assert_status(res, Code::InvalidArgument, "context is corrupt");
+
+        // Nothing stored changed, on any node.
+        for node in 0..3 {
+            let after = get_ok(&c, node, "keep").await;
+            assert_eq!(values(&after), ["original"]);
+            assert_eq!(after.context, before.context, "via node {node}");
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[test]
+fn a_node_refuses_to_start_with_bad_configuration() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(node_binary())
+            .args(args)
+            .output()
+            .expect("run dynamo-node");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} should fail with exit code 2"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let base = [
+        "--data-dir",
+        "/nonexistent/never-created",
+        "--members",
+        "a=127.0.0.1:1,b=127.0.0.1:2",
+    ];
+    let err = run(&[&base[..], &["--node-id", "zz"]].concat());
+    assert!(err.contains("\"zz\" is not among the members"), "{err}");
+    let err = run(&[&base[..], &["--node-id", "a", "--w", "5"]].concat());
+    assert!(err.contains("w=5"), "{err}");
+    let err = run(&[&base[..], &["--node-id", "a", "--partitions", "1000"]].concat());
+    assert!(err.contains("power of two"), "{err}");
+    let err = run(&["--node-id", "a", "--members", "a=nohost"]);
+    assert!(err.contains("invalid member"), "{err}");
+}

@@ -1,0 +1,131 @@
+//! Hinted handoff and read repair bring stale replicas up to date.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use dynamo_core::codec::{decode_set, encode_set};
+use dynamo_core::{Actor, SiblingSet, VersionVector};
+use dynamo_proto::v1::{HintsRequest, ReplicaEntry, ReplicaReadRequest, ReplicaWriteRequest};
+use dynamo_tests::{eventually, http_get, Cluster, Options};
+
+/// The live values node `i` holds for `key`, read from its local store (no repair).
+async fn local_values(c: &Cluster, i: usize, key: &str) -> Vec<String> {
+    let req = ReplicaReadRequest {
+        key: key.as_bytes().to_vec(),
+        cluster_id: "test-cluster".into(),
+    };
+    let set = c
+        .replica(i)
+        .read(req)
+        .await
+        .expect("replica read")
+        .into_inner()
+        .set;
+    if set.is_empty() {
+        return Vec::new();
+    }
+    let set = decode_set(&set).expect("decode");
+    let mut v: Vec<String> = set
+        .values()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn hints_pending(c: &Cluster, i: usize) -> u64 {
+    c.admin(i)
+        .hints(HintsRequest {})
+        .await
+        .expect("hints")
+        .into_inner()
+        .pending
+}
+
+#[tokio::test]
+async fn a_node_that_was_down_gets_missed_writes_by_hinted_handoff() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut c = Cluster::start(Options::default());
+        c.kill9(2);
+        for i in 0..30 {
+            put_ok(&c, i % 2, &format!("missed-{i}"), &format!("v{i}"), &[]).await;
+        }
+        let held = hints_pending(&c, 0).await + hints_pending(&c, 1).await;
+        assert!(
+            held >= 30,
+            "the coordinators keep hints for the dead replica, got {held}"
+        );
+        c.restart(2);
+        // No client read touches node 3: only hinted handoff can bring it the writes.
+        let delivered = eventually(Duration::from_secs(20), async || {
+            hints_pending(&c, 0).await + hints_pending(&c, 1).await == 0
+        })
+        .await;
+        assert!(delivered, "hints still pending after 20 s");
+        for i in 0..30 {
+            assert_eq!(
+                local_values(&c, 2, &format!("missed-{i}")).await,
+                [format!("v{i}")]
+            );
+        }
+        let (_, metrics) = http_get(c.nodes[0].http, "/metrics").expect("metrics");
+        assert!(
+            metrics.contains("dynamo_hints_delivered_total"),
+            "{metrics}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn read_repair_fixes_a_stale_replica() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let c = Cluster::start(Options::default());
+        // Make node 3 stale without hints: write a version straight into nodes 1 and 2.
+        let mut set = SiblingSet::new();
+        set.update(
+            &VersionVector::new(),
+            &Actor::new("node-1", 12345),
+            Some(Bytes::from("fresh")),
+        );
+        for i in 0..2 {
+            let entry = ReplicaEntry {
+                key: b"stale-key".to_vec(),
+                set: encode_set(&set),
+                hint_for: String::new(),
+            };
+            let req = ReplicaWriteRequest {
+                entries: vec![entry],
+                cluster_id: "test-cluster".into(),
+            };
+            c.replica(i).write(req).await.expect("replica write");
+        }
+        assert!(local_values(&c, 2, "stale-key").await.is_empty());
+        // R=3 makes the coordinator hear node 3 too; repair follows in the background.
+        let req = dynamo_proto::v1::GetRequest {
+            key: b"stale-key".to_vec(),
+            r: Some(3),
+        };
+        let r = c.kv(0).get(req).await.expect("get").into_inner();
+        assert_eq!(values(&r), ["fresh"]);
+        let repaired = eventually(Duration::from_secs(10), async || {
+            local_values(&c, 2, "stale-key").await == ["fresh"]
+        })
+        .await;
+        assert!(repaired, "node 3 was not repaired");
+        let (_, metrics) = http_get(c.nodes[0].http, "/metrics").expect("metrics");
+        let repairs = metrics
+            .lines()
+            .find(|l| l.starts_with("dynamo_read_repairs_total"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(repairs >= 1.0, "read repair not counted:\n{metrics}");
+    })
+    .await
+    .expect("test timed out");
+}
