@@ -60,7 +60,7 @@ impl Default for Metrics {
         let latency = Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency as fn() -> Histogram,
         );
-        let siblings_per_read = Histogram::new([1.0, 2.0, 3.0, 4.0, 8.0, 16.0, 64.0].into_iter());
+        let siblings_per_read = Histogram::new([1.0, 2.0, 3.0, 4.0, 8.0, 16.0, 64.0]);
         let hints_pending = Gauge::default();
         let hint_oldest_age_seconds = Gauge::default();
         let hints_delivered = Counter::default();

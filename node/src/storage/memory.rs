@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
 
-use super::{Batch, Cf, Engine, Op, StorageError};
+use super::{Batch, Cf, Engine, Entries, Op, StorageError};
 
 type Tables = BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -95,7 +95,7 @@ impl Engine for MemoryEngine {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         let s = self.state.lock();
         let Some(t) = s.current.get(&cf) else {
             return Ok(Vec::new());

@@ -83,6 +83,9 @@ pub enum StorageError {
     Corrupt(String),
 }
 
+/// Key-value pairs returned by a scan, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// An ordered key-value store with column families and atomic batches.
 pub trait Engine: Send + Sync + 'static {
     /// Reads one key.
@@ -100,7 +103,7 @@ pub trait Engine: Send + Sync + 'static {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    ) -> Result<Entries, StorageError>;
 
     /// Makes every write so far durable (syncs the WAL).
     fn sync(&self) -> Result<(), StorageError>;

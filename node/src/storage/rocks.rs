@@ -12,7 +12,7 @@ use rocksdb::{
     Options, WriteBatch, WriteOptions, DB,
 };
 
-use super::{Batch, Cf, Engine, Op, StorageError};
+use super::{Batch, Cf, Engine, Entries, Op, StorageError};
 
 /// Memtable size per column family; with two memtables each this bounds write buffers.
 const WRITE_BUFFER_BYTES: usize = 16 << 20;
@@ -87,7 +87,7 @@ impl Engine for RocksEngine {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         let from = if start > prefix { start } else { prefix };
         let mut out = Vec::new();
         for item in self
