@@ -24,6 +24,16 @@ struct PeerState {
     next_probe: Instant,
 }
 
+impl PeerState {
+    fn new() -> Self {
+        Self {
+            failures: 0,
+            last_ok: None,
+            next_probe: Instant::now(),
+        }
+    }
+}
+
 /// A peer's health as seen here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerView {
@@ -56,11 +66,7 @@ impl Health {
     /// Records a successful exchange. Returns true if the peer was down.
     pub fn record_success(&self, peer: &str) -> bool {
         let mut peers = self.peers.lock();
-        let s = peers.entry(peer.to_owned()).or_insert_with(|| PeerState {
-            failures: 0,
-            last_ok: None,
-            next_probe: Instant::now(),
-        });
+        let s = peers.entry(peer.to_owned()).or_insert_with(PeerState::new);
         let was_down = s.failures > 0;
         s.failures = 0;
         s.last_ok = Some(Instant::now());
@@ -70,11 +76,7 @@ impl Health {
     /// Records a failed exchange (error or timeout).
     pub fn record_failure(&self, peer: &str) {
         let mut peers = self.peers.lock();
-        let s = peers.entry(peer.to_owned()).or_insert_with(|| PeerState {
-            failures: 0,
-            last_ok: None,
-            next_probe: Instant::now(),
-        });
+        let s = peers.entry(peer.to_owned()).or_insert_with(PeerState::new);
         s.failures = s.failures.saturating_add(1);
         let backoff = PROBE_MIN
             .saturating_mul(1 << s.failures.min(5))
