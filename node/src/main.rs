@@ -23,7 +23,14 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("tokio runtime");
     match runtime.block_on(dynamo_node::server::run(cfg)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => {
+            // Everything is synced and the clean-shutdown marker written. Leave without
+            // running C++ static destructors: RocksDB's background threads may still hold
+            // its mutexes, and destroying them aborts the process ("pthread lock: Invalid
+            // argument", seen in CI), which would turn a clean stop into a crash.
+            // SAFETY: _exit(2) ends the process at once; nothing after it runs.
+            unsafe { libc::_exit(0) }
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
