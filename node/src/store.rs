@@ -130,6 +130,12 @@ impl Store {
         decode_stored(self.engine.get(Cf::Data, &dk)?)
     }
 
+    /// The stored encoding of `key`'s sibling set (the codec's format, as peers exchange it).
+    pub fn read_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let dk = data_key(partition_of(key, self.partitions), key);
+        self.engine.get(Cf::Data, &dk)
+    }
+
     async fn submit(&self, mutation: Mutation) -> Result<Outcome, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.tx

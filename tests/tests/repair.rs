@@ -14,7 +14,7 @@ use dynamo_tests::{eventually, http_get, Cluster, Options};
 /// The live values node `i` holds for `key`, read from its local store (no repair).
 async fn local_values(c: &Cluster, i: usize, key: &str) -> Vec<String> {
     let req = ReplicaReadRequest {
-        key: key.as_bytes().to_vec(),
+        keys: vec![key.as_bytes().to_vec()],
         cluster_id: "test-cluster".into(),
     };
     let set = c
@@ -23,7 +23,9 @@ async fn local_values(c: &Cluster, i: usize, key: &str) -> Vec<String> {
         .await
         .expect("replica read")
         .into_inner()
-        .set;
+        .sets
+        .pop()
+        .expect("one set per key");
     if set.is_empty() {
         return Vec::new();
     }

@@ -1,7 +1,9 @@
 //! [`Transport`] over gRPC: one lazily connected HTTP/2 channel per peer, TCP_NODELAY,
-//! a deadline on every call.
+//! a deadline on every call, and replica reads and writes batched per peer (see
+//! [`super::batch`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +18,7 @@ use dynamo_proto::FORWARDED_HEADER;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+use super::batch::{BatchLimits, Batcher};
 use super::{Forward, Forwarded, PeerError, Transport, WriteEntry};
 
 /// Largest gRPC message a node sends or accepts (sibling sets of large values).
@@ -23,23 +26,20 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// [`Transport`] over gRPC.
 pub struct GrpcTransport {
-    cluster_id: String,
-    channels: Mutex<HashMap<String, Channel>>,
+    cluster_id: Arc<str>,
+    limits: BatchLimits,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
 }
 
-impl GrpcTransport {
-    pub fn new(cluster_id: String) -> Self {
-        Self {
-            cluster_id,
-            channels: Mutex::new(HashMap::new()),
-        }
-    }
+/// The connection to one peer and its batching queues.
+struct Peer {
+    channel: Channel,
+    reads: Batcher<Vec<u8>, Vec<u8>>,
+    writes: Batcher<ReplicaEntry, ()>,
+}
 
-    fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
-        let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
+impl Peer {
+    fn connect(addr: &str, cluster_id: Arc<str>, limits: BatchLimits) -> Result<Self, PeerError> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|_| PeerError::BadAddress(addr.to_owned()))?
             .tcp_nodelay(true)
@@ -48,14 +48,68 @@ impl GrpcTransport {
             .keep_alive_timeout(Duration::from_secs(5))
             .http2_adaptive_window(true);
         let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        let replica = ReplicaClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let reads = {
+            let (client, cluster_id) = (replica.clone(), cluster_id.clone());
+            Batcher::spawn(limits, move |keys: Vec<Vec<u8>>, _| {
+                let mut client = client.clone();
+                let req = ReplicaReadRequest {
+                    keys,
+                    cluster_id: cluster_id.to_string(),
+                };
+                async move {
+                    let resp = client.read(req).await.map_err(PeerError::Status)?;
+                    Ok(resp.into_inner().sets)
+                }
+            })
+        };
+        let writes = Batcher::spawn(limits, move |entries: Vec<ReplicaEntry>, _| {
+            let mut client = replica.clone();
+            let req = ReplicaWriteRequest {
+                entries,
+                cluster_id: cluster_id.to_string(),
+            };
+            async move {
+                let n = req.entries.len();
+                client.write(req).await.map_err(PeerError::Status)?;
+                Ok(vec![(); n])
+            }
+        });
+        Ok(Self {
+            channel,
+            reads,
+            writes,
+        })
+    }
+}
+
+impl GrpcTransport {
+    pub fn new(cluster_id: String) -> Self {
+        Self::with_limits(cluster_id, BatchLimits::default())
     }
 
-    fn replica(&self, peer: &Member) -> Result<ReplicaClient<Channel>, PeerError> {
-        Ok(ReplicaClient::new(self.channel(&peer.addr)?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    pub fn with_limits(cluster_id: String, limits: BatchLimits) -> Self {
+        Self {
+            cluster_id: cluster_id.into(),
+            limits,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Result<Arc<Peer>, PeerError> {
+        let mut peers = self.peers.lock();
+        if let Some(p) = peers.get(addr) {
+            return Ok(p.clone());
+        }
+        let peer = Arc::new(Peer::connect(addr, self.cluster_id.clone(), self.limits)?);
+        peers.insert(addr.to_owned(), peer.clone());
+        Ok(peer)
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
+        Ok(self.peer(addr)?.channel.clone())
     }
 }
 
@@ -87,16 +141,16 @@ impl Transport for GrpcTransport {
         key: Bytes,
         timeout: Duration,
     ) -> Result<SiblingSet, PeerError> {
-        let mut client = self.replica(peer)?;
-        let req = ReplicaReadRequest {
-            key: key.to_vec(),
-            cluster_id: self.cluster_id.clone(),
-        };
-        let resp = deadline(timeout, client.read(req)).await?.into_inner();
-        if resp.set.is_empty() {
+        let bytes = key.len();
+        let set = self
+            .peer(&peer.addr)?
+            .reads
+            .call(key.to_vec(), bytes, timeout)
+            .await?;
+        if set.is_empty() {
             return Ok(SiblingSet::new());
         }
-        decode_set(&resp.set).map_err(|e| PeerError::Corrupt(e.to_string()))
+        decode_set(&set).map_err(|e| PeerError::Corrupt(e.to_string()))
     }
 
     async fn write(
@@ -105,20 +159,17 @@ impl Transport for GrpcTransport {
         entries: Vec<WriteEntry>,
         timeout: Duration,
     ) -> Result<(), PeerError> {
-        let mut client = self.replica(peer)?;
-        let entries = entries
-            .into_iter()
-            .map(|e| ReplicaEntry {
+        let peer = self.peer(&peer.addr)?;
+        let calls = entries.into_iter().map(|e| {
+            let entry = ReplicaEntry {
                 key: e.key.to_vec(),
                 set: encode_set(&e.set),
                 hint_for: e.hint_for.unwrap_or_default(),
-            })
-            .collect();
-        let req = ReplicaWriteRequest {
-            entries,
-            cluster_id: self.cluster_id.clone(),
-        };
-        deadline(timeout, client.write(req)).await.map(|_| ())
+            };
+            let bytes = entry.key.len() + entry.set.len() + entry.hint_for.len();
+            peer.writes.call(entry, bytes, timeout)
+        });
+        futures::future::try_join_all(calls).await.map(|_| ())
     }
 
     async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError> {

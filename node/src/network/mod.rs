@@ -14,9 +14,11 @@ use dynamo_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
 };
 
+mod batch;
 mod grpc;
 pub mod loopback;
 
+pub use batch::BatchLimits;
 pub use grpc::{GrpcTransport, MAX_MESSAGE_BYTES};
 
 /// Why a peer call failed.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dynamo_core::codec::{decode_set, encode_set};
+use dynamo_core::codec::decode_set;
 use dynamo_proto::v1::replica_server::Replica;
 use dynamo_proto::v1::{
     ReplicaReadRequest, ReplicaReadResponse, ReplicaWriteRequest, ReplicaWriteResponse,
@@ -46,13 +46,13 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaReadResponse>, Status> {
         let req = req.into_inner();
         self.check_cluster(&req.cluster_id)?;
-        let set = self.node.store.read(&req.key).map_err(storage)?;
-        let set = if set.is_empty() {
-            Vec::new()
-        } else {
-            encode_set(&set)
-        };
-        Ok(Response::new(ReplicaReadResponse { set }))
+        let sets = req
+            .keys
+            .iter()
+            .map(|key| Ok(self.node.store.read_raw(key)?.unwrap_or_default()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        Ok(Response::new(ReplicaReadResponse { sets }))
     }
 
     async fn write(
