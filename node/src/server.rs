@@ -61,6 +61,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     health_reporter.set_serving::<KvServer<KvService>>().await;
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
         .add_service(health_service)
         .add_service(
             KvServer::new(KvService::new(node.clone()))
