@@ -159,6 +159,7 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
         read_ratio: 0.3,
         stop: Stop::Ops(2000),
         prefill: true,
+        rate: None,
         r: None,
         w: None,
         progress: false,
@@ -181,6 +182,7 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
     // A second run without prefill fetches contexts lazily and still adds no sibling.
     let cfg = BenchConfig {
         prefill: false,
+        rate: None,
         read_ratio: 0.0,
         stop: Stop::Ops(500),
         ..cfg
@@ -194,6 +196,7 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
     let before = node.calls();
     let prefill_only = BenchConfig {
         prefill: true,
+        rate: None,
         stop: Stop::Ops(0),
         ..cfg.clone()
     };
@@ -209,4 +212,21 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
     let outcome = bench::run(&client, &cfg).await.unwrap();
     assert!(outcome.report.seconds < 2.0);
     assert!(outcome.report.ops > 0);
+    let unpaced = outcome.report.ops;
+
+    // An open-loop run keeps to its rate: 4 workers at 200 ops/s in total send every
+    // 20 ms each, so 0.5 s holds at most 26 requests per worker.
+    let paced = BenchConfig {
+        concurrency: 4,
+        rate: Some(200.0),
+        stop: Stop::After(Duration::from_millis(500)),
+        ..cfg
+    };
+    let outcome = bench::run(&client, &paced).await.unwrap();
+    assert!(outcome.report.ops > 0);
+    assert!(
+        outcome.report.ops <= 4 * 26,
+        "paced run sent {} requests (closed loop: {unpaced} in 300 ms)",
+        outcome.report.ops
+    );
 }

@@ -1,8 +1,11 @@
 //! The load generator behind `dynamoctl bench`.
 //!
-//! `concurrency` workers each run a closed loop of gets and puts over `keys` keys
+//! `concurrency` workers each run a loop of gets and puts over `keys` keys
 //! ([`keys`]), with a read ratio, until a duration or an operation count is spent, then
-//! the per-worker stats are merged into a [`Report`] ([`stats`]). How writes avoid
+//! the per-worker stats are merged into a [`Report`] ([`stats`]). The loop is closed (the
+//! next request goes when the last answered) unless a `rate` is given: then each worker
+//! sends on a fixed schedule and latency is measured from when each request was due,
+//! which keeps a stall from hiding in the percentiles (coordinated omission). How writes avoid
 //! piling up siblings is explained in [`worker`]. With `prefill`, before the clock starts
 //! every key is read, and written (with the read context, so no sibling is added) unless
 //! it already holds exactly one live value; that makes every read hit a value and hands
@@ -27,7 +30,7 @@ use crate::client::Client;
 use crate::context::Context;
 use keys::{check_key_space, key_for, Rng};
 use stats::{OpStats, Report};
-use worker::{run_worker, Budget, WorkerResult, WorkerSpec};
+use worker::{run_worker, Budget, Pace, WorkerResult, WorkerSpec};
 
 /// Requests in flight during the prefill.
 const PREFILL_CONCURRENCY: usize = 64;
@@ -58,6 +61,8 @@ pub struct BenchConfig {
     pub stop: Stop,
     /// Write every key once before measuring.
     pub prefill: bool,
+    /// Open loop at this many operations per second in total (`None`: closed loop).
+    pub rate: Option<f64>,
     /// R for gets (`None`: the cluster's).
     pub r: Option<u32>,
     /// W for puts (`None`: the cluster's).
@@ -80,7 +85,18 @@ impl BenchConfig {
                 self.read_ratio
             ));
         }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(format!("--rate {rate} must be a positive number of ops/s"));
+            }
+        }
         check_key_space(self.keys, self.key_size).map_err(|e| e.to_string())
+    }
+
+    /// Time between two operations of one worker in an open-loop run.
+    pub fn worker_interval(&self) -> Option<Duration> {
+        self.rate
+            .map(|rate| Duration::from_secs_f64(self.concurrency as f64 / rate))
     }
 
     /// The parameters as they appear in the JSON report.
@@ -98,6 +114,7 @@ impl BenchConfig {
             "duration_s": duration_s,
             "ops": ops,
             "prefill": self.prefill,
+            "rate": self.rate,
             "r": self.r,
             "w": self.w,
         })
@@ -138,6 +155,7 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
     let bar = progress_bar(cfg, "bench");
     let ticker = spawn_ticker(bar.clone(), done.clone(), cfg.stop);
     let start = Instant::now();
+    let interval = cfg.worker_interval();
     let tasks: Vec<_> = contexts
         .into_iter()
         .enumerate()
@@ -153,6 +171,11 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
                 w: cfg.w,
                 seed: cfg.seed.wrapping_add(index as u64 * 0x9E37_79B9),
                 contexts,
+                // Workers start spread over one interval, so the load is even.
+                pace: interval.map(|every| Pace {
+                    next: start + every.mul_f64(index as f64 / workers as f64),
+                    every,
+                }),
             };
             tokio::spawn(run_worker(
                 client.clone(),
@@ -285,6 +308,7 @@ mod tests {
             read_ratio: 0.5,
             stop: Stop::After(Duration::from_secs(10)),
             prefill: false,
+            rate: None,
             r: None,
             w: None,
             progress: false,
@@ -301,6 +325,24 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn a_rate_is_spread_over_the_workers() {
+        assert_eq!(config().worker_interval(), None);
+        let paced = BenchConfig {
+            rate: Some(4000.0),
+            ..config()
+        };
+        // 16 workers sharing 4000 ops/s: each sends every 4 ms.
+        assert_eq!(paced.worker_interval(), Some(Duration::from_millis(4)));
+        for rate in [0.0, -1.0, f64::NAN] {
+            let bad = BenchConfig {
+                rate: Some(rate),
+                ..config()
+            };
+            assert!(bad.validate().unwrap_err().contains("--rate"));
+        }
     }
 
     #[test]

@@ -65,6 +65,24 @@ pub(crate) struct WorkerSpec {
     pub w: Option<u32>,
     pub seed: u64,
     pub contexts: HashMap<u64, Context>,
+    /// Open-loop schedule; `None` for a closed loop.
+    pub pace: Option<Pace>,
+}
+
+/// When a paced worker sends its next request.
+pub(crate) struct Pace {
+    pub next: Instant,
+    pub every: Duration,
+}
+
+impl Pace {
+    /// The instant the next request is due (latency counts from it); advances the
+    /// schedule. A worker behind schedule sends at once, without skipping requests.
+    fn due(&mut self) -> Instant {
+        let due = self.next;
+        self.next += self.every;
+        due
+    }
 }
 
 /// What one worker measured.
@@ -104,10 +122,17 @@ pub(crate) async fn run_worker(
     let mut result = WorkerResult::default();
     while budget.claim() {
         let errors = result.read.errors() + result.write.errors();
+        let due = match spec.pace.as_mut().map(Pace::due) {
+            Some(due) => {
+                tokio::time::sleep_until(due.into()).await;
+                Some(due)
+            }
+            None => None,
+        };
         if rng.unit() < spec.read_ratio {
-            read(&client, &spec, &mut rng, &mut result).await;
+            read(&client, &spec, &mut rng, due, &mut result).await;
         } else {
-            write(&client, &mut spec, &mut rng, &mut result).await;
+            write(&client, &mut spec, &mut rng, due, &mut result).await;
         }
         done.fetch_add(1, Ordering::Relaxed);
         if result.read.errors() + result.write.errors() > errors {
@@ -118,10 +143,17 @@ pub(crate) async fn run_worker(
     result
 }
 
-async fn read(client: &Client, spec: &WorkerSpec, rng: &mut Rng, out: &mut WorkerResult) {
+/// `due`: when the request was scheduled (open loop); latency counts from then.
+async fn read(
+    client: &Client,
+    spec: &WorkerSpec,
+    rng: &mut Rng,
+    due: Option<Instant>,
+    out: &mut WorkerResult,
+) {
     let i = rng.below(spec.keys);
     let key = key_for(i, spec.key_size);
-    let start = Instant::now();
+    let start = due.unwrap_or_else(Instant::now);
     match client.get(&key, spec.r).await {
         // The context is not kept: the key's writer already holds one that covers its
         // last write, and a read may come from replicas that lag behind it.
@@ -130,7 +162,13 @@ async fn read(client: &Client, spec: &WorkerSpec, rng: &mut Rng, out: &mut Worke
     }
 }
 
-async fn write(client: &Client, spec: &mut WorkerSpec, rng: &mut Rng, out: &mut WorkerResult) {
+async fn write(
+    client: &Client,
+    spec: &mut WorkerSpec,
+    rng: &mut Rng,
+    due: Option<Instant>,
+    out: &mut WorkerResult,
+) {
     let i = spec.write_key(rng);
     let key = key_for(i, spec.key_size);
     let context = match spec.contexts.remove(&i) {
@@ -146,7 +184,7 @@ async fn write(client: &Client, spec: &mut WorkerSpec, rng: &mut Rng, out: &mut 
             }
         }
     };
-    let start = Instant::now();
+    let start = due.unwrap_or_else(Instant::now);
     match client.put(&key, spec.value.clone(), &context, spec.w).await {
         Ok(ctx) => {
             out.write.record(start.elapsed());
@@ -172,6 +210,7 @@ mod tests {
             w: None,
             seed: 1,
             contexts: HashMap::new(),
+            pace: None,
         }
     }
 
@@ -204,6 +243,15 @@ mod tests {
         assert_eq!(s.owned(), 0);
         let mut rng = Rng::new(3);
         assert!((0..100).all(|_| s.write_key(&mut rng) < 3));
+    }
+
+    #[test]
+    fn a_paced_worker_keeps_its_schedule_and_never_skips() {
+        let t0 = Instant::now();
+        let every = Duration::from_millis(10);
+        let mut pace = Pace { next: t0, every };
+        let due: Vec<_> = (0..4).map(|_| pace.due()).collect();
+        assert_eq!(due, vec![t0, t0 + every, t0 + every * 2, t0 + every * 3]);
     }
 
     #[test]

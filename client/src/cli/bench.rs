@@ -37,6 +37,12 @@ pub struct BenchArgs {
     /// value, so reads hit values and writes start with a context.
     #[arg(long, alias = "warmup")]
     pub prefill: bool,
+    /// Target rate in operations per second over all workers (open loop): each worker sends
+    /// on a fixed schedule and latency counts from when a request was due, so a stall
+    /// shows in the percentiles instead of slowing the load down. Default: closed loop, as
+    /// fast as the cluster answers.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// R for gets (default: the cluster's).
     #[arg(long)]
     pub r: Option<u32>,
@@ -75,6 +81,7 @@ impl BenchArgs {
                 None => Stop::After(self.duration),
             },
             prefill: self.prefill,
+            rate: self.rate,
             r: self.r,
             w: self.w,
             progress: !self.quiet,
