@@ -4,7 +4,9 @@
 #
 # For each fsync policy it starts `dynamoctl cluster --wipe` on its own ports and data
 # directory, prefills the keys, then runs `dynamoctl bench --json` for write-only,
-# read-only and 50/50 workloads at each concurrency, several times each; it records every
+# read-only and 50/50 workloads at each concurrency, several times each (closed loop);
+# then, at the highest concurrency, an open-loop run at half of that median peak rate
+# (`--rate`), the load the latency bar is stated at; it records every
 # node's peak resident memory (VmHWM) and prints markdown tables of the medians. Every
 # process it starts is stopped on exit, failure or Ctrl-C.
 #
@@ -152,6 +154,23 @@ for policy in $POLICIES; do
                     --duration "$DURATION" --seed "$rep")
                 echo "{\"policy\":\"$policy\",\"mix\":\"$mix\",\"concurrency\":$c,\"rep\":$rep,\"result\":$json}" >>"$RESULTS"
             done
+        done
+    done
+    # Half of the peak: open loop at half the median closed-loop rate at the highest
+    # concurrency, latency counted from when each request was due.
+    top=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
+    for mix in write read mixed; do
+        case $mix in
+            write) ratio=0 ;;
+            read) ratio=1 ;;
+            mixed) ratio=0.5 ;;
+        esac
+        half=$(python3 "$HERE/summarize.py" --half-peak "$RESULTS" "$policy" "$mix" "$top")
+        for rep in $(seq 1 "$REPS"); do
+            log "fsync=$policy $mix c=$top at $half ops/s (half of peak) run $rep/$REPS ($DURATION)"
+            json=$(bench --json --prefill --read-ratio "$ratio" --concurrency "$top" \
+                --rate "$half" --duration "$DURATION" --seed "$rep")
+            echo "{\"policy\":\"$policy\",\"mix\":\"$mix\",\"concurrency\":$top,\"rate\":$half,\"rep\":$rep,\"result\":$json}" >>"$RESULTS"
         done
     done
     record_memory "$policy"

@@ -2,8 +2,11 @@
 """Markdown tables of the medians of client/bench/run.sh's results.
 
 Usage: summarize.py RESULTS.jsonl [MEMORY.jsonl]
+       summarize.py --half-peak RESULTS.jsonl POLICY MIX CONCURRENCY
+           (prints half of the median closed-loop ops/s of that group, for --rate)
 
-RESULTS lines: {"policy", "mix", "concurrency", "rep", "result": <dynamoctl bench --json>}.
+RESULTS lines: {"policy", "mix", "concurrency", "rep", "result": <dynamoctl bench --json>},
+plus "rate" (ops/s) for open-loop runs.
 MEMORY lines: {"policy", "node", "pid", "vm_hwm_kb", "vm_rss_kb"}.
 """
 
@@ -25,23 +28,40 @@ def ms(us):
     return us / 1000.0
 
 
+def half_peak(rows, policy, mix, concurrency):
+    peak = [
+        r["result"]["ops_per_sec"]
+        for r in rows
+        if r["policy"] == policy
+        and r["mix"] == mix
+        and r["concurrency"] == concurrency
+        and r.get("rate") is None
+    ]
+    if not peak:
+        raise SystemExit(f"no closed-loop runs for {policy} {mix} c={concurrency}")
+    return max(1, round(statistics.median(peak) / 2))
+
+
 def results_table(rows):
     groups = defaultdict(list)
     for row in rows:
-        groups[(row["policy"], row["mix"], row["concurrency"])].append(row["result"])
+        key = (row["policy"], row["mix"], row["concurrency"], row.get("rate") or 0)
+        groups[key].append(row["result"])
     out = [
-        "| fsync | workload | clients | runs | ops/s | p50 ms | p99 ms | p99.9 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| fsync | workload | clients | load | runs | ops/s | p50 ms | p99 ms | p99.9 ms | errors |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    order = sorted(groups, key=lambda k: (k[0], MIX_ORDER.get(k[1], 9), k[2]))
+    order = sorted(groups, key=lambda k: (k[0], MIX_ORDER.get(k[1], 9), k[3] > 0, k[2]))
     for key in order:
         runs = groups[key]
         med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
+        load_ = "half of peak ({} ops/s, open loop)".format(key[3]) if key[3] else "peak (closed loop)"
         out.append(
-            "| {} | {} | {} | {} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {} |".format(
+            "| {} | {} | {} | {} | {} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {} |".format(
                 key[0],
                 MIX_NAME.get(key[1], key[1]),
                 key[2],
+                load_,
                 len(runs),
                 med(lambda r: r["ops_per_sec"]),
                 ms(med(lambda r: r["latency_us"]["p50"])),
@@ -68,6 +88,9 @@ def memory_table(rows):
 
 
 def main(argv):
+    if len(argv) == 6 and argv[1] == "--half-peak":
+        print(half_peak(load(argv[2]), argv[3], argv[4], int(argv[5])))
+        return 0
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
