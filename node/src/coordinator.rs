@@ -5,8 +5,9 @@
 //!
 //! - **put/delete**: validates the request (nothing is stored on bad input), records the
 //!   new version in its own store (atomic read-modify-write, see [`crate::store`]), sends
-//!   the resulting sibling set to the other replicas and answers after W of the intended
-//!   replicas are covered. Replicas believed down, or that fail, are replaced by the next
+//!   the resulting sibling set to the other replicas while its own copy is being synced,
+//!   and answers after W of the intended replicas (itself included, once durable) are
+//!   covered. Replicas believed down, or that fail, are replaced by the next
 //!   healthy nodes of the extended preference list, which keep the write as a hint
 //!   (sloppy quorum); replicas still uncovered at the deadline get a hint kept here.
 //!   The rest of the replication finishes in the background.
@@ -129,10 +130,11 @@ pub async fn write(
         ));
     }
     let deadline = Instant::now() + node.timeout();
-    let set = node
+    let staged = node
         .store
         .update(key.clone(), ctx.clone(), node.actor.clone(), value)
         .await?;
+    let set = staged.set.clone();
 
     // The client's next context covers what it saw plus its own write, nothing else: a
     // concurrent sibling it never saw must not be superseded by its next put.
@@ -142,15 +144,32 @@ pub async fn write(
     let p = node.map.partition_of(&key);
     let pref: Vec<Member> = node.map.preference_list(p).cloned().collect();
     let mut quorum = WriteQuorum::new(pref.iter().map(|m| m.id.clone()).collect(), w);
-    quorum.ack(node.id());
+    // Replication starts while the local sync runs; this node counts once it is durable.
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(replicate(node.clone(), key, set, pref, tx));
-    while !quorum.reached() {
-        match timeout_at(deadline, rx.recv()).await {
-            Ok(Some(covered)) => {
-                quorum.ack(&covered);
+    let local = staged.durable();
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(local, timer);
+    let mut local_pending = true;
+    let mut replicas_pending = true;
+    while !quorum.reached() && (local_pending || replicas_pending) {
+        tokio::select! {
+            durable = &mut local, if local_pending => {
+                local_pending = false;
+                match durable {
+                    Ok(()) => {
+                        quorum.ack(node.id());
+                    }
+                    Err(e) => tracing::error!(error = %e, "local write did not become durable"),
+                }
             }
-            Ok(None) | Err(_) => break,
+            covered = rx.recv(), if replicas_pending => match covered {
+                Some(covered) => {
+                    quorum.ack(&covered);
+                }
+                None => replicas_pending = false,
+            },
+            _ = &mut timer => break,
         }
     }
     if !quorum.reached() {

@@ -114,6 +114,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     if let Some(t) = sync_task {
         t.abort();
     }
+    if node.store.is_poisoned() {
+        // Versions this node handed out may be missing from its disk: the next start must
+        // take a new incarnation, so no clean-shutdown marker.
+        anyhow::bail!("stopped after a storage failure; the next start takes a new incarnation");
+    }
     identity::mark_clean_shutdown(&*engine)?;
     tracing::info!("stopped cleanly");
     Ok(())

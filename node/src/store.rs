@@ -1,17 +1,29 @@
 //! The local store: sibling sets and hints on top of an [`Engine`].
 //!
-//! Every mutation goes through one writer thread. That gives two properties at once:
+//! Every mutation goes through one writer thread, and, when writes must be synced, a
+//! syncer thread behind it:
 //!
 //! - **Atomic read-modify-write per key.** The writer reads the stored set, joins or
 //!   updates it and writes it back with no other mutation in between, so concurrent
 //!   coordinators never lose each other's versions.
-//! - **Group commit.** The writer takes every request queued while it was busy, applies
-//!   them as one RocksDB write batch and, with the `always` fsync policy, one WAL sync
-//!   acknowledges all of them.
+//! - **Group commit, pipelined.** The writer takes every request queued while it was
+//!   busy and applies them as one RocksDB write batch (WAL written, not synced). With the
+//!   `always` fsync policy it hands the group to the syncer and goes on with the next
+//!   group; the syncer syncs the WAL once for every group that queued during its previous
+//!   sync, then acknowledges them. No request is acknowledged before a sync that covers it
+//!   (a request that changed nothing still waits: what it read may not be synced yet).
+//! - **Early outcome.** [`Store::update`] answers as soon as the new version is applied,
+//!   with a [`Staged`] whose durability the coordinator awaits separately: it can send the
+//!   version to the other replicas while its own sync runs.
 //!
-//! Reads go straight to the engine and see every committed write.
+//! A failed write or sync poisons the store: every later mutation fails, and the node
+//! must not record a clean shutdown (versions it handed out may be lost here, so the next
+//! start must take a new incarnation; see [`crate::identity`]).
+//!
+//! Reads go straight to the engine; they may see an applied write before it is synced.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -68,9 +80,33 @@ enum Outcome {
     Done,
 }
 
+type Reply = oneshot::Sender<Result<Outcome, StorageError>>;
+
 struct Request {
     mutation: Mutation,
-    reply: oneshot::Sender<Result<Outcome, StorageError>>,
+    /// Gets the outcome as soon as the mutation is applied, before it is durable; `None`
+    /// sends the outcome to `durable` instead.
+    applied: Option<Reply>,
+    /// Answered once the mutation is durable under the store's fsync policy.
+    durable: Reply,
+}
+
+/// A version applied by [`Store::update`], and the wait for it to be durable.
+pub struct Staged {
+    /// The stored set after the update.
+    pub set: SiblingSet,
+    durable: oneshot::Receiver<Result<Outcome, StorageError>>,
+}
+
+impl Staged {
+    /// Waits until the update is durable under the store's fsync policy.
+    pub async fn durable(self) -> Result<(), StorageError> {
+        self.durable.await.map_err(|_| stopped())?.map(|_| ())
+    }
+}
+
+fn stopped() -> StorageError {
+    StorageError::Engine("store writer has stopped".into())
 }
 
 /// Sibling sets and hints of one node.
@@ -78,6 +114,7 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     partitions: u32,
     tx: mpsc::Sender<Request>,
+    poisoned: Arc<AtomicBool>,
 }
 
 fn encode_hint(created_ms: u64, set: &SiblingSet) -> Vec<u8> {
@@ -103,20 +140,38 @@ fn decode_stored(raw: Option<Vec<u8>>) -> Result<SiblingSet, StorageError> {
 }
 
 impl Store {
-    /// Starts the writer thread over `engine`. With `sync_writes`, every batch is synced
-    /// before its writes are acknowledged.
+    /// Starts the writer thread over `engine` (and the syncer thread with `sync_writes`:
+    /// then every write is synced before it is acknowledged).
     pub fn new(engine: Arc<dyn Engine>, partitions: u32, sync_writes: bool) -> Self {
         let (tx, rx) = mpsc::channel();
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let syncer = sync_writes.then(|| {
+            let (sync_tx, sync_rx) = mpsc::channel();
+            let (engine, poisoned) = (engine.clone(), poisoned.clone());
+            std::thread::Builder::new()
+                .name("store-syncer".into())
+                .spawn(move || syncer(&*engine, &poisoned, sync_rx))
+                .expect("spawn syncer thread");
+            sync_tx
+        });
         let writer_engine = engine.clone();
+        let writer_poisoned = poisoned.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_engine, partitions, sync_writes, rx))
+            .spawn(move || writer(writer_engine, partitions, &writer_poisoned, rx, syncer))
             .expect("spawn writer thread");
         Self {
             engine,
             partitions,
             tx,
+            poisoned,
         }
+    }
+
+    /// Whether a write or sync failed: the node's state on disk may lack versions it
+    /// handed out, so it must not be recorded as cleanly shut down.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
     }
 
     /// The engine underneath.
@@ -137,33 +192,47 @@ impl Store {
     }
 
     async fn submit(&self, mutation: Mutation) -> Result<Outcome, StorageError> {
-        let (reply, rx) = oneshot::channel();
+        let (durable, rx) = oneshot::channel();
         self.tx
-            .send(Request { mutation, reply })
-            .map_err(|_| StorageError::Engine("store writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| StorageError::Engine("store writer has stopped".into()))?
+            .send(Request {
+                mutation,
+                applied: None,
+                durable,
+            })
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Records a new version of `key` coordinated by `actor`, superseding what `context`
-    /// covers. Returns the stored set after the write.
+    /// covers. Answers once the version is applied, with the stored set after the write;
+    /// [`Staged::durable`] waits for the sync.
     pub async fn update(
         &self,
         key: Bytes,
         context: VersionVector,
         actor: Actor,
         value: Option<Bytes>,
-    ) -> Result<SiblingSet, StorageError> {
-        match self
-            .submit(Mutation::Update {
-                key,
-                context,
-                actor,
-                value,
+    ) -> Result<Staged, StorageError> {
+        let (applied, applied_rx) = oneshot::channel();
+        let (durable, durable_rx) = oneshot::channel();
+        let mutation = Mutation::Update {
+            key,
+            context,
+            actor,
+            value,
+        };
+        self.tx
+            .send(Request {
+                mutation,
+                applied: Some(applied),
+                durable,
             })
-            .await?
-        {
-            Outcome::Set(s) => Ok(s),
+            .map_err(|_| stopped())?;
+        match applied_rx.await.map_err(|_| stopped())?? {
+            Outcome::Set(set) => Ok(Staged {
+                set,
+                durable: durable_rx,
+            }),
             Outcome::Done => unreachable!("update returns a set"),
         }
     }
@@ -258,7 +327,22 @@ struct Overlay {
     hints: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
-fn writer(engine: Arc<dyn Engine>, q: u32, sync: bool, rx: mpsc::Receiver<Request>) {
+/// A group written to the WAL, waiting for the sync that makes it durable.
+type Unsynced = Vec<(Reply, Result<Outcome, StorageError>)>;
+
+fn poison_error() -> StorageError {
+    StorageError::Engine(
+        "an earlier write or sync failed; the store refuses writes until the node restarts".into(),
+    )
+}
+
+fn writer(
+    engine: Arc<dyn Engine>,
+    q: u32,
+    poisoned: &AtomicBool,
+    rx: mpsc::Receiver<Request>,
+    syncer: Option<mpsc::Sender<Unsynced>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -267,33 +351,84 @@ fn writer(engine: Arc<dyn Engine>, q: u32, sync: bool, rx: mpsc::Receiver<Reques
                 Err(_) => break,
             }
         }
+        if poisoned.load(Ordering::Acquire) {
+            for r in group {
+                let _ = r.applied.map(|a| a.send(Err(poison_error())));
+                let _ = r.durable.send(Err(poison_error()));
+            }
+            continue;
+        }
         let mut batch = Batch::default();
         let mut overlay = Overlay::default();
-        let results: Vec<_> = group
-            .iter_mut()
-            .map(|r| {
-                let m = std::mem::replace(
-                    &mut r.mutation,
-                    Mutation::ClearHint {
-                        target: String::new(),
-                        key: Bytes::new(),
-                        raw: Vec::new(),
-                    },
-                );
-                apply(&*engine, q, m, &mut batch, &mut overlay)
-            })
-            .collect();
+        let mut outcomes = Vec::with_capacity(group.len());
+        for r in group {
+            let result = apply(&*engine, q, r.mutation, &mut batch, &mut overlay);
+            outcomes.push((r.applied, r.durable, result));
+        }
+        // Synced by the syncer when there is one; otherwise durable once written.
         let written = if batch.is_empty() {
             Ok(())
         } else {
-            engine.write(batch, sync)
+            engine.write(batch, false)
         };
-        for (req, result) in group.into_iter().zip(results) {
-            let reply = match (&written, result) {
-                (Err(e), _) => Err(StorageError::Engine(e.to_string())),
-                (Ok(()), r) => r,
-            };
-            let _ = req.reply.send(reply);
+        if let Err(e) = written {
+            tracing::error!(error = %e, "storage write failed; refusing further writes");
+            poisoned.store(true, Ordering::Release);
+            for (applied, durable, _) in outcomes {
+                let _ = applied.map(|a| a.send(Err(e.clone())));
+                let _ = durable.send(Err(e.clone()));
+            }
+            continue;
+        }
+        let unsynced: Unsynced = outcomes
+            .into_iter()
+            .map(|(applied, durable, result)| match applied {
+                Some(a) => {
+                    let done = result.as_ref().map(|_| Outcome::Done).map_err(Clone::clone);
+                    let _ = a.send(result);
+                    (durable, done)
+                }
+                None => (durable, result),
+            })
+            .collect();
+        match &syncer {
+            Some(s) => {
+                if let Err(mpsc::SendError(unsynced)) = s.send(unsynced) {
+                    for (durable, _) in unsynced {
+                        let _ = durable.send(Err(stopped()));
+                    }
+                }
+            }
+            None => {
+                for (durable, result) in unsynced {
+                    let _ = durable.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Syncs the WAL once for all groups written since the last sync, then acknowledges them.
+fn syncer(engine: &dyn Engine, poisoned: &AtomicBool, rx: mpsc::Receiver<Unsynced>) {
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        while let Ok(g) = rx.try_recv() {
+            groups.push(g);
+        }
+        let synced = if poisoned.load(Ordering::Acquire) {
+            Err(poison_error())
+        } else {
+            engine.sync()
+        };
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "WAL sync failed; refusing further writes");
+            poisoned.store(true, Ordering::Release);
+        }
+        for (durable, result) in groups.into_iter().flatten() {
+            let _ = durable.send(match &synced {
+                Ok(()) => result,
+                Err(e) => Err(e.clone()),
+            });
         }
     }
 }
@@ -383,6 +518,107 @@ mod tests {
 
     fn store() -> Store {
         Store::new(Arc::new(MemoryEngine::new()), 16, false)
+    }
+
+    fn value(text: &str) -> Option<Bytes> {
+        Some(Bytes::from(text.to_owned()))
+    }
+
+    /// An engine whose writes or syncs fail on demand.
+    struct Failing {
+        inner: MemoryEngine,
+        fail_sync: AtomicBool,
+    }
+
+    impl Engine for Failing {
+        fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            self.inner.get(cf, key)
+        }
+        fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
+            self.inner.write(batch, sync)
+        }
+        fn scan(
+            &self,
+            cf: Cf,
+            prefix: &[u8],
+            from: &[u8],
+            limit: usize,
+        ) -> Result<crate::storage::Entries, StorageError> {
+            self.inner.scan(cf, prefix, from, limit)
+        }
+        fn sync(&self) -> Result<(), StorageError> {
+            if self.fail_sync.load(Ordering::SeqCst) {
+                return Err(StorageError::Engine("disk on fire".into()));
+            }
+            self.inner.sync()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+    }
+
+    #[tokio::test]
+    async fn with_synced_writes_an_update_is_durable_once_acknowledged() {
+        let engine = Arc::new(MemoryEngine::new());
+        let s = Store::new(engine.clone(), 16, true);
+        let actor = Actor::new("n", 1);
+        let staged = s
+            .update(
+                Bytes::from("k"),
+                VersionVector::new(),
+                actor.clone(),
+                value("a"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(staged.set.values().count(), 1);
+        staged.durable().await.unwrap();
+        // A join that changes nothing is acknowledged only after a sync too.
+        s.join(Bytes::from("k"), SiblingSet::new()).await.unwrap();
+        engine.crash();
+        assert_eq!(
+            s.read(b"k").unwrap().values().collect::<Vec<_>>(),
+            vec![&Bytes::from("a")],
+            "an acknowledged write survives a crash"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_the_write_and_poisons_the_store() {
+        let engine = Arc::new(Failing {
+            inner: MemoryEngine::new(),
+            fail_sync: AtomicBool::new(true),
+        });
+        let s = Store::new(engine.clone(), 16, true);
+        let actor = Actor::new("n", 1);
+        let staged = s
+            .update(
+                Bytes::from("k"),
+                VersionVector::new(),
+                actor.clone(),
+                value("a"),
+            )
+            .await
+            .unwrap();
+        let err = staged.durable().await.unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert!(s.is_poisoned());
+        engine.fail_sync.store(false, Ordering::SeqCst);
+        let err = s
+            .update(Bytes::from("k2"), VersionVector::new(), actor, value("b"))
+            .await
+            .err()
+            .expect("a poisoned store refuses writes");
+        assert!(err.to_string().contains("restarts"), "{err}");
+        let err = s
+            .join(Bytes::from("k3"), SiblingSet::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("restarts"), "{err}");
+        assert!(
+            s.read(b"k2").unwrap().is_empty(),
+            "nothing applied after poisoning"
+        );
     }
 
     #[tokio::test]

@@ -75,7 +75,7 @@ impl Batch {
 }
 
 /// A storage failure (disk, corruption, RocksDB error).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage engine: {0}")]
     Engine(String),
