@@ -36,6 +36,10 @@ fn cf_options(cache: &Cache) -> Options {
     opts.set_compression_type(DBCompressionType::Lz4);
     opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
     opts.set_max_write_buffer_number(2);
+    // A bloom filter over the memtable's keys: a get of a key that is not in the memtable
+    // (most keys, once data outgrows it) skips the skiplist search.
+    opts.set_memtable_prefix_bloom_ratio(0.02);
+    opts.set_memtable_whole_key_filtering(true);
     opts
 }
 
@@ -47,6 +51,10 @@ impl RocksEngine {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // One thread writes (the store's writer): no concurrent memtable inserts to allow
+        // for, and no spinning while waiting for other writers.
+        opts.set_allow_concurrent_memtable_write(false);
+        opts.set_enable_write_thread_adaptive_yield(false);
         opts.set_keep_log_file_num(4);
         let cfs = Cf::ALL
             .iter()
