@@ -12,20 +12,32 @@ use dynamo_node::error::RequestError;
 use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
 use dynamo_node::node::Node;
 use dynamo_node::storage::memory::MemoryEngine;
-use dynamo_node::storage::Engine;
+use dynamo_node::storage::{Batch, Cf, Engine, Entries, StorageError};
 use dynamo_node::store::Store;
 use dynamo_node::{handoff, identity};
 
 const Q: u32 = 16;
 
 fn cluster(s: usize, n: u32, w: u32) -> (Arc<LoopbackNet>, Vec<Arc<Node>>) {
+    cluster_on(s, n, w, false, |_| Arc::new(MemoryEngine::new()))
+}
+
+/// A cluster whose node `i` stores on `engine(i)`; with `sync_writes`, the `always` policy.
+fn cluster_on(
+    s: usize,
+    n: u32,
+    w: u32,
+    sync_writes: bool,
+    engine: impl Fn(usize) -> Arc<dyn Engine>,
+) -> (Arc<LoopbackNet>, Vec<Arc<Node>>) {
     let members: Vec<Member> = (1..=s)
         .map(|i| Member::new(format!("n{i}"), format!("mem:{i}")))
         .collect();
     let net = LoopbackNet::new();
     let nodes = members
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let cfg = NodeConfig {
                 node_id: m.id.clone(),
                 members: members.clone(),
@@ -35,10 +47,10 @@ fn cluster(s: usize, n: u32, w: u32) -> (Arc<LoopbackNet>, Vec<Arc<Node>>) {
                 ..NodeConfig::default()
             };
             cfg.validate().unwrap();
-            let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+            let engine = engine(i);
             let identity = identity::open(&*engine, &m.id, &cfg.cluster_id).unwrap();
             let map = planner::plan(None, &members, Q, n).unwrap();
-            let store = Store::new(engine, Q, false);
+            let store = Store::new(engine, Q, sync_writes);
             let transport = Arc::new(LoopbackTransport { net: net.clone() });
             let node = Arc::new(Node::new(
                 cfg,
@@ -208,4 +220,106 @@ async fn too_few_replicas_is_unavailable_and_says_how_many() {
         err.to_string().contains("get: 1 of 2 required replicas"),
         "{err}"
     );
+}
+
+/// A memory engine whose WAL sync waits until the gate opens.
+struct GatedSync {
+    inner: MemoryEngine,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl GatedSync {
+    fn new() -> Self {
+        Self {
+            inner: MemoryEngine::new(),
+            open: std::sync::Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+        }
+    }
+
+    fn set_open(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.opened.notify_all();
+    }
+}
+
+impl Engine for GatedSync {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(cf, key)
+    }
+    fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
+        if sync {
+            self.sync()?;
+        }
+        self.inner.write(batch, sync)
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StorageError> {
+        self.inner.scan(cf, prefix, from, limit)
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        self.inner.sync()
+    }
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+}
+
+#[tokio::test]
+async fn with_synced_writes_a_put_waits_for_the_coordinators_own_sync() {
+    let gated = Arc::new(GatedSync::new());
+    gated.set_open(true); // identity is written at start-up
+    let engine = gated.clone();
+    let (_net, nodes) = cluster_on(1, 1, 1, true, move |_| engine.clone());
+    gated.set_open(false);
+    let node = nodes[0].clone();
+
+    // W=1 and no other replica: only this node's synced copy can acknowledge the put.
+    let put = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            coordinator::write(&node, Bytes::from("k"), Some(Bytes::from("v")), b"", None).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert!(!put.is_finished(), "acknowledged before its sync");
+    assert_eq!(
+        local_values(&node, b"k"),
+        vec![Bytes::from("v")],
+        "applied (visible) while the sync runs"
+    );
+    gated.set_open(true);
+    let written = put.await.unwrap().expect("acknowledged once synced");
+    assert_eq!(written.acks, 1);
+    gated.inner.crash();
+    assert_eq!(local_values(&node, b"k"), vec![Bytes::from("v")]);
+
+    // A sync that outlasts the request timeout (500 ms) is not a success.
+    gated.set_open(false);
+    let put = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            coordinator::write(&node, Bytes::from("k2"), Some(Bytes::from("v2")), b"", None).await
+        })
+    };
+    let result = tokio::time::timeout(std::time::Duration::from_secs(3), put)
+        .await
+        .expect("bounded by the request timeout")
+        .unwrap();
+    gated.set_open(true);
+    match result {
+        Err(RequestError::Unavailable { got, needed, .. }) => assert_eq!((got, needed), (0, 1)),
+        Err(e) => panic!("expected UNAVAILABLE, got {e}"),
+        Ok(_) => panic!("a put whose only copy never synced was acknowledged"),
+    }
 }
