@@ -130,10 +130,23 @@ pub async fn write(
         ));
     }
     let deadline = Instant::now() + node.timeout();
-    let staged = node
-        .store
-        .update(key.clone(), ctx.clone(), node.actor.clone(), value)
-        .await?;
+    let unavailable = |got| RequestError::Unavailable {
+        op,
+        which: "W",
+        got,
+        needed: w,
+        n,
+        timeout_ms: node.cfg.request_timeout_ms,
+    };
+    // A stalled local store (e.g. RocksDB stopping writes) must not hold the client past
+    // its deadline; the update may still be applied later, like any timed-out write.
+    let staged = timeout_at(
+        deadline,
+        node.store
+            .update(key.clone(), ctx.clone(), node.actor.clone(), value),
+    )
+    .await
+    .map_err(|_| unavailable(0))??;
     let set = staged.set.clone();
 
     // The client's next context covers what it saw plus its own write, nothing else: a
@@ -173,14 +186,7 @@ pub async fn write(
         }
     }
     if !quorum.reached() {
-        return Err(RequestError::Unavailable {
-            op,
-            which: "W",
-            got: quorum.acks(),
-            needed: w,
-            n,
-            timeout_ms: node.cfg.request_timeout_ms,
-        });
+        return Err(unavailable(quorum.acks()));
     }
     Ok(Written {
         context: context::encode(node.cluster_tag, &next),

@@ -222,11 +222,13 @@ async fn too_few_replicas_is_unavailable_and_says_how_many() {
     );
 }
 
-/// A memory engine whose WAL sync waits until the gate opens.
+/// A memory engine whose WAL sync (and, with `gate_writes`, every write) waits until the
+/// gate opens.
 struct GatedSync {
     inner: MemoryEngine,
     open: std::sync::Mutex<bool>,
     opened: std::sync::Condvar,
+    gate_writes: std::sync::atomic::AtomicBool,
 }
 
 impl GatedSync {
@@ -235,12 +237,20 @@ impl GatedSync {
             inner: MemoryEngine::new(),
             open: std::sync::Mutex::new(false),
             opened: std::sync::Condvar::new(),
+            gate_writes: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     fn set_open(&self, open: bool) {
         *self.open.lock().unwrap() = open;
         self.opened.notify_all();
+    }
+
+    fn wait_open(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
     }
 }
 
@@ -249,8 +259,8 @@ impl Engine for GatedSync {
         self.inner.get(cf, key)
     }
     fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
-        if sync {
-            self.sync()?;
+        if sync || self.gate_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            self.wait_open();
         }
         self.inner.write(batch, sync)
     }
@@ -264,10 +274,7 @@ impl Engine for GatedSync {
         self.inner.scan(cf, prefix, from, limit)
     }
     fn sync(&self) -> Result<(), StorageError> {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.opened.wait(open).unwrap();
-        }
+        self.wait_open();
         self.inner.sync()
     }
     fn size_bytes(&self) -> u64 {
@@ -322,4 +329,30 @@ async fn with_synced_writes_a_put_waits_for_the_coordinators_own_sync() {
         Err(e) => panic!("expected UNAVAILABLE, got {e}"),
         Ok(_) => panic!("a put whose only copy never synced was acknowledged"),
     }
+}
+
+#[tokio::test]
+async fn a_stalled_local_store_fails_the_put_within_the_request_timeout() {
+    let gated = Arc::new(GatedSync::new());
+    gated.set_open(true);
+    let engine = gated.clone();
+    let (_net, nodes) = cluster_on(1, 1, 1, true, move |_| engine.clone());
+    gated
+        .gate_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    gated.set_open(false);
+    let node = nodes[0].clone();
+    let put = tokio::spawn(async move {
+        coordinator::write(&node, Bytes::from("k"), Some(Bytes::from("v")), b"", None).await
+    });
+    let result = tokio::time::timeout(std::time::Duration::from_secs(3), put)
+        .await
+        .expect("bounded by the request timeout (500 ms), not by the stalled store")
+        .unwrap();
+    gated.set_open(true);
+    assert!(
+        matches!(result, Err(RequestError::Unavailable { got: 0, .. })),
+        "expected UNAVAILABLE with 0 acks, got {:?}",
+        result.map(|w| w.acks)
+    );
 }
