@@ -22,22 +22,22 @@
 //!
 //! Reads go straight to the engine; they may see an applied write before it is synced.
 
-use std::collections::HashMap;
+mod apply;
+mod commit;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dynamo_core::codec::{decode_set, encode_set};
 use dynamo_core::ring::partition_of;
 use dynamo_core::{Actor, SiblingSet, VersionVector};
 use tokio::sync::oneshot;
 
-use crate::storage::keys::{data_key, hint_key, hint_prefix, split_hint_key};
-use crate::storage::{Batch, Cf, Engine, StorageError};
-
-/// Most requests the writer folds into one batch.
-const MAX_GROUP: usize = 512;
+use crate::storage::keys::{data_key, hint_prefix, split_hint_key};
+use crate::storage::{Cf, Engine, StorageError};
+use apply::{decode_hint, decode_stored, Mutation, Outcome};
+use commit::{syncer, writer, Request};
 
 /// A hint held for another node.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,46 +49,6 @@ pub struct Hint {
     pub created_ms: u64,
     /// The stored bytes, so that delivery deletes the hint only if it did not change.
     pub raw: Vec<u8>,
-}
-
-enum Mutation {
-    Update {
-        key: Bytes,
-        context: VersionVector,
-        actor: Actor,
-        value: Option<Bytes>,
-    },
-    Join {
-        key: Bytes,
-        set: SiblingSet,
-    },
-    Hint {
-        target: String,
-        key: Bytes,
-        set: SiblingSet,
-        now_ms: u64,
-    },
-    ClearHint {
-        target: String,
-        key: Bytes,
-        raw: Vec<u8>,
-    },
-}
-
-enum Outcome {
-    Set(SiblingSet),
-    Done,
-}
-
-type Reply = oneshot::Sender<Result<Outcome, StorageError>>;
-
-struct Request {
-    mutation: Mutation,
-    /// Gets the outcome as soon as the mutation is applied, before it is durable; `None`
-    /// sends the outcome to `durable` instead.
-    applied: Option<Reply>,
-    /// Answered once the mutation is durable under the store's fsync policy.
-    durable: Reply,
 }
 
 /// A version applied by [`Store::update`], and the wait for it to be durable.
@@ -115,28 +75,6 @@ pub struct Store {
     partitions: u32,
     tx: mpsc::Sender<Request>,
     poisoned: Arc<AtomicBool>,
-}
-
-fn encode_hint(created_ms: u64, set: &SiblingSet) -> Vec<u8> {
-    let mut v = created_ms.to_le_bytes().to_vec();
-    v.extend_from_slice(&encode_set(set));
-    v
-}
-
-fn decode_hint(raw: &[u8]) -> Result<(u64, SiblingSet), StorageError> {
-    if raw.len() < 8 {
-        return Err(StorageError::Corrupt("hint shorter than its header".into()));
-    }
-    let created = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
-    let set = decode_set(&raw[8..]).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    Ok((created, set))
-}
-
-fn decode_stored(raw: Option<Vec<u8>>) -> Result<SiblingSet, StorageError> {
-    match raw {
-        None => Ok(SiblingSet::new()),
-        Some(b) => decode_set(&b).map_err(|e| StorageError::Corrupt(e.to_string())),
-    }
 }
 
 impl Store {
@@ -320,201 +258,11 @@ impl Store {
     }
 }
 
-/// Pending state of keys already touched by the batch being built.
-#[derive(Default)]
-struct Overlay {
-    data: HashMap<Vec<u8>, SiblingSet>,
-    hints: HashMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-/// A group written to the WAL, waiting for the sync that makes it durable.
-type Unsynced = Vec<(Reply, Result<Outcome, StorageError>)>;
-
-fn poison_error() -> StorageError {
-    StorageError::Engine(
-        "an earlier write or sync failed; the store refuses writes until the node restarts".into(),
-    )
-}
-
-fn writer(
-    engine: Arc<dyn Engine>,
-    q: u32,
-    poisoned: &AtomicBool,
-    rx: mpsc::Receiver<Request>,
-    syncer: Option<mpsc::Sender<Unsynced>>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
-        if poisoned.load(Ordering::Acquire) {
-            for r in group {
-                let _ = r.applied.map(|a| a.send(Err(poison_error())));
-                let _ = r.durable.send(Err(poison_error()));
-            }
-            continue;
-        }
-        let mut batch = Batch::default();
-        let mut overlay = Overlay::default();
-        let mut outcomes = Vec::with_capacity(group.len());
-        for r in group {
-            let result = apply(&*engine, q, r.mutation, &mut batch, &mut overlay);
-            outcomes.push((r.applied, r.durable, result));
-        }
-        // Synced by the syncer when there is one; otherwise durable once written.
-        let written = if batch.is_empty() {
-            Ok(())
-        } else {
-            engine.write(batch, false)
-        };
-        if let Err(e) = written {
-            tracing::error!(error = %e, "storage write failed; refusing further writes");
-            poisoned.store(true, Ordering::Release);
-            for (applied, durable, _) in outcomes {
-                let _ = applied.map(|a| a.send(Err(e.clone())));
-                let _ = durable.send(Err(e.clone()));
-            }
-            continue;
-        }
-        let unsynced: Unsynced = outcomes
-            .into_iter()
-            .map(|(applied, durable, result)| match applied {
-                Some(a) => {
-                    let done = result.as_ref().map(|_| Outcome::Done).map_err(Clone::clone);
-                    let _ = a.send(result);
-                    (durable, done)
-                }
-                None => (durable, result),
-            })
-            .collect();
-        match &syncer {
-            Some(s) => {
-                if let Err(mpsc::SendError(unsynced)) = s.send(unsynced) {
-                    for (durable, _) in unsynced {
-                        let _ = durable.send(Err(stopped()));
-                    }
-                }
-            }
-            None => {
-                for (durable, result) in unsynced {
-                    let _ = durable.send(result);
-                }
-            }
-        }
-    }
-}
-
-/// Syncs the WAL once for all groups written since the last sync, then acknowledges them.
-fn syncer(engine: &dyn Engine, poisoned: &AtomicBool, rx: mpsc::Receiver<Unsynced>) {
-    while let Ok(first) = rx.recv() {
-        let mut groups = vec![first];
-        while let Ok(g) = rx.try_recv() {
-            groups.push(g);
-        }
-        let synced = if poisoned.load(Ordering::Acquire) {
-            Err(poison_error())
-        } else {
-            engine.sync()
-        };
-        if let Err(e) = &synced {
-            tracing::error!(error = %e, "WAL sync failed; refusing further writes");
-            poisoned.store(true, Ordering::Release);
-        }
-        for (durable, result) in groups.into_iter().flatten() {
-            let _ = durable.send(match &synced {
-                Ok(()) => result,
-                Err(e) => Err(e.clone()),
-            });
-        }
-    }
-}
-
-fn apply(
-    engine: &dyn Engine,
-    q: u32,
-    m: Mutation,
-    batch: &mut Batch,
-    overlay: &mut Overlay,
-) -> Result<Outcome, StorageError> {
-    match m {
-        Mutation::Update {
-            key,
-            context,
-            actor,
-            value,
-        } => {
-            let dk = data_key(partition_of(&key, q), &key);
-            let mut set = current(engine, overlay, &dk)?;
-            set.update(&context, &actor, value);
-            batch.put(Cf::Data, dk.clone(), encode_set(&set));
-            overlay.data.insert(dk, set.clone());
-            Ok(Outcome::Set(set))
-        }
-        Mutation::Join { key, set } => {
-            let dk = data_key(partition_of(&key, q), &key);
-            let mut stored = current(engine, overlay, &dk)?;
-            if stored.absorb(&set) {
-                batch.put(Cf::Data, dk.clone(), encode_set(&stored));
-                overlay.data.insert(dk, stored.clone());
-            }
-            Ok(Outcome::Set(stored))
-        }
-        Mutation::Hint {
-            target,
-            key,
-            set,
-            now_ms,
-        } => {
-            let hk = hint_key(&target, &key);
-            let (created, joined) = match current_hint(engine, overlay, &hk)? {
-                Some(raw) => {
-                    let (created, held) = decode_hint(&raw)?;
-                    (created, held.join(&set))
-                }
-                None => (now_ms, set),
-            };
-            let raw = encode_hint(created, &joined);
-            batch.put(Cf::Hints, hk.clone(), raw.clone());
-            overlay.hints.insert(hk, Some(raw));
-            Ok(Outcome::Done)
-        }
-        Mutation::ClearHint { target, key, raw } => {
-            let hk = hint_key(&target, &key);
-            if current_hint(engine, overlay, &hk)?.as_deref() == Some(&raw[..]) {
-                batch.delete(Cf::Hints, hk.clone());
-                overlay.hints.insert(hk, None);
-            }
-            Ok(Outcome::Done)
-        }
-    }
-}
-
-fn current(engine: &dyn Engine, overlay: &Overlay, dk: &[u8]) -> Result<SiblingSet, StorageError> {
-    match overlay.data.get(dk) {
-        Some(s) => Ok(s.clone()),
-        None => decode_stored(engine.get(Cf::Data, dk)?),
-    }
-}
-
-fn current_hint(
-    engine: &dyn Engine,
-    overlay: &Overlay,
-    hk: &[u8],
-) -> Result<Option<Vec<u8>>, StorageError> {
-    match overlay.hints.get(hk) {
-        Some(v) => Ok(v.clone()),
-        None => engine.get(Cf::Hints, hk),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryEngine;
+    use crate::storage::Batch;
 
     fn store() -> Store {
         Store::new(Arc::new(MemoryEngine::new()), 16, false)

@@ -1,0 +1,134 @@
+//! The group-commit pipeline behind [`super::Store`]: one writer thread applies groups of
+//! queued mutations as one unsynced engine batch; with synced writes, one syncer thread
+//! syncs once for every group that queued during its previous sync and only then
+//! acknowledges them. A failed write or sync poisons the store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::apply::{apply, Mutation, Outcome, Overlay};
+use super::stopped;
+use crate::storage::{Batch, Engine, StorageError};
+
+/// Most requests the writer folds into one batch.
+const MAX_GROUP: usize = 512;
+
+type Reply = oneshot::Sender<Result<Outcome, StorageError>>;
+
+pub(super) struct Request {
+    pub mutation: Mutation,
+    /// Gets the outcome as soon as the mutation is applied, before it is durable; `None`
+    /// sends the outcome to `durable` instead.
+    pub applied: Option<Reply>,
+    /// Answered once the mutation is durable under the store's fsync policy.
+    pub durable: Reply,
+}
+
+/// A group written to the WAL, waiting for the sync that makes it durable.
+type Unsynced = Vec<(Reply, Result<Outcome, StorageError>)>;
+
+fn poison_error() -> StorageError {
+    StorageError::Engine(
+        "an earlier write or sync failed; the store refuses writes until the node restarts".into(),
+    )
+}
+
+pub(super) fn writer(
+    engine: Arc<dyn Engine>,
+    q: u32,
+    poisoned: &AtomicBool,
+    rx: mpsc::Receiver<Request>,
+    syncer: Option<mpsc::Sender<Unsynced>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        if poisoned.load(Ordering::Acquire) {
+            for r in group {
+                let _ = r.applied.map(|a| a.send(Err(poison_error())));
+                let _ = r.durable.send(Err(poison_error()));
+            }
+            continue;
+        }
+        let mut batch = Batch::default();
+        let mut overlay = Overlay::default();
+        let mut outcomes = Vec::with_capacity(group.len());
+        for r in group {
+            let result = apply(&*engine, q, r.mutation, &mut batch, &mut overlay);
+            outcomes.push((r.applied, r.durable, result));
+        }
+        // Synced by the syncer when there is one; otherwise durable once written.
+        let written = if batch.is_empty() {
+            Ok(())
+        } else {
+            engine.write(batch, false)
+        };
+        if let Err(e) = written {
+            tracing::error!(error = %e, "storage write failed; refusing further writes");
+            poisoned.store(true, Ordering::Release);
+            for (applied, durable, _) in outcomes {
+                let _ = applied.map(|a| a.send(Err(e.clone())));
+                let _ = durable.send(Err(e.clone()));
+            }
+            continue;
+        }
+        let unsynced: Unsynced = outcomes
+            .into_iter()
+            .map(|(applied, durable, result)| match applied {
+                Some(a) => {
+                    let done = result.as_ref().map(|_| Outcome::Done).map_err(Clone::clone);
+                    let _ = a.send(result);
+                    (durable, done)
+                }
+                None => (durable, result),
+            })
+            .collect();
+        match &syncer {
+            Some(s) => {
+                if let Err(mpsc::SendError(unsynced)) = s.send(unsynced) {
+                    for (durable, _) in unsynced {
+                        let _ = durable.send(Err(stopped()));
+                    }
+                }
+            }
+            None => {
+                for (durable, result) in unsynced {
+                    let _ = durable.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Syncs the WAL once for all groups written since the last sync, then acknowledges them.
+pub(super) fn syncer(engine: &dyn Engine, poisoned: &AtomicBool, rx: mpsc::Receiver<Unsynced>) {
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        while let Ok(g) = rx.try_recv() {
+            groups.push(g);
+        }
+        let synced = if poisoned.load(Ordering::Acquire) {
+            Err(poison_error())
+        } else {
+            engine.sync()
+        };
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "WAL sync failed; refusing further writes");
+            poisoned.store(true, Ordering::Release);
+        }
+        for (durable, result) in groups.into_iter().flatten() {
+            let _ = durable.send(match &synced {
+                Ok(()) => result,
+                Err(e) => Err(e.clone()),
+            });
+        }
+    }
+}
