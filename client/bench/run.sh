@@ -6,7 +6,9 @@
 # directory, prefills the keys, then runs `dynamoctl bench --json` for write-only,
 # read-only and 50/50 workloads at each concurrency, several times each (closed loop);
 # then, at the highest concurrency, an open-loop run at half of that median peak rate
-# (`--rate`), the load the latency bar is stated at; it records every
+# (`--rate`), the load the latency bar is stated at. Each run also records the CPU
+# seconds the nodes used (from /proc, prefill reads left out), reported per operation;
+# it records every
 # node's peak resident memory (VmHWM) and prints markdown tables of the medians. Every
 # process it starts is stopped on exit, failure or Ctrl-C.
 #
@@ -136,10 +138,39 @@ bench() {
     "$CTL" --addr "$ADDRS" bench --quiet --keys "$KEYS" --value-size "$VALUE_SIZE" "$@"
 }
 
+# CPU time (clock ticks, user + system) the nodes have used so far.
+node_ticks() {
+    local pid total=0
+    for pid in $NODE_PIDS; do
+        [[ -r /proc/$pid/stat ]] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+TICKS_PER_S=$(getconf CLK_TCK)
+
+# Runs one measured bench and appends its line (with the nodes' CPU seconds, less the
+# untimed context-fetching reads of --prefill) to the results. Args: extra JSON fields,
+# then bench flags.
+measure() {
+    local fields=$1 t0 t1 json cpu
+    shift
+    t0=$(node_ticks)
+    json=$(bench --json --prefill "$@")
+    t1=$(node_ticks)
+    cpu=$(python3 -c "print(max(0, ($t1 - $t0 - $PREFILL_TICKS) / $TICKS_PER_S))")
+    echo "{\"policy\":\"$policy\",$fields,\"node_cpu_s\":$cpu,\"result\":$json}" >>"$RESULTS"
+}
+
 for policy in $POLICIES; do
     start_cluster "$policy"
     log "prefilling $KEYS keys"
     bench --prefill --ops 0 --concurrency 64 >/dev/null
+    # What a prefill pass costs the nodes on a filled cluster (one get a key): every
+    # measured run starts with one, which node_cpu_s leaves out.
+    t0=$(node_ticks)
+    bench --prefill --ops 0 --concurrency 64 >/dev/null 2>&1
+    PREFILL_TICKS=$(($(node_ticks) - t0))
     for mix in write read mixed; do
         case $mix in
             write) ratio=0 ;;
@@ -150,9 +181,8 @@ for policy in $POLICIES; do
             for rep in $(seq 1 "$REPS"); do
                 log "fsync=$policy $mix c=$c run $rep/$REPS ($DURATION)"
                 # --prefill here only reads (the keys are filled) and hands out contexts.
-                json=$(bench --json --prefill --read-ratio "$ratio" --concurrency "$c" \
-                    --duration "$DURATION" --seed "$rep")
-                echo "{\"policy\":\"$policy\",\"mix\":\"$mix\",\"concurrency\":$c,\"rep\":$rep,\"result\":$json}" >>"$RESULTS"
+                measure "\"mix\":\"$mix\",\"concurrency\":$c,\"rep\":$rep" \
+                    --read-ratio "$ratio" --concurrency "$c" --duration "$DURATION" --seed "$rep"
             done
         done
     done
@@ -168,9 +198,9 @@ for policy in $POLICIES; do
         half=$(python3 "$HERE/summarize.py" --half-peak "$RESULTS" "$policy" "$mix" "$top")
         for rep in $(seq 1 "$REPS"); do
             log "fsync=$policy $mix c=$top at $half ops/s (half of peak) run $rep/$REPS ($DURATION)"
-            json=$(bench --json --prefill --read-ratio "$ratio" --concurrency "$top" \
-                --rate "$half" --duration "$DURATION" --seed "$rep")
-            echo "{\"policy\":\"$policy\",\"mix\":\"$mix\",\"concurrency\":$top,\"rate\":$half,\"rep\":$rep,\"result\":$json}" >>"$RESULTS"
+            measure "\"mix\":\"$mix\",\"concurrency\":$top,\"rate\":$half,\"rep\":$rep" \
+                --read-ratio "$ratio" --concurrency "$top" --rate "$half" --duration "$DURATION" \
+                --seed "$rep"
         done
     done
     record_memory "$policy"

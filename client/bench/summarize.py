@@ -6,7 +6,8 @@ Usage: summarize.py RESULTS.jsonl [MEMORY.jsonl]
            (prints half of the median closed-loop ops/s of that group, for --rate)
 
 RESULTS lines: {"policy", "mix", "concurrency", "rep", "result": <dynamoctl bench --json>},
-plus "rate" (ops/s) for open-loop runs.
+plus "rate" (ops/s) for open-loop runs and "node_cpu_s" (CPU seconds all nodes used in
+the run, prefill reads excluded).
 MEMORY lines: {"policy", "node", "pid", "vm_hwm_kb", "vm_rss_kb"}.
 """
 
@@ -42,14 +43,24 @@ def half_peak(rows, policy, mix, concurrency):
     return max(1, round(statistics.median(peak) / 2))
 
 
+def cpu_per_op(runs):
+    """Median over runs of the nodes' CPU microseconds per operation ("-" if unknown)."""
+    per_op = [
+        r["node_cpu_s"] * 1e6 / r["ops"] for r in runs if r.get("node_cpu_s") is not None and r["ops"]
+    ]
+    return "{:.0f}".format(statistics.median(per_op)) if per_op else "-"
+
+
 def results_table(rows):
     groups = defaultdict(list)
     for row in rows:
         key = (row["policy"], row["mix"], row["concurrency"], row.get("rate") or 0)
-        groups[key].append(row["result"])
+        result = dict(row["result"])
+        result["node_cpu_s"] = row.get("node_cpu_s")
+        groups[key].append(result)
     out = [
-        "| fsync | workload | clients | load | runs | ops/s | p50 ms | p99 ms | p99.9 ms | errors |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| fsync | workload | clients | load | runs | ops/s | p50 ms | p99 ms | p99.9 ms | errors | node CPU µs/op |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = sorted(groups, key=lambda k: (k[0], MIX_ORDER.get(k[1], 9), k[3] > 0, k[2]))
     for key in order:
@@ -57,7 +68,7 @@ def results_table(rows):
         med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
         load_ = "half of peak ({} ops/s, open loop)".format(key[3]) if key[3] else "peak (closed loop)"
         out.append(
-            "| {} | {} | {} | {} | {} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {} |".format(
+            "| {} | {} | {} | {} | {} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {} | {} |".format(
                 key[0],
                 MIX_NAME.get(key[1], key[1]),
                 key[2],
@@ -68,6 +79,7 @@ def results_table(rows):
                 ms(med(lambda r: r["latency_us"]["p99"])),
                 ms(med(lambda r: r["latency_us"]["p999"])),
                 sum(r["errors"] for r in runs),
+                cpu_per_op(runs),
             )
         )
     return "\n".join(out)
