@@ -7,9 +7,9 @@
 # read-only and 50/50 workloads at each concurrency, several times each (closed loop);
 # then, at the highest concurrency, an open-loop run at half of that median peak rate
 # (`--rate`), the load the latency bar is stated at. Each run also records the CPU
-# seconds the nodes used (from /proc, prefill reads left out), reported per operation;
-# it records every
-# node's peak resident memory (VmHWM) and prints markdown tables of the medians. Every
+# seconds the nodes used (from /proc, prefill reads left out), reported per operation.
+# It records every node's peak resident memory (VmHWM) and prints markdown tables of the
+# medians. Every
 # process it starts is stopped on exit, failure or Ctrl-C.
 #
 # Environment (all optional):
