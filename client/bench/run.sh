@@ -138,6 +138,15 @@ bench() {
     "$CTL" --addr "$ADDRS" bench --quiet --keys "$KEYS" --value-size "$VALUE_SIZE" "$@"
 }
 
+# The --read-ratio of a workload.
+read_ratio() {
+    case $1 in
+        write) echo 0 ;;
+        read) echo 1 ;;
+        mixed) echo 0.5 ;;
+    esac
+}
+
 # CPU time (clock ticks, user + system) the nodes have used so far.
 node_ticks() {
     local pid total=0
@@ -172,11 +181,7 @@ for policy in $POLICIES; do
     bench --prefill --ops 0 --concurrency 64 >/dev/null 2>&1
     PREFILL_TICKS=$(($(node_ticks) - t0))
     for mix in write read mixed; do
-        case $mix in
-            write) ratio=0 ;;
-            read) ratio=1 ;;
-            mixed) ratio=0.5 ;;
-        esac
+        ratio=$(read_ratio "$mix")
         for c in $CONCURRENCY; do
             for rep in $(seq 1 "$REPS"); do
                 log "fsync=$policy $mix c=$c run $rep/$REPS ($DURATION)"
@@ -190,11 +195,7 @@ for policy in $POLICIES; do
     # concurrency, latency counted from when each request was due.
     top=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
     for mix in write read mixed; do
-        case $mix in
-            write) ratio=0 ;;
-            read) ratio=1 ;;
-            mixed) ratio=0.5 ;;
-        esac
+        ratio=$(read_ratio "$mix")
         half=$(python3 "$HERE/summarize.py" --half-peak "$RESULTS" "$policy" "$mix" "$top")
         for rep in $(seq 1 "$REPS"); do
             log "fsync=$policy $mix c=$top at $half ops/s (half of peak) run $rep/$REPS ($DURATION)"

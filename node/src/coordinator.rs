@@ -147,7 +147,7 @@ pub async fn write(
     )
     .await
     .map_err(|_| unavailable(0))??;
-    let set = staged.set.clone();
+    let (set, local) = staged.into_parts();
 
     // The client's next context covers what it saw plus its own write, nothing else: a
     // concurrent sibling it never saw must not be superseded by its next put.
@@ -160,7 +160,6 @@ pub async fn write(
     // Replication starts while the local sync runs; this node counts once it is durable.
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(replicate(node.clone(), key, set, pref, tx));
-    let local = staged.durable();
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(local, timer);
     let mut local_pending = true;

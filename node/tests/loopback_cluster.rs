@@ -11,8 +11,9 @@ use dynamo_node::coordinator;
 use dynamo_node::error::RequestError;
 use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
 use dynamo_node::node::Node;
+use dynamo_node::storage::faulty::FaultyEngine;
 use dynamo_node::storage::memory::MemoryEngine;
-use dynamo_node::storage::{Batch, Cf, Engine, Entries, StorageError};
+use dynamo_node::storage::Engine;
 use dynamo_node::store::Store;
 use dynamo_node::{handoff, identity};
 
@@ -222,70 +223,9 @@ async fn too_few_replicas_is_unavailable_and_says_how_many() {
     );
 }
 
-/// A memory engine whose WAL sync (and, with `gate_writes`, every write) waits until the
-/// gate opens.
-struct GatedSync {
-    inner: MemoryEngine,
-    open: std::sync::Mutex<bool>,
-    opened: std::sync::Condvar,
-    gate_writes: std::sync::atomic::AtomicBool,
-}
-
-impl GatedSync {
-    fn new() -> Self {
-        Self {
-            inner: MemoryEngine::new(),
-            open: std::sync::Mutex::new(false),
-            opened: std::sync::Condvar::new(),
-            gate_writes: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn set_open(&self, open: bool) {
-        *self.open.lock().unwrap() = open;
-        self.opened.notify_all();
-    }
-
-    fn wait_open(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.opened.wait(open).unwrap();
-        }
-    }
-}
-
-impl Engine for GatedSync {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(cf, key)
-    }
-    fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
-        if sync || self.gate_writes.load(std::sync::atomic::Ordering::SeqCst) {
-            self.wait_open();
-        }
-        self.inner.write(batch, sync)
-    }
-    fn scan(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Entries, StorageError> {
-        self.inner.scan(cf, prefix, from, limit)
-    }
-    fn sync(&self) -> Result<(), StorageError> {
-        self.wait_open();
-        self.inner.sync()
-    }
-    fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes()
-    }
-}
-
 #[tokio::test]
 async fn with_synced_writes_a_put_waits_for_the_coordinators_own_sync() {
-    let gated = Arc::new(GatedSync::new());
-    gated.set_open(true); // identity is written at start-up
+    let gated = Arc::new(FaultyEngine::new());
     let engine = gated.clone();
     let (_net, nodes) = cluster_on(1, 1, 1, true, move |_| engine.clone());
     gated.set_open(false);
@@ -308,7 +248,7 @@ async fn with_synced_writes_a_put_waits_for_the_coordinators_own_sync() {
     gated.set_open(true);
     let written = put.await.unwrap().expect("acknowledged once synced");
     assert_eq!(written.acks, 1);
-    gated.inner.crash();
+    gated.crash();
     assert_eq!(local_values(&node, b"k"), vec![Bytes::from("v")]);
 
     // A sync that outlasts the request timeout (500 ms) is not a success.
@@ -333,13 +273,10 @@ async fn with_synced_writes_a_put_waits_for_the_coordinators_own_sync() {
 
 #[tokio::test]
 async fn a_stalled_local_store_fails_the_put_within_the_request_timeout() {
-    let gated = Arc::new(GatedSync::new());
-    gated.set_open(true);
+    let gated = Arc::new(FaultyEngine::new());
     let engine = gated.clone();
     let (_net, nodes) = cluster_on(1, 1, 1, true, move |_| engine.clone());
-    gated
-        .gate_writes
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    gated.gate_writes(true);
     gated.set_open(false);
     let node = nodes[0].clone();
     let put = tokio::spawn(async move {

@@ -5,10 +5,12 @@
 //! metadata. Two engines implement it: [`rocks::RocksEngine`] (production) and
 //! [`memory::MemoryEngine`] (tests and simulation; it can drop unsynced writes on a
 //! simulated crash). One conformance suite ([`conformance`]) runs against both.
+//! [`faulty::FaultyEngine`] wraps the memory engine with injectable disk faults.
 //!
 //! Engines are blocking; the node calls them from its writer thread or from blocking
 //! sections, never while holding an async lock.
 
+pub mod faulty;
 pub mod keys;
 pub mod memory;
 #[cfg(feature = "rocksdb")]

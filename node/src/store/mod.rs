@@ -61,7 +61,20 @@ pub struct Staged {
 impl Staged {
     /// Waits until the update is durable under the store's fsync policy.
     pub async fn durable(self) -> Result<(), StorageError> {
-        self.durable.await.map_err(|_| stopped())?.map(|_| ())
+        self.into_parts().1.await
+    }
+
+    /// The stored set, and the wait for it to be durable.
+    pub fn into_parts(
+        self,
+    ) -> (
+        SiblingSet,
+        impl std::future::Future<Output = Result<(), StorageError>>,
+    ) {
+        let durable = self.durable;
+        (self.set, async move {
+            durable.await.map_err(|_| stopped())?.map(|_| ())
+        })
     }
 }
 
@@ -119,8 +132,7 @@ impl Store {
 
     /// Reads the sibling set of `key` (empty if never written here).
     pub fn read(&self, key: &[u8]) -> Result<SiblingSet, StorageError> {
-        let dk = data_key(partition_of(key, self.partitions), key);
-        decode_stored(self.engine.get(Cf::Data, &dk)?)
+        decode_stored(self.read_raw(key)?)
     }
 
     /// The stored encoding of `key`'s sibling set (the codec's format, as peers exchange it).
@@ -261,8 +273,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::faulty::FaultyEngine;
     use crate::storage::memory::MemoryEngine;
-    use crate::storage::Batch;
 
     fn store() -> Store {
         Store::new(Arc::new(MemoryEngine::new()), 16, false)
@@ -270,39 +282,6 @@ mod tests {
 
     fn value(text: &str) -> Option<Bytes> {
         Some(Bytes::from(text.to_owned()))
-    }
-
-    /// An engine whose writes or syncs fail on demand.
-    struct Failing {
-        inner: MemoryEngine,
-        fail_sync: AtomicBool,
-    }
-
-    impl Engine for Failing {
-        fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-            self.inner.get(cf, key)
-        }
-        fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
-            self.inner.write(batch, sync)
-        }
-        fn scan(
-            &self,
-            cf: Cf,
-            prefix: &[u8],
-            from: &[u8],
-            limit: usize,
-        ) -> Result<crate::storage::Entries, StorageError> {
-            self.inner.scan(cf, prefix, from, limit)
-        }
-        fn sync(&self) -> Result<(), StorageError> {
-            if self.fail_sync.load(Ordering::SeqCst) {
-                return Err(StorageError::Engine("disk on fire".into()));
-            }
-            self.inner.sync()
-        }
-        fn size_bytes(&self) -> u64 {
-            self.inner.size_bytes()
-        }
     }
 
     #[tokio::test]
@@ -333,10 +312,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_sync_fails_the_write_and_poisons_the_store() {
-        let engine = Arc::new(Failing {
-            inner: MemoryEngine::new(),
-            fail_sync: AtomicBool::new(true),
-        });
+        let engine = Arc::new(FaultyEngine::new());
+        engine.fail_syncs(true);
         let s = Store::new(engine.clone(), 16, true);
         let actor = Actor::new("n", 1);
         let staged = s
@@ -349,9 +326,9 @@ mod tests {
             .await
             .unwrap();
         let err = staged.durable().await.unwrap_err();
-        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert!(err.to_string().contains("injected sync failure"), "{err}");
         assert!(s.is_poisoned());
-        engine.fail_sync.store(false, Ordering::SeqCst);
+        engine.fail_syncs(false);
         let err = s
             .update(Bytes::from("k2"), VersionVector::new(), actor, value("b"))
             .await
