@@ -284,7 +284,8 @@ pub async fn read(node: &Arc<Node>, key: Bytes, r: Option<u32>) -> Result<Read, 
     let n = node.cfg.replication.n;
     let r = resolve_quorum("r", r, node.cfg.replication.r, n)? as usize;
     let deadline = Instant::now() + node.timeout();
-    let local = node.store.read(&key)?;
+    let local_raw = node.store.read_raw(&key)?.unwrap_or_default();
+    let mut merged = read_repair::decode_state(&local_raw)?;
     let p = node.map.partition_of(&key);
     let others: Vec<Member> = node
         .map
@@ -293,19 +294,20 @@ pub async fn read(node: &Arc<Node>, key: Bytes, r: Option<u32>) -> Result<Read, 
         .cloned()
         .collect();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut merged = local.clone();
     let mut replies = 1;
     tokio::spawn(read_repair::gather_and_repair(
         node.clone(),
         key,
-        local,
+        local_raw,
         others,
         tx,
     ));
     while replies < r {
         match timeout_at(deadline, rx.recv()).await {
-            Ok(Some(set)) => {
-                merged.absorb(&set);
+            Ok(Some(state)) => {
+                if let Some(set) = state {
+                    merged.absorb(&set);
+                }
                 replies += 1;
             }
             Ok(None) | Err(_) => break,

@@ -12,8 +12,10 @@ use dynamo_core::{Member, SiblingSet};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::network::WriteEntry;
+use crate::network::{PeerError, WriteEntry};
 use crate::node::Node;
+use crate::storage::StorageError;
+use crate::store::decode_stored;
 
 /// The replicas whose state differs from the join of all states (pure).
 pub fn stale<'a>(replies: &'a [(String, SiblingSet)], merged: &SiblingSet) -> Vec<&'a str> {
@@ -24,14 +26,21 @@ pub fn stale<'a>(replies: &'a [(String, SiblingSet)], merged: &SiblingSet) -> Ve
         .collect()
 }
 
-/// Reads `key` from `others`, passes each state to the coordinator on `replies`, then
-/// repairs every replica (this node included) that answered stale.
+/// Decodes a replica's state as read (the stored encoding; empty when it holds nothing).
+pub fn decode_state(raw: &[u8]) -> Result<SiblingSet, StorageError> {
+    decode_stored((!raw.is_empty()).then_some(raw))
+}
+
+/// Reads `key` from `others` and passes each answer to the coordinator on `replies`:
+/// `None` when it is byte-for-byte this node's state `local` (nothing to decode or merge,
+/// the common case), else the replica's state. Then repairs every replica (this node
+/// included) that answered stale.
 pub async fn gather_and_repair(
     node: Arc<Node>,
     key: Bytes,
-    local: SiblingSet,
+    local: Vec<u8>,
     others: Vec<Member>,
-    replies: mpsc::UnboundedSender<SiblingSet>,
+    replies: mpsc::UnboundedSender<Option<SiblingSet>>,
 ) {
     let mut inflight: FuturesUnordered<_> = others
         .into_iter()
@@ -44,15 +53,28 @@ pub async fn gather_and_repair(
             }
         })
         .collect();
-    let mut states = vec![(node.id().to_owned(), local)];
+    // Replicas whose state is identical to this node's, and those whose state differs.
+    let mut same = vec![node.id().to_owned()];
+    let mut differing = Vec::new();
     while let Some((m, result)) = inflight.next().await {
-        match result {
-            Ok(set) => {
+        let state = result.and_then(|raw| {
+            if raw == local {
+                return Ok(None);
+            }
+            decode_state(&raw)
+                .map(Some)
+                .map_err(|e| PeerError::Corrupt(e.to_string()))
+        });
+        match state {
+            Ok(state) => {
                 if node.health.record_success(&m.id) {
                     node.handoff_wakeup.notify_one();
                 }
-                let _ = replies.send(set.clone());
-                states.push((m.id.clone(), set));
+                let _ = replies.send(state.clone());
+                match state {
+                    None => same.push(m.id.clone()),
+                    Some(set) => differing.push((m.id.clone(), set)),
+                }
             }
             Err(e) => {
                 tracing::debug!(peer = %m.id, error = %e, "replica read failed");
@@ -61,6 +83,21 @@ pub async fn gather_and_repair(
         }
     }
     drop(replies);
+    if differing.is_empty() {
+        return; // every replica that answered holds exactly what this node holds
+    }
+    let local = match decode_state(&local) {
+        Ok(set) => set,
+        Err(e) => {
+            tracing::warn!(error = %e, "local state unreadable; no read repair");
+            return;
+        }
+    };
+    let states: Vec<(String, SiblingSet)> = same
+        .into_iter()
+        .map(|id| (id, local.clone()))
+        .chain(differing)
+        .collect();
     let merged = states
         .iter()
         .fold(SiblingSet::new(), |acc, (_, s)| acc.join(s));

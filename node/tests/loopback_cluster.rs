@@ -293,3 +293,90 @@ async fn a_stalled_local_store_fails_the_put_within_the_request_timeout() {
         result.map(|w| w.acks)
     );
 }
+
+/// Waits (bounded) until `cond` holds; read repair runs in the background.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test]
+async fn a_get_repairs_only_a_stale_replica() {
+    let (net, nodes) = cluster(3, 3, 2);
+    let key = b"profile";
+    let p = pref(&nodes, key);
+    let k = || Bytes::from_static(key);
+    coordinator::write(&nodes[p[0]], k(), Some(Bytes::from("v1")), &[], None)
+        .await
+        .unwrap();
+    // Replication to the last replica finishes in the background.
+    eventually("every replica holds v1", || {
+        p.iter()
+            .all(|&r| local_values(&nodes[r], key) == [Bytes::from("v1")])
+    })
+    .await;
+
+    // Replicas that agree byte for byte: nothing to repair.
+    let read = coordinator::read(&nodes[p[0]], k(), Some(3)).await.unwrap();
+    assert_eq!(read.replies, 3);
+    assert_eq!(read.set.values().cloned().collect::<Vec<_>>(), ["v1"]);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(nodes[p[0]].metrics.read_repairs.get(), 0);
+
+    // The last replica misses v2 (its hint stays with the coordinator, undelivered).
+    net.set_down(nodes[p[2]].id(), true);
+    let ctx = dynamo_core::context::encode(nodes[p[0]].cluster_tag, read.set.version_vector());
+    coordinator::write(&nodes[p[0]], k(), Some(Bytes::from("v2")), &ctx, None)
+        .await
+        .unwrap();
+    net.set_down(nodes[p[2]].id(), false);
+    assert_eq!(local_values(&nodes[p[2]], key), [Bytes::from("v1")]);
+
+    // A get sees the stale state, answers the newest, and repairs that replica only.
+    let read = coordinator::read(&nodes[p[0]], k(), Some(3)).await.unwrap();
+    assert_eq!(read.set.values().cloned().collect::<Vec<_>>(), ["v2"]);
+    eventually("the stale replica is repaired", || {
+        local_values(&nodes[p[2]], key) == [Bytes::from("v2")]
+    })
+    .await;
+    assert_eq!(nodes[p[0]].metrics.read_repairs.get(), 1);
+}
+
+#[tokio::test]
+async fn a_replica_with_a_corrupt_state_counts_as_not_answering() {
+    use dynamo_node::storage::{keys::data_key, Batch, Cf};
+    let (_net, nodes) = cluster(3, 3, 2);
+    let key = b"ledger";
+    let p = pref(&nodes, key);
+    let k = || Bytes::from_static(key);
+    coordinator::write(&nodes[p[0]], k(), Some(Bytes::from("v")), &[], None)
+        .await
+        .unwrap();
+    let mut batch = Batch::default();
+    let partition = nodes[0].map.partition_of(key);
+    batch.put(Cf::Data, data_key(partition, key), vec![0xff, 1, 2, 3]);
+    nodes[p[1]].store.engine().write(batch, true).unwrap();
+
+    let err = coordinator::read(&nodes[p[0]], k(), Some(3))
+        .await
+        .err()
+        .expect("only two of three replicas can answer");
+    assert!(
+        matches!(
+            err,
+            RequestError::Unavailable {
+                got: 2,
+                needed: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let read = coordinator::read(&nodes[p[0]], k(), Some(2)).await.unwrap();
+    assert_eq!(read.set.values().cloned().collect::<Vec<_>>(), ["v"]);
+}

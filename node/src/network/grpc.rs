@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dynamo_core::codec::{decode_set, encode_set};
-use dynamo_core::{Member, SiblingSet};
+use dynamo_core::codec::encode_set;
+use dynamo_core::Member;
 use dynamo_proto::v1::{
     admin_client::AdminClient, kv_client::KvClient, replica_client::ReplicaClient, NodeInfoRequest,
     ReplicaEntry, ReplicaReadRequest, ReplicaWriteRequest,
@@ -143,17 +143,12 @@ impl Transport for GrpcTransport {
         peer: &Member,
         key: Bytes,
         timeout: Duration,
-    ) -> Result<SiblingSet, PeerError> {
+    ) -> Result<Vec<u8>, PeerError> {
         let bytes = key.len();
-        let set = self
-            .peer(&peer.addr)?
+        self.peer(&peer.addr)?
             .reads
             .call(key.to_vec(), bytes, timeout)
-            .await?;
-        if set.is_empty() {
-            return Ok(SiblingSet::new());
-        }
-        decode_set(&set).map_err(|e| PeerError::Corrupt(e.to_string()))
+            .await
     }
 
     async fn write(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dynamo_core::{Member, SiblingSet};
+use dynamo_core::Member;
 use dynamo_proto::v1::{DeleteResponse, PutResponse};
 use parking_lot::Mutex;
 
@@ -79,8 +79,9 @@ impl Transport for LoopbackTransport {
         peer: &Member,
         key: Bytes,
         _timeout: Duration,
-    ) -> Result<SiblingSet, PeerError> {
-        self.net.reach(&peer.id)?.store.read(&key).map_err(internal)
+    ) -> Result<Vec<u8>, PeerError> {
+        let stored = self.net.reach(&peer.id)?.store.read_raw(&key);
+        Ok(stored.map_err(internal)?.unwrap_or_default())
     }
 
     async fn write(

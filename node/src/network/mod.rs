@@ -61,13 +61,15 @@ pub enum Forwarded {
 /// How a node reaches its peers.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// Reads a key's sibling set on `peer`.
+    /// Reads a key's sibling set on `peer`, as stored there (the codec's encoding; empty
+    /// if the peer holds nothing for the key). The caller decodes it, and need not when
+    /// it is byte-for-byte a state it already has.
     async fn read(
         &self,
         peer: &Member,
         key: Bytes,
         timeout: Duration,
-    ) -> Result<SiblingSet, PeerError>;
+    ) -> Result<Vec<u8>, PeerError>;
     /// Joins sibling sets on `peer`.
     async fn write(
         &self,

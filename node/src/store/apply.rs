@@ -59,10 +59,11 @@ pub(super) fn decode_hint(raw: &[u8]) -> Result<(u64, SiblingSet), StorageError>
     Ok((created, set))
 }
 
-pub(super) fn decode_stored(raw: Option<Vec<u8>>) -> Result<SiblingSet, StorageError> {
+/// Decodes a stored sibling set; `None` (never written) is the empty set.
+pub fn decode_stored(raw: Option<&[u8]>) -> Result<SiblingSet, StorageError> {
     match raw {
         None => Ok(SiblingSet::new()),
-        Some(b) => decode_set(&b).map_err(|e| StorageError::Corrupt(e.to_string())),
+        Some(b) => decode_set(b).map_err(|e| StorageError::Corrupt(e.to_string())),
     }
 }
 
@@ -136,7 +137,7 @@ pub(super) fn apply(
 fn current(engine: &dyn Engine, overlay: &Overlay, dk: &[u8]) -> Result<SiblingSet, StorageError> {
     match overlay.data.get(dk) {
         Some(s) => Ok(s.clone()),
-        None => decode_stored(engine.get(Cf::Data, dk)?),
+        None => decode_stored(engine.get(Cf::Data, dk)?.as_deref()),
     }
 }
 

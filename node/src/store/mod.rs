@@ -36,7 +36,8 @@ use tokio::sync::oneshot;
 
 use crate::storage::keys::{data_key, hint_prefix, split_hint_key};
 use crate::storage::{Cf, Engine, StorageError};
-use apply::{decode_hint, decode_stored, Mutation, Outcome};
+pub use apply::decode_stored;
+use apply::{decode_hint, Mutation, Outcome};
 use commit::{syncer, writer, Request};
 
 /// A hint held for another node.
@@ -132,7 +133,7 @@ impl Store {
 
     /// Reads the sibling set of `key` (empty if never written here).
     pub fn read(&self, key: &[u8]) -> Result<SiblingSet, StorageError> {
-        decode_stored(self.read_raw(key)?)
+        decode_stored(self.read_raw(key)?.as_deref())
     }
 
     /// The stored encoding of `key`'s sibling set (the codec's format, as peers exchange it).
