@@ -13,6 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
-    tonic_prost_build::configure().compile_protos(&files, &["."])?;
+    // Replica messages carry keys and encoded sibling sets as `Bytes`: one encoding is
+    // shared by every peer a write goes to, and decoding slices the request buffer.
+    tonic_prost_build::configure()
+        .bytes(".dynamo.v1.ReplicaReadRequest")
+        .bytes(".dynamo.v1.ReplicaReadResponse")
+        .bytes(".dynamo.v1.ReplicaEntry")
+        .compile_protos(&files, &["."])?;
     Ok(())
 }

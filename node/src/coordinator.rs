@@ -18,18 +18,18 @@
 //! answered of how many were needed. A put that fails this way may still have been stored
 //! on fewer than W replicas, as in Dynamo; it is never reported as a success.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dynamo_core::codec::encode_set;
 use dynamo_core::limits::{check_key, check_value, resolve_quorum};
-use dynamo_core::{context, Member, SiblingSet, VersionVector};
+use dynamo_core::{context, Member, PartitionId, SiblingSet, VersionVector};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 
 use crate::error::RequestError;
-use crate::network::{Forward, Forwarded, WriteEntry};
+use crate::network::{Forward, Forwarded, PeerError, WriteEntry};
 use crate::node::Node;
 use crate::quorum::WriteQuorum;
 use crate::read_repair;
@@ -155,11 +155,11 @@ pub async fn write(
     next.witness(&node.actor, set.version_vector().get(&node.actor));
 
     let p = node.map.partition_of(&key);
-    let pref: Vec<Member> = node.map.preference_list(p).cloned().collect();
-    let mut quorum = WriteQuorum::new(pref.iter().map(|m| m.id.clone()).collect(), w);
+    let mut quorum = WriteQuorum::new(node.map.preference_list(p).count(), w);
+    let me = node.map.preference_list(p).position(|m| m.id == node.id());
     // Replication starts while the local sync runs; this node counts once it is durable.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(replicate(node.clone(), key, set, pref, tx));
+    tokio::spawn(replicate(node.clone(), key, set, tx));
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(local, timer);
     let mut local_pending = true;
@@ -170,14 +170,16 @@ pub async fn write(
                 local_pending = false;
                 match durable {
                     Ok(()) => {
-                        quorum.ack(node.id());
+                        if let Some(me) = me {
+                            quorum.ack(me);
+                        }
                     }
                     Err(e) => tracing::error!(error = %e, "local write did not become durable"),
                 }
             }
             covered = rx.recv(), if replicas_pending => match covered {
                 Some(covered) => {
-                    quorum.ack(&covered);
+                    quorum.ack(covered);
                 }
                 None => replicas_pending = false,
             },
@@ -194,51 +196,35 @@ pub async fn write(
 }
 
 /// Sends `set` to the other intended replicas (or fallbacks), reporting each covered
-/// intended replica on `covered`, and keeps a local hint for any left uncovered.
+/// intended replica (by position in the preference list) on `covered`, and keeps a local
+/// hint for any left uncovered.
 async fn replicate(
     node: Arc<Node>,
     key: Bytes,
     set: SiblingSet,
-    pref: Vec<Member>,
-    covered: mpsc::UnboundedSender<String>,
+    covered: mpsc::UnboundedSender<usize>,
 ) {
+    let node = &*node;
     let p = node.map.partition_of(&key);
-    let mut used: HashSet<String> = pref.iter().map(|m| m.id.clone()).collect();
-    let fallbacks: Vec<Member> = node
-        .map
-        .extended_preference_list(p)
-        .filter(|m| !used.contains(&m.id))
-        .cloned()
-        .collect();
-    let next_fallback = |node: &Node, used: &mut HashSet<String>| {
-        let fb = fallbacks
-            .iter()
-            .find(|m| !used.contains(&m.id) && node.health.is_up(&m.id))?;
-        used.insert(fb.id.clone());
-        Some(fb.clone())
-    };
-    let send = |target: Member, intended: String| {
-        let node = node.clone();
-        let entry = WriteEntry {
-            key: key.clone(),
-            set: set.clone(),
-            hint_for: (target.id != intended).then(|| intended.clone()),
-        };
-        async move {
-            let r = node
-                .transport
-                .write(&target, vec![entry], node.timeout())
-                .await;
-            (target, intended, r)
-        }
+    let pref: Vec<&Member> = node.map.preference_list(p).collect();
+    // Encoded once for every peer it goes to.
+    let encoded = Bytes::from(encode_set(&set));
+    // Members written to (or tried) so far: the preference list, then fallbacks.
+    let mut used: Vec<&str> = pref.iter().map(|m| m.id.as_str()).collect();
+    let entry = |target: &Member, intended: usize| WriteEntry {
+        key: key.clone(),
+        set: encoded.clone(),
+        hint_for: (target.id != pref[intended].id).then(|| pref[intended].id.clone()),
     };
     let mut inflight = FuturesUnordered::new();
-    let mut done: HashSet<String> = HashSet::from([node.id().to_owned()]);
-    for m in pref.iter().filter(|m| m.id != node.id()) {
-        if node.health.is_up(&m.id) {
-            inflight.push(send(m.clone(), m.id.clone()));
-        } else if let Some(fb) = next_fallback(&node, &mut used) {
-            inflight.push(send(fb, m.id.clone()));
+    let mut done = vec![false; pref.len()];
+    for (i, m) in pref.iter().enumerate() {
+        if m.id == node.id() {
+            done[i] = true;
+        } else if node.health.is_up(&m.id) {
+            inflight.push(send(node, m, entry(m, i), i));
+        } else if let Some(fb) = next_fallback(node, p, &mut used) {
+            inflight.push(send(node, fb, entry(fb, i), i));
         }
     }
     while let Some((target, intended, result)) = inflight.next().await {
@@ -247,21 +233,21 @@ async fn replicate(
                 if node.health.record_success(&target.id) {
                     node.handoff_wakeup.notify_one();
                 }
-                done.insert(intended.clone());
+                done[intended] = true;
                 let _ = covered.send(intended);
             }
             Err(e) => {
                 tracing::debug!(peer = %target.id, error = %e, "replica write failed");
                 node.health.record_failure(&target.id);
-                if let Some(fb) = next_fallback(&node, &mut used) {
-                    inflight.push(send(fb, intended));
+                if let Some(fb) = next_fallback(node, p, &mut used) {
+                    inflight.push(send(node, fb, entry(fb, intended), intended));
                 }
             }
         }
     }
     drop(covered);
     let now = node.clock.now_ms();
-    for m in pref.iter().filter(|m| !done.contains(&m.id)) {
+    for (m, _) in pref.iter().zip(&done).filter(|(_, &done)| !done) {
         if let Err(e) = node
             .store
             .add_hint(m.id.clone(), key.clone(), set.clone(), now)
@@ -270,6 +256,34 @@ async fn replicate(
             tracing::error!(target = %m.id, error = %e, "could not keep a hint");
         }
     }
+}
+
+/// The next healthy member of partition `p`'s extended preference list not `used` yet.
+fn next_fallback<'a>(
+    node: &'a Node,
+    p: PartitionId,
+    used: &mut Vec<&'a str>,
+) -> Option<&'a Member> {
+    let fb = node
+        .map
+        .extended_preference_list(p)
+        .find(|m| !used.contains(&m.id.as_str()) && node.health.is_up(&m.id))?;
+    used.push(&fb.id);
+    Some(fb)
+}
+
+/// Writes `entry` (meant for intended replica `intended`) on `target`.
+async fn send<'a>(
+    node: &Node,
+    target: &'a Member,
+    entry: WriteEntry,
+    intended: usize,
+) -> (&'a Member, usize, Result<(), PeerError>) {
+    let r = node
+        .transport
+        .write(target, vec![entry], node.timeout())
+        .await;
+    (target, intended, r)
 }
 
 /// A successful read: the join of at least R replicas' states.

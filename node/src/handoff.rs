@@ -92,11 +92,7 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
             }
             let entries = hints
                 .iter()
-                .map(|h| WriteEntry {
-                    key: h.key.clone(),
-                    set: h.set.clone(),
-                    hint_for: None,
-                })
+                .map(|h| WriteEntry::new(h.key.clone(), &h.set, None))
                 .collect();
             match node.transport.write(&member, entries, node.timeout()).await {
                 Ok(()) => {

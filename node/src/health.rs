@@ -42,6 +42,14 @@ pub struct PeerView {
     pub since_ok: Duration,
 }
 
+/// The state of `peer`, created on first use (no allocation on the hot path after that).
+fn state<'a>(peers: &'a mut HashMap<String, PeerState>, peer: &str) -> &'a mut PeerState {
+    if !peers.contains_key(peer) {
+        peers.insert(peer.to_owned(), PeerState::new());
+    }
+    peers.get_mut(peer).expect("inserted above")
+}
+
 /// Health of every peer, as this node sees it.
 pub struct Health {
     started: Instant,
@@ -66,7 +74,7 @@ impl Health {
     /// Records a successful exchange. Returns true if the peer was down.
     pub fn record_success(&self, peer: &str) -> bool {
         let mut peers = self.peers.lock();
-        let s = peers.entry(peer.to_owned()).or_insert_with(PeerState::new);
+        let s = state(&mut peers, peer);
         let was_down = s.failures > 0;
         s.failures = 0;
         s.last_ok = Some(Instant::now());
@@ -76,7 +84,7 @@ impl Health {
     /// Records a failed exchange (error or timeout).
     pub fn record_failure(&self, peer: &str) {
         let mut peers = self.peers.lock();
-        let s = peers.entry(peer.to_owned()).or_insert_with(PeerState::new);
+        let s = state(&mut peers, peer);
         s.failures = s.failures.saturating_add(1);
         let backoff = PROBE_MIN
             .saturating_mul(1 << s.failures.min(5))

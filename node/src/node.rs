@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dynamo_core::codec::decode_set;
 use dynamo_core::context::cluster_tag;
 use dynamo_core::{Actor, Member, PartitionMap};
 use tokio::sync::Notify;
@@ -16,6 +17,15 @@ use crate::metrics::Metrics;
 use crate::network::{Transport, WriteEntry};
 use crate::storage::StorageError;
 use crate::store::Store;
+
+/// Why [`Node::accept`] refused entries sent by a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("corrupt sibling set: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
 
 /// Everything a node's request handlers and background tasks share.
 pub struct Node {
@@ -89,17 +99,26 @@ impl Node {
 
     /// Accepts sibling sets sent by a peer: joins them into the store, or keeps them as
     /// hints when they are meant for another node (this node is a sloppy-quorum fallback).
-    /// All entries are applied together (one writer group).
-    pub async fn accept(&self, entries: Vec<WriteEntry>) -> Result<(), StorageError> {
+    /// Every entry is decoded first, so a corrupt one stores nothing; then all are applied
+    /// together (one writer group).
+    pub async fn accept(&self, entries: Vec<WriteEntry>) -> Result<(), AcceptError> {
+        let decoded = entries
+            .into_iter()
+            .map(|e| {
+                decode_set(&e.set)
+                    .map(|set| (e.key, set, e.hint_for))
+                    .map_err(|err| AcceptError::Corrupt(err.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let now = self.clock.now_ms();
         let mut hinted = false;
-        let writes = entries.into_iter().map(|e| {
-            let target = e.hint_for.filter(|t| t != self.id());
+        let writes = decoded.into_iter().map(|(key, set, hint_for)| {
+            let target = hint_for.filter(|t| t != self.id());
             hinted |= target.is_some();
             async move {
                 match target {
-                    Some(t) => self.store.add_hint(t, e.key, e.set, now).await,
-                    None => self.store.join(e.key, e.set).await.map(|_| ()),
+                    Some(t) => self.store.add_hint(t, key, set, now).await,
+                    None => self.store.join(key, set).await.map(|_| ()),
                 }
             }
         });

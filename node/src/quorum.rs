@@ -6,40 +6,43 @@
 //! are covered; the ones left uncovered when the deadline passes get a hint kept by the
 //! coordinator, so the write still reaches them.
 
-use std::collections::BTreeSet;
-
-/// Coverage of the intended replicas of one write.
+/// Coverage of the intended replicas of one write, by position in the preference list.
 #[derive(Debug, Clone)]
 pub struct WriteQuorum {
     needed: usize,
-    intended: Vec<String>,
-    covered: BTreeSet<String>,
+    covered: Vec<bool>,
+    acks: usize,
 }
 
 impl WriteQuorum {
-    pub fn new(intended: Vec<String>, needed: usize) -> Self {
+    /// A write meant for `intended` replicas, `needed` of which must be covered.
+    pub fn new(intended: usize, needed: usize) -> Self {
         Self {
             needed,
-            intended,
-            covered: BTreeSet::new(),
+            covered: vec![false; intended],
+            acks: 0,
         }
     }
 
-    /// Records that `replica` is covered. Returns true if that reached the quorum now.
-    pub fn ack(&mut self, replica: &str) -> bool {
+    /// Records that intended replica `i` is covered. Returns true if that reached the
+    /// quorum now.
+    pub fn ack(&mut self, i: usize) -> bool {
         let before = self.reached();
-        if self.intended.iter().any(|r| r == replica) {
-            self.covered.insert(replica.to_owned());
+        if let Some(c) = self.covered.get_mut(i) {
+            if !*c {
+                *c = true;
+                self.acks += 1;
+            }
         }
         !before && self.reached()
     }
 
     pub fn reached(&self) -> bool {
-        self.covered.len() >= self.needed
+        self.acks >= self.needed
     }
 
     pub fn acks(&self) -> usize {
-        self.covered.len()
+        self.acks
     }
 
     pub fn needed(&self) -> usize {
@@ -47,8 +50,8 @@ impl WriteQuorum {
     }
 
     /// Intended replicas nobody acknowledged for.
-    pub fn uncovered(&self) -> impl Iterator<Item = &String> {
-        self.intended.iter().filter(|r| !self.covered.contains(*r))
+    pub fn uncovered(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.covered.len()).filter(|&i| !self.covered[i])
     }
 }
 
@@ -58,16 +61,19 @@ mod tests {
 
     #[test]
     fn counts_distinct_intended_replicas_only() {
-        let mut q = WriteQuorum::new(vec!["a".into(), "b".into(), "c".into()], 2);
-        assert!(!q.ack("a"));
+        let mut q = WriteQuorum::new(3, 2);
+        assert!(!q.ack(0));
         assert!(
-            !q.ack("a"),
+            !q.ack(0),
             "a second ack from the same replica does not count"
         );
-        assert!(!q.ack("zz"), "a stranger does not count");
-        assert!(q.ack("c"));
+        assert!(!q.ack(7), "a stranger does not count");
+        assert_eq!(q.acks(), 1);
+        assert_eq!(q.uncovered().collect::<Vec<_>>(), [1, 2]);
+        assert!(q.ack(2));
         assert!(q.reached());
-        assert!(!q.ack("b"), "reaching it again is not news");
+        assert!(!q.ack(1), "reaching it again is not news");
+        assert_eq!(q.acks(), 3);
         assert_eq!(q.uncovered().count(), 0);
     }
 }

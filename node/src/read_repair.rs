@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dynamo_core::codec::encode_set;
 use dynamo_core::{Member, SiblingSet};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -101,6 +102,7 @@ pub async fn gather_and_repair(
     let merged = states
         .iter()
         .fold(SiblingSet::new(), |acc, (_, s)| acc.join(s));
+    let mut encoded = None;
     for id in stale(&states, &merged) {
         node.metrics.read_repairs.inc();
         if id == node.id() {
@@ -108,9 +110,10 @@ pub async fn gather_and_repair(
                 tracing::warn!(error = %e, "local read repair failed");
             }
         } else if let Some(m) = node.member(id) {
+            let set = encoded.get_or_insert_with(|| Bytes::from(encode_set(&merged)));
             let entry = WriteEntry {
                 key: key.clone(),
-                set: merged.clone(),
+                set: set.clone(),
                 hint_for: None,
             };
             if let Err(e) = node.transport.write(m, vec![entry], node.timeout()).await {

@@ -14,7 +14,7 @@ use dynamo_tests::{eventually, http_get, Cluster, Options};
 /// The live values node `i` holds for `key`, read from its local store (no repair).
 async fn local_values(c: &Cluster, i: usize, key: &str) -> Vec<String> {
     let req = ReplicaReadRequest {
-        keys: vec![key.as_bytes().to_vec()],
+        keys: vec![Bytes::copy_from_slice(key.as_bytes())],
         cluster_id: "test-cluster".into(),
     };
     let set = c
@@ -100,8 +100,8 @@ async fn read_repair_fixes_a_stale_replica() {
         );
         for i in 0..2 {
             let entry = ReplicaEntry {
-                key: b"stale-key".to_vec(),
-                set: encode_set(&set),
+                key: Bytes::from_static(b"stale-key"),
+                set: encode_set(&set).into(),
                 hint_for: String::new(),
             };
             let req = ReplicaWriteRequest {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dynamo_core::codec::encode_set;
 use dynamo_core::Member;
 use dynamo_proto::v1::{
     admin_client::AdminClient, kv_client::KvClient, replica_client::ReplicaClient, NodeInfoRequest,
@@ -34,7 +33,7 @@ pub struct GrpcTransport {
 /// The connection to one peer and its batching queues.
 struct Peer {
     channel: Channel,
-    reads: Batcher<Vec<u8>, Vec<u8>>,
+    reads: Batcher<Bytes, Bytes>,
     writes: Batcher<ReplicaEntry, ()>,
 }
 
@@ -56,7 +55,7 @@ impl Peer {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let reads = {
             let (client, cluster_id) = (replica.clone(), cluster_id.clone());
-            Batcher::spawn(limits, move |keys: Vec<Vec<u8>>, _| {
+            Batcher::spawn(limits, move |keys: Vec<Bytes>, _| {
                 let mut client = client.clone();
                 let req = ReplicaReadRequest {
                     keys,
@@ -138,17 +137,9 @@ fn forwarded<T>(msg: T) -> tonic::Request<T> {
 
 #[async_trait]
 impl Transport for GrpcTransport {
-    async fn read(
-        &self,
-        peer: &Member,
-        key: Bytes,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, PeerError> {
+    async fn read(&self, peer: &Member, key: Bytes, timeout: Duration) -> Result<Bytes, PeerError> {
         let bytes = key.len();
-        self.peer(&peer.addr)?
-            .reads
-            .call(key.to_vec(), bytes, timeout)
-            .await
+        self.peer(&peer.addr)?.reads.call(key, bytes, timeout).await
     }
 
     async fn write(
@@ -160,8 +151,8 @@ impl Transport for GrpcTransport {
         let peer = self.peer(&peer.addr)?;
         let calls = entries.into_iter().map(|e| {
             let entry = ReplicaEntry {
-                key: e.key.to_vec(),
-                set: encode_set(&e.set),
+                key: e.key,
+                set: e.set,
                 hint_for: e.hint_for.unwrap_or_default(),
             };
             let bytes = entry.key.len() + entry.set.len() + entry.hint_for.len();

@@ -79,9 +79,9 @@ impl Transport for LoopbackTransport {
         peer: &Member,
         key: Bytes,
         _timeout: Duration,
-    ) -> Result<Vec<u8>, PeerError> {
+    ) -> Result<Bytes, PeerError> {
         let stored = self.net.reach(&peer.id)?.store.read_raw(&key);
-        Ok(stored.map_err(internal)?.unwrap_or_default())
+        Ok(stored.map_err(internal)?.unwrap_or_default().into())
     }
 
     async fn write(

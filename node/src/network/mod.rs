@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use dynamo_core::codec::encode_set;
 use dynamo_core::{Member, SiblingSet};
 use dynamo_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
@@ -39,8 +40,21 @@ pub enum PeerError {
 #[derive(Clone, Debug)]
 pub struct WriteEntry {
     pub key: Bytes,
-    pub set: SiblingSet,
+    /// The set in the codec's encoding ([`dynamo_core::codec::encode_set`]), encoded once
+    /// and shared by every peer it goes to.
+    pub set: Bytes,
     pub hint_for: Option<String>,
+}
+
+impl WriteEntry {
+    /// An entry for `set`, encoded.
+    pub fn new(key: Bytes, set: &SiblingSet, hint_for: Option<String>) -> Self {
+        Self {
+            key,
+            set: encode_set(set).into(),
+            hint_for,
+        }
+    }
 }
 
 /// A client request forwarded to a preference-list node.
@@ -64,12 +78,7 @@ pub trait Transport: Send + Sync + 'static {
     /// Reads a key's sibling set on `peer`, as stored there (the codec's encoding; empty
     /// if the peer holds nothing for the key). The caller decodes it, and need not when
     /// it is byte-for-byte a state it already has.
-    async fn read(
-        &self,
-        peer: &Member,
-        key: Bytes,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, PeerError>;
+    async fn read(&self, peer: &Member, key: Bytes, timeout: Duration) -> Result<Bytes, PeerError>;
     /// Joins sibling sets on `peer`.
     async fn write(
         &self,

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use dynamo_core::codec::decode_set;
 use dynamo_proto::v1::replica_server::Replica;
 use dynamo_proto::v1::{
     ReplicaReadRequest, ReplicaReadResponse, ReplicaWriteRequest, ReplicaWriteResponse,
@@ -11,7 +9,7 @@ use dynamo_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::network::WriteEntry;
-use crate::node::Node;
+use crate::node::{AcceptError, Node};
 
 /// Node-to-node replication endpoint.
 pub struct ReplicaService {
@@ -49,7 +47,7 @@ impl Replica for ReplicaService {
         let sets = req
             .keys
             .iter()
-            .map(|key| Ok(self.node.store.read_raw(key)?.unwrap_or_default()))
+            .map(|key| Ok(self.node.store.read_raw(key)?.unwrap_or_default().into()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
         Ok(Response::new(ReplicaReadResponse { sets }))
@@ -61,19 +59,19 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaWriteResponse>, Status> {
         let req = req.into_inner();
         self.check_cluster(&req.cluster_id)?;
-        // Decode everything first, so that a corrupt entry stores nothing.
-        let mut entries = Vec::with_capacity(req.entries.len());
-        for e in req.entries {
-            let set = decode_set(&e.set)
-                .map_err(|err| Status::invalid_argument(format!("corrupt sibling set: {err}")))?;
-            let hint_for = (!e.hint_for.is_empty()).then_some(e.hint_for);
-            entries.push(WriteEntry {
-                key: Bytes::from(e.key),
-                set,
-                hint_for,
-            });
-        }
-        self.node.accept(entries).await.map_err(storage)?;
+        let entries = req
+            .entries
+            .into_iter()
+            .map(|e| WriteEntry {
+                key: e.key,
+                set: e.set,
+                hint_for: (!e.hint_for.is_empty()).then_some(e.hint_for),
+            })
+            .collect();
+        self.node.accept(entries).await.map_err(|e| match e {
+            AcceptError::Corrupt(_) => Status::invalid_argument(e.to_string()),
+            AcceptError::Storage(e) => storage(e),
+        })?;
         Ok(Response::new(ReplicaWriteResponse {}))
     }
 }
