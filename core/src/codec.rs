@@ -11,6 +11,10 @@
 //! sibling = actor_index:varint counter:varint kind:u8(0 value, 1 tombstone) [value:bytes]
 //! ```
 
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::siblings::{Sibling, SiblingSet};
@@ -111,16 +115,35 @@ pub fn encode_vv(out: &mut Vec<u8>, vv: &VersionVector) {
     }
 }
 
+/// The shared copy of node id `node`. A cluster has few actors, so decoding a version
+/// vector then allocates nothing per actor. Per thread, and bounded: ids from corrupt or
+/// hostile input cannot pile up.
+fn intern(node: &str) -> Arc<str> {
+    const MAX_INTERNED: usize = 4096;
+    thread_local!(static NODES: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new()));
+    NODES.with(|nodes| {
+        let mut nodes = nodes.borrow_mut();
+        if let Some(n) = nodes.get(node) {
+            return n.clone();
+        }
+        if nodes.len() >= MAX_INTERNED {
+            nodes.clear();
+        }
+        let n: Arc<str> = Arc::from(node);
+        nodes.insert(n.clone());
+        n
+    })
+}
+
 /// Reads a version vector, in actor order.
 pub fn decode_vv(r: &mut Reader<'_>) -> Result<Vec<(Actor, u64)>, DecodeError> {
     let n = r.varint()?;
     let mut entries: Vec<(Actor, u64)> = Vec::with_capacity(n.min(1024) as usize);
     for _ in 0..n {
         let node = std::str::from_utf8(r.bytes()?)
-            .map_err(|_| DecodeError::Malformed("actor is not UTF-8"))?
-            .to_owned();
+            .map_err(|_| DecodeError::Malformed("actor is not UTF-8"))?;
         let actor = Actor {
-            node,
+            node: intern(node),
             incarnation: r.varint()?,
         };
         if entries.last().is_some_and(|(a, _)| *a >= actor) {
@@ -195,6 +218,18 @@ pub fn decode_set(buf: &[u8]) -> Result<SiblingSet, DecodeError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn decoded_actors_share_their_node_id() {
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), &Actor::new("node-1", 7), None);
+        let bytes = encode_set(&s);
+        let (a, b) = (decode_set(&bytes).unwrap(), decode_set(&bytes).unwrap());
+        let node = |s: &SiblingSet| s.version_vector().iter().next().unwrap().0.node.clone();
+        assert!(Arc::ptr_eq(&node(&a), &node(&b)), "one copy per thread");
+        assert_eq!(a, b);
+        assert_eq!(a, s);
+    }
 
     proptest! {
         #[test]

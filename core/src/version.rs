@@ -9,21 +9,22 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Who made an event: a node incarnation.
+/// Who made an event: a node incarnation. Cheap to clone: the node id is shared.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Actor {
     /// The node id.
-    pub node: String,
+    pub node: Arc<str>,
     /// Changes whenever the node starts with an empty or lost data directory.
     pub incarnation: u64,
 }
 
 impl Actor {
     /// An actor of node `node` at `incarnation`.
-    pub fn new(node: impl Into<String>, incarnation: u64) -> Self {
+    pub fn new(node: impl Into<Arc<str>>, incarnation: u64) -> Self {
         Self {
             node: node.into(),
             incarnation,

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
-    Options, WriteBatch, WriteOptions, DB,
+    Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 use super::{Batch, Cf, Engine, Entries, Op, StorageError};
@@ -20,6 +20,8 @@ const WRITE_BUFFER_BYTES: usize = 16 << 20;
 /// [`Engine`] on RocksDB.
 pub struct RocksEngine {
     db: DB,
+    /// Default read options, made once rather than per get.
+    read_opts: ReadOptions,
 }
 
 fn err(e: rocksdb::Error) -> StorageError {
@@ -60,7 +62,10 @@ impl RocksEngine {
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(&cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(err)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            read_opts: ReadOptions::default(),
+        })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -72,7 +77,9 @@ impl RocksEngine {
 
 impl Engine for RocksEngine {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db.get_cf(self.cf(cf), key).map_err(err)
+        self.db
+            .get_cf_opt(self.cf(cf), key, &self.read_opts)
+            .map_err(err)
     }
 
     fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
