@@ -118,7 +118,7 @@ impl Node {
             async move {
                 match target {
                     Some(t) => self.store.add_hint(t, key, set, now).await,
-                    None => self.store.join(key, set).await.map(|_| ()),
+                    None => self.store.join(key, set).await,
                 }
             }
         });

@@ -11,7 +11,7 @@ use dynamo_core::ring::partition_of;
 use dynamo_core::{Actor, SiblingSet, VersionVector};
 
 use crate::storage::keys::{data_key, hint_key};
-use crate::storage::{Batch, Cf, Engine, StorageError};
+use crate::storage::{Batch, Cf, Engine, Op, StorageError};
 
 /// A change to the store, applied by the writer thread.
 pub(super) enum Mutation {
@@ -70,7 +70,9 @@ pub fn decode_stored(raw: Option<&[u8]>) -> Result<SiblingSet, StorageError> {
 /// Pending state of keys already touched by the batch being built.
 #[derive(Default)]
 pub(super) struct Overlay {
-    data: HashMap<Vec<u8>, SiblingSet>,
+    /// Data keys written in the batch: the index of the latest put of each (decoded again
+    /// only if the same group touches the key twice).
+    data: HashMap<Vec<u8>, usize>,
     hints: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
@@ -89,20 +91,18 @@ pub(super) fn apply(
             value,
         } => {
             let dk = data_key(partition_of(&key, q), &key);
-            let mut set = current(engine, overlay, &dk)?;
+            let mut set = current(engine, batch, overlay, &dk)?;
             set.update(&context, &actor, value);
-            batch.put(Cf::Data, dk.clone(), encode_set(&set));
-            overlay.data.insert(dk, set.clone());
+            stage(batch, overlay, dk, encode_set(&set));
             Ok(Outcome::Set(set))
         }
         Mutation::Join { key, set } => {
             let dk = data_key(partition_of(&key, q), &key);
-            let mut stored = current(engine, overlay, &dk)?;
+            let mut stored = current(engine, batch, overlay, &dk)?;
             if stored.absorb(&set) {
-                batch.put(Cf::Data, dk.clone(), encode_set(&stored));
-                overlay.data.insert(dk, stored.clone());
+                stage(batch, overlay, dk, encode_set(&stored));
             }
-            Ok(Outcome::Set(stored))
+            Ok(Outcome::Done)
         }
         Mutation::Hint {
             target,
@@ -134,11 +134,25 @@ pub(super) fn apply(
     }
 }
 
-fn current(engine: &dyn Engine, overlay: &Overlay, dk: &[u8]) -> Result<SiblingSet, StorageError> {
-    match overlay.data.get(dk) {
-        Some(s) => Ok(s.clone()),
+/// The set stored under `dk`: as written earlier in this batch, else as in the engine.
+fn current(
+    engine: &dyn Engine,
+    batch: &Batch,
+    overlay: &Overlay,
+    dk: &[u8],
+) -> Result<SiblingSet, StorageError> {
+    match overlay.data.get(dk).map(|&i| &batch.ops[i]) {
+        Some(Op::Put(_, _, staged)) => decode_stored(Some(staged)),
+        Some(_) => unreachable!("the overlay indexes puts only"),
         None => decode_stored(engine.get(Cf::Data, dk)?.as_deref()),
     }
+}
+
+/// Adds the put of `encoded` under `dk` to the batch, and remembers it for later
+/// mutations of the same group.
+fn stage(batch: &mut Batch, overlay: &mut Overlay, dk: Vec<u8>, encoded: Vec<u8>) {
+    overlay.data.insert(dk.clone(), batch.ops.len());
+    batch.put(Cf::Data, dk, encoded);
 }
 
 fn current_hint(
@@ -149,5 +163,46 @@ fn current_hint(
     match overlay.hints.get(hk) {
         Some(v) => Ok(v.clone()),
         None => engine.get(Cf::Hints, hk),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryEngine;
+
+    #[test]
+    fn mutations_of_one_key_in_one_group_see_each_other() {
+        let engine = MemoryEngine::new();
+        let (mut batch, mut overlay) = (Batch::default(), Overlay::default());
+        let key = Bytes::from("k");
+        let update = |v: &'static str, n: &str| Mutation::Update {
+            key: key.clone(),
+            context: VersionVector::new(),
+            actor: Actor::new(n, 1),
+            value: Some(Bytes::from(v)),
+        };
+        apply(&engine, 16, update("a", "n1"), &mut batch, &mut overlay).unwrap();
+        let Outcome::Set(second) =
+            apply(&engine, 16, update("b", "n1"), &mut batch, &mut overlay).unwrap()
+        else {
+            panic!("an update answers the set");
+        };
+        assert_eq!(second.values().count(), 2, "the second saw the first");
+        let mut remote = SiblingSet::new();
+        remote.update(
+            &VersionVector::new(),
+            &Actor::new("n2", 1),
+            Some("c".into()),
+        );
+        let join = Mutation::Join { key, set: remote };
+        apply(&engine, 16, join, &mut batch, &mut overlay).unwrap();
+
+        engine.write(batch, true).unwrap();
+        let dk = data_key(partition_of(b"k", 16), b"k");
+        let stored = decode_stored(engine.get(Cf::Data, &dk).unwrap().as_deref()).unwrap();
+        let mut values: Vec<_> = stored.values().cloned().collect();
+        values.sort();
+        assert_eq!(values, ["a", "b", "c"]);
     }
 }

@@ -188,12 +188,9 @@ impl Store {
         }
     }
 
-    /// Joins `set` into the stored set of `key`. Returns the stored set after the join.
-    pub async fn join(&self, key: Bytes, set: SiblingSet) -> Result<SiblingSet, StorageError> {
-        match self.submit(Mutation::Join { key, set }).await? {
-            Outcome::Set(s) => Ok(s),
-            Outcome::Done => unreachable!("join returns a set"),
-        }
+    /// Joins `set` into the stored set of `key`.
+    pub async fn join(&self, key: Bytes, set: SiblingSet) -> Result<(), StorageError> {
+        self.submit(Mutation::Join { key, set }).await.map(|_| ())
     }
 
     /// Keeps `set` for `target` as a hint (joined with any hint already held for the key).
