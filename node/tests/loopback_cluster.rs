@@ -380,3 +380,60 @@ async fn a_replica_with_a_corrupt_state_counts_as_not_answering() {
     let read = coordinator::read(&nodes[p[0]], k(), Some(2)).await.unwrap();
     assert_eq!(read.set.values().cloned().collect::<Vec<_>>(), ["v"]);
 }
+
+#[tokio::test]
+async fn puts_and_deletes_sent_to_a_non_replica_are_forwarded_intact() {
+    use dynamo_node::service::kv::KvService;
+    use dynamo_proto::v1::kv_server::Kv;
+    use dynamo_proto::v1::{DeleteRequest, GetRequest, PutRequest};
+    use tonic::Request;
+
+    let (_net, nodes) = cluster(5, 3, 2);
+    let key = b"forwarded";
+    let p = pref(&nodes, key);
+    let outsider = KvService::new(nodes[(0..5).find(|i| !p.contains(i)).unwrap()].clone());
+    let replica = KvService::new(nodes[p[1]].clone());
+    async fn get(svc: &KvService, key: &[u8]) -> dynamo_proto::v1::GetResponse {
+        let req = Request::new(GetRequest {
+            key: key.to_vec(),
+            r: Some(2),
+        });
+        svc.get(req).await.unwrap().into_inner()
+    }
+
+    let put = PutRequest {
+        key: key.to_vec(),
+        value: b"v1".to_vec(),
+        context: Vec::new(),
+        w: Some(2),
+    };
+    let written = outsider.put(Request::new(put)).await.unwrap().into_inner();
+    assert_eq!(written.acks, 2);
+    let read = get(&replica, key).await;
+    assert_eq!(read.siblings.len(), 1);
+    assert_eq!(read.siblings[0].value, b"v1");
+
+    let put = PutRequest {
+        key: key.to_vec(),
+        value: b"v2".to_vec(),
+        context: written.context,
+        w: None,
+    };
+    let written = outsider.put(Request::new(put)).await.unwrap().into_inner();
+    let read = get(&replica, key).await;
+    assert_eq!(read.siblings.len(), 1, "the context superseded v1");
+    assert_eq!(read.siblings[0].value, b"v2");
+
+    let delete = DeleteRequest {
+        key: key.to_vec(),
+        context: written.context,
+        w: None,
+    };
+    outsider.delete(Request::new(delete)).await.unwrap();
+    let read = get(&outsider, key).await;
+    assert!(
+        read.siblings.iter().all(|s| s.tombstone),
+        "{:?}",
+        read.siblings
+    );
+}

@@ -91,6 +91,7 @@ impl KvService {
         }
     }
 
+    /// Coordinates a put (`value` is `Some`) or delete here, or forwards it to a replica.
     async fn do_write(
         &self,
         fwd: bool,
@@ -98,10 +99,22 @@ impl KvService {
         value: Option<Vec<u8>>,
         ctx: Vec<u8>,
         w: Option<u32>,
-        forward: Forward,
     ) -> Result<(Vec<u8>, u32), Status> {
         match coordinator::route(&self.node, &key, fwd)? {
             Route::Forward(targets) => {
+                let forward = match value {
+                    Some(value) => Forward::Put(PutRequest {
+                        key,
+                        value,
+                        context: ctx,
+                        w,
+                    }),
+                    None => Forward::Delete(DeleteRequest {
+                        key,
+                        context: ctx,
+                        w,
+                    }),
+                };
                 match coordinator::forward(&self.node, targets, forward).await? {
                     Forwarded::Put(r) => Ok((r.context, r.acks)),
                     Forwarded::Delete(r) => Ok((r.context, r.acks)),
@@ -135,14 +148,8 @@ impl Kv for KvService {
         let started = Instant::now();
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
-        let (key, value, ctx, w) = (
-            msg.key.clone(),
-            msg.value.clone(),
-            msg.context.clone(),
-            msg.w,
-        );
         let r = self
-            .do_write(fwd, key, Some(value), ctx, w, Forward::Put(msg))
+            .do_write(fwd, msg.key, Some(msg.value), msg.context, msg.w)
             .await;
         self.finish(OpKind::Put, started, r)
             .map(|(context, acks)| Response::new(PutResponse { context, acks }))
@@ -155,10 +162,7 @@ impl Kv for KvService {
         let started = Instant::now();
         let fwd = is_forwarded(&req);
         let msg = req.into_inner();
-        let (key, ctx, w) = (msg.key.clone(), msg.context.clone(), msg.w);
-        let r = self
-            .do_write(fwd, key, None, ctx, w, Forward::Delete(msg))
-            .await;
+        let r = self.do_write(fwd, msg.key, None, msg.context, msg.w).await;
         self.finish(OpKind::Delete, started, r)
             .map(|(context, acks)| Response::new(DeleteResponse { context, acks }))
     }
