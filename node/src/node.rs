@@ -16,7 +16,7 @@ use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::network::{Transport, WriteEntry};
 use crate::storage::StorageError;
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 /// Why [`Node::accept`] refused entries sent by a peer.
 #[derive(Debug, thiserror::Error)]
@@ -112,17 +112,24 @@ impl Node {
             .collect::<Result<Vec<_>, _>>()?;
         let now = self.clock.now_ms();
         let mut hinted = false;
-        let writes = decoded.into_iter().map(|(key, set, hint_for)| {
-            let target = hint_for.filter(|t| t != self.id());
-            hinted |= target.is_some();
-            async move {
-                match target {
-                    Some(t) => self.store.add_hint(t, key, set, now).await,
-                    None => self.store.join(key, set).await,
-                }
-            }
-        });
-        futures::future::try_join_all(writes).await?;
+        let changes = decoded
+            .into_iter()
+            .map(
+                |(key, set, hint_for)| match hint_for.filter(|t| t != self.id()) {
+                    Some(target) => {
+                        hinted = true;
+                        Change::Hint {
+                            target,
+                            key,
+                            set,
+                            now_ms: now,
+                        }
+                    }
+                    None => Change::Join { key, set },
+                },
+            )
+            .collect();
+        self.store.apply_all(changes).await?;
         if hinted {
             self.handoff_wakeup.notify_one();
         }

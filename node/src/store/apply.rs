@@ -36,6 +36,19 @@ pub(super) enum Mutation {
         key: Bytes,
         raw: Vec<u8>,
     },
+    /// Several mutations answered together (stops at the first error; the earlier ones
+    /// stay staged).
+    All(Vec<Mutation>),
+}
+
+impl Mutation {
+    /// How many single-key mutations this is (a group's size is counted in these).
+    pub(super) fn weight(&self) -> usize {
+        match self {
+            Mutation::All(ms) => ms.len().max(1),
+            _ => 1,
+        }
+    }
 }
 
 /// What a mutation answers once applied.
@@ -121,6 +134,12 @@ pub(super) fn apply(
             let raw = encode_hint(created, &joined);
             batch.put(Cf::Hints, hk.clone(), raw.clone());
             overlay.hints.insert(hk, Some(raw));
+            Ok(Outcome::Done)
+        }
+        Mutation::All(ms) => {
+            for m in ms {
+                apply(engine, q, m, batch, overlay)?;
+            }
             Ok(Outcome::Done)
         }
         Mutation::ClearHint { target, key, raw } => {

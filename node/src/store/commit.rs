@@ -13,7 +13,8 @@ use super::apply::{apply, Mutation, Outcome, Overlay};
 use super::stopped;
 use crate::storage::{Batch, Engine, StorageError};
 
-/// Most requests the writer folds into one batch.
+/// Most single-key mutations the writer folds into one batch (a request over the limit
+/// still goes, alone).
 const MAX_GROUP: usize = 512;
 
 type Reply = oneshot::Sender<Result<Outcome, StorageError>>;
@@ -43,11 +44,20 @@ pub(super) fn writer(
     rx: mpsc::Receiver<Request>,
     syncer: Option<mpsc::Sender<Unsynced>>,
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut carried = None;
+    while let Some(first) = carried.take().or_else(|| rx.recv().ok()) {
+        let mut weight = first.mutation.weight();
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while weight < MAX_GROUP {
             match rx.try_recv() {
-                Ok(r) => group.push(r),
+                Ok(r) if weight + r.mutation.weight() > MAX_GROUP => {
+                    carried = Some(r);
+                    break;
+                }
+                Ok(r) => {
+                    weight += r.mutation.weight();
+                    group.push(r);
+                }
                 Err(_) => break,
             }
         }

@@ -83,6 +83,20 @@ fn stopped() -> StorageError {
     StorageError::Engine("store writer has stopped".into())
 }
 
+/// One change of [`Store::apply_all`].
+#[derive(Debug)]
+pub enum Change {
+    /// Join `set` into the stored set of `key`.
+    Join { key: Bytes, set: SiblingSet },
+    /// Keep `set` as a hint for `target` (joined with any hint already held for the key).
+    Hint {
+        target: String,
+        key: Bytes,
+        set: SiblingSet,
+        now_ms: u64,
+    },
+}
+
 /// Sibling sets and hints of one node.
 pub struct Store {
     engine: Arc<dyn Engine>,
@@ -191,6 +205,30 @@ impl Store {
     /// Joins `set` into the stored set of `key`.
     pub async fn join(&self, key: Bytes, set: SiblingSet) -> Result<(), StorageError> {
         self.submit(Mutation::Join { key, set }).await.map(|_| ())
+    }
+
+    /// Applies `changes` as one request to the writer (one group, one reply), and answers
+    /// once all are durable. On an error some of them may have been applied: each is a
+    /// join, so applying them again is harmless.
+    pub async fn apply_all(&self, changes: Vec<Change>) -> Result<(), StorageError> {
+        let mutations = changes
+            .into_iter()
+            .map(|c| match c {
+                Change::Join { key, set } => Mutation::Join { key, set },
+                Change::Hint {
+                    target,
+                    key,
+                    set,
+                    now_ms,
+                } => Mutation::Hint {
+                    target,
+                    key,
+                    set,
+                    now_ms,
+                },
+            })
+            .collect();
+        self.submit(Mutation::All(mutations)).await.map(|_| ())
     }
 
     /// Keeps `set` for `target` as a hint (joined with any hint already held for the key).
@@ -370,6 +408,54 @@ mod tests {
             100,
             "no update lost another"
         );
+    }
+
+    #[tokio::test]
+    async fn apply_all_joins_and_hints_many_keys_at_once() {
+        let s = store();
+        let set = |v: &str, n: &str| {
+            let mut set = SiblingSet::new();
+            set.update(&VersionVector::new(), &Actor::new(n, 1), value(v));
+            set
+        };
+        // More single-key changes than one writer group holds: they still go together.
+        let mut changes: Vec<Change> = (0..600)
+            .map(|i| Change::Join {
+                key: Bytes::from(format!("k{i}")),
+                set: set(&format!("v{i}"), "a"),
+            })
+            .collect();
+        changes.push(Change::Join {
+            key: Bytes::from("k0"),
+            set: set("w0", "b"),
+        });
+        changes.push(Change::Hint {
+            target: "t".into(),
+            key: Bytes::from("h"),
+            set: set("x", "c"),
+            now_ms: 9,
+        });
+        s.apply_all(changes).await.unwrap();
+        for i in 1..600 {
+            let got: Vec<_> = s
+                .read(format!("k{i}").as_bytes())
+                .unwrap()
+                .values()
+                .cloned()
+                .collect();
+            assert_eq!(got, [format!("v{i}")]);
+        }
+        let mut k0: Vec<_> = s.read(b"k0").unwrap().values().cloned().collect();
+        k0.sort();
+        assert_eq!(
+            k0,
+            ["v0", "w0"],
+            "two changes of one key in one request both count"
+        );
+        let held = s.hints_for("t", 10).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].created_ms, 9);
+        assert!(s.read(b"h").unwrap().is_empty(), "a hint is not data");
     }
 
     #[tokio::test]
