@@ -1,7 +1,8 @@
 //! Connections to one node: a few long-lived HTTP/2 channels and a health mark.
 //!
 //! Each channel is one TCP connection (TCP_NODELAY on, so small requests never wait out a
-//! delayed ACK) over which tonic multiplexes every concurrent request. One is enough for
+//! delayed ACK; writes corked, so a request's HEADERS and DATA leave in one segment; see
+//! `dynamo_proto::cork`) over which tonic multiplexes every concurrent request. One is enough for
 //! most callers; a load generator with many workers opens a few so that one connection's
 //! HTTP/2 framing does not become the bottleneck. Channels are lazy and reconnect on
 //! their own; a node whose connection failed is marked down for a short while so that
@@ -10,6 +11,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use dynamo_proto::cork;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
@@ -41,7 +43,7 @@ impl NodeConn {
     pub fn open(addr: &str, settings: &ChannelSettings) -> Result<Self> {
         let endpoint = endpoint(addr, settings)?;
         let channels = (0..settings.channels_per_node.max(1))
-            .map(|_| endpoint.connect_lazy())
+            .map(|_| endpoint.connect_with_connector_lazy(cork::connector()))
             .collect();
         Ok(Self {
             addr: addr.to_string(),
@@ -89,7 +91,8 @@ impl NodeConn {
     }
 }
 
-/// The tonic endpoint for `addr`, with the client's timeouts and TCP_NODELAY.
+/// The tonic endpoint for `addr`, with the client's timeouts (the connector sets
+/// TCP_NODELAY).
 fn endpoint(addr: &str, settings: &ChannelSettings) -> Result<Endpoint> {
     let uri = if addr.contains("://") {
         addr.to_string()

@@ -7,9 +7,10 @@
 //! - `admin.proto`: node identity, partition map, health, hints (`Admin`);
 //! - `replica.proto`: node-to-node replication (`Replica`), not for clients.
 
-#![allow(clippy::all, missing_docs)]
+pub mod cork;
 
 /// Package `dynamo.v1`.
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("dynamo.v1");
 }

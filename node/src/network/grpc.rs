@@ -13,7 +13,7 @@ use dynamo_proto::v1::{
     admin_client::AdminClient, kv_client::KvClient, replica_client::ReplicaClient, NodeInfoRequest,
     ReplicaEntry, ReplicaReadRequest, ReplicaWriteRequest,
 };
-use dynamo_proto::FORWARDED_HEADER;
+use dynamo_proto::{cork, FORWARDED_HEADER};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
@@ -49,7 +49,9 @@ impl Peer {
             // per burst of data frames.
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(16 << 20);
-        let channel = endpoint.connect_lazy();
+        // TCP_NODELAY, and writes corked so that a request's HEADERS and DATA frames
+        // leave in one segment (see `dynamo_proto::cork`).
+        let channel = endpoint.connect_with_connector_lazy(cork::connector());
         let replica = ReplicaClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
