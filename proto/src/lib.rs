@@ -6,6 +6,8 @@
 //! - `kv.proto`: the client API (`Kv`: Get, Put, Delete with opaque causal contexts);
 //! - `admin.proto`: node identity, partition map, health, hints (`Admin`);
 //! - `replica.proto`: node-to-node replication (`Replica`), not for clients.
+//!
+//! [`cork`] is the TCP connector both nodes and clients open their channels with.
 
 pub mod cork;
 
