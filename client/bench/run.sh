@@ -2,15 +2,17 @@
 # Benchmark of a local 3-node cluster (N=3 R=2 W=2, 100-byte values), the numbers the
 # design's performance bar is stated in.
 #
-# For each fsync policy it starts `dynamoctl cluster --wipe` on its own ports and data
-# directory, prefills the keys, then runs `dynamoctl bench --json` for write-only,
-# read-only and 50/50 workloads at each concurrency, several times each (closed loop);
-# then, at the highest concurrency, an open-loop run at half of that median peak rate
-# (`--rate`), the load the latency bar is stated at. Each run also records the CPU
-# seconds the nodes used (from /proc, prefill reads left out), reported per operation.
-# It records every node's peak resident memory (VmHWM) and prints markdown tables of the
-# medians. Every
-# process it starts is stopped on exit, failure or Ctrl-C.
+# It runs in passes. Each pass starts, for each fsync policy in turn, a fresh
+# `dynamoctl cluster --wipe`, prefills the keys and runs `dynamoctl bench --json` once
+# for write-only, read-only and 50/50 workloads at each concurrency (closed loop). The
+# passes repeat, so the runs behind each median are spread over the whole benchmark and
+# both policies sample the same stretch of time: on a shared VM whose speed drifts, that
+# keeps one policy from getting the fast minutes. Then, in passes again, an open-loop run
+# at the highest concurrency at half of that median peak rate (`--rate`), the load the
+# latency bar is stated at. Each run also records the CPU seconds the nodes used (from
+# /proc, prefill reads left out), reported per operation. It records every node's peak
+# resident memory (VmHWM) and prints markdown tables of the medians. Every process it
+# starts is stopped on exit, failure or Ctrl-C.
 #
 # Environment (all optional):
 #   BENCH_DURATION=10s          measured time of one run
@@ -100,19 +102,19 @@ done
 ADDRS=$(seq -s, -f "127.0.0.1:%g" $((BASE_PORT + 1)) $((BASE_PORT + NODES)))
 
 start_cluster() {
-    local policy=$1
+    local policy=$1 log_file=$OUT/cluster-$policy-$2.log
     log "starting a $NODES-node cluster, fsync=$policy"
     "$CTL" cluster --nodes "$NODES" --n 3 --r 2 --w 2 --fsync "$policy" --wipe \
         --data-dir "$DATA/$policy" --base-port "$BASE_PORT" --http-base-port "$HTTP_BASE_PORT" \
-        --node-bin "$NODE_BIN" --ready-timeout 120s >"$OUT/cluster-$policy.log" 2>&1 &
+        --node-bin "$NODE_BIN" --ready-timeout 120s >"$log_file" 2>&1 &
     CLUSTER_PID=$!
     for _ in $(seq 1 1300); do
         if ! kill -0 "$CLUSTER_PID" 2>/dev/null; then
-            tail -n 30 "$OUT/cluster-$policy.log" >&2
+            tail -n 30 "$log_file" >&2
             log "the cluster exited during start-up"
             exit 1
         fi
-        if grep -q "is ready:" "$OUT/cluster-$policy.log"; then
+        if grep -q "is ready:" "$log_file"; then
             NODE_PIDS=$(pgrep -P "$CLUSTER_PID" | tr '\n' ' ')
             log "cluster ready, node pids: $NODE_PIDS"
             return
@@ -171,43 +173,60 @@ measure() {
     echo "{\"policy\":\"$policy\",$fields,\"node_cpu_s\":$cpu,\"result\":$json}" >>"$RESULTS"
 }
 
-for policy in $POLICIES; do
-    start_cluster "$policy"
+# Starts a fresh, prefilled cluster for $policy (run name $1), measuring what the
+# untimed prefill pass of every measured run costs the nodes.
+fresh_cluster() {
+    start_cluster "$policy" "$1"
     log "prefilling $KEYS keys"
     bench --prefill --ops 0 --concurrency 64 >/dev/null
     # What a prefill pass costs the nodes on a filled cluster (one get a key): every
     # measured run starts with one, which node_cpu_s leaves out.
+    local t0
     t0=$(node_ticks)
     bench --prefill --ops 0 --concurrency 64 >/dev/null 2>&1
     PREFILL_TICKS=$(($(node_ticks) - t0))
-    for mix in write read mixed; do
-        ratio=$(read_ratio "$mix")
-        for c in $CONCURRENCY; do
-            for rep in $(seq 1 "$REPS"); do
+}
+
+# Records memory and status, then stops the cluster.
+finish_cluster() {
+    record_memory "$policy"
+    "$CTL" --addr "$ADDRS" status >"$OUT/status-$policy.txt" 2>&1 || true
+    log "stopping the cluster"
+    stop_cluster
+}
+
+for rep in $(seq 1 "$REPS"); do
+    for policy in $POLICIES; do
+        fresh_cluster "peak-$rep"
+        for mix in write read mixed; do
+            ratio=$(read_ratio "$mix")
+            for c in $CONCURRENCY; do
                 log "fsync=$policy $mix c=$c run $rep/$REPS ($DURATION)"
                 # --prefill here only reads (the keys are filled) and hands out contexts.
                 measure "\"mix\":\"$mix\",\"concurrency\":$c,\"rep\":$rep" \
                     --read-ratio "$ratio" --concurrency "$c" --duration "$DURATION" --seed "$rep"
             done
         done
+        finish_cluster
     done
-    # Half of the peak: open loop at half the median closed-loop rate at the highest
-    # concurrency, latency counted from when each request was due.
-    top=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
-    for mix in write read mixed; do
-        ratio=$(read_ratio "$mix")
-        half=$(python3 "$HERE/summarize.py" --half-peak "$RESULTS" "$policy" "$mix" "$top")
-        for rep in $(seq 1 "$REPS"); do
+done
+
+# Half of the peak: open loop at half the median closed-loop rate at the highest
+# concurrency, latency counted from when each request was due.
+top=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
+for rep in $(seq 1 "$REPS"); do
+    for policy in $POLICIES; do
+        fresh_cluster "half-$rep"
+        for mix in write read mixed; do
+            ratio=$(read_ratio "$mix")
+            half=$(python3 "$HERE/summarize.py" --half-peak "$RESULTS" "$policy" "$mix" "$top")
             log "fsync=$policy $mix c=$top at $half ops/s (half of peak) run $rep/$REPS ($DURATION)"
             measure "\"mix\":\"$mix\",\"concurrency\":$top,\"rate\":$half,\"rep\":$rep" \
                 --read-ratio "$ratio" --concurrency "$top" --rate "$half" --duration "$DURATION" \
                 --seed "$rep"
         done
+        finish_cluster
     done
-    record_memory "$policy"
-    "$CTL" --addr "$ADDRS" status >"$OUT/status-$policy.txt" 2>&1 || true
-    log "stopping the cluster"
-    stop_cluster
 done
 
 {

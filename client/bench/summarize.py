@@ -8,7 +8,8 @@ Usage: summarize.py RESULTS.jsonl [MEMORY.jsonl]
 RESULTS lines: {"policy", "mix", "concurrency", "rep", "result": <dynamoctl bench --json>},
 plus "rate" (ops/s) for open-loop runs and "node_cpu_s" (CPU seconds all nodes used in
 the run, prefill reads excluded).
-MEMORY lines: {"policy", "node", "pid", "vm_hwm_kb", "vm_rss_kb"}.
+MEMORY lines: {"policy", "node", "pid", "vm_hwm_kb", "vm_rss_kb"}, one per node per cluster
+started; the table shows the highest of each node's.
 """
 
 import json
@@ -86,16 +87,18 @@ def results_table(rows):
 
 
 def memory_table(rows):
+    """One row per (policy, node): the highest peak and end RSS over its clusters."""
+    worst = {}
+    for row in rows:
+        key = (row["policy"], row["node"])
+        hwm, rss = worst.get(key, (0, 0))
+        worst[key] = (max(hwm, row["vm_hwm_kb"]), max(rss, row["vm_rss_kb"]))
     out = [
         "| fsync | node | peak RSS (VmHWM) MiB | RSS at end MiB |",
         "|---|---|---:|---:|",
     ]
-    for row in sorted(rows, key=lambda r: (r["policy"], r["node"])):
-        out.append(
-            "| {} | {} | {:.1f} | {:.1f} |".format(
-                row["policy"], row["node"], row["vm_hwm_kb"] / 1024, row["vm_rss_kb"] / 1024
-            )
-        )
+    for (policy, node), (hwm, rss) in sorted(worst.items()):
+        out.append("| {} | {} | {:.1f} | {:.1f} |".format(policy, node, hwm / 1024, rss / 1024))
     return "\n".join(out)
 
 
