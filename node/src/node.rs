@@ -102,33 +102,27 @@ impl Node {
     /// Every entry is decoded first, so a corrupt one stores nothing; then all are applied
     /// together (one writer group).
     pub async fn accept(&self, entries: Vec<WriteEntry>) -> Result<(), AcceptError> {
-        let decoded = entries
-            .into_iter()
-            .map(|e| {
-                decode_set(&e.set)
-                    .map(|set| (e.key, set, e.hint_for))
-                    .map_err(|err| AcceptError::Corrupt(err.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let now = self.clock.now_ms();
         let mut hinted = false;
-        let changes = decoded
+        let changes = entries
             .into_iter()
-            .map(
-                |(key, set, hint_for)| match hint_for.filter(|t| t != self.id()) {
+            .map(|e| {
+                let set =
+                    decode_set(&e.set).map_err(|err| AcceptError::Corrupt(err.to_string()))?;
+                Ok(match e.hint_for.filter(|t| t != self.id()) {
                     Some(target) => {
                         hinted = true;
                         Change::Hint {
                             target,
-                            key,
+                            key: e.key,
                             set,
                             now_ms: now,
                         }
                     }
-                    None => Change::Join { key, set },
-                },
-            )
-            .collect();
+                    None => Change::Join { key: e.key, set },
+                })
+            })
+            .collect::<Result<Vec<_>, AcceptError>>()?;
         self.store.apply_all(changes).await?;
         if hinted {
             self.handoff_wakeup.notify_one();
