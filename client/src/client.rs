@@ -25,21 +25,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_proto::v1::admin_client::AdminClient;
-use dynamo_proto::v1::kv_client::KvClient;
 use dynamo_proto::v1::{
-    ClusterHealthRequest, ClusterHealthResponse, DeleteRequest, GetRequest, HintsRequest,
-    HintsResponse, NodeInfoRequest, NodeInfoResponse, PartitionMapRequest, PartitionMapResponse,
-    PutRequest,
+    session_request::Op, session_response::Result as Answer, ClusterHealthRequest,
+    ClusterHealthResponse, DeleteRequest, DeleteResponse, GetRequest, HintsRequest, HintsResponse,
+    NodeInfoRequest, NodeInfoResponse, PartitionMapRequest, PartitionMapResponse, PutRequest,
+    PutResponse,
 };
 use tonic::transport::Channel;
 
 use crate::context::Context;
-use crate::error::{Error, Result};
-use crate::pool::{split_addrs, ChannelSettings, NodeConn};
+use crate::error::{Error, Origin, Result};
+use crate::pool::{split_addrs, ChannelSettings, NodeConn, MAX_MESSAGE_BYTES};
 use crate::routing::Routes;
-
-/// Largest response the client accepts: several siblings of the largest allowed value.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How to connect. Build with [`ClientConfig::new`], adjust fields, then
 /// [`ClientConfig::connect`].
@@ -194,9 +191,14 @@ impl Client {
             r,
         };
         let resp = self
-            .call(Some(key), true, |ch| {
+            .call(Some(key), true, |node| {
                 let req = req.clone();
-                async move { kv(ch).get(req).await }
+                async move {
+                    match node.kv(Op::Get(req)).await? {
+                        Answer::Get(resp) => Ok(resp),
+                        other => Err(mismatched("get", &other)),
+                    }
+                }
             })
             .await?;
         let siblings = resp
@@ -246,10 +248,15 @@ impl Client {
             context: context.as_bytes().to_vec(),
             w,
         };
-        let resp = self
-            .call(Some(key), false, |ch| {
+        let resp: PutResponse = self
+            .call(Some(key), false, |node| {
                 let req = req.clone();
-                async move { kv(ch).put(req).await }
+                async move {
+                    match node.kv(Op::Put(req)).await? {
+                        Answer::Put(resp) => Ok(resp),
+                        other => Err(mismatched("put", &other)),
+                    }
+                }
             })
             .await?;
         Ok(WriteResult {
@@ -281,10 +288,15 @@ impl Client {
             context: context.as_bytes().to_vec(),
             w,
         };
-        let resp = self
-            .call(Some(key), false, |ch| {
+        let resp: DeleteResponse = self
+            .call(Some(key), false, |node| {
                 let req = req.clone();
-                async move { kv(ch).delete(req).await }
+                async move {
+                    match node.kv(Op::Delete(req)).await? {
+                        Answer::Delete(resp) => Ok(resp),
+                        other => Err(mismatched("delete", &other)),
+                    }
+                }
             })
             .await?;
         Ok(WriteResult {
@@ -295,32 +307,40 @@ impl Client {
 
     /// Identity and settings of the node that answers.
     pub async fn node_info(&self) -> Result<NodeInfoResponse> {
-        self.call(None, true, |ch| async move {
-            admin(ch).node_info(NodeInfoRequest {}).await
+        self.call(None, true, |node| async move {
+            let resp = admin(node.channel()).node_info(NodeInfoRequest {}).await?;
+            Ok(resp.into_inner())
         })
         .await
     }
 
     /// The partition map as the node that answers knows it.
     pub async fn partition_map(&self) -> Result<PartitionMapResponse> {
-        self.call(None, true, |ch| async move {
-            admin(ch).partition_map(PartitionMapRequest {}).await
+        self.call(None, true, |node| async move {
+            let resp = admin(node.channel())
+                .partition_map(PartitionMapRequest {})
+                .await?;
+            Ok(resp.into_inner())
         })
         .await
     }
 
     /// The health of every member as the node that answers sees it.
     pub async fn cluster_health(&self) -> Result<ClusterHealthResponse> {
-        self.call(None, true, |ch| async move {
-            admin(ch).cluster_health(ClusterHealthRequest {}).await
+        self.call(None, true, |node| async move {
+            let resp = admin(node.channel())
+                .cluster_health(ClusterHealthRequest {})
+                .await?;
+            Ok(resp.into_inner())
         })
         .await
     }
 
     /// The hinted-handoff backlog of the node that answers.
     pub async fn hints(&self) -> Result<HintsResponse> {
-        self.call(None, true, |ch| async move {
-            admin(ch).hints(HintsRequest {}).await
+        self.call(None, true, |node| async move {
+            let resp = admin(node.channel()).hints(HintsRequest {}).await?;
+            Ok(resp.into_inner())
         })
         .await
     }
@@ -346,18 +366,17 @@ impl Client {
     /// says.
     async fn call<T, F, Fut>(&self, key: Option<&[u8]>, idempotent: bool, f: F) -> Result<T>
     where
-        F: Fn(Channel) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+        F: Fn(Arc<NodeConn>) -> Fut,
+        Fut: Future<Output = Result<T>>,
     {
         let mut last = None;
         for node in self.candidates(key, idempotent) {
-            match f(node.channel()).await {
+            match f(node.clone()).await {
                 Ok(resp) => {
                     node.mark_up();
-                    return Ok(resp.into_inner());
+                    return Ok(resp);
                 }
-                Err(status) => {
-                    let err = Error::from(status);
+                Err(err) => {
                     if err.is_connect_failure() {
                         node.mark_down();
                     }
@@ -401,8 +420,19 @@ impl Client {
     }
 }
 
-fn kv(ch: Channel) -> KvClient<Channel> {
-    KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES)
+/// A node answered a request with the answer to another kind of request.
+fn mismatched(asked: &str, got: &Answer) -> Error {
+    let got = match got {
+        Answer::Get(_) => "a get's answer",
+        Answer::Put(_) => "a put's answer",
+        Answer::Delete(_) => "a delete's answer",
+        Answer::Error(_) => "an error",
+    };
+    Error::Status {
+        code: tonic::Code::Internal,
+        message: format!("the node answered a {asked} with {got}"),
+        origin: Origin::Node,
+    }
 }
 
 fn admin(ch: Channel) -> AdminClient<Channel> {

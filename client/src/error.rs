@@ -24,7 +24,7 @@ pub enum Origin {
 }
 
 /// Everything a client call can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// The node answered with a gRPC status, or the transport failed (then tonic reports
     /// it as a status too, usually `UNAVAILABLE`; `origin` tells which).

@@ -26,6 +26,7 @@ pub mod error;
 pub mod local_cluster;
 mod pool;
 mod routing;
+mod session;
 
 pub use client::{Client, ClientConfig, GetResult, Sibling, WriteResult};
 pub use context::Context;

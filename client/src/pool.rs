@@ -1,20 +1,27 @@
-//! Connections to one node: a few long-lived HTTP/2 channels and a health mark.
+//! Connections to one node: a few long-lived HTTP/2 channels, a `Kv.Session` on each, and
+//! a health mark.
 //!
 //! Each channel is one TCP connection (TCP_NODELAY on, so small requests never wait out a
 //! delayed ACK; writes corked, so a request's HEADERS and DATA leave in one segment; see
-//! `dynamo_proto::cork`) over which tonic multiplexes every concurrent request. One is enough for
-//! most callers; a load generator with many workers opens a few so that one connection's
-//! HTTP/2 framing does not become the bottleneck. Channels are lazy and reconnect on
-//! their own; a node whose connection failed is marked down for a short while so that
-//! callers try the others first.
+//! `dynamo_proto::cork`) over which tonic multiplexes every concurrent request. Gets, puts
+//! and deletes go through the channel's session (see [`crate::session`]), reopened when it
+//! closes; admin calls are unary. One channel is enough for most callers. Channels are
+//! lazy and reconnect on their own; a node whose connection failed is marked down for a
+//! short while so that callers try the others first.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynamo_proto::cork;
+use dynamo_proto::v1::{session_request, session_response};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
+use crate::session::{CallError, Session};
+
+/// Largest response the client accepts: several siblings of the largest allowed value.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Settings of the channels to one node.
 #[derive(Clone, Debug)]
@@ -30,6 +37,9 @@ pub(crate) struct ChannelSettings {
 pub(crate) struct NodeConn {
     addr: String,
     channels: Vec<Channel>,
+    /// The session on each channel, opened on first use and reopened once closed.
+    sessions: Vec<Mutex<Option<Arc<Session>>>>,
+    request_timeout: Duration,
     next: AtomicUsize,
     /// Milliseconds since `epoch` until which the node counts as down; 0 = up.
     down_until_ms: AtomicU64,
@@ -42,12 +52,14 @@ impl NodeConn {
     /// Must be called inside a tokio runtime.
     pub fn open(addr: &str, settings: &ChannelSettings) -> Result<Self> {
         let endpoint = endpoint(addr, settings)?;
-        let channels = (0..settings.channels_per_node.max(1))
+        let channels: Vec<Channel> = (0..settings.channels_per_node.max(1))
             .map(|_| endpoint.connect_with_connector_lazy(cork::connector()))
             .collect();
         Ok(Self {
             addr: addr.to_string(),
+            sessions: channels.iter().map(|_| Mutex::new(None)).collect(),
             channels,
+            request_timeout: settings.request_timeout,
             next: AtomicUsize::new(0),
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -62,8 +74,45 @@ impl NodeConn {
 
     /// The next channel, round-robin.
     pub fn channel(&self) -> Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+        self.channels[self.turn()].clone()
+    }
+
+    fn turn(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len()
+    }
+
+    /// The open session on channel `i`, opening a new one if there is none or it closed.
+    fn session(&self, i: usize) -> Arc<Session> {
+        let mut slot = self.sessions[i].lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(s) if !s.is_closed() => s.clone(),
+            _ => {
+                let s = Arc::new(Session::open(self.channels[i].clone(), MAX_MESSAGE_BYTES));
+                *slot = Some(s.clone());
+                s
+            }
+        }
+    }
+
+    /// Sends a get, put or delete through the next channel's session and waits for its
+    /// answer, at most the request timeout.
+    pub async fn kv(&self, op: session_request::Op) -> Result<session_response::Result> {
+        let i = self.turn();
+        let mut op = op;
+        // A session that closed before taking the request never sent it: open another.
+        // Twice is enough: a session opened just now closes only by failing.
+        for _ in 0..2 {
+            match self.session(i).call(op, self.request_timeout).await {
+                Ok(result) => return Ok(result),
+                Err(CallError::Failed(e)) => return Err(e),
+                Err(CallError::Closed(back)) => op = back,
+            }
+        }
+        Err(Error::Status {
+            code: tonic::Code::Unavailable,
+            message: format!("sessions to {} keep closing", self.addr),
+            origin: crate::error::Origin::Connect,
+        })
     }
 
     /// Whether a recent connection failure marks this node as down.
@@ -105,6 +154,9 @@ fn endpoint(addr: &str, settings: &ChannelSettings) -> Result<Endpoint> {
     })?;
     Ok(endpoint
         .tcp_nodelay(true)
+        // A session's responses share one stream: room for many in flight.
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.request_timeout)
         .http2_keep_alive_interval(Duration::from_secs(30))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dynamo_client::bench::{self, BenchConfig, Stop};
 use dynamo_client::{Client, ClientConfig, Context};
-use support::{dead_addr, FakeNode};
+use support::{dead_addr, FakeNode, Proxy};
 
 #[tokio::test]
 async fn put_get_delete_round_trip() {
@@ -112,6 +112,104 @@ async fn fails_over_from_an_unreachable_node() {
         client.node_info().await.unwrap();
     }
     assert_eq!(live.calls(), 12);
+}
+
+#[tokio::test]
+async fn requests_share_one_session_and_a_slow_one_times_out_alone() {
+    let node = FakeNode::start("node-1").await;
+    let mut config = ClientConfig::new(&[node.addr.to_string()]);
+    config.request_timeout = Duration::from_millis(300);
+    let client = config.connect().await.unwrap();
+
+    let puts: Vec<_> = (0..50)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let key = format!("k{i}");
+                client
+                    .put(&key, format!("v{i}"), &Context::empty(), None)
+                    .await
+            })
+        })
+        .collect();
+    let hang = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("hang", None).await })
+    };
+    for p in puts {
+        p.await.unwrap().unwrap();
+    }
+    for i in 0..50 {
+        let got = client.get(format!("k{i}"), None).await.unwrap();
+        let want = format!("v{i}");
+        assert_eq!(
+            got.values().collect::<Vec<_>>(),
+            [&want],
+            "each answer is its own"
+        );
+    }
+    let err = hang.await.unwrap().unwrap_err();
+    assert_eq!(err.category(), "CANCELLED", "{err}");
+    assert!(err.message().contains("Timeout expired"), "{err}");
+    assert!(
+        err.is_transport_failure() && !err.is_connect_failure(),
+        "{err}"
+    );
+
+    // The session outlived the timeout: everything went over one.
+    client.get("k0", None).await.unwrap();
+    assert_eq!(node.sessions(), 1);
+}
+
+#[tokio::test]
+async fn a_broken_session_fails_what_is_in_flight_and_the_next_request_reopens() {
+    let node = FakeNode::start("node-1").await;
+    let proxy = Proxy::start(node.addr).await;
+    let mut config = ClientConfig::new(&[proxy.addr.to_string()]);
+    config.request_timeout = Duration::from_secs(20);
+    let client = config.connect().await.unwrap();
+    client.put("k", "v", &Context::empty(), None).await.unwrap();
+
+    let hang = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("hang", None).await })
+    };
+    // Let the get reach the node, then break the connection under it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while node.calls() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the get reaches the node");
+    proxy.cut();
+    let err = tokio::time::timeout(Duration::from_secs(10), hang)
+        .await
+        .expect("the broken session fails its requests at once")
+        .unwrap()
+        .unwrap_err();
+    assert!(err.is_transport_failure(), "{err}");
+    assert!(
+        !err.is_connect_failure(),
+        "a request in flight may have been applied: {err}"
+    );
+
+    // The next request opens a new session (the channel reconnects) and succeeds.
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.get("k", None).await {
+                Ok(got) => break got,
+                Err(e) => {
+                    assert!(e.is_transport_failure(), "{e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a new session within 10 s");
+    assert_eq!(got.values().collect::<Vec<_>>(), ["v"]);
+    assert!(node.sessions() >= 2, "{} sessions", node.sessions());
 }
 
 #[tokio::test]

@@ -3,13 +3,16 @@
 //! The `.proto` files in `proto/dynamo/v1/` are the one source of truth; generate clients
 //! in other languages from them:
 //!
-//! - `kv.proto`: the client API (`Kv`: Get, Put, Delete with opaque causal contexts);
+//! - `kv.proto`: the client API (`Kv`: Get, Put, Delete with opaque causal contexts, and
+//!   Session, the same requests multiplexed over one stream);
 //! - `admin.proto`: node identity, partition map, health, hints (`Admin`);
 //! - `replica.proto`: node-to-node replication (`Replica`), not for clients.
 //!
-//! [`cork`] is the TCP connector both nodes and clients open their channels with.
+//! [`cork`] is the TCP connector both nodes and clients open their channels with;
+//! [`session`] serves `Kv.Session` for any handler of single requests.
 
 pub mod cork;
+pub mod session;
 
 /// Package `dynamo.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -6,7 +6,7 @@
 //! Contexts are lists of sibling sequence numbers (8 bytes each): a put removes the
 //! siblings its context lists and adds one, like the real store's causal contexts do
 //! for a single node. Key `fail-quorum` answers UNAVAILABLE, an empty key
-//! INVALID_ARGUMENT.
+//! INVALID_ARGUMENT; a get of key `hang` sent through a session never answers.
 
 #![allow(dead_code)]
 
@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use dynamo_client::proto::admin_server::{Admin, AdminServer};
 use dynamo_client::proto::kv_server::{Kv, KvServer};
 use dynamo_client::proto::*;
-use tonic::{Request, Response, Status};
+use dynamo_proto::session;
+use tonic::{Request, Response, Status, Streaming};
 
 /// One stored version.
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ pub struct State {
     seq: AtomicU64,
     /// Requests served (Kv only).
     pub calls: AtomicU64,
+    /// Kv sessions opened.
+    pub sessions: AtomicU64,
     /// Most siblings any key ever had.
     pub max_siblings: AtomicU64,
     /// Map members (id, addr) for PartitionMap.
@@ -142,6 +145,40 @@ impl Kv for Fake {
             acks: req.w.unwrap_or(2),
         }))
     }
+
+    type SessionStream = session::ResponseStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        self.0.sessions.fetch_add(1, Ordering::Relaxed);
+        let fake = self.clone();
+        let handler = move |op| {
+            let fake = fake.clone();
+            async move {
+                use session_request::Op;
+                use session_response::Result as R;
+                match op {
+                    Op::Get(g) if g.key == b"hang" => {
+                        fake.0.calls.fetch_add(1, Ordering::Relaxed);
+                        std::future::pending::<()>().await;
+                        unreachable!()
+                    }
+                    Op::Get(g) => Ok(R::Get(fake.get(Request::new(g)).await?.into_inner())),
+                    Op::Put(p) => Ok(R::Put(fake.put(Request::new(p)).await?.into_inner())),
+                    Op::Delete(d) => {
+                        Ok(R::Delete(fake.delete(Request::new(d)).await?.into_inner()))
+                    }
+                }
+            }
+        };
+        Ok(Response::new(session::serve(
+            req.into_inner(),
+            session::MAX_IN_FLIGHT,
+            handler,
+        )))
+    }
 }
 
 #[tonic::async_trait]
@@ -245,6 +282,44 @@ impl FakeNode {
 
     pub fn calls(&self) -> u64 {
         self.state.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn sessions(&self) -> u64 {
+        self.state.sessions.load(Ordering::Relaxed)
+    }
+}
+
+/// A TCP proxy on loopback whose connections can be cut, to break a client's streams.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    /// Forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let registry = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                registry.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { addr, conns }
+    }
+
+    /// Closes every connection made so far; new ones are forwarded again.
+    pub fn cut(&self) {
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
     }
 }
 

@@ -5,12 +5,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use dynamo_core::{context, SiblingSet};
+use dynamo_proto::session::{self, ResponseStream};
 use dynamo_proto::v1::kv_server::Kv;
 use dynamo_proto::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, Sibling,
+    session_request, session_response, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
+    PutRequest, PutResponse, SessionRequest, Sibling,
 };
 use dynamo_proto::FORWARDED_HEADER;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::coordinator::{self, Route};
 use crate::metrics::{OpKind, Outcome};
@@ -18,6 +20,7 @@ use crate::network::{Forward, Forwarded};
 use crate::node::Node;
 
 /// The client API of a node.
+#[derive(Clone)]
 pub struct KvService {
     node: Arc<Node>,
 }
@@ -70,9 +73,7 @@ pub fn get_response(node: &Node, set: &SiblingSet, replies: usize) -> GetRespons
 }
 
 impl KvService {
-    async fn do_get(&self, req: Request<GetRequest>) -> Result<GetResponse, Status> {
-        let fwd = is_forwarded(&req);
-        let msg = req.into_inner();
+    async fn do_get(&self, fwd: bool, msg: GetRequest) -> Result<GetResponse, Status> {
         match coordinator::route(&self.node, &msg.key, fwd)? {
             Route::Forward(targets) => {
                 match coordinator::forward(&self.node, targets, Forward::Get(msg)).await? {
@@ -134,36 +135,78 @@ impl KvService {
             }
         }
     }
+
+    async fn get_one(&self, fwd: bool, msg: GetRequest) -> Result<GetResponse, Status> {
+        let started = Instant::now();
+        let r = self.do_get(fwd, msg).await;
+        self.finish(OpKind::Get, started, r)
+    }
+
+    async fn put_one(&self, fwd: bool, msg: PutRequest) -> Result<PutResponse, Status> {
+        let started = Instant::now();
+        let r = self
+            .do_write(fwd, msg.key, Some(msg.value), msg.context, msg.w)
+            .await;
+        self.finish(OpKind::Put, started, r)
+            .map(|(context, acks)| PutResponse { context, acks })
+    }
+
+    async fn delete_one(&self, fwd: bool, msg: DeleteRequest) -> Result<DeleteResponse, Status> {
+        let started = Instant::now();
+        let r = self.do_write(fwd, msg.key, None, msg.context, msg.w).await;
+        self.finish(OpKind::Delete, started, r)
+            .map(|(context, acks)| DeleteResponse { context, acks })
+    }
+
+    /// One request of a session (never a forwarded one: nodes forward with unary calls).
+    async fn session_one(
+        self,
+        op: session_request::Op,
+    ) -> Result<session_response::Result, Status> {
+        use session_request::Op;
+        use session_response::Result as R;
+        match op {
+            Op::Get(msg) => self.get_one(false, msg).await.map(R::Get),
+            Op::Put(msg) => self.put_one(false, msg).await.map(R::Put),
+            Op::Delete(msg) => self.delete_one(false, msg).await.map(R::Delete),
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let started = Instant::now();
-        let r = self.do_get(req).await;
-        self.finish(OpKind::Get, started, r).map(Response::new)
+        let fwd = is_forwarded(&req);
+        self.get_one(fwd, req.into_inner()).await.map(Response::new)
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let started = Instant::now();
         let fwd = is_forwarded(&req);
-        let msg = req.into_inner();
-        let r = self
-            .do_write(fwd, msg.key, Some(msg.value), msg.context, msg.w)
-            .await;
-        self.finish(OpKind::Put, started, r)
-            .map(|(context, acks)| Response::new(PutResponse { context, acks }))
+        self.put_one(fwd, req.into_inner()).await.map(Response::new)
     }
 
     async fn delete(
         &self,
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let started = Instant::now();
         let fwd = is_forwarded(&req);
-        let msg = req.into_inner();
-        let r = self.do_write(fwd, msg.key, None, msg.context, msg.w).await;
-        self.finish(OpKind::Delete, started, r)
-            .map(|(context, acks)| Response::new(DeleteResponse { context, acks }))
+        self.delete_one(fwd, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type SessionStream = ResponseStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let svc = self.clone();
+        let handler = move |op| svc.clone().session_one(op);
+        Ok(Response::new(session::serve(
+            req.into_inner(),
+            session::MAX_IN_FLIGHT,
+            handler,
+        )))
     }
 }

@@ -1,0 +1,233 @@
+//! The server side of `Kv.Session`: many requests multiplexed over one bidirectional
+//! stream (see `kv.proto`).
+//!
+//! [`serve`] reads the session's requests, runs each on its own task through a handler
+//! (the same code the unary calls run) and sends each response, tagged with its request's
+//! id, as soon as it is ready. At most `max_in_flight` requests run at once; at the limit
+//! it stops reading, so HTTP/2 flow control holds back a client that sends faster than
+//! the node answers, and a client that stops reading responses stops being served.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+
+use crate::v1::{session_request, session_response, RequestError, SessionRequest, SessionResponse};
+
+/// Requests of one session a node works on at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// The responses of a session, as a tonic server method returns them.
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
+
+/// A session request's outcome as it goes on the wire.
+pub fn to_result(r: Result<session_response::Result, Status>) -> session_response::Result {
+    r.unwrap_or_else(|s| {
+        session_response::Result::Error(RequestError {
+            code: s.code() as i32,
+            message: s.message().to_owned(),
+        })
+    })
+}
+
+/// Serves the requests of `inbound` (a `tonic::Streaming<SessionRequest>`) with
+/// `handler`, at most `max_in_flight` at once.
+/// A request without an operation gets `INVALID_ARGUMENT`. The response stream ends after
+/// the last response once the client has closed its side, or with the error that broke
+/// the inbound stream.
+pub fn serve<S, H, F>(inbound: S, max_in_flight: usize, handler: H) -> ResponseStream
+where
+    S: Stream<Item = Result<SessionRequest, Status>> + Send + Unpin + 'static,
+    H: Fn(session_request::Op) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<session_response::Result, Status>> + Send + 'static,
+{
+    let max_in_flight = max_in_flight.max(1);
+    let (tx, rx) = mpsc::channel(max_in_flight);
+    tokio::spawn(read_requests(inbound, max_in_flight, handler, tx));
+    Box::pin(ReceiverStream::new(rx))
+}
+
+async fn read_requests<S, H, F>(
+    mut inbound: S,
+    max_in_flight: usize,
+    handler: H,
+    tx: mpsc::Sender<Result<SessionResponse, Status>>,
+) where
+    S: Stream<Item = Result<SessionRequest, Status>> + Send + Unpin + 'static,
+    H: Fn(session_request::Op) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<session_response::Result, Status>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let req = match inbound.next().await {
+            Some(Ok(req)) => req,
+            None => return,
+            Some(Err(status)) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
+        let work = req.op.map(&handler);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = match work {
+                Some(work) => work.await,
+                None => Err(Status::invalid_argument(format!(
+                    "session request {} has no operation (get, put or delete)",
+                    req.id
+                ))),
+            };
+            let resp = SessionResponse {
+                id: req.id,
+                result: Some(to_result(result)),
+            };
+            // The client may have gone; the request is done either way.
+            let _ = tx.send(Ok(resp)).await;
+            drop(slot);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{GetRequest, GetResponse, PutRequest, PutResponse};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    fn get(id: u64, key: &str) -> Result<SessionRequest, Status> {
+        Ok(SessionRequest {
+            id,
+            op: Some(session_request::Op::Get(GetRequest {
+                key: key.into(),
+                r: None,
+            })),
+        })
+    }
+
+    /// Answers a get with the key's length in `replies` after sleeping that many ms; a
+    /// put of key "bad" fails.
+    async fn handle(op: session_request::Op) -> Result<session_response::Result, Status> {
+        match op {
+            session_request::Op::Get(g) => {
+                tokio::time::sleep(Duration::from_millis(g.key.len() as u64)).await;
+                Ok(session_response::Result::Get(GetResponse {
+                    replies: g.key.len() as u32,
+                    ..GetResponse::default()
+                }))
+            }
+            session_request::Op::Put(p) if p.key == b"bad" => {
+                Err(Status::invalid_argument("bad key"))
+            }
+            session_request::Op::Put(_) => {
+                Ok(session_response::Result::Put(PutResponse::default()))
+            }
+            session_request::Op::Delete(_) => Err(Status::unimplemented("no deletes")),
+        }
+    }
+
+    async fn collect(s: ResponseStream) -> Vec<Result<SessionResponse, Status>> {
+        tokio::time::timeout(Duration::from_secs(10), s.collect::<Vec<_>>())
+            .await
+            .expect("the response stream ends")
+    }
+
+    #[tokio::test]
+    async fn responses_carry_their_ids_in_the_order_requests_finish() {
+        // The slow request (10 ms) was sent first but finishes last.
+        let inbound = tokio_stream::iter(vec![get(7, "0123456789"), get(8, "a"), get(9, "ab")]);
+        let out = collect(serve(inbound, 16, handle)).await;
+        let got: Vec<(u64, u32)> = out
+            .into_iter()
+            .map(|r| {
+                let r = r.unwrap();
+                match r.result {
+                    Some(session_response::Result::Get(g)) => (r.id, g.replies),
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got.last(), Some(&(7, 10)), "{got:?}");
+        assert!(got.contains(&(8, 1)) && got.contains(&(9, 2)), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_is_its_own_response_and_the_session_goes_on() {
+        let put = |id, key: &str| {
+            Ok(SessionRequest {
+                id,
+                op: Some(session_request::Op::Put(PutRequest {
+                    key: key.into(),
+                    ..PutRequest::default()
+                })),
+            })
+        };
+        let empty = Ok(SessionRequest { id: 3, op: None });
+        let inbound = tokio_stream::iter(vec![put(1, "bad"), empty, put(2, "fine")]);
+        let mut out: Vec<SessionResponse> = collect(serve(inbound, 1, handle))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        out.sort_by_key(|r| r.id);
+        match &out[0].result {
+            Some(session_response::Result::Error(e)) => {
+                assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+                assert_eq!(e.message, "bad key");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            out[1].result,
+            Some(session_response::Result::Put(_))
+        ));
+        match &out[2].result {
+            Some(session_response::Result::Error(e)) => {
+                assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+                assert!(e.message.contains("no operation"), "{}", e.message);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_inbound_stream_ends_the_responses_with_its_error() {
+        let inbound = tokio_stream::iter(vec![get(1, "a"), Err(Status::data_loss("cut"))]);
+        let out = collect(serve(inbound, 4, handle)).await;
+        let err = out
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("the stream's error is passed on");
+        assert_eq!(err.code(), tonic::Code::DataLoss);
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_in_flight_requests_run_at_once() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (r, m) = (running.clone(), most.clone());
+        let handler = move |_op| {
+            let (r, m) = (r.clone(), m.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(session_response::Result::Get(GetResponse::default()))
+            }
+        };
+        let inbound = tokio_stream::iter((0..40).map(|i| get(i, "k")).collect::<Vec<_>>());
+        let out = collect(serve(inbound, 3, handler)).await;
+        assert_eq!(out.len(), 40);
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most} ran at once");
+    }
+}
