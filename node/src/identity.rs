@@ -87,7 +87,7 @@ pub fn open(
         incarnation.to_be_bytes().to_vec(),
     );
     b.delete(Cf::Meta, CLEAN_SHUTDOWN.to_vec());
-    engine.write(b, true)?;
+    engine.write(&b, true)?;
     Ok(Identity {
         node_id: node_id.into(),
         incarnation,
@@ -100,7 +100,7 @@ pub fn mark_clean_shutdown(engine: &dyn Engine) -> Result<(), StorageError> {
     engine.sync()?;
     let mut b = Batch::default();
     b.put(Cf::Meta, CLEAN_SHUTDOWN.to_vec(), vec![1]);
-    engine.write(b, true)
+    engine.write(&b, true)
 }
 
 /// A random incarnation different from `previous` and from 0.

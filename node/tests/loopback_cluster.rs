@@ -360,7 +360,7 @@ async fn a_replica_with_a_corrupt_state_counts_as_not_answering() {
     let mut batch = Batch::default();
     let partition = nodes[0].map.partition_of(key);
     batch.put(Cf::Data, data_key(partition, key), vec![0xff, 1, 2, 3]);
-    nodes[p[1]].store.engine().write(batch, true).unwrap();
+    nodes[p[1]].store.engine().write(&batch, true).unwrap();
 
     let err = coordinator::read(&nodes[p[0]], k(), Some(3))
         .await

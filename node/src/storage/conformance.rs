@@ -7,7 +7,7 @@ use super::{Batch, Cf, Engine};
 fn put(e: &dyn Engine, cf: Cf, k: &[u8], v: &[u8]) {
     let mut b = Batch::default();
     b.put(cf, k.to_vec(), v.to_vec());
-    e.write(b, false).unwrap();
+    e.write(&b, false).unwrap();
 }
 
 fn get_put_delete(e: &dyn Engine) {
@@ -23,7 +23,7 @@ fn get_put_delete(e: &dyn Engine) {
     assert_eq!(e.get(Cf::Data, b"k").unwrap().as_deref(), Some(&b"v2"[..]));
     let mut b = Batch::default();
     b.delete(Cf::Data, b"k".to_vec());
-    e.write(b, true).unwrap();
+    e.write(&b, true).unwrap();
     assert_eq!(e.get(Cf::Data, b"k").unwrap(), None);
 }
 
@@ -32,7 +32,7 @@ fn batches_are_atomic_and_ordered(e: &dyn Engine) {
     b.put(Cf::Meta, b"a".to_vec(), b"1".to_vec());
     b.put(Cf::Meta, b"a".to_vec(), b"2".to_vec());
     b.put(Cf::Hints, b"h".to_vec(), b"x".to_vec());
-    e.write(b, true).unwrap();
+    e.write(&b, true).unwrap();
     assert_eq!(e.get(Cf::Meta, b"a").unwrap().as_deref(), Some(&b"2"[..]));
     assert_eq!(e.get(Cf::Hints, b"h").unwrap().as_deref(), Some(&b"x"[..]));
 }
@@ -63,7 +63,7 @@ fn range_delete(e: &dyn Engine) {
     }
     let mut b = Batch::default();
     b.delete_range(Cf::Data, b"p1".to_vec(), b"p2".to_vec());
-    e.write(b, false).unwrap();
+    e.write(&b, false).unwrap();
     assert_eq!(e.get(Cf::Data, b"p1a").unwrap(), None);
     assert_eq!(e.get(Cf::Data, b"p1b").unwrap(), None);
     assert!(e.get(Cf::Data, b"p2a").unwrap().is_some());
@@ -113,7 +113,7 @@ fn memory_engine_crash_drops_only_unsynced_writes() {
     put(&e, Cf::Data, b"unsynced", b"2");
     let mut b = Batch::default();
     b.put(Cf::Data, b"synced-write".to_vec(), b"3".to_vec());
-    e.write(b, true).unwrap();
+    e.write(&b, true).unwrap();
     put(&e, Cf::Data, b"lost", b"4");
     e.crash();
     assert!(e.get(Cf::Data, b"synced").unwrap().is_some());

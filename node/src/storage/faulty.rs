@@ -68,7 +68,7 @@ impl Engine for FaultyEngine {
         self.inner.get(cf, key)
     }
 
-    fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StorageError> {
         if sync {
             self.sync()?;
         } else if self.gate_writes.load(Ordering::SeqCst) {

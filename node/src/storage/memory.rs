@@ -79,10 +79,10 @@ impl Engine for MemoryEngine {
             .cloned())
     }
 
-    fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StorageError> {
         let mut s = self.state.lock();
-        apply(&mut s.current, &batch);
-        s.unsynced.push(batch);
+        apply(&mut s.current, batch);
+        s.unsynced.push(batch.clone());
         if sync {
             Self::sync_locked(&mut s);
         }

@@ -95,7 +95,7 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Applies a batch atomically. With `sync`, the batch is on disk when this returns;
     /// without, it survives a process crash but not necessarily a machine crash.
-    fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError>;
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StorageError>;
 
     /// Up to `limit` entries with keys starting with `prefix` and at or after `start`,
     /// in key order.

@@ -10,6 +10,7 @@ use dynamo_core::codec::{decode_set, encode_set};
 use dynamo_core::ring::partition_of;
 use dynamo_core::{Actor, SiblingSet, VersionVector};
 
+use super::recent::Recent;
 use crate::storage::keys::{data_key, hint_key};
 use crate::storage::{Batch, Cf, Engine, Op, StorageError};
 
@@ -91,6 +92,7 @@ pub(super) struct Overlay {
 
 pub(super) fn apply(
     engine: &dyn Engine,
+    recent: &mut Recent,
     q: u32,
     m: Mutation,
     batch: &mut Batch,
@@ -104,14 +106,14 @@ pub(super) fn apply(
             value,
         } => {
             let dk = data_key(partition_of(&key, q), &key);
-            let mut set = current(engine, batch, overlay, &dk)?;
+            let mut set = current(engine, recent, batch, overlay, &dk)?;
             set.update(&context, &actor, value);
             stage(batch, overlay, dk, encode_set(&set));
             Ok(Outcome::Set(set))
         }
         Mutation::Join { key, set } => {
             let dk = data_key(partition_of(&key, q), &key);
-            let mut stored = current(engine, batch, overlay, &dk)?;
+            let mut stored = current(engine, recent, batch, overlay, &dk)?;
             if stored.absorb(&set) {
                 stage(batch, overlay, dk, encode_set(&stored));
             }
@@ -138,7 +140,7 @@ pub(super) fn apply(
         }
         Mutation::All(ms) => {
             for m in ms {
-                apply(engine, q, m, batch, overlay)?;
+                apply(engine, recent, q, m, batch, overlay)?;
             }
             Ok(Outcome::Done)
         }
@@ -153,9 +155,11 @@ pub(super) fn apply(
     }
 }
 
-/// The set stored under `dk`: as written earlier in this batch, else as in the engine.
+/// The set stored under `dk`: as written earlier in this batch, else as written recently,
+/// else as in the engine.
 fn current(
     engine: &dyn Engine,
+    recent: &mut Recent,
     batch: &Batch,
     overlay: &Overlay,
     dk: &[u8],
@@ -163,7 +167,10 @@ fn current(
     match overlay.data.get(dk).map(|&i| &batch.ops[i]) {
         Some(Op::Put(_, _, staged)) => decode_stored(Some(staged)),
         Some(_) => unreachable!("the overlay indexes puts only"),
-        None => decode_stored(engine.get(Cf::Data, dk)?.as_deref()),
+        None => match recent.get(dk) {
+            Some(written) => decode_stored(Some(written)),
+            None => decode_stored(engine.get(Cf::Data, dk)?.as_deref()),
+        },
     }
 }
 
@@ -193,6 +200,7 @@ mod tests {
     #[test]
     fn mutations_of_one_key_in_one_group_see_each_other() {
         let engine = MemoryEngine::new();
+        let mut recent = Recent::new(1 << 20);
         let (mut batch, mut overlay) = (Batch::default(), Overlay::default());
         let key = Bytes::from("k");
         let update = |v: &'static str, n: &str| Mutation::Update {
@@ -201,10 +209,9 @@ mod tests {
             actor: Actor::new(n, 1),
             value: Some(Bytes::from(v)),
         };
-        apply(&engine, 16, update("a", "n1"), &mut batch, &mut overlay).unwrap();
-        let Outcome::Set(second) =
-            apply(&engine, 16, update("b", "n1"), &mut batch, &mut overlay).unwrap()
-        else {
+        let mut run = |m| apply(&engine, &mut recent, 16, m, &mut batch, &mut overlay);
+        run(update("a", "n1")).unwrap();
+        let Outcome::Set(second) = run(update("b", "n1")).unwrap() else {
             panic!("an update answers the set");
         };
         assert_eq!(second.values().count(), 2, "the second saw the first");
@@ -214,10 +221,9 @@ mod tests {
             &Actor::new("n2", 1),
             Some("c".into()),
         );
-        let join = Mutation::Join { key, set: remote };
-        apply(&engine, 16, join, &mut batch, &mut overlay).unwrap();
+        run(Mutation::Join { key, set: remote }).unwrap();
 
-        engine.write(batch, true).unwrap();
+        engine.write(&batch, true).unwrap();
         let dk = data_key(partition_of(b"k", 16), b"k");
         let stored = decode_stored(engine.get(Cf::Data, &dk).unwrap().as_deref()).unwrap();
         let mut values: Vec<_> = stored.values().cloned().collect();

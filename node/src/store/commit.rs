@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::apply::{apply, Mutation, Outcome, Overlay};
+use super::recent::Recent;
 use super::stopped;
 use crate::storage::{Batch, Engine, StorageError};
 
@@ -37,14 +38,18 @@ fn poison_error() -> StorageError {
     )
 }
 
+/// The writer thread's loop. `recent_budget` bounds the map of recently written sets
+/// (see [`Recent`]).
 pub(super) fn writer(
     engine: Arc<dyn Engine>,
     q: u32,
+    recent_budget: usize,
     poisoned: &AtomicBool,
     rx: mpsc::Receiver<Request>,
     syncer: Option<mpsc::Sender<Unsynced>>,
 ) {
     let mut carried = None;
+    let mut recent = Recent::new(recent_budget);
     while let Some(first) = carried.take().or_else(|| rx.recv().ok()) {
         let mut weight = first.mutation.weight();
         let mut group = vec![first];
@@ -72,24 +77,33 @@ pub(super) fn writer(
         let mut overlay = Overlay::default();
         let mut outcomes = Vec::with_capacity(group.len());
         for r in group {
-            let result = apply(&*engine, q, r.mutation, &mut batch, &mut overlay);
+            let result = apply(
+                &*engine,
+                &mut recent,
+                q,
+                r.mutation,
+                &mut batch,
+                &mut overlay,
+            );
             outcomes.push((r.applied, r.durable, result));
         }
         // Synced by the syncer when there is one; otherwise durable once written.
         let written = if batch.is_empty() {
             Ok(())
         } else {
-            engine.write(batch, false)
+            engine.write(&batch, false)
         };
         if let Err(e) = written {
             tracing::error!(error = %e, "storage write failed; refusing further writes");
             poisoned.store(true, Ordering::Release);
+            recent.clear();
             for (applied, durable, _) in outcomes {
                 let _ = applied.map(|a| a.send(Err(e.clone())));
                 let _ = durable.send(Err(e.clone()));
             }
             continue;
         }
+        recent.written(batch);
         let unsynced: Unsynced = outcomes
             .into_iter()
             .map(|(applied, durable, result)| match applied {
