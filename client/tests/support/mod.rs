@@ -146,7 +146,7 @@ impl Kv for Fake {
         }))
     }
 
-    type SessionStream = session::ResponseStream;
+    type SessionStream = session::ResponseStream<SessionResponse>;
 
     async fn session(
         &self,

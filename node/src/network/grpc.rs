@@ -1,6 +1,7 @@
 //! [`Transport`] over gRPC: one lazily connected HTTP/2 channel per peer, TCP_NODELAY,
 //! a deadline on every call, and replica reads and writes batched per peer (see
-//! [`super::batch`]).
+//! [`super::batch`]), each batch one message of the peer's `Replica.Session` stream
+//! (reopened when it closes; see `dynamo_proto::session`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,9 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dynamo_core::Member;
+use dynamo_proto::session::{Mux, MuxError};
 use dynamo_proto::v1::{
-    admin_client::AdminClient, kv_client::KvClient, replica_client::ReplicaClient, NodeInfoRequest,
-    ReplicaEntry, ReplicaReadRequest, ReplicaWriteRequest,
+    admin_client::AdminClient, kv_client::KvClient, replica_client::ReplicaClient,
+    replica_session_request::Op, replica_session_response::Result as Answer, NodeInfoRequest,
+    ReplicaEntry, ReplicaReadRequest, ReplicaSessionRequest, ReplicaSessionResponse,
+    ReplicaWriteRequest,
 };
 use dynamo_proto::{cork, FORWARDED_HEADER};
 use parking_lot::Mutex;
@@ -28,6 +32,54 @@ pub struct GrpcTransport {
     cluster_id: Arc<str>,
     limits: BatchLimits,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
+}
+
+/// The replica session to one peer, opened on first use and reopened once closed.
+struct PeerSession {
+    client: ReplicaClient<Channel>,
+    open: Mutex<Option<Arc<Mux<ReplicaSessionRequest, ReplicaSessionResponse>>>>,
+}
+
+impl PeerSession {
+    fn mux(&self) -> Arc<Mux<ReplicaSessionRequest, ReplicaSessionResponse>> {
+        let mut open = self.open.lock();
+        match open.as_ref() {
+            Some(m) if !m.is_closed() => m.clone(),
+            _ => {
+                let mut client = self.client.clone();
+                let m = Arc::new(Mux::open(move |requests| async move {
+                    client.session(requests).await
+                }));
+                *open = Some(m.clone());
+                m
+            }
+        }
+    }
+
+    /// Sends one batch and waits at most `timeout` for its answer.
+    async fn call(&self, op: Op, timeout: Duration) -> Result<Answer, PeerError> {
+        let mut op = op;
+        // A session that closed before taking the batch never sent it: open another.
+        for _ in 0..2 {
+            match self.mux().call(op, timeout).await {
+                Ok(answer) => return Ok(answer),
+                Err(MuxError::Closed(back)) => op = back,
+                Err(MuxError::Timeout(t)) => return Err(PeerError::Timeout(t)),
+                Err(MuxError::Open(s) | MuxError::Broken(s) | MuxError::Failed(s)) => {
+                    return Err(PeerError::Status(s))
+                }
+            }
+        }
+        Err(PeerError::Status(tonic::Status::unavailable(
+            "replica sessions to the peer keep closing",
+        )))
+    }
+}
+
+fn mismatched(asked: &str) -> PeerError {
+    PeerError::Corrupt(format!(
+        "peer answered a {asked} with another kind of answer"
+    ))
 }
 
 /// The connection to one peer and its batching queues.
@@ -52,33 +104,40 @@ impl Peer {
         // TCP_NODELAY, and writes corked so that a request's HEADERS and DATA frames
         // leave in one segment (see `dynamo_proto::cork`).
         let channel = endpoint.connect_with_connector_lazy(cork::connector());
-        let replica = ReplicaClient::new(channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let session = Arc::new(PeerSession {
+            client: ReplicaClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            open: Mutex::new(None),
+        });
         let reads = {
-            let (client, cluster_id) = (replica.clone(), cluster_id.clone());
-            Batcher::spawn(limits, move |keys: Vec<Bytes>, _| {
-                let mut client = client.clone();
+            let (session, cluster_id) = (session.clone(), cluster_id.clone());
+            Batcher::spawn(limits, move |keys: Vec<Bytes>, timeout| {
+                let session = session.clone();
                 let req = ReplicaReadRequest {
                     keys,
                     cluster_id: cluster_id.to_string(),
                 };
                 async move {
-                    let resp = client.read(req).await.map_err(PeerError::Status)?;
-                    Ok(resp.into_inner().sets)
+                    match session.call(Op::Read(req), timeout).await? {
+                        Answer::Read(resp) => Ok(resp.sets),
+                        _ => Err(mismatched("read")),
+                    }
                 }
             })
         };
-        let writes = Batcher::spawn(limits, move |entries: Vec<ReplicaEntry>, _| {
-            let mut client = replica.clone();
+        let writes = Batcher::spawn(limits, move |entries: Vec<ReplicaEntry>, timeout| {
+            let session = session.clone();
+            let n = entries.len();
             let req = ReplicaWriteRequest {
                 entries,
                 cluster_id: cluster_id.to_string(),
             };
             async move {
-                let n = req.entries.len();
-                client.write(req).await.map_err(PeerError::Status)?;
-                Ok(vec![(); n])
+                match session.call(Op::Write(req), timeout).await? {
+                    Answer::Write(_) => Ok(vec![(); n]),
+                    _ => Err(mismatched("write")),
+                }
             }
         });
         Ok(Self {

@@ -9,7 +9,7 @@ use dynamo_proto::session::{self, ResponseStream};
 use dynamo_proto::v1::kv_server::Kv;
 use dynamo_proto::v1::{
     session_request, session_response, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
-    PutRequest, PutResponse, SessionRequest, Sibling,
+    PutRequest, PutResponse, SessionRequest, SessionResponse, Sibling,
 };
 use dynamo_proto::FORWARDED_HEADER;
 use tonic::{Request, Response, Status, Streaming};
@@ -195,12 +195,12 @@ impl Kv for KvService {
             .map(Response::new)
     }
 
-    type SessionStream = ResponseStream;
+    type SessionStream = ResponseStream<SessionResponse>;
 
     async fn session(
         &self,
         req: Request<Streaming<SessionRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let svc = self.clone();
         let handler = move |op| svc.clone().session_one(op);
         Ok(Response::new(session::serve(

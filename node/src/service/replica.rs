@@ -2,16 +2,19 @@
 
 use std::sync::Arc;
 
+use dynamo_proto::session::{self, ResponseStream};
 use dynamo_proto::v1::replica_server::Replica;
 use dynamo_proto::v1::{
-    ReplicaReadRequest, ReplicaReadResponse, ReplicaWriteRequest, ReplicaWriteResponse,
+    replica_session_request, replica_session_response, ReplicaReadRequest, ReplicaReadResponse,
+    ReplicaSessionRequest, ReplicaSessionResponse, ReplicaWriteRequest, ReplicaWriteResponse,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::WriteEntry;
 use crate::node::{AcceptError, Node};
 
 /// Node-to-node replication endpoint.
+#[derive(Clone)]
 pub struct ReplicaService {
     node: Arc<Node>,
 }
@@ -36,13 +39,8 @@ fn storage(e: crate::storage::StorageError) -> Status {
     Status::internal(e.to_string())
 }
 
-#[tonic::async_trait]
-impl Replica for ReplicaService {
-    async fn read(
-        &self,
-        req: Request<ReplicaReadRequest>,
-    ) -> Result<Response<ReplicaReadResponse>, Status> {
-        let req = req.into_inner();
+impl ReplicaService {
+    fn read_keys(&self, req: ReplicaReadRequest) -> Result<ReplicaReadResponse, Status> {
         self.check_cluster(&req.cluster_id)?;
         let sets = req
             .keys
@@ -50,14 +48,13 @@ impl Replica for ReplicaService {
             .map(|key| Ok(self.node.store.read_raw(key)?.unwrap_or_default().into()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
-        Ok(Response::new(ReplicaReadResponse { sets }))
+        Ok(ReplicaReadResponse { sets })
     }
 
-    async fn write(
+    async fn write_entries(
         &self,
-        req: Request<ReplicaWriteRequest>,
-    ) -> Result<Response<ReplicaWriteResponse>, Status> {
-        let req = req.into_inner();
+        req: ReplicaWriteRequest,
+    ) -> Result<ReplicaWriteResponse, Status> {
         self.check_cluster(&req.cluster_id)?;
         let entries = req
             .entries
@@ -72,6 +69,52 @@ impl Replica for ReplicaService {
             AcceptError::Corrupt(_) => Status::invalid_argument(e.to_string()),
             AcceptError::Storage(e) => storage(e),
         })?;
-        Ok(Response::new(ReplicaWriteResponse {}))
+        Ok(ReplicaWriteResponse {})
+    }
+
+    async fn session_one(
+        self,
+        op: replica_session_request::Op,
+    ) -> Result<replica_session_response::Result, Status> {
+        use replica_session_request::Op;
+        use replica_session_response::Result as R;
+        match op {
+            Op::Read(req) => self.read_keys(req).map(R::Read),
+            Op::Write(req) => self.write_entries(req).await.map(R::Write),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Replica for ReplicaService {
+    async fn read(
+        &self,
+        req: Request<ReplicaReadRequest>,
+    ) -> Result<Response<ReplicaReadResponse>, Status> {
+        self.read_keys(req.into_inner()).map(Response::new)
+    }
+
+    async fn write(
+        &self,
+        req: Request<ReplicaWriteRequest>,
+    ) -> Result<Response<ReplicaWriteResponse>, Status> {
+        self.write_entries(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type SessionStream = ResponseStream<ReplicaSessionResponse>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<ReplicaSessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let svc = self.clone();
+        let handler = move |op| svc.clone().session_one(op);
+        Ok(Response::new(session::serve(
+            req.into_inner(),
+            session::MAX_IN_FLIGHT,
+            handler,
+        )))
     }
 }

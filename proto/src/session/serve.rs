@@ -1,5 +1,4 @@
-//! The server side of `Kv.Session`: many requests multiplexed over one bidirectional
-//! stream (see `kv.proto`).
+//! The server side of a session.
 //!
 //! [`serve`] reads the session's requests, runs each on its own task through a handler
 //! (the same code the unary calls run) and sends each response, tagged with its request's
@@ -16,34 +15,25 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
-use crate::v1::{session_request, session_response, RequestError, SessionRequest, SessionResponse};
+use super::{Answer, Envelope};
 
 /// Requests of one session a node works on at once.
 pub const MAX_IN_FLIGHT: usize = 256;
 
 /// The responses of a session, as a tonic server method returns them.
-pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
+pub type ResponseStream<A> = Pin<Box<dyn Stream<Item = Result<A, Status>> + Send>>;
 
-/// A session request's outcome as it goes on the wire.
-pub fn to_result(r: Result<session_response::Result, Status>) -> session_response::Result {
-    r.unwrap_or_else(|s| {
-        session_response::Result::Error(RequestError {
-            code: s.code() as i32,
-            message: s.message().to_owned(),
-        })
-    })
-}
-
-/// Serves the requests of `inbound` (a `tonic::Streaming<SessionRequest>`) with
-/// `handler`, at most `max_in_flight` at once.
-/// A request without an operation gets `INVALID_ARGUMENT`. The response stream ends after
-/// the last response once the client has closed its side, or with the error that broke
-/// the inbound stream.
-pub fn serve<S, H, F>(inbound: S, max_in_flight: usize, handler: H) -> ResponseStream
+/// Serves the requests of `inbound` (a `tonic::Streaming` of requests) with `handler`,
+/// at most `max_in_flight` at once. A request without an operation gets
+/// `INVALID_ARGUMENT`. The response stream ends after the last response once the client
+/// has closed its side, or with the error that broke the inbound stream.
+pub fn serve<S, E, A, H, F>(inbound: S, max_in_flight: usize, handler: H) -> ResponseStream<A>
 where
-    S: Stream<Item = Result<SessionRequest, Status>> + Send + Unpin + 'static,
-    H: Fn(session_request::Op) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<session_response::Result, Status>> + Send + 'static,
+    S: Stream<Item = Result<E, Status>> + Send + Unpin + 'static,
+    E: Envelope,
+    A: Answer,
+    H: Fn(E::Op) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<A::Ok, Status>> + Send + 'static,
 {
     let max_in_flight = max_in_flight.max(1);
     let (tx, rx) = mpsc::channel(max_in_flight);
@@ -51,45 +41,42 @@ where
     Box::pin(ReceiverStream::new(rx))
 }
 
-async fn read_requests<S, H, F>(
+async fn read_requests<S, E, A, H, F>(
     mut inbound: S,
     max_in_flight: usize,
     handler: H,
-    tx: mpsc::Sender<Result<SessionResponse, Status>>,
+    tx: mpsc::Sender<Result<A, Status>>,
 ) where
-    S: Stream<Item = Result<SessionRequest, Status>> + Send + Unpin + 'static,
-    H: Fn(session_request::Op) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<session_response::Result, Status>> + Send + 'static,
+    S: Stream<Item = Result<E, Status>> + Send + Unpin + 'static,
+    E: Envelope,
+    A: Answer,
+    H: Fn(E::Op) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<A::Ok, Status>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max_in_flight));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let req = match inbound.next().await {
-            Some(Ok(req)) => req,
+        let (id, op) = match inbound.next().await {
+            Some(Ok(req)) => req.into_parts(),
             None => return,
             Some(Err(status)) => {
                 let _ = tx.send(Err(status)).await;
                 return;
             }
         };
-        let work = req.op.map(&handler);
+        let work = op.map(&handler);
         let tx = tx.clone();
         tokio::spawn(async move {
             let result = match work {
                 Some(work) => work.await,
                 None => Err(Status::invalid_argument(format!(
-                    "session request {} has no operation (get, put or delete)",
-                    req.id
+                    "session request {id} has no operation"
                 ))),
             };
-            let resp = SessionResponse {
-                id: req.id,
-                result: Some(to_result(result)),
-            };
             // The client may have gone; the request is done either way.
-            let _ = tx.send(Ok(resp)).await;
+            let _ = tx.send(Ok(A::new(id, result))).await;
             drop(slot);
         });
     }
@@ -98,7 +85,10 @@ async fn read_requests<S, H, F>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{GetRequest, GetResponse, PutRequest, PutResponse};
+    use crate::v1::{
+        session_request, session_response, GetRequest, GetResponse, PutRequest, PutResponse,
+        SessionRequest, SessionResponse,
+    };
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -133,7 +123,7 @@ mod tests {
         }
     }
 
-    async fn collect(s: ResponseStream) -> Vec<Result<SessionResponse, Status>> {
+    async fn collect(s: ResponseStream<SessionResponse>) -> Vec<Result<SessionResponse, Status>> {
         tokio::time::timeout(Duration::from_secs(10), s.collect::<Vec<_>>())
             .await
             .expect("the response stream ends")
