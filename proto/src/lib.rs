@@ -6,10 +6,12 @@
 //! - `kv.proto`: the client API (`Kv`: Get, Put, Delete with opaque causal contexts, and
 //!   Session, the same requests multiplexed over one stream);
 //! - `admin.proto`: node identity, partition map, health, hints (`Admin`);
-//! - `replica.proto`: node-to-node replication (`Replica`), not for clients.
+//! - `replica.proto`: node-to-node replication (`Replica`: batched reads and writes, as
+//!   unary calls or over a Session stream per peer), not for clients.
 //!
 //! [`cork`] is the TCP connector both nodes and clients open their channels with;
-//! [`session`] serves `Kv.Session` for any handler of single requests.
+//! [`session`] holds both sides of the sessions (`Kv.Session`, `Replica.Session`): many
+//! requests multiplexed over one stream.
 
 pub mod cork;
 pub mod session;

@@ -3,7 +3,8 @@
 //! Every replica read and write of a put or get is a small call to a peer. Sent one RPC
 //! each, their HTTP/2 framing, header coding and task wake-ups cost more CPU than the
 //! storage work itself. A [`Batcher`] queues the calls for one peer and sends what has
-//! queued as one RPC, with at most `max_inflight` RPCs outstanding:
+//! queued as one RPC (for [`super::GrpcTransport`], one message of the peer's
+//! `Replica.Session` stream), with at most `max_inflight` RPCs outstanding:
 //!
 //! - with nothing in flight, a call goes out at once: no timer, no added latency at
 //!   concurrency 1;
