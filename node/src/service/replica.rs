@@ -109,12 +109,10 @@ impl Replica for ReplicaService {
         &self,
         req: Request<Streaming<ReplicaSessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let svc = self.clone();
-        let handler = move |op| svc.clone().session_one(op);
-        Ok(Response::new(session::serve(
+        Ok(Response::new(session::serve_on(
             req.into_inner(),
-            session::MAX_IN_FLIGHT,
-            handler,
+            self.clone(),
+            Self::session_one,
         )))
     }
 }

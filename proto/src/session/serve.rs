@@ -41,6 +41,21 @@ where
     Box::pin(ReceiverStream::new(rx))
 }
 
+/// [`serve`] with at most [`MAX_IN_FLIGHT`] requests at once, each handled by `handle`
+/// on its own clone of `svc` (a service's method: `serve_on(inbound, self.clone(),
+/// Self::one)`).
+pub fn serve_on<S, E, A, T, H, F>(inbound: S, svc: T, handle: H) -> ResponseStream<A>
+where
+    S: Stream<Item = Result<E, Status>> + Send + Unpin + 'static,
+    E: Envelope,
+    A: Answer,
+    T: Clone + Send + Sync + 'static,
+    H: Fn(T, E::Op) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<A::Ok, Status>> + Send + 'static,
+{
+    serve(inbound, MAX_IN_FLIGHT, move |op| handle(svc.clone(), op))
+}
+
 async fn read_requests<S, E, A, H, F>(
     mut inbound: S,
     max_in_flight: usize,
