@@ -10,7 +10,6 @@
 //! short while so that callers try the others first.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynamo_proto::cork;
@@ -18,7 +17,7 @@ use dynamo_proto::v1::{session_request, session_response};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
-use crate::session::{CallError, Session};
+use crate::session::Session;
 
 /// Largest response the client accepts: several siblings of the largest allowed value.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -38,7 +37,7 @@ pub(crate) struct NodeConn {
     addr: String,
     channels: Vec<Channel>,
     /// The session on each channel, opened on first use and reopened once closed.
-    sessions: Vec<Mutex<Option<Arc<Session>>>>,
+    sessions: Vec<Session>,
     request_timeout: Duration,
     next: AtomicUsize,
     /// Milliseconds since `epoch` until which the node counts as down; 0 = up.
@@ -57,7 +56,10 @@ impl NodeConn {
             .collect();
         Ok(Self {
             addr: addr.to_string(),
-            sessions: channels.iter().map(|_| Mutex::new(None)).collect(),
+            sessions: channels
+                .iter()
+                .map(|ch| Session::new(ch.clone(), MAX_MESSAGE_BYTES))
+                .collect(),
             channels,
             request_timeout: settings.request_timeout,
             next: AtomicUsize::new(0),
@@ -81,38 +83,12 @@ impl NodeConn {
         self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len()
     }
 
-    /// The open session on channel `i`, opening a new one if there is none or it closed.
-    fn session(&self, i: usize) -> Arc<Session> {
-        let mut slot = self.sessions[i].lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some(s) if !s.is_closed() => s.clone(),
-            _ => {
-                let s = Arc::new(Session::open(self.channels[i].clone(), MAX_MESSAGE_BYTES));
-                *slot = Some(s.clone());
-                s
-            }
-        }
-    }
-
     /// Sends a get, put or delete through the next channel's session and waits for its
     /// answer, at most the request timeout.
     pub async fn kv(&self, op: session_request::Op) -> Result<session_response::Result> {
-        let i = self.turn();
-        let mut op = op;
-        // A session that closed before taking the request never sent it: open another.
-        // Twice is enough: a session opened just now closes only by failing.
-        for _ in 0..2 {
-            match self.session(i).call(op, self.request_timeout).await {
-                Ok(result) => return Ok(result),
-                Err(CallError::Failed(e)) => return Err(e),
-                Err(CallError::Closed(back)) => op = back,
-            }
-        }
-        Err(Error::Status {
-            code: tonic::Code::Unavailable,
-            message: format!("sessions to {} keep closing", self.addr),
-            origin: crate::error::Origin::Connect,
-        })
+        self.sessions[self.turn()]
+            .call(op, self.request_timeout)
+            .await
     }
 
     /// Whether a recent connection failure marks this node as down.

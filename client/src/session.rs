@@ -11,12 +11,11 @@
 //!   applied (`Origin::Transport`);
 //! - the node answered with an error: `Origin::Node`, with the node's code and message.
 //!
-//! A closed session takes no more requests ([`CallError::Closed`] gives the operation
-//! back); its owner opens a new one (see `pool::NodeConn`).
+//! A session that closed is reopened by the next request (`dynamo_proto::session::Reopening`).
 
 use std::time::Duration;
 
-use dynamo_proto::session::{Mux, MuxError};
+use dynamo_proto::session::{Mux, MuxError, Reopening};
 use dynamo_proto::v1::kv_client::KvClient;
 use dynamo_proto::v1::{session_request, session_response, SessionRequest, SessionResponse};
 use tonic::transport::Channel;
@@ -24,37 +23,25 @@ use tonic::Code;
 
 use crate::error::{Error, Origin};
 
-/// Why a request through a session failed.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    /// The session had already closed: the request (given back) was not sent. Open a
-    /// new session.
-    Closed(session_request::Op),
-    /// The request failed (see the module's notes for what each origin means).
-    Failed(Error),
-}
-
-/// One `Kv.Session` stream to a node.
+/// The `Kv.Session` stream to a node over one channel, reopened when it closes.
 #[derive(Debug)]
 pub(crate) struct Session {
-    mux: Mux<SessionRequest, SessionResponse>,
+    inner: Reopening<SessionRequest, SessionResponse>,
 }
 
 impl Session {
-    /// Opens a session over `channel`; requests may be queued at once. Must be called
+    /// A session over `channel`, opened by the first request. Requests must be made
     /// inside a tokio runtime.
-    pub fn open(channel: Channel, max_message_bytes: usize) -> Self {
-        let mut client = KvClient::new(channel)
+    pub fn new(channel: Channel, max_message_bytes: usize) -> Self {
+        let client = KvClient::new(channel)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
         Self {
-            mux: Mux::open(move |requests| async move { client.session(requests).await }),
+            inner: Reopening::new(move || {
+                let mut client = client.clone();
+                Mux::open(move |requests| async move { client.session(requests).await })
+            }),
         }
-    }
-
-    /// Whether the session has closed (it takes no more requests).
-    pub fn is_closed(&self) -> bool {
-        self.mux.is_closed()
     }
 
     /// Sends `op` and waits at most `timeout` for its answer.
@@ -62,26 +49,31 @@ impl Session {
         &self,
         op: session_request::Op,
         timeout: Duration,
-    ) -> Result<session_response::Result, CallError> {
-        self.mux.call(op, timeout).await.map_err(|e| match e {
-            MuxError::Closed(op) => CallError::Closed(op),
+    ) -> Result<session_response::Result, Error> {
+        self.inner.call(op, timeout).await.map_err(|e| match e {
+            // Two sessions in a row closed before taking it: it was never sent.
+            MuxError::Closed(_) => Error::Status {
+                code: Code::Unavailable,
+                message: "sessions to the node keep closing".into(),
+                origin: Origin::Connect,
+            },
             // Classified by its source: a connect failure means nothing was sent.
-            MuxError::Open(status) => CallError::Failed(Error::from(status)),
-            MuxError::Broken(status) => CallError::Failed(Error::Status {
+            MuxError::Open(status) => Error::from(status),
+            MuxError::Broken(status) => Error::Status {
                 code: status.code(),
                 message: format!("session broken: {}", Error::from(status).message()),
                 origin: Origin::Transport,
-            }),
-            MuxError::Timeout(timeout) => CallError::Failed(Error::Status {
+            },
+            MuxError::Timeout(timeout) => Error::Status {
                 code: Code::Cancelled,
                 message: format!("Timeout expired: no answer within {timeout:?}"),
                 origin: Origin::Transport,
-            }),
-            MuxError::Failed(status) => CallError::Failed(Error::Status {
+            },
+            MuxError::Failed(status) => Error::Status {
                 code: status.code(),
                 message: status.message().to_owned(),
                 origin: Origin::Node,
-            }),
+            },
         })
     }
 }

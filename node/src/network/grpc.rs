@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dynamo_core::Member;
-use dynamo_proto::session::{Mux, MuxError};
+use dynamo_proto::session::{Mux, MuxError, Reopening};
 use dynamo_proto::v1::{
     admin_client::AdminClient, kv_client::KvClient, replica_client::ReplicaClient,
     replica_session_request::Op, replica_session_response::Result as Answer, NodeInfoRequest,
@@ -34,46 +34,19 @@ pub struct GrpcTransport {
     peers: Mutex<HashMap<String, Arc<Peer>>>,
 }
 
-/// The replica session to one peer, opened on first use and reopened once closed.
-struct PeerSession {
-    client: ReplicaClient<Channel>,
-    open: Mutex<Option<Arc<Mux<ReplicaSessionRequest, ReplicaSessionResponse>>>>,
-}
-
-impl PeerSession {
-    fn mux(&self) -> Arc<Mux<ReplicaSessionRequest, ReplicaSessionResponse>> {
-        let mut open = self.open.lock();
-        match open.as_ref() {
-            Some(m) if !m.is_closed() => m.clone(),
-            _ => {
-                let mut client = self.client.clone();
-                let m = Arc::new(Mux::open(move |requests| async move {
-                    client.session(requests).await
-                }));
-                *open = Some(m.clone());
-                m
-            }
-        }
-    }
-
-    /// Sends one batch and waits at most `timeout` for its answer.
-    async fn call(&self, op: Op, timeout: Duration) -> Result<Answer, PeerError> {
-        let mut op = op;
-        // A session that closed before taking the batch never sent it: open another.
-        for _ in 0..2 {
-            match self.mux().call(op, timeout).await {
-                Ok(answer) => return Ok(answer),
-                Err(MuxError::Closed(back)) => op = back,
-                Err(MuxError::Timeout(t)) => return Err(PeerError::Timeout(t)),
-                Err(MuxError::Open(s) | MuxError::Broken(s) | MuxError::Failed(s)) => {
-                    return Err(PeerError::Status(s))
-                }
-            }
-        }
-        Err(PeerError::Status(tonic::Status::unavailable(
+/// Sends one batch over `session` and waits at most `timeout` for its answer.
+async fn call(
+    session: &Reopening<ReplicaSessionRequest, ReplicaSessionResponse>,
+    op: Op,
+    timeout: Duration,
+) -> Result<Answer, PeerError> {
+    session.call(op, timeout).await.map_err(|e| match e {
+        MuxError::Closed(_) => PeerError::Status(tonic::Status::unavailable(
             "replica sessions to the peer keep closing",
-        )))
-    }
+        )),
+        MuxError::Timeout(t) => PeerError::Timeout(t),
+        MuxError::Open(s) | MuxError::Broken(s) | MuxError::Failed(s) => PeerError::Status(s),
+    })
 }
 
 fn mismatched(asked: &str) -> PeerError {
@@ -104,12 +77,13 @@ impl Peer {
         // TCP_NODELAY, and writes corked so that a request's HEADERS and DATA frames
         // leave in one segment (see `dynamo_proto::cork`).
         let channel = endpoint.connect_with_connector_lazy(cork::connector());
-        let session = Arc::new(PeerSession {
-            client: ReplicaClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            open: Mutex::new(None),
-        });
+        let client = ReplicaClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let session = Arc::new(Reopening::new(move || {
+            let mut client = client.clone();
+            Mux::open(move |requests| async move { client.session(requests).await })
+        }));
         let reads = {
             let (session, cluster_id) = (session.clone(), cluster_id.clone());
             Batcher::spawn(limits, move |keys: Vec<Bytes>, timeout| {
@@ -119,7 +93,7 @@ impl Peer {
                     cluster_id: cluster_id.to_string(),
                 };
                 async move {
-                    match session.call(Op::Read(req), timeout).await? {
+                    match call(&session, Op::Read(req), timeout).await? {
                         Answer::Read(resp) => Ok(resp.sets),
                         _ => Err(mismatched("read")),
                     }
@@ -134,7 +108,7 @@ impl Peer {
                 cluster_id: cluster_id.to_string(),
             };
             async move {
-                match session.call(Op::Write(req), timeout).await? {
+                match call(&session, Op::Write(req), timeout).await? {
                     Answer::Write(_) => Ok(vec![(); n]),
                     _ => Err(mismatched("write")),
                 }

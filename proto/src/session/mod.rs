@@ -18,7 +18,7 @@
 pub mod mux;
 pub mod serve;
 
-pub use mux::{Mux, MuxError};
+pub use mux::{Mux, MuxError, Reopening};
 pub use serve::{serve, serve_on, ResponseStream, MAX_IN_FLIGHT};
 
 use tonic::{Code, Status};

@@ -140,6 +140,52 @@ impl<E: Envelope, A: Answer> Mux<E, A> {
     }
 }
 
+/// A session that reopens itself: the first call opens a [`Mux`], and a call that finds
+/// it closed opens a new one. Callers see [`MuxError::Closed`] only if a freshly opened
+/// session closed again before taking their operation.
+pub struct Reopening<E: Envelope, A: Answer> {
+    open: Box<dyn Fn() -> Mux<E, A> + Send + Sync>,
+    current: Mutex<Option<Arc<Mux<E, A>>>>,
+}
+
+impl<E: Envelope, A: Answer> std::fmt::Debug for Reopening<E, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reopening").finish_non_exhaustive()
+    }
+}
+
+impl<E: Envelope, A: Answer> Reopening<E, A> {
+    /// A session opened with `open` when first needed (see [`Mux::open`]).
+    pub fn new(open: impl Fn() -> Mux<E, A> + Send + Sync + 'static) -> Self {
+        Self {
+            open: Box::new(open),
+            current: Mutex::new(None),
+        }
+    }
+
+    fn mux(&self) -> Arc<Mux<E, A>> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match current.as_ref() {
+            Some(m) if !m.is_closed() => m.clone(),
+            _ => {
+                let m = Arc::new((self.open)());
+                *current = Some(m.clone());
+                m
+            }
+        }
+    }
+
+    /// Sends `op` over the open session (opening one if needed) and waits at most
+    /// `timeout` for its answer. An operation a closed session gave back goes once more,
+    /// over a new session.
+    pub async fn call(&self, op: E::Op, timeout: Duration) -> Result<A::Ok, MuxError<E::Op>> {
+        match self.mux().call(op, timeout).await {
+            Err(MuxError::Closed(op)) => self.mux().call(op, timeout).await,
+            other => other,
+        }
+    }
+}
+
 /// Opens the stream, hands each response to its caller, and closes the mux when the
 /// stream fails or ends.
 async fn drive<A, F>(call: F, state: Arc<Mutex<State<A::Ok>>>)
@@ -218,5 +264,24 @@ mod tests {
         }
         assert!(lock(&mux.state).waiting.is_empty());
         assert!(!mux.is_closed(), "a timeout does not close the session");
+    }
+
+    #[tokio::test]
+    async fn a_reopening_session_opens_a_new_stream_after_one_closed() {
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = opened.clone();
+        let session: Reopening<SessionRequest, SessionResponse> = Reopening::new(move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Mux::open(|_requests| async { Err(Status::unavailable("refused")) })
+        });
+        for _ in 0..3 {
+            match session.call(get(), Duration::from_secs(5)).await {
+                Err(MuxError::Open(_)) => {}
+                Err(MuxError::Closed(_)) => {}
+                other => panic!("expected a failure, got {other:?}"),
+            }
+        }
+        let n = opened.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(n >= 3, "each call after a close opened a new stream ({n})");
     }
 }
