@@ -95,7 +95,13 @@ fn launches_watches_and_stops_nodes() {
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let data = dir.path().join("data");
     let grpc_base = free_port_base(2);
-    let http_base = free_port_base(2);
+    // The two ranges (base+1..=base+2) must not overlap.
+    let http_base = loop {
+        let b = free_port_base(2);
+        if b.abs_diff(grpc_base) > 2 {
+            break b;
+        }
+    };
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_dynamoctl"))
         .args([

@@ -251,6 +251,12 @@ impl NodeConfig {
                 self.node_id
             ));
         }
+        if self.listen.port() != 0 && self.listen == self.http_listen {
+            return invalid(format!(
+                "listen and http_listen are both {}: gRPC and HTTP need their own ports",
+                self.listen
+            ));
+        }
         if self.max_value_bytes == 0 {
             return invalid("max_value_bytes must be positive".into());
         }
@@ -332,6 +338,15 @@ mod tests {
         ]);
         let err = NodeConfig::load(stranger).unwrap_err().to_string();
         assert!(err.contains("not among the members"), "{err}");
+        let err = NodeConfig::load(args(&[
+            "--listen",
+            "127.0.0.1:7100",
+            "--http-listen",
+            "127.0.0.1:7100",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("their own ports"), "{err}");
         assert!(parse_member("nohost").is_err());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n.yaml");

@@ -1,7 +1,6 @@
 //! HTTP endpoints for Kubernetes and Prometheus: `/healthz` (the process serves),
 //! `/readyz` (storage open and gRPC serving) and `/metrics`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -34,9 +33,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     )
 }
 
-/// Serves the HTTP endpoints on `addr` until `shutdown` resolves.
+/// Serves the HTTP endpoints on `listener` until `shutdown` resolves. The caller binds it,
+/// so a taken port stops start-up instead of leaving a node that never reports ready.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     node: Arc<Node>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -45,7 +45,6 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(node);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

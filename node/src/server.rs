@@ -79,10 +79,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding gRPC address {}", cfg.listen))?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP address {}", cfg.http_listen))?;
     let grpc_task =
         tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
     let http_task = tokio::spawn(crate::http::serve(
-        cfg.http_listen,
+        http_listener,
         node.clone(),
         stopped(stop_rx.clone()),
     ));

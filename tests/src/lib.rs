@@ -85,9 +85,16 @@ pub fn node_binary() -> PathBuf {
     bin
 }
 
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
+/// `count` distinct free loopback ports. Every listener is held until all are taken, so the
+/// kernel cannot hand the same port out twice (one node once got its gRPC port as its HTTP
+/// port, and its HTTP server never started).
+fn free_ports(count: usize) -> Vec<SocketAddr> {
+    let held: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local addr"))
+        .collect()
 }
 
 impl Cluster {
@@ -97,12 +104,13 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut ports = free_ports(2 * opts.nodes).into_iter();
         let nodes = (1..=opts.nodes)
             .map(|i| {
                 let id = format!("node-{i}");
                 NodeProc {
-                    grpc: free_port(),
-                    http: free_port(),
+                    grpc: ports.next().expect("a port per node"),
+                    http: ports.next().expect("a port per node"),
                     data_dir: dir.path().join(&id),
                     log: dir.path().join(format!("{id}.log")),
                     id,

@@ -146,3 +146,43 @@ fn a_node_refuses_to_start_with_bad_configuration() {
     let err = run(&["--node-id", "a", "--members", "a=nohost"]);
     assert!(err.contains("invalid member"), "{err}");
 }
+
+#[test]
+fn a_node_whose_http_port_is_taken_exits_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let grpc_addr = grpc.local_addr().expect("addr").to_string();
+    drop(grpc);
+    let http_addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = std::process::Command::new(node_binary())
+        .args(["--node-id", "a", "--members", &format!("a={grpc_addr}")])
+        .args(["--listen", &grpc_addr, "--http-listen", &http_addr])
+        .args(["--data-dir", dir.path().to_str().expect("utf-8 path")])
+        .args(["--n", "1", "--r", "1", "--w", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dynamo-node");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node kept running with its HTTP port taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert!(!status.success(), "{status}: {err}");
+    assert!(
+        err.contains(&format!("binding HTTP address {http_addr}")),
+        "{err}"
+    );
+    drop(taken);
+}
