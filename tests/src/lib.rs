@@ -85,13 +85,26 @@ pub fn node_binary() -> PathBuf {
     bin
 }
 
-/// `count` distinct free loopback ports. Every listener is held until all are taken, so the
-/// kernel cannot hand the same port out twice (one node once got its gRPC port as its HTTP
-/// port, and its HTTP server never started).
+/// `count` distinct free loopback ports below the kernel's ephemeral range (32768 and up on
+/// Linux), so an outgoing connection cannot take a stopped node's port before it restarts.
+/// Every listener is held until all are found, so no port is handed out twice (one node once
+/// got its gRPC port as its HTTP port, and its HTTP server never started).
 fn free_ports(count: usize) -> Vec<SocketAddr> {
-    let held: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    let held: Vec<TcpListener> = (0..SPAN)
+        .filter_map(|i| {
+            let port = LOW + (seed.wrapping_add(i.wrapping_mul(97))) % SPAN;
+            TcpListener::bind(("127.0.0.1", port as u16)).ok()
+        })
+        .take(count)
         .collect();
+    assert_eq!(held.len(), count, "no {count} free loopback ports");
     held.iter()
         .map(|l| l.local_addr().expect("local addr"))
         .collect()
