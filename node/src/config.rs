@@ -75,6 +75,10 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     /// RocksDB block cache size.
     pub cache_bytes: usize,
+    /// Threads of the request runtime; 0 means one per CPU the process may use (cgroup
+    /// quotas included). Several nodes sharing a few cores each run best with fewer: every
+    /// extra thread adds wake-ups that cost more CPU than it adds.
+    pub runtime_threads: usize,
 }
 
 impl Default for NodeConfig {
@@ -94,6 +98,7 @@ impl Default for NodeConfig {
             fsync_interval_ms: 100,
             request_timeout_ms: 1000,
             cache_bytes: 64 << 20,
+            runtime_threads: 0,
         }
     }
 }
@@ -157,6 +162,9 @@ pub struct Args {
     pub request_timeout_ms: Option<u64>,
     #[arg(long, env = "DYNAMO_CACHE_BYTES")]
     pub cache_bytes: Option<usize>,
+    /// Request runtime threads; 0 = one per available CPU.
+    #[arg(long, env = "DYNAMO_RUNTIME_THREADS")]
+    pub runtime_threads: Option<usize>,
 }
 
 /// Parses `ID=HOST:PORT[@ZONE]`.
@@ -211,7 +219,13 @@ impl NodeConfig {
             partitions,
             max_value_bytes
         );
-        set!(fsync, fsync_interval_ms, request_timeout_ms, cache_bytes);
+        set!(
+            fsync,
+            fsync_interval_ms,
+            request_timeout_ms,
+            cache_bytes,
+            runtime_threads
+        );
         if a.advertise.is_some() {
             self.advertise = a.advertise;
         }
@@ -301,6 +315,9 @@ mod tests {
         assert_eq!(cfg.replication, Replication { n: 3, r: 2, w: 3 });
         assert_eq!(cfg.fsync, FsyncPolicy::Always);
         assert_eq!(cfg.members[1].zone.as_deref(), Some("z"));
+        assert_eq!(cfg.runtime_threads, 0, "one per CPU unless set");
+        let cfg = NodeConfig::load(args(&["--runtime-threads", "1"])).unwrap();
+        assert_eq!(cfg.runtime_threads, 1);
     }
 
     #[test]

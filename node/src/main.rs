@@ -18,10 +18,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cfg.runtime_threads > 0 {
+        runtime.worker_threads(cfg.runtime_threads);
+    }
+    let runtime = runtime.enable_all().build().expect("tokio runtime");
     match runtime.block_on(dynamo_node::server::run(cfg)) {
         Ok(()) => {
             // Everything is synced and the clean-shutdown marker written. Leave without

@@ -49,6 +49,10 @@ pub struct ClusterArgs {
     /// When the nodes sync their write-ahead log: periodic, always or never.
     #[arg(long, default_value = "periodic")]
     pub fsync: String,
+    /// Request runtime threads of each node (default: the machine's cores divided among the
+    /// nodes, at least one; 0 lets each node take every core).
+    #[arg(long)]
+    pub runtime_threads: Option<usize>,
     /// The dynamo-node executable (default: next to dynamoctl).
     #[arg(long)]
     pub node_bin: Option<PathBuf>,
@@ -74,6 +78,10 @@ pub async fn run(args: &ClusterArgs) -> anyhow::Result<ExitCode> {
         w: args.w,
         partitions: args.partitions,
         fsync: args.fsync.clone(),
+        runtime_threads: args.runtime_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            local_cluster::threads_per_node(cores, args.nodes)
+        }),
         extra_args: args.node_args.clone(),
     };
     let opts = LaunchOptions {

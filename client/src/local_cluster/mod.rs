@@ -39,6 +39,8 @@ pub struct ClusterConfig {
     pub partitions: u32,
     /// Fsync policy: `periodic`, `always` or `never`.
     pub fsync: String,
+    /// Request runtime threads of each node; 0 leaves the node's default (one per CPU).
+    pub runtime_threads: usize,
     /// More arguments appended to every node's command line.
     pub extra_args: Vec<String>,
 }
@@ -57,6 +59,7 @@ impl Default for ClusterConfig {
             w: 2,
             partitions: 256,
             fsync: "periodic".into(),
+            runtime_threads: 0,
             extra_args: Vec::new(),
         }
     }
@@ -106,6 +109,9 @@ pub fn node_specs(cfg: &ClusterConfig) -> Result<Vec<NodeSpec>, String> {
             .into_iter()
             .flat_map(|(flag, value)| [flag.to_string(), value])
             .collect();
+            if cfg.runtime_threads > 0 {
+                args.extend(["--runtime-threads".into(), cfg.runtime_threads.to_string()]);
+            }
             args.extend(cfg.extra_args.iter().cloned());
             NodeSpec {
                 id,
@@ -116,6 +122,12 @@ pub fn node_specs(cfg: &ClusterConfig) -> Result<Vec<NodeSpec>, String> {
             }
         })
         .collect())
+}
+
+/// Runtime threads for each of `nodes` nodes sharing `cores` CPUs: their share, at least
+/// one. Nodes that each take every core only add wake-ups between their threads.
+pub fn threads_per_node(cores: usize, nodes: u32) -> usize {
+    (cores / nodes.max(1) as usize).max(1)
 }
 
 fn validate(cfg: &ClusterConfig) -> Result<(), String> {
@@ -215,6 +227,7 @@ mod tests {
             w: 1,
             partitions: 64,
             fsync: "always".into(),
+            runtime_threads: 2,
             extra_args: vec!["--request-timeout-ms".into(), "500".into()],
             ..ClusterConfig::default()
         };
@@ -234,6 +247,20 @@ mod tests {
             ["--request-timeout-ms", "500"]
         );
         assert_eq!(arg(last, "--members").split(',').count(), 5);
+        assert_eq!(arg(last, "--runtime-threads"), "2");
+        let default = node_specs(&ClusterConfig::default()).unwrap();
+        assert!(
+            !default[0].args.iter().any(|a| a == "--runtime-threads"),
+            "0 leaves the node's own default"
+        );
+    }
+
+    #[test]
+    fn nodes_share_the_cores() {
+        assert_eq!(threads_per_node(2, 3), 1);
+        assert_eq!(threads_per_node(8, 3), 2);
+        assert_eq!(threads_per_node(16, 4), 4);
+        assert_eq!(threads_per_node(1, 5), 1);
     }
 
     #[test]
