@@ -11,8 +11,9 @@
 # at the highest concurrency at half of that median peak rate (`--rate`), the load the
 # latency bar is stated at. Each run also records the CPU seconds the nodes used (from
 # /proc, prefill reads left out), reported per operation. It records every node's peak
-# resident memory (VmHWM) and prints markdown tables of the medians. Every process it
-# starts is stopped on exit, failure or Ctrl-C.
+# resident memory (VmHWM) and prints markdown tables of the medians, and, measured first,
+# how long a small synced append takes on the data directories' disk (fsync_probe.py).
+# Every process it starts is stopped on exit, failure or Ctrl-C.
 #
 # Environment (all optional):
 #   BENCH_DURATION=10s          measured time of one run
@@ -23,6 +24,8 @@
 #   BENCH_BASE_PORT=7300        gRPC ports base+1..; HTTP ports BENCH_HTTP_BASE_PORT=7380
 #   BENCH_OUT=target/bench      where results-<time>/ goes (raw JSON lines, logs, summary)
 #   BENCH_NO_BUILD=1            skip the cargo build
+#   BENCH_DISK_PROBE=10         seconds of the fsync probe of the data directory's disk
+#   TMPDIR                      parent of the nodes' data directories (default /tmp)
 #   BENCH_PROFILE=release       cargo profile of the binaries (`dev` only to try the script)
 #   CARGO_TARGET_DIR            where the binaries are (default: target)
 set -euo pipefail
@@ -195,6 +198,11 @@ finish_cluster() {
     stop_cluster
 }
 
+# What one small synced append costs on this disk, before anything else runs: the floor
+# (and the stalls) of every synced write below.
+log "probing the disk under $DATA (${BENCH_DISK_PROBE:-10} s)"
+python3 "$HERE/fsync_probe.py" "$DATA" "${BENCH_DISK_PROBE:-10}" >"$OUT/disk.md"
+
 for rep in $(seq 1 "$REPS"); do
     for policy in $POLICIES; do
         fresh_cluster "peak-$rep"
@@ -236,5 +244,7 @@ done
         "same machine; $KEYS keys, $VALUE_SIZE-byte values, $DURATION per run, median of $REPS runs."
     echo
     python3 "$HERE/summarize.py" "$RESULTS" "$MEMORY"
+    echo
+    cat "$OUT/disk.md"
 } | tee "$OUT/summary.md"
 log "raw results: $RESULTS"
