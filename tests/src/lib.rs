@@ -7,7 +7,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use dynamo_proto::v1::{
@@ -88,26 +88,53 @@ pub fn node_binary() -> PathBuf {
 /// `count` distinct free loopback ports below the kernel's ephemeral range (32768 and up on
 /// Linux), so an outgoing connection cannot take a stopped node's port before it restarts.
 /// Every listener is held until all are found, so no port is handed out twice (one node once
-/// got its gRPC port as its HTTP port, and its HTTP server never started).
+/// got its gRPC port as its HTTP port, and its HTTP server never started), and calls in one
+/// process continue one walk over the range, so they never hand out each other's ports.
 fn free_ports(count: usize) -> Vec<SocketAddr> {
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;
-    let seed = std::process::id().wrapping_mul(7919)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    let held: Vec<TcpListener> = (0..SPAN)
-        .filter_map(|i| {
-            let port = LOW + (seed.wrapping_add(i.wrapping_mul(97))) % SPAN;
-            TcpListener::bind(("127.0.0.1", port as u16)).ok()
-        })
-        .take(count)
-        .collect();
+    // 97 is prime to SPAN: the walk visits every port of the range once.
+    static WALK: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let walk = WALK.get_or_init(|| {
+        let seed = std::process::id().wrapping_mul(7919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        std::sync::atomic::AtomicU32::new(seed % SPAN)
+    });
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..SPAN {
+        if held.len() == count {
+            break;
+        }
+        let step = walk.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = LOW + step.wrapping_mul(97) % SPAN;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            held.push(l);
+        }
+    }
     assert_eq!(held.len(), count, "no {count} free loopback ports");
     held.iter()
         .map(|l| l.local_addr().expect("local addr"))
         .collect()
+}
+
+/// Waits up to `limit` for `child` to exit; past it, SIGKILLs and reaps it and returns
+/// `None`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Cluster {
@@ -253,23 +280,15 @@ impl Cluster {
     pub fn stop(&mut self, i: usize) {
         self.signal(i, libc::SIGTERM);
         let mut c = self.nodes[i].child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = c.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "{} stopped with {status}:\n{}",
-                    self.nodes[i].id,
-                    self.log(i)
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("{} did not stop within 15 s of SIGTERM", self.nodes[i].id);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let Some(status) = wait_exit(&mut c, Duration::from_secs(15)) else {
+            panic!("{} did not stop within 15 s of SIGTERM", self.nodes[i].id);
+        };
+        assert!(
+            status.success(),
+            "{} stopped with {status}:\n{}",
+            self.nodes[i].id,
+            self.log(i)
+        );
     }
 
     /// Freezes node `i` (SIGSTOP).

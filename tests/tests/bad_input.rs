@@ -6,7 +6,7 @@ use common::*;
 use dynamo_core::context::{cluster_tag, encode};
 use dynamo_core::{Actor, VersionVector};
 use dynamo_proto::v1::{DeleteRequest, GetRequest, PutRequest};
-use dynamo_tests::{node_binary, Cluster, Options};
+use dynamo_tests::{node_binary, wait_exit, Cluster, Options};
 use tonic::Code;
 
 #[tokio::test]
@@ -149,33 +149,21 @@ fn a_node_refuses_to_start_with_bad_configuration() {
 
 #[test]
 fn a_node_whose_http_port_is_taken_exits_naming_it() {
+    // Held for the whole test, so the port cannot change hands; gRPC takes any free port.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let grpc = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let grpc_addr = grpc.local_addr().expect("addr").to_string();
-    drop(grpc);
     let http_addr = taken.local_addr().expect("addr").to_string();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = std::process::Command::new(node_binary())
-        .args(["--node-id", "a", "--members", &format!("a={grpc_addr}")])
-        .args(["--listen", &grpc_addr, "--http-listen", &http_addr])
+        .args(["--node-id", "a", "--members", "a=127.0.0.1:1"])
+        .args(["--listen", "127.0.0.1:0", "--http-listen", &http_addr])
         .args(["--data-dir", dir.path().to_str().expect("utf-8 path")])
         .args(["--n", "1", "--r", "1", "--w", "1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn dynamo-node");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the node kept running with its HTTP port taken");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, std::time::Duration::from_secs(20))
+        .expect("the node exits when its HTTP port is taken");
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
         .expect("read stderr");
