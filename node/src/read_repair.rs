@@ -39,7 +39,7 @@ pub fn decode_state(raw: &[u8]) -> Result<SiblingSet, StorageError> {
 pub async fn gather_and_repair(
     node: Arc<Node>,
     key: Bytes,
-    local: Vec<u8>,
+    local: Bytes,
     others: Vec<Member>,
     replies: mpsc::UnboundedSender<Option<SiblingSet>>,
 ) {

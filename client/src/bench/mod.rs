@@ -191,12 +191,17 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
     bar.finish_and_clear();
 
     let (mut read, mut write, mut context_reads) = (OpStats::new(), OpStats::new(), 0);
+    let mut wake_lag = OpStats::new();
     for r in &results {
         read.merge(&r.read);
         write.merge(&r.write);
+        wake_lag.merge(&r.wake_lag);
         context_reads += r.context_reads;
     }
-    let report = Report::new(&read, &write, elapsed, cfg.to_json());
+    let mut report = Report::new(&read, &write, elapsed, cfg.to_json());
+    if interval.is_some() {
+        report = report.with_wake_lag(&wake_lag);
+    }
     Ok(Outcome {
         report,
         prefill: prefill_time,

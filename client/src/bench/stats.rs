@@ -159,6 +159,10 @@ pub struct Report {
     pub write: OpReport,
     /// Error messages and how often each was seen.
     pub error_samples: BTreeMap<String, u64>,
+    /// Open loop only: how late workers woke for requests they waited for, a delay of the
+    /// load generator itself that the latencies above include.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wake_lag_us: Option<Latency>,
     /// The parameters of the run.
     pub config: serde_json::Value,
 }
@@ -184,8 +188,15 @@ impl Report {
             read: OpReport::new(read, seconds),
             write: OpReport::new(write, seconds),
             error_samples: all.samples,
+            wake_lag_us: None,
             config,
         }
+    }
+
+    /// Adds the workers' wake-up lateness (open loop).
+    pub fn with_wake_lag(mut self, lag: &OpStats) -> Self {
+        self.wake_lag_us = Some(lag.latency());
+        self
     }
 
     /// The human-readable report.
@@ -219,6 +230,16 @@ impl Report {
                 r.ops_per_sec,
                 ms(l.p50),
                 ms(l.p90),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max)
+            ));
+        }
+        if let Some(l) = &self.wake_lag_us {
+            let ms = |us: u64| us as f64 / 1000.0;
+            out.push_str(&format!(
+                "generator wake-up lag (included above): p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms\n",
+                ms(l.p50),
                 ms(l.p99),
                 ms(l.p999),
                 ms(l.max)
@@ -306,10 +327,33 @@ mod tests {
         assert_eq!(v["read"]["ops_per_sec"], 5.0);
         assert_eq!(v["write"]["errors"], 1);
         assert_eq!(v["config"]["keys"], 10);
+        assert!(
+            v.get("wake_lag_us").is_none(),
+            "closed loop has no wake lag: {v}"
+        );
         assert!(v["latency_us"]["p50"].as_u64().unwrap() >= 1999);
         let text = report.to_text();
         assert!(text.contains("20 ops/s"), "{text}");
         assert!(text.contains("error x1: UNAVAILABLE"), "{text}");
+    }
+
+    #[test]
+    fn open_loop_report_has_wake_lag() {
+        let read = stats(&[1000; 10], &[]);
+        let report = Report::new(
+            &read,
+            &OpStats::new(),
+            Duration::from_secs(1),
+            serde_json::Value::Null,
+        )
+        .with_wake_lag(&stats(&[50, 70, 9000], &[]));
+        let v = serde_json::to_value(&report).unwrap();
+        assert!(v["wake_lag_us"]["max"].as_u64().unwrap() >= 8990, "{v}");
+        assert!(
+            report.to_text().contains("wake-up lag"),
+            "{}",
+            report.to_text()
+        );
     }
 
     #[test]

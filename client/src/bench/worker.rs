@@ -91,6 +91,9 @@ pub(crate) struct WorkerResult {
     pub read: OpStats,
     pub write: OpStats,
     pub context_reads: u64,
+    /// Open loop: how late the worker woke for requests it had to wait for (timer and
+    /// scheduling delay in the load generator itself, not the cluster's doing).
+    pub wake_lag: OpStats,
 }
 
 impl WorkerSpec {
@@ -124,7 +127,12 @@ pub(crate) async fn run_worker(
         let errors = result.read.errors() + result.write.errors();
         let due = match spec.pace.as_mut().map(Pace::due) {
             Some(due) => {
-                tokio::time::sleep_until(due.into()).await;
+                // A request due in the past waited for the previous one (the cluster's
+                // doing); only one the worker slept for measures the generator's wake-up.
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                    result.wake_lag.record(due.elapsed());
+                }
                 Some(due)
             }
             None => None,

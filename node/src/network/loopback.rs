@@ -81,7 +81,7 @@ impl Transport for LoopbackTransport {
         _timeout: Duration,
     ) -> Result<Bytes, PeerError> {
         let stored = self.net.reach(&peer.id)?.store.read_raw(&key);
-        Ok(stored.map_err(internal)?.unwrap_or_default().into())
+        Ok(stored.map_err(internal)?.unwrap_or_default())
     }
 
     async fn write(

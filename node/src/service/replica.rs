@@ -45,7 +45,7 @@ impl ReplicaService {
         let sets = req
             .keys
             .iter()
-            .map(|key| Ok(self.node.store.read_raw(key)?.unwrap_or_default().into()))
+            .map(|key| Ok(self.node.store.read_raw(key)?.unwrap_or_default()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
         Ok(ReplicaReadResponse { sets })

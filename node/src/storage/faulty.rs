@@ -1,9 +1,10 @@
 //! A [`MemoryEngine`] with injectable disk faults, for failure tests and simulation:
-//! syncs that fail, and a gate that holds syncs (and, if asked, every write) until it
-//! opens, as a hung disk would.
+//! syncs that fail, a gate that holds syncs (and, if asked, every write) until it
+//! opens, as a hung disk would, and slow reads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use super::memory::MemoryEngine;
 use super::{Batch, Cf, Engine, Entries, StorageError};
@@ -13,6 +14,7 @@ pub struct FaultyEngine {
     inner: MemoryEngine,
     fail_syncs: AtomicBool,
     gate_writes: AtomicBool,
+    read_delay_us: AtomicU64,
     open: Mutex<bool>,
     opened: Condvar,
 }
@@ -29,6 +31,7 @@ impl FaultyEngine {
             inner: MemoryEngine::new(),
             fail_syncs: AtomicBool::new(false),
             gate_writes: AtomicBool::new(false),
+            read_delay_us: AtomicU64::new(0),
             open: Mutex::new(true),
             opened: Condvar::new(),
         }
@@ -37,6 +40,13 @@ impl FaultyEngine {
     /// Loses every write not yet synced (see [`MemoryEngine::crash`]).
     pub fn crash(&self) {
         self.inner.crash();
+    }
+
+    /// Makes reads slow: each takes from none to twice `delay`, varying from read to read
+    /// as a busy disk's do (zero: reads are fast again).
+    pub fn slow_reads(&self, delay: Duration) {
+        self.read_delay_us
+            .store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Makes every sync fail (`true`) or succeed again.
@@ -65,7 +75,19 @@ impl FaultyEngine {
 
 impl Engine for FaultyEngine {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(cf, key)
+        let got = self.inner.get(cf, key);
+        match self.read_delay_us.load(Ordering::SeqCst) {
+            0 => {}
+            // The read happened first: a slow disk returns what it read, late.
+            us => {
+                let clock = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let spread = u64::from(clock.subsec_nanos() / 1000 % 5); // 0..=4
+                std::thread::sleep(Duration::from_micros(us * spread / 2));
+            }
+        }
+        got
     }
 
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), StorageError> {

@@ -10,7 +10,7 @@ use dynamo_core::codec::{decode_set, encode_set};
 use dynamo_core::ring::partition_of;
 use dynamo_core::{Actor, SiblingSet, VersionVector};
 
-use super::recent::Recent;
+use super::cache::SetCache;
 use crate::storage::keys::{data_key, hint_key};
 use crate::storage::{Batch, Cf, Engine, Op, StorageError};
 
@@ -92,7 +92,7 @@ pub(super) struct Overlay {
 
 pub(super) fn apply(
     engine: &dyn Engine,
-    recent: &mut Recent,
+    cache: &SetCache,
     q: u32,
     m: Mutation,
     batch: &mut Batch,
@@ -106,14 +106,14 @@ pub(super) fn apply(
             value,
         } => {
             let dk = data_key(partition_of(&key, q), &key);
-            let mut set = current(engine, recent, batch, overlay, &dk)?;
+            let mut set = current(engine, cache, batch, overlay, &dk)?;
             set.update(&context, &actor, value);
             stage(batch, overlay, dk, encode_set(&set));
             Ok(Outcome::Set(set))
         }
         Mutation::Join { key, set } => {
             let dk = data_key(partition_of(&key, q), &key);
-            let mut stored = current(engine, recent, batch, overlay, &dk)?;
+            let mut stored = current(engine, cache, batch, overlay, &dk)?;
             if stored.absorb(&set) {
                 stage(batch, overlay, dk, encode_set(&stored));
             }
@@ -140,7 +140,7 @@ pub(super) fn apply(
         }
         Mutation::All(ms) => {
             for m in ms {
-                apply(engine, recent, q, m, batch, overlay)?;
+                apply(engine, cache, q, m, batch, overlay)?;
             }
             Ok(Outcome::Done)
         }
@@ -155,11 +155,11 @@ pub(super) fn apply(
     }
 }
 
-/// The set stored under `dk`: as written earlier in this batch, else as written recently,
-/// else as in the engine.
+/// The set stored under `dk`: as written earlier in this batch, else as cached, else as
+/// in the engine.
 fn current(
     engine: &dyn Engine,
-    recent: &mut Recent,
+    cache: &SetCache,
     batch: &Batch,
     overlay: &Overlay,
     dk: &[u8],
@@ -167,9 +167,9 @@ fn current(
     match overlay.data.get(dk).map(|&i| &batch.ops[i]) {
         Some(Op::Put(_, _, staged)) => decode_stored(Some(staged)),
         Some(_) => unreachable!("the overlay indexes puts only"),
-        None => match recent.get(dk) {
-            Some(written) => decode_stored(Some(written)),
-            None => decode_stored(engine.get(Cf::Data, dk)?.as_deref()),
+        None => match cache.get(dk) {
+            Ok(cached) => decode_stored(Some(&cached)),
+            Err(_) => decode_stored(engine.get(Cf::Data, dk)?.as_deref()),
         },
     }
 }
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn mutations_of_one_key_in_one_group_see_each_other() {
         let engine = MemoryEngine::new();
-        let mut recent = Recent::new(1 << 20);
+        let cache = SetCache::new(1 << 20);
         let (mut batch, mut overlay) = (Batch::default(), Overlay::default());
         let key = Bytes::from("k");
         let update = |v: &'static str, n: &str| Mutation::Update {
@@ -209,7 +209,7 @@ mod tests {
             actor: Actor::new(n, 1),
             value: Some(Bytes::from(v)),
         };
-        let mut run = |m| apply(&engine, &mut recent, 16, m, &mut batch, &mut overlay);
+        let mut run = |m| apply(&engine, &cache, 16, m, &mut batch, &mut overlay);
         run(update("a", "n1")).unwrap();
         let Outcome::Set(second) = run(update("b", "n1")).unwrap() else {
             panic!("an update answers the set");

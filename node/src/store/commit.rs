@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::apply::{apply, Mutation, Outcome, Overlay};
-use super::recent::Recent;
+use super::cache::SetCache;
 use super::stopped;
 use crate::storage::{Batch, Engine, StorageError};
 
@@ -38,18 +38,16 @@ fn poison_error() -> StorageError {
     )
 }
 
-/// The writer thread's loop. `recent_budget` bounds the map of recently written sets
-/// (see [`Recent`]).
+/// The writer thread's loop. It records every set it writes in `cache` before answering.
 pub(super) fn writer(
     engine: Arc<dyn Engine>,
     q: u32,
-    recent_budget: usize,
+    cache: &SetCache,
     poisoned: &AtomicBool,
     rx: mpsc::Receiver<Request>,
     syncer: Option<mpsc::Sender<Unsynced>>,
 ) {
     let mut carried = None;
-    let mut recent = Recent::new(recent_budget);
     while let Some(first) = carried.take().or_else(|| rx.recv().ok()) {
         let mut weight = first.mutation.weight();
         let mut group = vec![first];
@@ -77,14 +75,7 @@ pub(super) fn writer(
         let mut overlay = Overlay::default();
         let mut outcomes = Vec::with_capacity(group.len());
         for r in group {
-            let result = apply(
-                &*engine,
-                &mut recent,
-                q,
-                r.mutation,
-                &mut batch,
-                &mut overlay,
-            );
+            let result = apply(&*engine, cache, q, r.mutation, &mut batch, &mut overlay);
             outcomes.push((r.applied, r.durable, result));
         }
         // Synced by the syncer when there is one; otherwise durable once written.
@@ -96,14 +87,14 @@ pub(super) fn writer(
         if let Err(e) = written {
             tracing::error!(error = %e, "storage write failed; refusing further writes");
             poisoned.store(true, Ordering::Release);
-            recent.clear();
+            cache.clear();
             for (applied, durable, _) in outcomes {
                 let _ = applied.map(|a| a.send(Err(e.clone())));
                 let _ = durable.send(Err(e.clone()));
             }
             continue;
         }
-        recent.written(batch);
+        cache.written(batch);
         let unsynced: Unsynced = outcomes
             .into_iter()
             .map(|(applied, durable, result)| match applied {
