@@ -52,6 +52,19 @@ def cpu_per_op(runs):
     return "{:.0f}".format(statistics.median(per_op)) if per_op else "-"
 
 
+def spread(runs):
+    """Lowest to highest p99.9 over the runs: how much one median can be trusted."""
+    p999 = [r["latency_us"]["p999"] / 1000 for r in runs]
+    return "{:.1f}–{:.1f}".format(min(p999), max(p999))
+
+
+def generator_lag(runs):
+    """Open loop only: median p99.9 of how late the load generator itself woke for a
+    request (its timer and scheduling delay, included in the latencies); "-" otherwise."""
+    lags = [r["wake_lag_us"]["p999"] for r in runs if r.get("wake_lag_us")]
+    return "{:.1f}".format(statistics.median(lags) / 1000) if lags else "-"
+
+
 def results_table(rows):
     groups = defaultdict(list)
     for row in rows:
@@ -60,8 +73,9 @@ def results_table(rows):
         result["node_cpu_s"] = row.get("node_cpu_s")
         groups[key].append(result)
     out = [
-        "| fsync | workload | clients | load | runs | ops/s | p50 ms | p99 ms | p99.9 ms | errors | node CPU µs/op |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| fsync | workload | clients | load | runs | ops/s | p50 ms | p99 ms | p99.9 ms | p99.9 range ms "
+        "| generator lag p99.9 ms | errors | node CPU µs/op |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = sorted(groups, key=lambda k: (k[0], MIX_ORDER.get(k[1], 9), k[3] > 0, k[2]))
     for key in order:
@@ -69,7 +83,7 @@ def results_table(rows):
         med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
         load_ = "half of peak ({} ops/s, open loop)".format(key[3]) if key[3] else "peak (closed loop)"
         out.append(
-            "| {} | {} | {} | {} | {} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {} | {} |".format(
+            "| {} | {} | {} | {} | {} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {} | {} | {} | {} |".format(
                 key[0],
                 MIX_NAME.get(key[1], key[1]),
                 key[2],
@@ -79,6 +93,8 @@ def results_table(rows):
                 ms(med(lambda r: r["latency_us"]["p50"])),
                 ms(med(lambda r: r["latency_us"]["p99"])),
                 ms(med(lambda r: r["latency_us"]["p999"])),
+                spread(runs),
+                generator_lag(runs),
                 sum(r["errors"] for r in runs),
                 cpu_per_op(runs),
             )

@@ -71,6 +71,11 @@ pub struct NodeConfig {
     pub fsync: FsyncPolicy,
     /// WAL sync interval for the `periodic` policy.
     pub fsync_interval_ms: u64,
+    /// With the `always` policy, the shortest time between the starts of two WAL syncs:
+    /// writes that arrive meanwhile share the next sync (0: sync as soon as a write is
+    /// applied). Costs nothing when writes are rarer than this; under load it trades up
+    /// to this much latency for fewer syncs.
+    pub fsync_group_window_us: u64,
     /// How long a coordinator waits for R or W replicas.
     pub request_timeout_ms: u64,
     /// RocksDB block cache size.
@@ -96,6 +101,7 @@ impl Default for NodeConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             fsync: FsyncPolicy::Periodic,
             fsync_interval_ms: 100,
+            fsync_group_window_us: 1000,
             request_timeout_ms: 1000,
             cache_bytes: 64 << 20,
             runtime_threads: 0,
@@ -158,6 +164,9 @@ pub struct Args {
     pub fsync: Option<FsyncPolicy>,
     #[arg(long, env = "DYNAMO_FSYNC_INTERVAL_MS")]
     pub fsync_interval_ms: Option<u64>,
+    /// With --fsync always: at most one WAL sync started per this many microseconds.
+    #[arg(long, env = "DYNAMO_FSYNC_GROUP_WINDOW_US")]
+    pub fsync_group_window_us: Option<u64>,
     #[arg(long, env = "DYNAMO_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
     #[arg(long, env = "DYNAMO_CACHE_BYTES")]
@@ -222,6 +231,7 @@ impl NodeConfig {
         set!(
             fsync,
             fsync_interval_ms,
+            fsync_group_window_us,
             request_timeout_ms,
             cache_bytes,
             runtime_threads
@@ -277,6 +287,13 @@ impl NodeConfig {
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms must be positive".into());
         }
+        if self.fsync_group_window_us >= self.request_timeout_ms.saturating_mul(1000) / 2 {
+            return invalid(format!(
+                "fsync_group_window_us {} is not well below the request timeout ({} ms): \
+                 synced writes would time out waiting for their sync",
+                self.fsync_group_window_us, self.request_timeout_ms
+            ));
+        }
         Ok(())
     }
 
@@ -318,6 +335,9 @@ mod tests {
         assert_eq!(cfg.runtime_threads, 0, "one per CPU unless set");
         let cfg = NodeConfig::load(args(&["--runtime-threads", "1"])).unwrap();
         assert_eq!(cfg.runtime_threads, 1);
+        assert_eq!(cfg.fsync_group_window_us, 1000, "default group window");
+        let cfg = NodeConfig::load(args(&["--fsync-group-window-us", "0"])).unwrap();
+        assert_eq!(cfg.fsync_group_window_us, 0);
     }
 
     #[test]
@@ -364,6 +384,15 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("their own ports"), "{err}");
+        let err = NodeConfig::load(args(&[
+            "--fsync-group-window-us",
+            "600000",
+            "--request-timeout-ms",
+            "1000",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("fsync_group_window_us 600000"), "{err}");
         assert!(parse_member("nohost").is_err());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n.yaml");

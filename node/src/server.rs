@@ -37,11 +37,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         "storage open"
     );
     let map = planner::plan(None, &cfg.members, cfg.partitions, cfg.replication.n)?;
-    let store = Store::new(
-        engine.clone(),
-        cfg.partitions,
-        cfg.fsync == FsyncPolicy::Always,
-    );
+    let store = match cfg.fsync {
+        FsyncPolicy::Always => Store::synced(
+            engine.clone(),
+            cfg.partitions,
+            Duration::from_micros(cfg.fsync_group_window_us),
+        ),
+        FsyncPolicy::Periodic | FsyncPolicy::Never => {
+            Store::new(engine.clone(), cfg.partitions, false)
+        }
+    };
     let transport = Arc::new(GrpcTransport::new(cfg.cluster_id.clone()));
     let node = Arc::new(Node::new(
         cfg.clone(),

@@ -15,6 +15,7 @@ pub struct FaultyEngine {
     fail_syncs: AtomicBool,
     gate_writes: AtomicBool,
     read_delay_us: AtomicU64,
+    syncs: AtomicU64,
     open: Mutex<bool>,
     opened: Condvar,
 }
@@ -32,6 +33,7 @@ impl FaultyEngine {
             fail_syncs: AtomicBool::new(false),
             gate_writes: AtomicBool::new(false),
             read_delay_us: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
             open: Mutex::new(true),
             opened: Condvar::new(),
         }
@@ -40,6 +42,11 @@ impl FaultyEngine {
     /// Loses every write not yet synced (see [`MemoryEngine::crash`]).
     pub fn crash(&self) {
         self.inner.crash();
+    }
+
+    /// Syncs done so far (successful or not).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
     }
 
     /// Makes reads slow: each takes from none to twice `delay`, varying from read to read
@@ -83,7 +90,7 @@ impl Engine for FaultyEngine {
                 let clock = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
-                let spread = u64::from(clock.subsec_nanos() / 1000 % 5); // 0..=4
+                let spread = u64::from(clock.subsec_micros() % 5); // 0..=4
                 std::thread::sleep(Duration::from_micros(us * spread / 2));
             }
         }
@@ -111,6 +118,7 @@ impl Engine for FaultyEngine {
 
     fn sync(&self) -> Result<(), StorageError> {
         self.wait_open();
+        self.syncs.fetch_add(1, Ordering::SeqCst);
         if self.fail_syncs.load(Ordering::SeqCst) {
             return Err(StorageError::Engine("injected sync failure".into()));
         }

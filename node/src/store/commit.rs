@@ -2,10 +2,22 @@
 //! queued mutations as one unsynced engine batch; with synced writes, one syncer thread
 //! syncs once for every group that queued during its previous sync and only then
 //! acknowledges them. A failed write or sync poisons the store.
+//!
+//! # Sync pacing
+//!
+//! The syncer starts at most one sync per *group window* (start to start): groups that
+//! queue in between share the next sync. At low load syncs are further apart than the
+//! window and nothing waits; under load, fewer and larger syncs. Measured on the
+//! development VM (3 nodes, synced puts at 4,400/s), each node synced ~1,100 times a
+//! second without pacing, and the host took 7-9% of the guest's CPU time (steal) while
+//! it flushed, freezing every process, the load generator included, for up to 16 ms;
+//! with syncs at most once per millisecond, ~530 a second, steal 2% and p99 13 ms
+//! instead of 21-24 ms.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -123,9 +135,29 @@ pub(super) fn writer(
     }
 }
 
-/// Syncs the WAL once for all groups written since the last sync, then acknowledges them.
-pub(super) fn syncer(engine: &dyn Engine, poisoned: &AtomicBool, rx: mpsc::Receiver<Unsynced>) {
+/// How long a sync must wait so that it starts at least `window` after the previous one
+/// (started at `last`), at `now`.
+pub(super) fn pacing_wait(last: Option<Instant>, window: Duration, now: Instant) -> Duration {
+    last.map_or(Duration::ZERO, |last| {
+        (last + window).saturating_duration_since(now)
+    })
+}
+
+/// Syncs the WAL once for all groups written since the last sync, then acknowledges them;
+/// starts at most one sync per `window` (see the module docs).
+pub(super) fn syncer(
+    engine: &dyn Engine,
+    poisoned: &AtomicBool,
+    rx: mpsc::Receiver<Unsynced>,
+    window: Duration,
+) {
+    let mut last_start = None;
     while let Ok(first) = rx.recv() {
+        let wait = pacing_wait(last_start, window, Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        last_start = Some(Instant::now());
         let mut groups = vec![first];
         while let Ok(g) = rx.try_recv() {
             groups.push(g);
@@ -145,5 +177,28 @@ pub(super) fn syncer(engine: &dyn Engine, poisoned: &AtomicBool, rx: mpsc::Recei
                 Err(e) => Err(e.clone()),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sync_waits_only_for_what_is_left_of_the_window() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(pacing_wait(None, ms(1), t0), Duration::ZERO, "first sync");
+        assert_eq!(
+            pacing_wait(Some(t0), ms(1), t0 + ms(5)),
+            Duration::ZERO,
+            "idle"
+        );
+        assert_eq!(pacing_wait(Some(t0), ms(4), t0 + ms(1)), ms(3), "busy");
+        assert_eq!(
+            pacing_wait(Some(t0), Duration::ZERO, t0),
+            Duration::ZERO,
+            "off"
+        );
     }
 }

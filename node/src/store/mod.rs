@@ -34,6 +34,7 @@ mod recent;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_core::ring::partition_of;
@@ -121,25 +122,33 @@ impl Store {
     /// Starts the writer thread over `engine` (and the syncer thread with `sync_writes`:
     /// then every write is synced before it is acknowledged).
     pub fn new(engine: Arc<dyn Engine>, partitions: u32, sync_writes: bool) -> Self {
-        Self::with_cache_budget(engine, partitions, sync_writes, CACHE_GENERATION_BYTES)
+        let sync = sync_writes.then_some(Duration::ZERO);
+        Self::open(engine, partitions, sync, CACHE_GENERATION_BYTES)
     }
 
-    /// [`Store::new`] with the byte budget of one generation of the cache of sets.
-    fn with_cache_budget(
+    /// A store whose every write is synced before it is acknowledged, with at most one
+    /// sync started per `window` (writes queued meanwhile share the next sync).
+    pub fn synced(engine: Arc<dyn Engine>, partitions: u32, window: Duration) -> Self {
+        Self::open(engine, partitions, Some(window), CACHE_GENERATION_BYTES)
+    }
+
+    /// Starts the threads. `sync`: the group window when writes are synced; `cache_budget`:
+    /// the bytes of one generation of the cache of sets.
+    fn open(
         engine: Arc<dyn Engine>,
         partitions: u32,
-        sync_writes: bool,
+        sync: Option<Duration>,
         cache_budget: usize,
     ) -> Self {
         let cache = Arc::new(SetCache::new(cache_budget));
         let (tx, rx) = mpsc::channel();
         let poisoned = Arc::new(AtomicBool::new(false));
-        let syncer = sync_writes.then(|| {
+        let syncer = sync.map(|window| {
             let (sync_tx, sync_rx) = mpsc::channel();
             let (engine, poisoned) = (engine.clone(), poisoned.clone());
             std::thread::Builder::new()
                 .name("store-syncer".into())
-                .spawn(move || syncer(&*engine, &poisoned, sync_rx))
+                .spawn(move || syncer(&*engine, &poisoned, sync_rx, window))
                 .expect("spawn syncer thread");
             sync_tx
         });
@@ -370,7 +379,7 @@ mod tests {
         // A budget of 64 bytes turns generations over every few writes, so reads come
         // from the young map, the old one and the engine in turn.
         let engine = Arc::new(MemoryEngine::new());
-        let s = Store::with_cache_budget(engine.clone(), 16, false, 64);
+        let s = Store::open(engine.clone(), 16, None, 64);
         let actor = Actor::new("n", 1);
         let keys: Vec<Bytes> = (0..20).map(|i| Bytes::from(format!("key-{i}"))).collect();
         for round in 0..10 {
@@ -404,7 +413,7 @@ mod tests {
         // land in between (the race a fill must lose).
         let engine = Arc::new(FaultyEngine::new());
         engine.slow_reads(std::time::Duration::from_micros(200));
-        let s = Arc::new(Store::with_cache_budget(engine, 16, false, 4096));
+        let s = Arc::new(Store::open(engine, 16, None, 4096));
         let acked = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let readers: Vec<_> = (0..3)
@@ -466,6 +475,61 @@ mod tests {
         for r in readers {
             assert!(r.join().expect("reader panicked") > 0);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn synced_writes_share_syncs_at_most_one_per_window() {
+        let engine = Arc::new(FaultyEngine::new());
+        let window = std::time::Duration::from_millis(20);
+        let s = Arc::new(Store::synced(engine.clone(), 16, window));
+        let actor = Actor::new("n", 1);
+        // One write alone is synced at once: pacing costs nothing when idle.
+        let started = std::time::Instant::now();
+        let staged = s
+            .update(
+                Bytes::from("k"),
+                VersionVector::new(),
+                actor.clone(),
+                value("a"),
+            )
+            .await
+            .unwrap();
+        staged.durable().await.unwrap();
+        assert!(started.elapsed() < window, "{:?}", started.elapsed());
+        assert_eq!(engine.syncs(), 1);
+
+        // A stream of writes over ~200 ms, each waiting for its own sync: without pacing
+        // one sync each; with a 20 ms window, about one per window.
+        let started = std::time::Instant::now();
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let (s, actor) = (s.clone(), actor.clone());
+                tokio::spawn(async move {
+                    for i in 0..25 {
+                        let key = Bytes::from(format!("w{w}-{i}"));
+                        let staged = s
+                            .update(key, VersionVector::new(), actor.clone(), value("v"))
+                            .await
+                            .unwrap();
+                        staged.durable().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let syncs = engine.syncs() - 1;
+        let windows = started.elapsed().as_millis() / window.as_millis() + 1;
+        assert!(
+            syncs as u128 <= windows,
+            "{syncs} syncs in {} windows for 200 writes",
+            windows
+        );
+        // Every acknowledged write is durable: a crash loses none of them.
+        engine.crash();
+        let dk = data_key(partition_of(b"w7-24", 16), b"w7-24");
+        assert!(engine.get(Cf::Data, &dk).unwrap().is_some());
     }
 
     #[tokio::test]
