@@ -498,8 +498,8 @@ mod tests {
         assert!(started.elapsed() < window, "{:?}", started.elapsed());
         assert_eq!(engine.syncs(), 1);
 
-        // A stream of writes over ~200 ms, each waiting for its own sync: without pacing
-        // one sync each; with a 20 ms window, about one per window.
+        // Eight writers, each waiting for its write's sync before the next: without
+        // pacing a sync every few writes; with a 20 ms window, about one per window.
         let started = std::time::Instant::now();
         let writers: Vec<_> = (0..8)
             .map(|w| {
@@ -523,8 +523,7 @@ mod tests {
         let windows = started.elapsed().as_millis() / window.as_millis() + 1;
         assert!(
             syncs as u128 <= windows,
-            "{syncs} syncs in {} windows for 200 writes",
-            windows
+            "{syncs} syncs in {windows} windows for 200 writes"
         );
         // Every acknowledged write is durable: a crash loses none of them.
         engine.crash();
