@@ -24,6 +24,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    node.metrics.set_cache(node.store.cache_stats());
     (
         [(
             header::CONTENT_TYPE,

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub hints_delivered: Counter,
     pub read_repairs: Counter,
     pub storage_bytes: Gauge,
+    pub set_cache_hits: Counter,
+    pub set_cache_misses: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +68,8 @@ impl Default for Metrics {
         let hints_delivered = Counter::default();
         let read_repairs = Counter::default();
         let storage_bytes = Gauge::default();
+        let set_cache_hits = Counter::default();
+        let set_cache_misses = Counter::default();
         registry.register(
             "requests",
             "Client requests coordinated, by operation and outcome",
@@ -106,6 +110,17 @@ impl Default for Metrics {
             "Approximate bytes stored by the engine",
             storage_bytes.clone(),
         );
+        registry.register(
+            "set_cache_hits",
+            "Lookups of a key's set (gets, replica reads, read-modify-writes) served from \
+             the cache of recent sets",
+            set_cache_hits.clone(),
+        );
+        registry.register(
+            "set_cache_misses",
+            "Lookups of a key's set that went to the storage engine",
+            set_cache_misses.clone(),
+        );
         Self {
             registry,
             requests,
@@ -116,6 +131,8 @@ impl Default for Metrics {
             hints_delivered,
             read_repairs,
             storage_bytes,
+            set_cache_hits,
+            set_cache_misses,
         }
     }
 }
@@ -131,11 +148,37 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Brings the cache counters up to `stats` (totals kept by the store).
+    pub fn set_cache(&self, stats: crate::store::CacheStats) {
+        for (counter, total) in [
+            (&self.set_cache_hits, stats.hits),
+            (&self.set_cache_misses, stats.misses),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CacheStats;
+
+    #[test]
+    fn cache_counters_follow_the_stores_totals() {
+        let m = Metrics::default();
+        m.set_cache(CacheStats { hits: 5, misses: 2 });
+        m.set_cache(CacheStats { hits: 9, misses: 2 });
+        let text = m.encode();
+        assert!(text.contains("dynamo_set_cache_hits_total 9"), "{text}");
+        assert!(text.contains("dynamo_set_cache_misses_total 2"), "{text}");
     }
 }

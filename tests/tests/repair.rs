@@ -124,13 +124,20 @@ async fn read_repair_fixes_a_stale_replica() {
         .await;
         assert!(repaired, "node 3 was not repaired");
         let (_, metrics) = http_get(c.nodes[0].http, "/metrics").expect("metrics");
-        let repairs = metrics
-            .lines()
-            .find(|l| l.starts_with("dynamo_read_repairs_total"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let counter = |name: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let repairs = counter("dynamo_read_repairs_total");
         assert!(repairs >= 1.0, "read repair not counted:\n{metrics}");
+        // The coordinator's own read of the key it had just been written came from the
+        // cache of recent sets.
+        let hits = counter("dynamo_set_cache_hits_total");
+        assert!(hits >= 1.0, "no cache hit counted:\n{metrics}");
     })
     .await
     .expect("test timed out");

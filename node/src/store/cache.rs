@@ -35,6 +35,16 @@ struct Shard {
     sets: Recent,
     /// Writes recorded in this shard, for [`Miss`].
     writes: u64,
+    /// Lookups that found a set, and that did not (counted under the lock already held).
+    hits: u64,
+    misses: u64,
+}
+
+/// Lookups since the cache was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
 }
 
 /// A key not held; what [`SetCache::fill`] needs to know whether it may add it.
@@ -58,6 +68,8 @@ impl SetCache {
                 Mutex::new(Shard {
                     sets: Recent::new(per_shard),
                     writes: 0,
+                    hits: 0,
+                    misses: 0,
                 })
             })
             .collect();
@@ -77,13 +89,32 @@ impl SetCache {
     pub fn get(&self, dk: &[u8]) -> Result<Bytes, Miss> {
         let shard = Self::shard_of(dk);
         let mut s = self.shards[shard].lock();
-        match s.sets.get(dk) {
-            Some(set) => Ok(set.clone()),
-            None => Err(Miss {
-                shard,
-                writes: s.writes,
-            }),
+        match s.sets.get(dk).cloned() {
+            Some(set) => {
+                s.hits += 1;
+                Ok(set)
+            }
+            None => {
+                s.misses += 1;
+                Err(Miss {
+                    shard,
+                    writes: s.writes,
+                })
+            }
         }
+    }
+
+    /// Hits and misses so far, over all shards.
+    pub fn stats(&self) -> CacheStats {
+        self.shards
+            .iter()
+            .fold(CacheStats::default(), |acc, shard| {
+                let s = shard.lock();
+                CacheStats {
+                    hits: acc.hits + s.hits,
+                    misses: acc.misses + s.misses,
+                }
+            })
     }
 
     /// Adds `set`, read from the engine after `miss`, unless a write reached the shard
@@ -174,6 +205,7 @@ mod tests {
         let miss = c.get(&k).unwrap_err();
         c.fill(&k, miss, &Bytes::from("from the engine"));
         assert_eq!(c.get(&k).unwrap(), "from the engine");
+        assert_eq!(c.stats(), CacheStats { hits: 1, misses: 1 });
     }
 
     #[test]

@@ -45,6 +45,7 @@ use crate::storage::keys::{data_key, hint_prefix, split_hint_key};
 use crate::storage::{Cf, Engine, StorageError};
 pub use apply::decode_stored;
 use apply::{decode_hint, Mutation, Outcome};
+pub use cache::CacheStats;
 use cache::SetCache;
 use commit::{syncer, writer, Request};
 
@@ -186,6 +187,12 @@ impl Store {
     /// The engine underneath.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// Lookups of the cache of recent sets (reads and read-modify-writes) that found
+    /// their set, and that went to the engine.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// Forgets every cached set, for whoever changed the engine behind the store's back
