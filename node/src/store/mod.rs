@@ -381,6 +381,25 @@ mod tests {
         Store::new(Arc::new(MemoryEngine::new()), 16, false)
     }
 
+    /// A blind write of `v` to `key` by actor n#1, applied (not yet durable).
+    async fn blind(s: &Store, key: &str, v: &str) -> Staged {
+        let actor = Actor::new("n", 1);
+        s.update(
+            Bytes::from(key.to_owned()),
+            VersionVector::new(),
+            actor,
+            value(v),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// What the engine itself holds for `key` (past the cache; 16 partitions).
+    fn in_engine(engine: &dyn Engine, key: &[u8]) -> SiblingSet {
+        let dk = data_key(partition_of(key, 16), key);
+        decode_stored(engine.get(Cf::Data, &dk).unwrap().as_deref()).unwrap()
+    }
+
     #[tokio::test]
     async fn with_a_tiny_cache_every_update_still_sees_the_stored_set() {
         // A budget of 64 bytes turns generations over every few writes, so reads come
@@ -489,19 +508,9 @@ mod tests {
         let engine = Arc::new(FaultyEngine::new());
         let window = std::time::Duration::from_millis(20);
         let s = Arc::new(Store::synced(engine.clone(), 16, window));
-        let actor = Actor::new("n", 1);
         // One write alone is synced at once: pacing costs nothing when idle.
         let started = std::time::Instant::now();
-        let staged = s
-            .update(
-                Bytes::from("k"),
-                VersionVector::new(),
-                actor.clone(),
-                value("a"),
-            )
-            .await
-            .unwrap();
-        staged.durable().await.unwrap();
+        blind(&s, "k", "a").await.durable().await.unwrap();
         assert!(started.elapsed() < window, "{:?}", started.elapsed());
         assert_eq!(engine.syncs(), 1);
 
@@ -510,14 +519,10 @@ mod tests {
         let started = std::time::Instant::now();
         let writers: Vec<_> = (0..8)
             .map(|w| {
-                let (s, actor) = (s.clone(), actor.clone());
+                let s = s.clone();
                 tokio::spawn(async move {
                     for i in 0..25 {
-                        let key = Bytes::from(format!("w{w}-{i}"));
-                        let staged = s
-                            .update(key, VersionVector::new(), actor.clone(), value("v"))
-                            .await
-                            .unwrap();
+                        let staged = blind(&s, &format!("w{w}-{i}"), "v").await;
                         staged.durable().await.unwrap();
                     }
                 })
@@ -534,35 +539,21 @@ mod tests {
         );
         // Every acknowledged write is durable: a crash loses none of them.
         engine.crash();
-        let dk = data_key(partition_of(b"w7-24", 16), b"w7-24");
-        assert!(engine.get(Cf::Data, &dk).unwrap().is_some());
+        assert!(!in_engine(&*engine, b"w7-24").is_empty());
     }
 
     #[tokio::test]
     async fn with_synced_writes_an_update_is_durable_once_acknowledged() {
         let engine = Arc::new(MemoryEngine::new());
         let s = Store::new(engine.clone(), 16, true);
-        let actor = Actor::new("n", 1);
-        let staged = s
-            .update(
-                Bytes::from("k"),
-                VersionVector::new(),
-                actor.clone(),
-                value("a"),
-            )
-            .await
-            .unwrap();
+        let staged = blind(&s, "k", "a").await;
         assert_eq!(staged.set.values().count(), 1);
         staged.durable().await.unwrap();
         // A join that changes nothing is acknowledged only after a sync too.
         s.join(Bytes::from("k"), SiblingSet::new()).await.unwrap();
         engine.crash();
-        let dk = data_key(partition_of(b"k", 16), b"k");
         assert_eq!(
-            decode_stored(engine.get(Cf::Data, &dk).unwrap().as_deref())
-                .unwrap()
-                .values()
-                .collect::<Vec<_>>(),
+            in_engine(&*engine, b"k").values().collect::<Vec<_>>(),
             vec![&Bytes::from("a")],
             "an acknowledged write survives a crash (in the engine, past the cache)"
         );
@@ -574,16 +565,7 @@ mod tests {
         engine.fail_syncs(true);
         let s = Store::new(engine.clone(), 16, true);
         let actor = Actor::new("n", 1);
-        let staged = s
-            .update(
-                Bytes::from("k"),
-                VersionVector::new(),
-                actor.clone(),
-                value("a"),
-            )
-            .await
-            .unwrap();
-        let err = staged.durable().await.unwrap_err();
+        let err = blind(&s, "k", "a").await.durable().await.unwrap_err();
         assert!(err.to_string().contains("injected sync failure"), "{err}");
         assert!(s.is_poisoned());
         engine.fail_syncs(false);
