@@ -1,21 +1,31 @@
 //! A [`MemoryEngine`] with injectable disk faults, for failure tests and simulation:
 //! syncs that fail, a gate that holds syncs (and, if asked, every write) until it
-//! opens, as a hung disk would, and slow reads.
+//! opens, as a hung disk would, and a read held after it has read, as a slow one would.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
 
 use super::memory::MemoryEngine;
 use super::{Batch, Cf, Engine, Entries, StorageError};
+
+/// Where the one-shot read pause is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadPause {
+    Off,
+    /// The next read will be held.
+    Armed,
+    /// A read has read and is held.
+    Holding,
+}
 
 /// An in-memory engine whose disk misbehaves on demand. Starts healthy and open.
 pub struct FaultyEngine {
     inner: MemoryEngine,
     fail_syncs: AtomicBool,
     gate_writes: AtomicBool,
-    read_delay_us: AtomicU64,
     syncs: AtomicU64,
+    read_pause: Mutex<ReadPause>,
+    read_paused: Condvar,
     open: Mutex<bool>,
     opened: Condvar,
 }
@@ -32,8 +42,9 @@ impl FaultyEngine {
             inner: MemoryEngine::new(),
             fail_syncs: AtomicBool::new(false),
             gate_writes: AtomicBool::new(false),
-            read_delay_us: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            read_pause: Mutex::new(ReadPause::Off),
+            read_paused: Condvar::new(),
             open: Mutex::new(true),
             opened: Condvar::new(),
         }
@@ -49,11 +60,24 @@ impl FaultyEngine {
         self.syncs.load(Ordering::SeqCst)
     }
 
-    /// Makes reads slow: each takes from none to twice `delay`, varying from read to read
-    /// as a busy disk's do (zero: reads are fast again).
-    pub fn slow_reads(&self, delay: Duration) {
-        self.read_delay_us
-            .store(delay.as_micros() as u64, Ordering::SeqCst);
+    /// Holds the next read after it has read its value, until [`Self::release_read`]:
+    /// what it returns may be stale by then, as with a slow disk.
+    pub fn pause_next_read(&self) {
+        *self.read_pause.lock().expect("pause lock") = ReadPause::Armed;
+    }
+
+    /// Waits until a read is held by [`Self::pause_next_read`].
+    pub fn wait_read_paused(&self) {
+        let mut p = self.read_pause.lock().expect("pause lock");
+        while *p != ReadPause::Holding {
+            p = self.read_paused.wait(p).expect("pause lock");
+        }
+    }
+
+    /// Lets the held read return.
+    pub fn release_read(&self) {
+        *self.read_pause.lock().expect("pause lock") = ReadPause::Off;
+        self.read_paused.notify_all();
     }
 
     /// Makes every sync fail (`true`) or succeed again.
@@ -83,15 +107,12 @@ impl FaultyEngine {
 impl Engine for FaultyEngine {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let got = self.inner.get(cf, key);
-        match self.read_delay_us.load(Ordering::SeqCst) {
-            0 => {}
-            // The read happened first: a slow disk returns what it read, late.
-            us => {
-                let clock = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let spread = u64::from(clock.subsec_micros() % 5); // 0..=4
-                std::thread::sleep(Duration::from_micros(us * spread / 2));
+        let mut p = self.read_pause.lock().expect("pause lock");
+        if *p == ReadPause::Armed {
+            *p = ReadPause::Holding;
+            self.read_paused.notify_all();
+            while *p == ReadPause::Holding {
+                p = self.read_paused.wait(p).expect("pause lock");
             }
         }
         got

@@ -6,11 +6,16 @@
 //! becomes the old one (the previous old one is dropped), and a hit in the old one moves
 //! the entry back to the young one. Keys used again and again stay; keys used once age
 //! out after two generations' worth of entries. At most twice the budget is held (plus
-//! the maps' own overhead and the one entry that overflowed it).
+//! the one entry that overflowed it); each entry counts its key, its set and
+//! [`ENTRY_OVERHEAD`] for the map slot and the two heap blocks behind it.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
+
+/// Bytes an entry costs beyond its key and set: the map slot (key `Vec` and `Bytes`
+/// headers, hash control byte) and the allocators' headers of the key and set blocks.
+pub(super) const ENTRY_OVERHEAD: usize = 96;
 
 /// Recently used sets by data key, in the stored encoding.
 pub(super) struct Recent {
@@ -49,17 +54,18 @@ impl Recent {
     /// Forgets `key`.
     pub fn remove(&mut self, key: &[u8]) {
         if let Some((k, v)) = self.young.remove_entry(key) {
-            self.young_bytes -= k.len() + v.len();
+            self.young_bytes -= cost(&k, &v);
         }
         self.old.remove(key);
     }
 
     fn insert(&mut self, key: Vec<u8>, value: Bytes) {
-        let (klen, vlen) = (key.len(), value.len());
+        let added = cost(&key, &value);
+        let klen = key.len();
         if let Some(previous) = self.young.insert(key, value) {
-            self.young_bytes -= klen + previous.len();
+            self.young_bytes -= klen + previous.len() + ENTRY_OVERHEAD;
         }
-        self.young_bytes += klen + vlen;
+        self.young_bytes += added;
         if self.young_bytes > self.budget {
             self.old = std::mem::take(&mut self.young);
             self.young_bytes = 0;
@@ -72,6 +78,11 @@ impl Recent {
         self.old.clear();
         self.young_bytes = 0;
     }
+}
+
+/// What an entry counts against the budget.
+fn cost(key: &[u8], value: &Bytes) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
 }
 
 #[cfg(test)]
@@ -88,7 +99,7 @@ mod tests {
         r.young
             .iter()
             .chain(r.old.iter())
-            .map(|(k, v)| k.len() + v.len())
+            .map(|(k, v)| cost(k, v))
             .sum()
     }
 
@@ -104,7 +115,8 @@ mod tests {
         assert_eq!(r.get(b"a"), None);
         assert_eq!(r.get(b"b").map(|v| &v[..]), Some(&b"2"[..]));
         assert_eq!(
-            r.young_bytes, 2,
+            r.young_bytes,
+            2 + ENTRY_OVERHEAD,
             "accounting follows overwrites and removals"
         );
 
@@ -114,7 +126,7 @@ mod tests {
 
     #[test]
     fn memory_stays_within_two_generations_and_hot_keys_stay() {
-        let budget = 1000;
+        let budget = 10_000;
         let mut r = Recent::new(budget);
         for i in 0..2000 {
             puts(&mut r, &[(&format!("cold{i:05}"), "0123456789")]);
@@ -123,7 +135,8 @@ mod tests {
                 assert!(i == 0 || r.get(b"hot").is_some(), "hot key lost at {i}");
                 puts(&mut r, &[("hot", "h")]);
             }
-            assert!(held(&r) <= 2 * budget + 20, "{} bytes held", held(&r));
+            let one = cost(b"cold00000", &Bytes::from_static(b"0123456789"));
+            assert!(held(&r) <= 2 * budget + one, "{} bytes held", held(&r));
         }
         assert!(r.get(b"cold00000").is_none(), "old cold keys age out");
         assert!(r.get(b"cold01999").is_some(), "the newest are kept");
@@ -131,7 +144,8 @@ mod tests {
 
     #[test]
     fn a_hit_in_the_old_generation_survives_the_next_turnover() {
-        let mut r = Recent::new(20);
+        // Room for two entries a generation.
+        let mut r = Recent::new(2 * ENTRY_OVERHEAD + 30);
         puts(&mut r, &[("k", "v")]);
         // Fill the young generation past its budget: "k" moves to the old one.
         puts(&mut r, &[("x1", "0123456789"), ("x2", "0123456789")]);
