@@ -138,16 +138,16 @@ pub async fn write(
         n,
         timeout_ms: node.cfg.request_timeout_ms,
     };
-    // A stalled local store (e.g. RocksDB stopping writes) must not hold the client past
-    // its deadline; the update may still be applied later, like any timed-out write.
-    let staged = timeout_at(
-        deadline,
-        node.store
-            .update(key.clone(), ctx.clone(), node.actor.clone(), value),
-    )
-    .await
-    .map_err(|_| unavailable(0))??;
-    let (set, local) = staged.into_parts();
+    // The new version is made here, under the key's lock (see `crate::key_lock`), so
+    // that replication starts at once instead of after the local write is applied. The
+    // lock goes with the local write and is released when it is applied, even after this
+    // request has given up: a stalled local store must not hold the client past its
+    // deadline, but the next coordination of the key must see this write.
+    let guard = timeout_at(deadline, node.key_locks.lock(&key))
+        .await
+        .map_err(|_| unavailable(0))?;
+    let mut set = node.store.read(&key)?;
+    set.update(&ctx, &node.actor, value);
 
     // The client's next context covers what it saw plus its own write, nothing else: a
     // concurrent sibling it never saw must not be superseded by its next put.
@@ -157,7 +157,10 @@ pub async fn write(
     let p = node.map.partition_of(&key);
     let mut quorum = WriteQuorum::new(node.map.preference_list(p).count(), w);
     let me = node.map.preference_list(p).position(|m| m.id == node.id());
-    // Replication starts while the local sync runs; this node counts once it is durable.
+    // The local write is handed to the writer before any replica sees the version (its
+    // dot must never be handed out again); replication then runs alongside the local
+    // write and sync, and this node counts once durable.
+    let local = node.store.merge(key.clone(), set.clone(), Some(guard))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(replicate(node.clone(), key, set, tx));
     let timer = tokio::time::sleep_until(deadline);

@@ -24,6 +24,7 @@ pub mod handoff;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod key_lock;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -44,6 +44,8 @@ pub struct Node {
     pub cluster_tag: u64,
     /// Wakes hinted handoff (a peer came back, or a hint was stored).
     pub handoff_wakeup: Notify,
+    /// Serializes this node's coordinations of one key (see [`crate::key_lock`]).
+    pub key_locks: crate::key_lock::KeyLocks,
     pub started: Instant,
     ready: AtomicBool,
 }
@@ -71,6 +73,7 @@ impl Node {
             clock,
             cluster_tag,
             handoff_wakeup: Notify::new(),
+            key_locks: Default::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
         }

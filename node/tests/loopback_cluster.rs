@@ -451,3 +451,37 @@ async fn puts_and_deletes_sent_to_a_non_replica_are_forwarded_intact() {
         read.siblings
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_blind_puts_through_one_coordinator_all_survive() {
+    // The coordinator makes each new version itself: concurrent puts of one key on one
+    // node must still get distinct dots, or one would silently cover another.
+    let (_net, nodes) = cluster(3, 3, 2);
+    let key = b"counter";
+    let coordinator = nodes[pref(&nodes, key)[0]].clone();
+    let puts: Vec<_> = (0..40)
+        .map(|i| {
+            let node = coordinator.clone();
+            tokio::spawn(async move {
+                let value = Bytes::from(format!("v{i}"));
+                coordinator::write(&node, Bytes::from_static(key), Some(value), b"", None).await
+            })
+        })
+        .collect();
+    for p in puts {
+        p.await.unwrap().expect("put acknowledged");
+    }
+    let read = coordinator::read(&coordinator, Bytes::from_static(key), Some(3))
+        .await
+        .unwrap();
+    let mut values: Vec<_> = read.set.values().cloned().collect();
+    values.sort();
+    values.dedup();
+    assert_eq!(values.len(), 40, "every blind put is a sibling: {values:?}");
+    for node in &nodes {
+        eventually("every replica holds all 40", || {
+            local_values(node, key).len() == 40
+        })
+        .await;
+    }
+}

@@ -38,6 +38,9 @@ pub(super) struct Request {
     pub applied: Option<Reply>,
     /// Answered once the mutation is durable under the store's fsync policy.
     pub durable: Reply,
+    /// Kept until the mutation is applied (visible to reads), then dropped: a
+    /// coordinator's per-key lock (see [`crate::key_lock`]).
+    pub hold: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// A group written to the WAL, waiting for the sync that makes it durable.
@@ -85,9 +88,12 @@ pub(super) fn writer(
         let mut batch = Batch::default();
         let mut overlay = Overlay::default();
         let mut outcomes = Vec::with_capacity(group.len());
+        // Released once the group is applied (or has failed), whatever the outcome.
+        let mut holds = Vec::new();
         for r in group {
             let result = apply(&*engine, cache, q, r.mutation, &mut batch, &mut overlay);
             outcomes.push((r.applied, r.durable, result));
+            holds.extend(r.hold);
         }
         // Synced by the syncer when there is one; otherwise durable once written.
         let written = if batch.is_empty() {
@@ -106,6 +112,7 @@ pub(super) fn writer(
             continue;
         }
         cache.written(batch);
+        drop(holds);
         let unsynced: Unsynced = outcomes
             .into_iter()
             .map(|(applied, durable, result)| match applied {

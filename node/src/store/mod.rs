@@ -228,6 +228,7 @@ impl Store {
                 mutation,
                 applied: None,
                 durable,
+                hold: None,
             })
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -256,6 +257,7 @@ impl Store {
                 mutation,
                 applied: Some(applied),
                 durable,
+                hold: None,
             })
             .map_err(|_| stopped())?;
         match applied_rx.await.map_err(|_| stopped())?? {
@@ -265,6 +267,28 @@ impl Store {
             }),
             Outcome::Done => unreachable!("update returns a set"),
         }
+    }
+
+    /// Hands the join of `set` into the stored set of `key` to the writer at once, and
+    /// returns the wait for it to be durable. `hold` is dropped by the writer once the join
+    /// is applied (visible to reads), whether or not anybody still waits: a coordinator's
+    /// per-key lock (see [`crate::key_lock`]).
+    pub fn merge(
+        &self,
+        key: Bytes,
+        set: SiblingSet,
+        hold: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<impl std::future::Future<Output = Result<(), StorageError>>, StorageError> {
+        let (durable, durable_rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                mutation: Mutation::Join { key, set },
+                applied: None,
+                durable,
+                hold,
+            })
+            .map_err(|_| stopped())?;
+        Ok(async move { durable_rx.await.map_err(|_| stopped())?.map(|_| ()) })
     }
 
     /// Joins `set` into the stored set of `key`.
