@@ -3,10 +3,11 @@
 //! Any node accepts a request. A node outside the key's preference list forwards it to a
 //! preference-list node (never twice). The coordinator then:
 //!
-//! - **put/delete**: validates the request (nothing is stored on bad input), records the
-//!   new version in its own store (atomic read-modify-write, see [`crate::store`]), sends
-//!   the resulting sibling set to the other replicas while its own copy is being synced,
-//!   and answers after W of the intended replicas (itself included, once durable) are
+//! - **put/delete**: validates the request (nothing is stored on bad input), makes the
+//!   new version from its stored set under the key's lock (an atomic read-modify-write,
+//!   see [`crate::key_lock`]), hands it to its own store as a join, sends it to the other
+//!   replicas while its own copy is being applied and synced, and answers after W of
+//!   the intended replicas (itself included, once durable) are
 //!   covered. Replicas believed down, or that fail, are replaced by the next
 //!   healthy nodes of the extended preference list, which keep the write as a hint
 //!   (sloppy quorum); replicas still uncovered at the deadline get a hint kept here.

@@ -17,8 +17,10 @@
 //!   a read-modify-write, of a busy key skip RocksDB. The writer records each set there
 //!   before it answers the write; a reader's fill never replaces a newer set.
 //! - **Early outcome.** [`Store::update`] answers as soon as the new version is applied,
-//!   with a [`Staged`] whose durability the coordinator awaits separately: it can send the
-//!   version to the other replicas while its own sync runs.
+//!   with a [`Staged`] whose durability is awaited separately; [`Store::merge`] hands a
+//!   join to the writer at once and returns the wait for durability, releasing the
+//!   coordinator's key lock it carries once applied. A coordinator thus sends a version to
+//!   the other replicas while its own copy is applied and synced.
 //!
 //! A failed write or sync poisons the store: every later mutation fails, and the node
 //! must not record a clean shutdown (versions it handed out may be lost here, so the next
