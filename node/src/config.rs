@@ -326,6 +326,11 @@ mod tests {
         Args::parse_from(v)
     }
 
+    /// The error of a node started with `flags` (on top of a valid id and members).
+    fn refused(flags: &[&str]) -> String {
+        NodeConfig::load(args(flags)).unwrap_err().to_string()
+    }
+
     #[test]
     fn flags_override_defaults() {
         let cfg = NodeConfig::load(args(&["--w", "3", "--fsync", "always"])).unwrap();
@@ -358,13 +363,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_settings_with_reasons() {
-        let err = NodeConfig::load(args(&["--r", "4"]))
-            .unwrap_err()
-            .to_string();
+        let err = refused(&["--r", "4"]);
         assert!(err.contains("r=4"), "{err}");
-        let err = NodeConfig::load(args(&["--partitions", "100"]))
-            .unwrap_err()
-            .to_string();
+        let err = refused(&["--partitions", "100"]);
         assert!(err.contains("power of two"), "{err}");
         let stranger = Args::parse_from([
             "dynamo-node",
@@ -375,23 +376,19 @@ mod tests {
         ]);
         let err = NodeConfig::load(stranger).unwrap_err().to_string();
         assert!(err.contains("not among the members"), "{err}");
-        let err = NodeConfig::load(args(&[
+        let err = refused(&[
             "--listen",
             "127.0.0.1:7100",
             "--http-listen",
             "127.0.0.1:7100",
-        ]))
-        .unwrap_err()
-        .to_string();
+        ]);
         assert!(err.contains("their own ports"), "{err}");
-        let err = NodeConfig::load(args(&[
+        let err = refused(&[
             "--fsync-group-window-us",
             "600000",
             "--request-timeout-ms",
             "1000",
-        ]))
-        .unwrap_err()
-        .to_string();
+        ]);
         assert!(err.contains("fsync_group_window_us 600000"), "{err}");
         assert!(parse_member("nohost").is_err());
         let dir = tempfile::tempdir().unwrap();
