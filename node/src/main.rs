@@ -23,18 +23,21 @@ fn main() -> std::process::ExitCode {
         runtime.worker_threads(cfg.runtime_threads);
     }
     let runtime = runtime.enable_all().build().expect("tokio runtime");
-    match runtime.block_on(dynamo_node::server::run(cfg)) {
-        Ok(()) => {
-            // Everything is synced and the clean-shutdown marker written. Leave without
-            // running C++ static destructors: RocksDB's background threads may still hold
-            // its mutexes, and destroying them aborts the process ("pthread lock: Invalid
-            // argument", seen in CI), which would turn a clean stop into a crash.
-            // SAFETY: _exit(2) ends the process at once; nothing after it runs.
-            unsafe { libc::_exit(0) }
-        }
+    let code = match runtime.block_on(dynamo_node::server::run(cfg)) {
+        // Everything is synced and the clean-shutdown marker written.
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Leave without running C++ static destructors, on success and on failure alike:
+    // RocksDB's background threads, and the store's writer closing the database once its
+    // queue is dropped, may still be running. Destroying RocksDB's statics under them
+    // aborts the process ("pthread lock: Invalid argument": 3 of 30 starts of a node
+    // whose port was taken) or crashes it (a store writer segfaulting in libc during a CI
+    // run), turning a clean stop or a clear error into a crash. Every write is in the
+    // WAL by then, which the next start replays.
+    // SAFETY: _exit(2) ends the process at once; nothing after it runs.
+    unsafe { libc::_exit(code) }
 }

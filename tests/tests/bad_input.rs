@@ -153,24 +153,66 @@ fn a_node_whose_http_port_is_taken_exits_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let http_addr = taken.local_addr().expect("addr").to_string();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = std::process::Command::new(node_binary())
-        .args(["--node-id", "a", "--members", "a=127.0.0.1:1"])
-        .args(["--listen", "127.0.0.1:0", "--http-listen", &http_addr])
-        .args(["--data-dir", dir.path().to_str().expect("utf-8 path")])
-        .args(["--n", "1", "--r", "1", "--w", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn dynamo-node");
-    let status = wait_exit(&mut child, std::time::Duration::from_secs(20))
-        .expect("the node exits when its HTTP port is taken");
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
-        .expect("read stderr");
-    assert!(!status.success(), "{status}: {err}");
-    assert!(
-        err.contains(&format!("binding HTTP address {http_addr}")),
-        "{err}"
-    );
+    // Several starts, with both CPUs kept busy: exiting used to race the store's writer
+    // closing RocksDB and abort the process ("pthread lock: Invalid argument"), in about
+    // one start in ten on a busy machine.
+    let _busy = BusyCpus::start(2);
+    for start in 1..=20 {
+        let mut child = std::process::Command::new(node_binary())
+            .args(["--node-id", "a", "--members", "a=127.0.0.1:1"])
+            .args(["--listen", "127.0.0.1:0", "--http-listen", &http_addr])
+            .args(["--data-dir", dir.path().to_str().expect("utf-8 path")])
+            .args(["--n", "1", "--r", "1", "--w", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn dynamo-node");
+        let status = wait_exit(&mut child, std::time::Duration::from_secs(20))
+            .expect("the node exits when its HTTP port is taken");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("read stderr");
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "start {start}: an error exit, not a crash ({status}): {err}"
+        );
+        assert!(
+            err.contains(&format!("binding HTTP address {http_addr}")),
+            "start {start}: {err}"
+        );
+    }
     drop(taken);
+}
+
+/// Threads spinning until dropped, to keep the CPUs busy.
+struct BusyCpus {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyCpus {
+    fn start(threads: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for BusyCpus {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
