@@ -3,6 +3,12 @@
 use clap::Parser;
 use dynamo_node::config::{Args, NodeConfig};
 
+/// mimalloc instead of glibc's malloc for the node's own allocations (RocksDB's C++ keeps
+/// glibc's). Profiled under synced puts at 64 clients, glibc's malloc and free took ~11%
+/// of the machine's CPU, much of it consolidating and unlinking free chunks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
