@@ -1,11 +1,12 @@
 //! The sets written or read last, shared by the writer thread and every reader, so that
 //! most reads and read-modify-writes of a busy key skip the engine.
 //!
-//! A RocksDB point read of a key the memtable holds is a skiplist search over every
-//! version written since the last flush, nearly every step a cache miss: measured at
-//! half of peak load it was the largest single cost of a get on a node (2.8 µs of the
-//! 28 µs a node spent per get, 17% of its CPU inside `DB::Get`). A hit here is one hash
-//! lookup under an uncontended lock.
+//! When this cache was added, a RocksDB point read of a key the memtable held was a
+//! skiplist search over the memtable, nearly every step a cache miss: measured at half of
+//! peak load it was the largest single cost of a get on a node (2.8 µs of the 28 µs a
+//! node spent per get, 17% of its CPU inside `DB::Get`). The data memtable is hashed now
+//! (see `storage::rocks`), but a read through RocksDB still costs a bloom check, a probe
+//! and a copy across its API. A hit here is one hash lookup under an uncontended lock.
 //!
 //! # Never stale
 //!
