@@ -154,8 +154,8 @@ fn a_node_whose_http_port_is_taken_exits_naming_it() {
     let http_addr = taken.local_addr().expect("addr").to_string();
     let dir = tempfile::tempdir().expect("temp dir");
     // Several starts, with both CPUs kept busy: exiting used to race the store's writer
-    // closing RocksDB and abort the process ("pthread lock: Invalid argument"), in about
-    // one start in ten on a busy machine.
+    // closing RocksDB and kill the process (SIGSEGV, or an abort with "pthread lock:
+    // Invalid argument"), in about one start in ten on a busy machine.
     let _busy = BusyCpus::start(2);
     for start in 1..=20 {
         let mut child = std::process::Command::new(node_binary())
