@@ -345,6 +345,26 @@ impl Client {
         .await
     }
 
+    /// Opens the connection and session to every node this client knows (the addresses
+    /// given and, when routing by key, the partition map's members) with one get of
+    /// `key` on each, all at once. Connections are otherwise opened by the first request
+    /// that needs them, which then waits for the set-up: a caller that times requests
+    /// (the load generator) warms up first. Returns how many sessions answered.
+    pub async fn warm_up(&self, key: impl AsRef<[u8]>) -> usize {
+        let mut conns = self.inner.seeds.clone();
+        let routes = self.inner.routes.read().expect("routes lock").clone();
+        for conn in routes.iter().flat_map(|r| r.conns()) {
+            if !conns.iter().any(|c| Arc::ptr_eq(c, conn)) {
+                conns.push(conn.clone());
+            }
+        }
+        let key = key.as_ref();
+        futures::future::join_all(conns.iter().map(|c| c.warm_up(key)))
+            .await
+            .into_iter()
+            .sum()
+    }
+
     /// Re-reads the partition map used for routing by key. Returns its epoch.
     pub async fn refresh_routes(&self) -> Result<u64> {
         let resp = self.partition_map().await?;

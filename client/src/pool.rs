@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dynamo_proto::cork;
-use dynamo_proto::v1::{session_request, session_response};
+use dynamo_proto::v1::{session_request, session_response, GetRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
@@ -89,6 +89,28 @@ impl NodeConn {
         self.sessions[self.turn()]
             .call(op, self.request_timeout)
             .await
+    }
+
+    /// Opens every channel and its session with one get of `key`, so that a caller who
+    /// times its requests does not count the connection and session set-up of its first
+    /// ones. Returns how many sessions answered (an error from the node counts: the
+    /// session is open); a failure to connect leaves the channel to reconnect later.
+    pub async fn warm_up(&self, key: &[u8]) -> usize {
+        let calls = self.sessions.iter().map(|session| {
+            let op = session_request::Op::Get(GetRequest {
+                key: key.to_vec(),
+                r: None,
+            });
+            session.call(op, self.request_timeout)
+        });
+        futures::future::join_all(calls)
+            .await
+            .iter()
+            .filter(|answer| match answer {
+                Ok(_) => true,
+                Err(e) => !e.is_transport_failure(),
+            })
+            .count()
     }
 
     /// Whether a recent connection failure marks this node as down.

@@ -328,3 +328,48 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
         outcome.report.ops
     );
 }
+
+#[tokio::test]
+async fn warm_up_opens_every_session_before_any_request() {
+    let a = FakeNode::start("a").await;
+    let b = FakeNode::start("b").await;
+    let mut config = ClientConfig::new(&[a.addr.to_string(), b.addr.to_string(), dead_addr()]);
+    config.channels_per_node = 3;
+    let client = config.connect().await.unwrap();
+    assert_eq!((a.sessions(), b.sessions()), (0, 0), "channels are lazy");
+
+    assert_eq!(
+        client.warm_up("warm").await,
+        6,
+        "3 sessions on each live node"
+    );
+    assert_eq!((a.sessions(), b.sessions()), (3, 3));
+    // Warm sessions are reused, not reopened.
+    assert_eq!(client.warm_up("warm").await, 6);
+    assert_eq!((a.sessions(), b.sessions()), (3, 3));
+}
+
+#[tokio::test]
+async fn bench_opens_its_sessions_before_the_clock_even_without_prefill() {
+    let node = FakeNode::start("node-1").await;
+    let mut config = ClientConfig::new(&[node.addr.to_string()]);
+    config.channels_per_node = 2;
+    let client = config.connect().await.unwrap();
+    let cfg = BenchConfig {
+        concurrency: 4,
+        keys: 10,
+        key_size: 16,
+        value_size: 10,
+        read_ratio: 1.0,
+        stop: Stop::Ops(0),
+        prefill: false,
+        rate: None,
+        r: None,
+        w: None,
+        progress: false,
+        seed: 1,
+    };
+    let outcome = bench::run(&client, &cfg).await.unwrap();
+    assert_eq!(outcome.report.ops, 0, "nothing timed");
+    assert_eq!(node.sessions(), 2, "both sessions opened by the warm-up");
+}
