@@ -10,9 +10,11 @@
 # keeps one policy from getting the fast minutes. Then, in passes again, an open-loop run
 # at the highest concurrency at half of that median peak rate (`--rate`), the load the
 # latency bar is stated at. Each run also records the CPU seconds the nodes used (from
-# /proc, prefill reads left out), reported per operation. It records every node's peak
-# resident memory (VmHWM) and prints markdown tables of the medians, and, measured first,
-# how long a small synced append takes on the data directories' disk (fsync_probe.py).
+# /proc, prefill reads left out), reported per operation, and the machine's steal time
+# and disk flushes over the run (its prefill reads included), reported per second. It
+# records every node's peak resident memory (VmHWM) and prints markdown tables of the
+# medians, and, measured first, how long a small synced append takes on the data
+# directories' disk (fsync_probe.py).
 # Every process it starts is stopped on exit, failure or Ctrl-C.
 #
 # Environment (all optional):
@@ -163,17 +165,25 @@ node_ticks() {
 }
 TICKS_PER_S=$(getconf CLK_TCK)
 
+# Machine-wide counters read around each run: CPU time the hypervisor gave to others
+# while this VM wanted it (steal, clock ticks, /proc/stat), and disk flushes completed
+# (/sys/block/*/stat field 16; 0 where the kernel does not count them). On the
+# development VM steal follows the flush rate of synced writes (see the README).
+steal_ticks() { awk '/^cpu / {print $9; exit}' /proc/stat; }
+disk_flushes() { cat /sys/block/*/stat 2>/dev/null | awk 'NF >= 17 {n += $16} END {print n + 0}'; }
+
 # Runs one measured bench and appends its line (with the nodes' CPU seconds, less the
 # untimed context-fetching reads of --prefill) to the results. Args: extra JSON fields,
 # then bench flags.
 measure() {
-    local fields=$1 t0 t1 json cpu
+    local fields=$1 t0 t1 s0 s1 f0 f1 json cpu steal
     shift
-    t0=$(node_ticks)
+    t0=$(node_ticks) s0=$(steal_ticks) f0=$(disk_flushes)
     json=$(bench --json --prefill "$@")
-    t1=$(node_ticks)
+    t1=$(node_ticks) s1=$(steal_ticks) f1=$(disk_flushes)
     cpu=$(python3 -c "print(max(0, ($t1 - $t0 - $PREFILL_TICKS) / $TICKS_PER_S))")
-    echo "{\"policy\":\"$policy\",$fields,\"node_cpu_s\":$cpu,\"result\":$json}" >>"$RESULTS"
+    steal=$(python3 -c "print(($s1 - $s0) / $TICKS_PER_S)")
+    echo "{\"policy\":\"$policy\",$fields,\"node_cpu_s\":$cpu,\"steal_s\":$steal,\"disk_flushes\":$((f1 - f0)),\"result\":$json}" >>"$RESULTS"
 }
 
 # Starts a fresh, prefilled cluster for $policy (run name $1), measuring what the

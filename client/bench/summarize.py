@@ -6,8 +6,10 @@ Usage: summarize.py RESULTS.jsonl [MEMORY.jsonl]
            (prints half of the median closed-loop ops/s of that group, for --rate)
 
 RESULTS lines: {"policy", "mix", "concurrency", "rep", "result": <dynamoctl bench --json>},
-plus "rate" (ops/s) for open-loop runs and "node_cpu_s" (CPU seconds all nodes used in
-the run, prefill reads excluded).
+plus "rate" (ops/s) for open-loop runs, "node_cpu_s" (CPU seconds all nodes used in
+the run, prefill reads excluded), "steal_s" (CPU seconds the hypervisor took from the
+machine) and "disk_flushes" (flushes the machine's disks completed), both over the run
+and its prefill.
 MEMORY lines: {"policy", "node", "pid", "vm_hwm_kb", "vm_rss_kb"}, one per node per cluster
 started; the table shows the highest of each node's.
 """
@@ -65,25 +67,42 @@ def generator_lag(runs):
     return "{:.1f}".format(statistics.median(lags) / 1000) if lags else "-"
 
 
+def machine_rates(runs):
+    """Medians over runs of the machine's steal (% of one CPU) and disk flushes per
+    second, each over the run and its untimed prefill ("-" when not recorded)."""
+    steal, flushes = [], []
+    for r in runs:
+        seconds = r["seconds"] + (r.get("prefill_seconds") or 0)
+        if r.get("steal_s") is None or seconds <= 0:
+            continue
+        steal.append(100 * r["steal_s"] / seconds)
+        flushes.append(r["disk_flushes"] / seconds)
+    if not steal:
+        return "-", "-"
+    return "{:.1f}".format(statistics.median(steal)), "{:.0f}".format(statistics.median(flushes))
+
+
 def results_table(rows):
     groups = defaultdict(list)
     for row in rows:
         key = (row["policy"], row["mix"], row["concurrency"], row.get("rate") or 0)
         result = dict(row["result"])
-        result["node_cpu_s"] = row.get("node_cpu_s")
+        for field in ("node_cpu_s", "steal_s", "disk_flushes"):
+            result[field] = row.get(field)
         groups[key].append(result)
     out = [
         "| fsync | workload | clients | load | runs | ops/s | p50 ms | p99 ms | p99.9 ms | p99.9 range ms "
-        "| generator lag p99.9 ms | errors | node CPU µs/op |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| generator lag p99.9 ms | errors | node CPU µs/op | steal % of a CPU | disk flushes/s |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = sorted(groups, key=lambda k: (k[0], MIX_ORDER.get(k[1], 9), k[3] > 0, k[2]))
     for key in order:
         runs = groups[key]
         med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
+        steal, flushes = machine_rates(runs)
         load_ = "half of peak ({} ops/s, open loop)".format(key[3]) if key[3] else "peak (closed loop)"
         out.append(
-            "| {} | {} | {} | {} | {} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {} | {} | {} | {} |".format(
+            "| {} | {} | {} | {} | {} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {} | {} | {} | {} | {} | {} |".format(
                 key[0],
                 MIX_NAME.get(key[1], key[1]),
                 key[2],
@@ -97,6 +116,8 @@ def results_table(rows):
                 generator_lag(runs),
                 sum(r["errors"] for r in runs),
                 cpu_per_op(runs),
+                steal,
+                flushes,
             )
         )
     return "\n".join(out)
