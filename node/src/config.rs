@@ -74,7 +74,9 @@ pub struct NodeConfig {
     /// With the `always` policy, the shortest time between the starts of two WAL syncs:
     /// writes that arrive meanwhile share the next sync (0: sync as soon as a write is
     /// applied). Costs nothing when writes are rarer than this; under load it trades up
-    /// to this much latency for fewer syncs.
+    /// to this much latency for fewer syncs. After a sync that covered a single write,
+    /// the next waits at most 1 ms whatever this is: a lone writer has no one to share
+    /// a sync with.
     pub fsync_group_window_us: u64,
     /// How long a coordinator waits for R or W replicas.
     pub request_timeout_ms: u64,
@@ -164,7 +166,8 @@ pub struct Args {
     pub fsync: Option<FsyncPolicy>,
     #[arg(long, env = "DYNAMO_FSYNC_INTERVAL_MS")]
     pub fsync_interval_ms: Option<u64>,
-    /// With --fsync always: at most one WAL sync started per this many microseconds.
+    /// With --fsync always: at most one WAL sync started per this many microseconds
+    /// (at most 1 ms after a sync that covered a single write).
     #[arg(long, env = "DYNAMO_FSYNC_GROUP_WINDOW_US")]
     pub fsync_group_window_us: Option<u64>,
     #[arg(long, env = "DYNAMO_REQUEST_TIMEOUT_MS")]
