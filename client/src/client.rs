@@ -351,6 +351,16 @@ impl Client {
     /// that needs them, which then waits for the set-up: a caller that times requests
     /// (the load generator) warms up first. Returns how many sessions answered.
     pub async fn warm_up(&self, key: impl AsRef<[u8]>) -> usize {
+        let key = key.as_ref();
+        let conns = self.known_conns();
+        futures::future::join_all(conns.iter().map(|c| c.warm_up(key)))
+            .await
+            .into_iter()
+            .sum()
+    }
+
+    /// Every open connection, each once: the addresses given, then the routed members.
+    fn known_conns(&self) -> Vec<Arc<NodeConn>> {
         let mut conns = self.inner.seeds.clone();
         let routes = self.inner.routes.read().expect("routes lock").clone();
         for conn in routes.iter().flat_map(|r| r.conns()) {
@@ -358,25 +368,13 @@ impl Client {
                 conns.push(conn.clone());
             }
         }
-        let key = key.as_ref();
-        futures::future::join_all(conns.iter().map(|c| c.warm_up(key)))
-            .await
-            .into_iter()
-            .sum()
+        conns
     }
 
     /// Re-reads the partition map used for routing by key. Returns its epoch.
     pub async fn refresh_routes(&self) -> Result<u64> {
         let resp = self.partition_map().await?;
-        let open: Vec<Arc<NodeConn>> = {
-            let current = self.inner.routes.read().expect("routes lock");
-            let mut open = self.inner.seeds.clone();
-            if let Some(routes) = current.as_ref() {
-                open.extend(routes.conns().iter().cloned());
-            }
-            open
-        };
-        let routes = Routes::build(resp, &open, &self.inner.config.settings())?;
+        let routes = Routes::build(resp, &self.known_conns(), &self.inner.config.settings())?;
         let epoch = routes.epoch();
         *self.inner.routes.write().expect("routes lock") = Some(Arc::new(routes));
         Ok(epoch)
