@@ -5,23 +5,33 @@
 //!
 //! # Sync pacing
 //!
-//! The syncer starts at most one sync per *group window* (start to start): groups that
-//! queue in between share the next sync; an idle store syncs at once. Measured on the
-//! development VM (3 nodes), each sync also costs the guest CPU time the host takes
-//! while it flushes (steal), which freezes every process, the load generator included.
-//! With a 1 ms window against none: at 4,400 synced puts/s, ~800 instead of ~1,300
-//! syncs a second per node, steal 5-6% instead of 8-9%, p99 16-17 ms instead of 20-21;
-//! at one client, p50 1.06 instead of 0.72-0.82 ms but p99.9 2.4-4.1 instead of 14 ms.
+//! Every sync costs a disk flush, and on the development VM (3 nodes, one disk) the
+//! flushes of the whole machine, not the bytes written, are what costs: the host takes
+//! guest CPU while it flushes (steal), which freezes every process, the load generator
+//! included. Past ~1,000 flushes a second (one sync per node every 3 ms) the freeze
+//! decides the tail latency. So the syncer starts at most one sync per *group window*
+//! (start to start; default 3 ms): writes that queue meanwhile share the next sync, and
+//! an idle store syncs at once.
 //!
-//! A wider window (3 ms keeps this VM under its flush budget; see the README) would make
-//! a lone writer wait for it after each of its own syncs. So after a sync that covered a
-//! single write the next one waits at most [`LONE_WINDOW`] (1 ms, the default window).
-//! Interleaved with a 3 ms window, one client: p50 1.07-1.09 instead of 3.02-3.06 ms and
-//! 870-908 instead of 326-350 puts/s, as with the default; under load nothing changes
-//! (64 clients: 12,866-13,032 against 10,701-12,967 puts/s; at 6,000/s the same ~960
-//! flushes a second and p99.9 12.1-19.4 against 10.9-23.8 ms). Syncing a lone write at
-//! once instead was tried: one client's p50 fell to 0.62-0.78 ms, but its 3,200-4,000
-//! flushes a second cost 7-8% steal and a p99.9 of 13-14 ms.
+//! Waiting out the window only pays while more writes are still coming. A sync that
+//! covered k writes acknowledged k writers; once k writes are pending again, those
+//! writers have most likely all come back (closed loop: clients waiting for their
+//! acknowledgement send nothing new), and waiting longer only delays them. So the next
+//! sync starts as soon as at least as many writes are pending as the previous sync
+//! covered, but no sooner than [`FLOOR`] (1 ms, or the window if shorter) after it began.
+//! A lone writer (k = 1) therefore syncs every 1 ms. Under an open-loop load, where
+//! arrivals do not wait for acknowledgements, the count is reached only about as often as
+//! not before the window ends, so syncs stay close to one per window.
+//!
+//! Interleaved runs on the VM (synced puts, 3 nodes; a 1 ms fixed window, the previous
+//! default, against the 3 ms window with this rule): 16 clients, 4,505-5,174 against
+//! 4,781-5,491 puts/s and p99.9 15.8-17.2 against 8.2-9.3 ms (a fixed 3 ms window:
+//! 4,124-4,284 puts/s); 2,000 puts/s, p99.9 13.6-27.8 against 5.9-7.2 ms; 7,000 puts/s
+//! (half of peak), 2,100-2,400 against ~1,250 flushes a second and p99.9 21.0-22.7 against
+//! 12.4-22.4 ms (a fixed 3 ms window: ~960 flushes, 10.1-12.4 ms); 64 clients and one
+//! client, the same throughput. Syncing a lone write at once instead cut one client's p50
+//! from 1.07 to 0.62-0.78 ms, but its 3,200-4,000 flushes a second cost 7-8% steal and a
+//! p99.9 of 13-14 ms.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -151,13 +161,12 @@ pub(super) fn writer(
     }
 }
 
-/// The longest a sync waits after one that covered a single write, whatever the window:
-/// a lone writer gains nothing from a longer wait, since no other write is coming to
-/// share its sync.
-pub(super) const LONE_WINDOW: Duration = Duration::from_millis(1);
+/// The soonest a sync starts after the previous one began, once as many writes are
+/// pending as it covered (or the window, if that is shorter).
+pub(super) const FLOOR: Duration = Duration::from_millis(1);
 
-/// When the syncer may start its next sync: at least `window` after the previous one
-/// began, or at most [`LONE_WINDOW`] after it when it covered a single write.
+/// When the syncer may start its next sync: [`FLOOR`] after the previous one began once
+/// as many writes are pending as it covered, the whole window after it otherwise.
 pub(super) struct Pacer {
     window: Duration,
     last_start: Option<Instant>,
@@ -174,16 +183,17 @@ impl Pacer {
         }
     }
 
-    /// How long the next sync waits, at `now`.
-    pub fn wait(&self, now: Instant) -> Duration {
-        let window = if self.last_covered <= 1 {
-            self.window.min(LONE_WINDOW)
+    /// How long the next sync waits, at `now`, with `pending` writes queued for it.
+    pub fn wait(&self, now: Instant, pending: usize) -> Duration {
+        let Some(last) = self.last_start else {
+            return Duration::ZERO;
+        };
+        let until = if pending >= self.last_covered.max(1) {
+            self.window.min(FLOOR)
         } else {
             self.window
         };
-        self.last_start.map_or(Duration::ZERO, |last| {
-            (last + window).saturating_duration_since(now)
-        })
+        (last + until).saturating_duration_since(now)
     }
 
     /// Records a sync started at `now` that covers `writes` writes.
@@ -194,7 +204,7 @@ impl Pacer {
 }
 
 /// Syncs the WAL once for all groups written since the last sync, then acknowledges them;
-/// starts at most one sync per `window` (see the module docs).
+/// paced by a [`Pacer`] (see the module docs).
 pub(super) fn syncer(
     engine: &dyn Engine,
     poisoned: &AtomicBool,
@@ -203,15 +213,26 @@ pub(super) fn syncer(
 ) {
     let mut pacer = Pacer::new(window);
     while let Ok(first) = rx.recv() {
-        let wait = pacer.wait(Instant::now());
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
+        let mut pending = first.len();
         let mut groups = vec![first];
-        while let Ok(g) = rx.try_recv() {
-            groups.push(g);
+        loop {
+            while let Ok(g) = rx.try_recv() {
+                pending += g.len();
+                groups.push(g);
+            }
+            let wait = pacer.wait(Instant::now(), pending);
+            if wait.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(wait) {
+                Ok(g) => {
+                    pending += g.len();
+                    groups.push(g);
+                }
+                Err(_) => break,
+            }
         }
-        pacer.started(Instant::now(), groups.iter().map(Vec::len).sum());
+        pacer.started(Instant::now(), pending);
         let synced = if poisoned.load(Ordering::Acquire) {
             Err(poison_error())
         } else {
@@ -234,44 +255,45 @@ pub(super) fn syncer(
 mod tests {
     use super::*;
 
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
     #[test]
     fn a_sync_waits_only_for_what_is_left_of_the_window() {
         let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut p = Pacer::new(ms(4));
-        assert_eq!(p.wait(t0), Duration::ZERO, "first sync");
+        let mut p = Pacer::new(MS(4));
+        assert_eq!(p.wait(t0, 1), Duration::ZERO, "first sync");
         p.started(t0, 5);
-        assert_eq!(p.wait(t0 + ms(1)), ms(3), "busy: the rest of the window");
+        assert_eq!(p.wait(t0 + MS(1), 4), MS(3), "busy: the rest of the window");
         assert_eq!(
-            p.wait(t0 + ms(5)),
+            p.wait(t0 + MS(5), 1),
             Duration::ZERO,
             "idle: the window is over"
         );
         let mut off = Pacer::new(Duration::ZERO);
         off.started(t0, 5);
-        assert_eq!(off.wait(t0), Duration::ZERO, "window 0: pacing off");
+        assert_eq!(off.wait(t0, 1), Duration::ZERO, "window 0: pacing off");
     }
 
     #[test]
-    fn a_lone_writer_waits_at_most_the_lone_window() {
+    fn once_as_many_writes_are_pending_as_the_last_sync_covered_it_waits_only_the_floor() {
         let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut p = Pacer::new(ms(4));
+        let mut p = Pacer::new(MS(4));
+        p.started(t0, 5);
+        assert_eq!(p.wait(t0, 4), MS(4), "one writer still to come");
+        assert_eq!(p.wait(t0, 5), FLOOR, "every writer is back");
+        assert_eq!(p.wait(t0 + MS(2), 5), Duration::ZERO, "past the floor");
+        assert_eq!(p.wait(t0 + MS(2), 7), Duration::ZERO, "more than before");
+        assert_eq!(p.wait(t0 + MS(2), 4), MS(2), "still short of 5");
         p.started(t0, 1);
-        assert_eq!(p.wait(t0), LONE_WINDOW, "after a sync of one write");
-        assert_eq!(p.wait(t0 + LONE_WINDOW), Duration::ZERO);
-        p.started(t0, 2);
-        assert_eq!(
-            p.wait(t0),
-            ms(4),
-            "two writes shared the last sync: the full window"
-        );
+        assert_eq!(p.wait(t0, 1), FLOOR, "a lone writer syncs every floor");
+        p.started(t0, 0);
+        assert_eq!(p.wait(t0, 0), MS(4), "nothing pending: no early sync");
         let mut short = Pacer::new(Duration::from_micros(300));
         short.started(t0, 1);
         assert_eq!(
-            short.wait(t0),
+            short.wait(t0, 1),
             Duration::from_micros(300),
-            "a window under the lone window is kept"
+            "a window under the floor is kept"
         );
     }
 }
