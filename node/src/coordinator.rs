@@ -1,7 +1,13 @@
 //! Request coordination: routing, N/R/W quorums and sloppy quorum.
 //!
 //! Any node accepts a request. A node outside the key's preference list forwards it to a
-//! preference-list node (never twice). The coordinator then:
+//! preference-list node (never twice). When no preference-list node can be reached at
+//! all, a put or delete is coordinated where it arrived instead (a *fallback
+//! coordinator*, as in Dynamo, so that the store stays writable): the new version goes to
+//! the healthy nodes of the extended preference list as hints, and the coordinator keeps
+//! its own copy too, which is where its next dot for the key is read from (a dot must
+//! never be handed out twice). A get still needs R replicas and fails. The coordinator
+//! then:
 //!
 //! - **put/delete**: validates the request (nothing is stored on bad input), makes the
 //!   new version from its stored set under the key's lock (an atomic read-modify-write,
@@ -30,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 
 use crate::error::RequestError;
-use crate::network::{Forward, Forwarded, PeerError, WriteEntry};
+use crate::network::{Forward, ForwardError, Forwarded, PeerError, WriteEntry};
 use crate::node::Node;
 use crate::quorum::WriteQuorum;
 use crate::read_repair;
@@ -68,8 +74,8 @@ pub fn route(node: &Node, key: &[u8], forwarded: bool) -> Result<Route, RequestE
 pub async fn forward(
     node: &Node,
     targets: Vec<Member>,
-    req: Forward,
-) -> Result<Forwarded, tonic::Status> {
+    req: &Forward,
+) -> Result<Forwarded, ForwardError> {
     let mut last = tonic::Status::unavailable("no preference-list node to forward to");
     for m in targets {
         match node
@@ -81,7 +87,7 @@ pub async fn forward(
                 node.health.record_success(&m.id);
                 return Ok(resp);
             }
-            Err(s) if is_connection_failure(&s) => {
+            Err(ForwardError::Unreachable(s)) => {
                 node.health.record_failure(&m.id);
                 last = tonic::Status::unavailable(format!(
                     "forwarding to {} failed: {}",
@@ -89,17 +95,10 @@ pub async fn forward(
                     s.message()
                 ));
             }
-            Err(s) => return Err(s),
+            Err(failed) => return Err(failed),
         }
     }
-    Err(last)
-}
-
-fn is_connection_failure(s: &tonic::Status) -> bool {
-    use std::error::Error;
-    s.code() == tonic::Code::Unavailable
-        && s.source()
-            .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
+    Err(ForwardError::Unreachable(last))
 }
 
 /// A successful write: the context the client should send next, and the acks counted.
@@ -157,6 +156,7 @@ pub async fn write(
 
     let p = node.map.partition_of(&key);
     let mut quorum = WriteQuorum::new(node.map.preference_list(p).count(), w);
+    // `None` for a fallback coordinator: its own copy keeps its dots but is no replica.
     let me = node.map.preference_list(p).position(|m| m.id == node.id());
     // The local write is handed to the writer before any replica sees the version (its
     // dot must never be handed out again); replication then runs alongside the local

@@ -485,3 +485,68 @@ async fn concurrent_blind_puts_through_one_coordinator_all_survive() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_write_no_replica_can_take_is_coordinated_by_a_fallback_and_handed_off() {
+    use dynamo_node::service::kv::KvService;
+    use dynamo_proto::v1::kv_server::Kv;
+    use dynamo_proto::v1::{GetRequest, PutRequest};
+    use tonic::Request;
+
+    let (net, nodes) = cluster(5, 3, 2);
+    let key = b"always-writable";
+    let p = pref(&nodes, key);
+    for &r in &p {
+        net.set_down(nodes[r].id(), true);
+    }
+    let outsider = (0..5).find(|i| !p.contains(i)).unwrap();
+    let svc = KvService::new(nodes[outsider].clone());
+    let put = |value: &str| {
+        Request::new(PutRequest {
+            key: key.to_vec(),
+            value: value.as_bytes().to_vec(),
+            context: Vec::new(),
+            w: None,
+        })
+    };
+    // No replica is reachable: the node the client reached coordinates, and the two
+    // fallbacks (itself one of them) hold the version as hints.
+    let a = svc.put(put("a")).await.expect("a fallback coordinates");
+    assert_eq!(a.into_inner().acks, 2);
+    // A second blind put through the same fallback: it must get a new dot, or the
+    // replicas would take it for the first one and drop it.
+    let b = svc.put(put("b")).await.expect("a fallback coordinates");
+    assert_eq!(b.into_inner().acks, 2);
+    // A get still needs R replicas.
+    let get = svc
+        .get(Request::new(GetRequest {
+            key: key.to_vec(),
+            r: None,
+        }))
+        .await;
+    assert_eq!(get.unwrap_err().code(), tonic::Code::Unavailable);
+
+    for &r in &p {
+        net.set_down(nodes[r].id(), false);
+    }
+    let all_there = || {
+        p.iter()
+            .all(|&r| local_values(&nodes[r], key) == [Bytes::from("a"), Bytes::from("b")])
+    };
+    for _ in 0..40 {
+        for n in &nodes {
+            handoff::round(n).await;
+        }
+        if all_there() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for &r in &p {
+        assert_eq!(
+            local_values(&nodes[r], key),
+            [Bytes::from("a"), Bytes::from("b")],
+            "replica {r}: both puts, as siblings"
+        );
+    }
+}

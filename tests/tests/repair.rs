@@ -7,8 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use dynamo_core::codec::{decode_set, encode_set};
-use dynamo_core::{Actor, SiblingSet, VersionVector};
-use dynamo_proto::v1::{HintsRequest, ReplicaEntry, ReplicaReadRequest, ReplicaWriteRequest};
+use dynamo_core::{Actor, Member, PartitionMap, SiblingSet, VersionVector};
+use dynamo_proto::v1::{
+    HintsRequest, PartitionMapRequest, ReplicaEntry, ReplicaReadRequest, ReplicaWriteRequest,
+};
 use dynamo_tests::{eventually, http_get, Cluster, Options};
 
 /// The live values node `i` holds for `key`, read from its local store (no repair).
@@ -138,6 +140,83 @@ async fn read_repair_fixes_a_stale_replica() {
         // cache of recent sets.
         let hits = counter("dynamo_set_cache_hits_total");
         assert!(hits >= 1.0, "no cache hit counted:\n{metrics}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn with_every_replica_of_a_key_killed_a_put_is_still_taken_and_handed_off() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut c = Cluster::start(Options {
+            nodes: 5,
+            ..Options::default()
+        });
+        let map = c
+            .admin(0)
+            .partition_map(PartitionMapRequest {})
+            .await
+            .expect("partition map")
+            .into_inner();
+        let members = map
+            .members
+            .iter()
+            .map(|m| Member::new(m.id.clone(), m.addr.clone()))
+            .collect();
+        let ring = PartitionMap::from_indices(
+            map.epoch,
+            map.partitions,
+            map.replication,
+            members,
+            map.owners,
+        )
+        .expect("a valid map");
+        let key = "always-writable";
+        // Node ids are node-1..node-5 for indices 0..4.
+        let replicas: Vec<usize> = ring
+            .preference_list(ring.partition_of(key.as_bytes()))
+            .map(|m| m.id["node-".len()..].parse::<usize>().expect("node-<i>") - 1)
+            .collect();
+        assert_eq!(replicas.len(), 3);
+        let outsiders: Vec<usize> = (0..5).filter(|i| !replicas.contains(i)).collect();
+        for &r in &replicas {
+            c.kill9(r);
+        }
+
+        // The node the client reached cannot forward the put to any replica: it
+        // coordinates it itself, and the two nodes left keep it as hints.
+        let req = dynamo_proto::v1::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            context: Vec::new(),
+            w: None,
+        };
+        let written = c
+            .kv(outsiders[0])
+            .put(req)
+            .await
+            .expect("a put with every replica down is still taken")
+            .into_inner();
+        assert_eq!(written.acks, 2);
+
+        for &r in &replicas {
+            c.restart(r);
+        }
+        let delivered = eventually(Duration::from_secs(30), async || {
+            let mut held = 0;
+            for &o in &outsiders {
+                held += hints_pending(&c, o).await;
+            }
+            held == 0
+        })
+        .await;
+        assert!(
+            delivered,
+            "hints still pending 30 s after the replicas came back"
+        );
+        for &r in &replicas {
+            assert_eq!(local_values(&c, r, key).await, ["v"], "node {}", r + 1);
+        }
     })
     .await
     .expect("test timed out");

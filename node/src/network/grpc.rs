@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use super::batch::{BatchLimits, Batcher};
-use super::{Forward, Forwarded, PeerError, Transport, WriteEntry};
+use super::{Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry};
 
 /// Largest gRPC message a node sends or accepts (sibling sets of large values).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -208,10 +208,10 @@ impl Transport for GrpcTransport {
         peer: &Member,
         req: Forward,
         timeout: Duration,
-    ) -> Result<Forwarded, tonic::Status> {
+    ) -> Result<Forwarded, ForwardError> {
         let channel = self
             .channel(&peer.addr)
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            .map_err(|e| ForwardError::Unreachable(tonic::Status::unavailable(e.to_string())))?;
         let mut client = KvClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -225,11 +225,21 @@ impl Transport for GrpcTransport {
             })
         };
         match tokio::time::timeout(timeout, call).await {
-            Ok(r) => r,
-            Err(_) => Err(tonic::Status::unavailable(format!(
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(s)) if is_connection_failure(&s) => Err(ForwardError::Unreachable(s)),
+            Ok(Err(s)) => Err(ForwardError::Failed(s)),
+            Err(_) => Err(ForwardError::Failed(tonic::Status::unavailable(format!(
                 "forwarding to {} got no answer within {timeout:?}",
                 peer.id
-            ))),
+            )))),
         }
     }
+}
+
+/// Whether `s` says the connection could not be made (the peer never saw the request).
+fn is_connection_failure(s: &tonic::Status) -> bool {
+    use std::error::Error;
+    s.code() == tonic::Code::Unavailable
+        && s.source()
+            .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
 }

@@ -14,7 +14,7 @@ use dynamo_core::Member;
 use dynamo_proto::v1::{DeleteResponse, PutResponse};
 use parking_lot::Mutex;
 
-use super::{Forward, Forwarded, PeerError, Transport, WriteEntry};
+use super::{Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry};
 use crate::coordinator;
 use crate::node::Node;
 use crate::service::kv::get_response;
@@ -106,38 +106,36 @@ impl Transport for LoopbackTransport {
         peer: &Member,
         req: Forward,
         _timeout: Duration,
-    ) -> Result<Forwarded, tonic::Status> {
+    ) -> Result<Forwarded, ForwardError> {
         let node = self
             .net
             .reach(&peer.id)
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        Ok(match req {
-            Forward::Get(r) => {
-                let read = coordinator::read(&node, Bytes::from(r.key), r.r).await?;
-                Forwarded::Get(get_response(&node, &read.set, read.replies))
-            }
-            Forward::Put(r) => {
-                let w = coordinator::write(
-                    &node,
-                    Bytes::from(r.key),
-                    Some(Bytes::from(r.value)),
-                    &r.context,
-                    r.w,
-                )
-                .await?;
-                Forwarded::Put(PutResponse {
-                    context: w.context,
-                    acks: w.acks as u32,
-                })
-            }
-            Forward::Delete(r) => {
-                let w =
-                    coordinator::write(&node, Bytes::from(r.key), None, &r.context, r.w).await?;
-                Forwarded::Delete(DeleteResponse {
-                    context: w.context,
-                    acks: w.acks as u32,
-                })
-            }
-        })
+            .map_err(|e| ForwardError::Unreachable(tonic::Status::unavailable(e.to_string())))?;
+        coordinate(&node, req).await.map_err(ForwardError::Failed)
     }
+}
+
+/// Runs a forwarded request on `node`, as its Kv service would.
+async fn coordinate(node: &Arc<Node>, req: Forward) -> Result<Forwarded, tonic::Status> {
+    Ok(match req {
+        Forward::Get(r) => {
+            let read = coordinator::read(node, Bytes::from(r.key), r.r).await?;
+            Forwarded::Get(get_response(node, &read.set, read.replies))
+        }
+        Forward::Put(r) => {
+            let value = Some(Bytes::from(r.value));
+            let w = coordinator::write(node, Bytes::from(r.key), value, &r.context, r.w).await?;
+            Forwarded::Put(PutResponse {
+                context: w.context,
+                acks: w.acks as u32,
+            })
+        }
+        Forward::Delete(r) => {
+            let w = coordinator::write(node, Bytes::from(r.key), None, &r.context, r.w).await?;
+            Forwarded::Delete(DeleteResponse {
+                context: w.context,
+                acks: w.acks as u32,
+            })
+        }
+    })
 }

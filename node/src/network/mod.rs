@@ -35,6 +35,23 @@ pub enum PeerError {
     Corrupt(String),
 }
 
+/// Why a forwarded request failed.
+#[derive(Debug, Clone)]
+pub enum ForwardError {
+    /// The peer could not be reached: it never saw the request.
+    Unreachable(tonic::Status),
+    /// The peer answered with an error, or may have seen the request (a timeout).
+    Failed(tonic::Status),
+}
+
+impl From<ForwardError> for tonic::Status {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Unreachable(s) | ForwardError::Failed(s) => s,
+        }
+    }
+}
+
 /// One sibling set to join on a peer; `hint_for` names the node it is really meant for
 /// when the peer is a sloppy-quorum fallback.
 #[derive(Clone, Debug)]
@@ -94,5 +111,5 @@ pub trait Transport: Send + Sync + 'static {
         peer: &Member,
         req: Forward,
         timeout: Duration,
-    ) -> Result<Forwarded, tonic::Status>;
+    ) -> Result<Forwarded, ForwardError>;
 }

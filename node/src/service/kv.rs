@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::coordinator::{self, Route};
 use crate::metrics::{OpKind, Outcome};
-use crate::network::{Forward, Forwarded};
+use crate::network::{Forward, ForwardError, Forwarded};
 use crate::node::Node;
 
 /// The client API of a node.
@@ -76,7 +76,7 @@ impl KvService {
     async fn do_get(&self, fwd: bool, msg: GetRequest) -> Result<GetResponse, Status> {
         match coordinator::route(&self.node, &msg.key, fwd)? {
             Route::Forward(targets) => {
-                match coordinator::forward(&self.node, targets, Forward::Get(msg)).await? {
+                match coordinator::forward(&self.node, targets, &Forward::Get(msg)).await? {
                     Forwarded::Get(r) => Ok(r),
                     _ => Err(unexpected()),
                 }
@@ -116,24 +116,44 @@ impl KvService {
                         w,
                     }),
                 };
-                match coordinator::forward(&self.node, targets, forward).await? {
-                    Forwarded::Put(r) => Ok((r.context, r.acks)),
-                    Forwarded::Delete(r) => Ok((r.context, r.acks)),
-                    Forwarded::Get(_) => Err(unexpected()),
+                match coordinator::forward(&self.node, targets, &forward).await {
+                    Ok(Forwarded::Put(r)) => Ok((r.context, r.acks)),
+                    Ok(Forwarded::Delete(r)) => Ok((r.context, r.acks)),
+                    Ok(Forwarded::Get(_)) => Err(unexpected()),
+                    Err(ForwardError::Unreachable(why)) => {
+                        // No replica saw the request: coordinate it here rather than
+                        // refuse a write (see `coordinator`).
+                        tracing::info!(reason = %why.message(), "no preference-list node reachable; coordinating the write as a fallback");
+                        let (key, value, ctx, w) = match forward {
+                            Forward::Put(r) => (r.key, Some(r.value), r.context, r.w),
+                            Forward::Delete(r) => (r.key, None, r.context, r.w),
+                            Forward::Get(_) => return Err(unexpected()),
+                        };
+                        self.coordinate_write(key, value, ctx, w).await
+                    }
+                    Err(ForwardError::Failed(s)) => Err(s),
                 }
             }
-            Route::Local => {
-                let written = coordinator::write(
-                    &self.node,
-                    Bytes::from(key),
-                    value.map(Bytes::from),
-                    &ctx,
-                    w,
-                )
-                .await?;
-                Ok((written.context, written.acks as u32))
-            }
+            Route::Local => self.coordinate_write(key, value, ctx, w).await,
         }
+    }
+
+    async fn coordinate_write(
+        &self,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        ctx: Vec<u8>,
+        w: Option<u32>,
+    ) -> Result<(Vec<u8>, u32), Status> {
+        let written = coordinator::write(
+            &self.node,
+            Bytes::from(key),
+            value.map(Bytes::from),
+            &ctx,
+            w,
+        )
+        .await?;
+        Ok((written.context, written.acks as u32))
     }
 
     async fn get_one(&self, fwd: bool, msg: GetRequest) -> Result<GetResponse, Status> {
