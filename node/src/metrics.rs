@@ -50,6 +50,7 @@ pub struct Metrics {
     pub hint_oldest_age_seconds: Gauge,
     pub hints_delivered: Counter,
     pub read_repairs: Counter,
+    pub fallback_writes: Counter,
     pub storage_bytes: Gauge,
     pub set_cache_hits: Counter,
     pub set_cache_misses: Counter,
@@ -67,6 +68,7 @@ impl Default for Metrics {
         let hint_oldest_age_seconds = Gauge::default();
         let hints_delivered = Counter::default();
         let read_repairs = Counter::default();
+        let fallback_writes = Counter::default();
         let storage_bytes = Gauge::default();
         let set_cache_hits = Counter::default();
         let set_cache_misses = Counter::default();
@@ -106,6 +108,12 @@ impl Default for Metrics {
             read_repairs.clone(),
         );
         registry.register(
+            "fallback_writes",
+            "Puts and deletes coordinated here although this node is none of the key's \
+             replicas, because none of them could be reached",
+            fallback_writes.clone(),
+        );
+        registry.register(
             "storage_bytes",
             "Approximate bytes stored by the engine",
             storage_bytes.clone(),
@@ -130,6 +138,7 @@ impl Default for Metrics {
             hint_oldest_age_seconds,
             hints_delivered,
             read_repairs,
+            fallback_writes,
             storage_bytes,
             set_cache_hits,
             set_cache_misses,

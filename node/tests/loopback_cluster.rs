@@ -517,6 +517,7 @@ async fn a_write_no_replica_can_take_is_coordinated_by_a_fallback_and_handed_off
     // replicas would take it for the first one and drop it.
     let b = svc.put(put("b")).await.expect("a fallback coordinates");
     assert_eq!(b.into_inner().acks, 2);
+    assert_eq!(nodes[outsider].metrics.fallback_writes.get(), 2);
     // A get still needs R replicas.
     let get = svc
         .get(Request::new(GetRequest {

@@ -124,6 +124,7 @@ impl KvService {
                         // No replica saw the request: coordinate it here rather than
                         // refuse a write (see `coordinator`).
                         tracing::info!(reason = %why.message(), "no preference-list node reachable; coordinating the write as a fallback");
+                        self.node.metrics.fallback_writes.inc();
                         let (key, value, ctx, w) = match forward {
                             Forward::Put(r) => (r.key, Some(r.value), r.context, r.w),
                             Forward::Delete(r) => (r.key, None, r.context, r.w),
