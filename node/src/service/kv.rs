@@ -123,7 +123,9 @@ impl KvService {
                     Err(ForwardError::Unreachable(why)) => {
                         // No replica saw the request: coordinate it here rather than
                         // refuse a write (see `coordinator`).
-                        tracing::info!(reason = %why.message(), "no preference-list node reachable; coordinating the write as a fallback");
+                        // Counted in `dynamo_fallback_writes_total`; logged only at debug, as
+                        // every write to the unreachable replicas' keys takes this path.
+                        tracing::debug!(reason = %why.message(), "coordinating a write as a fallback");
                         self.node.metrics.fallback_writes.inc();
                         let (key, value, ctx, w) = match forward {
                             Forward::Put(r) => (r.key, Some(r.value), r.context, r.w),
