@@ -168,7 +168,7 @@ TICKS_PER_S=$(getconf CLK_TCK)
 # Machine-wide counters read around each run: CPU time the hypervisor gave to others
 # while this VM wanted it (steal, clock ticks, /proc/stat), and disk flushes completed
 # (/sys/block/*/stat field 16; 0 where the kernel does not count them). On the
-# development VM steal follows the flush rate of synced writes (see the README).
+# development VM steal follows the flush rate of synced writes (docs/performance.md).
 steal_ticks() { awk '/^cpu / {print $9; exit}' /proc/stat; }
 disk_flushes() { cat /sys/block/*/stat 2>/dev/null | awk 'NF >= 17 {n += $16} END {print n + 0}'; }
 

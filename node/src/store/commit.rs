@@ -23,7 +23,7 @@
 //! arrivals do not wait for acknowledgements, the count is reached only about as often as
 //! not before the window ends, so syncs stay close to one per window.
 //!
-//! Interleaved runs on the VM (synced puts, 3 nodes, medians of 7-17 runs; the README
+//! Interleaved runs on the VM (synced puts, 3 nodes, medians of 7-17 runs; docs/performance.md
 //! has the table), the 1 ms fixed window that was the default before, a fixed 3 ms one,
 //! and this rule: 16 clients, 4,945, 4,279 and 5,202 puts/s, p99.9 16.5, 10.3 and 9.4 ms;
 //! 7,000 puts/s (half of peak), ~2,300, ~950 and ~1,220 flushes a second, p99.9 21.7,
