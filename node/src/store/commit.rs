@@ -23,14 +23,17 @@
 //! arrivals do not wait for acknowledgements, the count is reached only about as often as
 //! not before the window ends, so syncs stay close to one per window.
 //!
-//! Interleaved runs on the VM (synced puts, 3 nodes, medians of 7-17 runs; docs/performance.md
-//! has the table), the 1 ms fixed window that was the default before, a fixed 3 ms one,
-//! and this rule: 16 clients, 4,945, 4,279 and 5,202 puts/s, p99.9 16.5, 10.3 and 9.4 ms;
-//! 7,000 puts/s (half of peak), ~2,300, ~950 and ~1,220 flushes a second, p99.9 21.7,
-//! 12.5 and 17.2 ms; 2,000 puts/s, p99.9 13.6-27.8 ms with 1 ms, 5.9-7.2 with this; 64
-//! clients and one, the same throughput. Syncing a lone write at once instead cut one
-//! client's p50 from 1.07 to 0.62-0.78 ms, but its 3,200-4,000 flushes a second cost 7-8%
-//! steal and a p99.9 of 13-14 ms.
+//! Interleaved runs on the VM (synced puts, 3 nodes, medians of 7-17 runs; the table is
+//! in docs/performance.md), the 1 ms fixed window that was the default before, a fixed
+//! 3 ms one, and this rule:
+//! - 16 clients: 4,945, 4,279 and 5,202 puts/s; p99.9 16.5, 10.3 and 9.4 ms;
+//! - 7,000 puts/s (half of peak): ~2,300, ~950 and ~1,220 flushes a second; p99.9 21.7,
+//!   12.5 and 17.2 ms;
+//! - 2,000 puts/s: p99.9 13.6-27.8 ms with 1 ms, 5.9-7.2 with this rule;
+//! - 64 clients and one client: the same throughput.
+//!
+//! Syncing a lone write at once instead cut one client's p50 from 1.07 to 0.62-0.78 ms,
+//! but its 3,200-4,000 flushes a second cost 7-8% steal and a p99.9 of 13-14 ms.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
