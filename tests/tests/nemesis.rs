@@ -1,0 +1,294 @@
+//! Acknowledged writes survive a random schedule of faults, checked end to end.
+//!
+//! Clients keep a set per key in the store, Riak style: read every sibling, take the union
+//! of their elements, add a new element and write the result back with the read's
+//! context. Meanwhile a nemesis SIGKILLs, restarts, freezes and thaws nodes at random (at
+//! most two of five faulty at a time, so a sloppy quorum can always be found), and once a
+//! run it restarts a killed node with its data directory wiped. Once every node is back
+//! and every hint delivered, a read of each key from all its replicas must hold every
+//! element whose put was acknowledged, and nothing no client ever tried to add.
+//!
+//! What this catches: a put that supersedes a sibling its context did not cover, a dot
+//! handed out twice (a wiped node reusing its old counters), an acknowledgement without
+//! W copies once a node holding one is wiped. (Killed processes keep what they wrote in
+//! the page cache, so this does not test syncs; `durability.rs` and the store's crash
+//! tests do. A lost hint is mostly masked here, since elements are carried forward by
+//! later writes; `repair.rs` tests handoff on its own.)
+//!
+//! The schedule comes from a seed, printed at the start; `NEMESIS_SEED=<n>` replays it.
+//! The node processes are real, so the interleaving of requests is not replayed exactly.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dynamo_proto::v1::{kv_client::KvClient, GetRequest, HintsRequest, PutRequest};
+use dynamo_tests::{eventually, Cluster, Options};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+
+const NODES: usize = 5;
+const KEYS: usize = 6;
+const CLIENTS: usize = 6;
+const MAX_FAULTY: usize = 2;
+const CHAOS: Duration = Duration::from_secs(20);
+/// A client gives up on a request after this long (the nodes' own timeout is 1 s).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What one client saw of the elements it tried to add.
+#[derive(Default)]
+struct Outcome {
+    /// Elements whose put was acknowledged, per key.
+    acked: BTreeMap<String, BTreeSet<String>>,
+    /// Elements whose put failed: they may or may not have been stored.
+    uncertain: BTreeMap<String, BTreeSet<String>>,
+    /// Failed requests, by kind (see [`failure`]).
+    failures: BTreeMap<String, u64>,
+}
+
+/// A short name for how a request failed, for the summary.
+fn failure<T>(
+    op: &str,
+    r: Result<Result<T, tonic::Status>, tokio::time::error::Elapsed>,
+) -> Option<String> {
+    match r {
+        Ok(Ok(_)) => None,
+        Ok(Err(s)) => {
+            let msg: String = s.message().chars().take(48).collect();
+            Some(format!("{op} {:?}: {msg}", s.code()))
+        }
+        Err(_) => Some(format!("{op}: no answer in {CLIENT_TIMEOUT:?}")),
+    }
+}
+
+/// The union of the elements in every live sibling.
+fn elements(r: &dynamo_proto::v1::GetResponse) -> BTreeSet<String> {
+    values(r)
+        .iter()
+        .flat_map(|v| v.split(',').filter(|e| !e.is_empty()).map(str::to_owned))
+        .collect()
+}
+
+async fn client(
+    id: usize,
+    seed: u64,
+    kvs: Vec<KvClient<Channel>>,
+    stop: Arc<AtomicBool>,
+) -> Outcome {
+    let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut out = Outcome::default();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("set-{}", rng.random_range(0..KEYS));
+        let mut via = kvs[rng.random_range(0..kvs.len())].clone();
+        let get = GetRequest {
+            key: key.clone().into_bytes(),
+            r: None,
+        };
+        let read = match tokio::time::timeout(CLIENT_TIMEOUT, via.get(get)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            failed => {
+                let kind = failure("get", failed).expect("a failure");
+                *out.failures.entry(kind).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let mut set = elements(&read);
+        seq += 1;
+        let element = format!("c{id}.{seq}");
+        set.insert(element.clone());
+        let put = PutRequest {
+            key: key.clone().into_bytes(),
+            value: set.into_iter().collect::<Vec<_>>().join(",").into_bytes(),
+            context: read.context,
+            w: None,
+        };
+        // Often through another node than the read, as a load balancer would.
+        let mut via = kvs[rng.random_range(0..kvs.len())].clone();
+        let book = match failure(
+            "put",
+            tokio::time::timeout(CLIENT_TIMEOUT, via.put(put)).await,
+        ) {
+            None => &mut out.acked,
+            Some(kind) => {
+                *out.failures.entry(kind).or_default() += 1;
+                &mut out.uncertain
+            }
+        };
+        book.entry(key).or_default().insert(element);
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum State {
+    Up,
+    Killed,
+    Frozen,
+}
+
+/// One step of the nemesis: break a healthy node or heal a broken one.
+fn nemesis_step(
+    c: &mut Cluster,
+    states: &mut [State],
+    wiped: &mut bool,
+    rng: &mut StdRng,
+    log: &mut Vec<String>,
+) {
+    let faulty: Vec<usize> = (0..states.len())
+        .filter(|&i| states[i] != State::Up)
+        .collect();
+    let heal = !faulty.is_empty() && (faulty.len() >= MAX_FAULTY || rng.random_bool(0.4));
+    if heal {
+        let i = faulty[rng.random_range(0..faulty.len())];
+        match states[i] {
+            State::Killed if !*wiped && rng.random_bool(0.25) => {
+                // Its disk replaced: a new incarnation with nothing stored. Once per run,
+                // as every acknowledged write has W = 2 copies to lose.
+                c.wipe(i);
+                c.restart(i);
+                *wiped = true;
+                log.push(format!("wiped node-{}", i + 1));
+            }
+            State::Killed => c.restart(i),
+            State::Frozen => c.thaw(i),
+            State::Up => unreachable!(),
+        }
+        log.push(format!("heal node-{} ({:?})", i + 1, states[i]));
+        states[i] = State::Up;
+    } else {
+        let up: Vec<usize> = (0..states.len())
+            .filter(|&i| states[i] == State::Up)
+            .collect();
+        let i = up[rng.random_range(0..up.len())];
+        if rng.random_bool(0.6) {
+            c.kill9(i);
+            states[i] = State::Killed;
+        } else {
+            c.freeze(i);
+            states[i] = State::Frozen;
+        }
+        log.push(format!("{:?} node-{}", states[i], i + 1));
+    }
+}
+
+// The test body blocks its thread while a node restarts; the clients run on the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_set_adds_survive_random_kills_freezes_restarts_and_a_wipe() {
+    let seed: u64 = std::env::var("NEMESIS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_nanos() as u64
+        });
+    eprintln!("nemesis seed {seed} (NEMESIS_SEED={seed} replays the schedule)");
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut c = Cluster::start(Options {
+            nodes: NODES,
+            ..Options::default()
+        });
+        let kvs: Vec<_> = (0..NODES).map(|i| c.kv(i)).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|id| tokio::spawn(client(id, seed, kvs.clone(), stop.clone())))
+            .collect();
+
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut states = [State::Up; NODES];
+        let mut log = Vec::new();
+        let mut wiped = false;
+        let start = Instant::now();
+        while start.elapsed() < CHAOS {
+            std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
+            nemesis_step(&mut c, &mut states, &mut wiped, &mut rng, &mut log);
+        }
+        for (i, state) in states.iter().enumerate() {
+            match state {
+                State::Killed => c.restart(i),
+                State::Frozen => c.thaw(i),
+                State::Up => {}
+            }
+        }
+        // Clients keep writing for a moment on the healed cluster, then stop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut acked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut tried = acked.clone();
+        let (mut n_acked, mut n_uncertain) = (0, 0);
+        let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+        for client in clients {
+            let out = client.await.expect("client task");
+            for (kind, n) in out.failures {
+                *failures.entry(kind).or_default() += n;
+            }
+            for (key, elems) in out.acked {
+                n_acked += elems.len();
+                tried.entry(key.clone()).or_default().extend(elems.clone());
+                acked.entry(key).or_default().extend(elems);
+            }
+            for (key, elems) in out.uncertain {
+                n_uncertain += elems.len();
+                tried.entry(key).or_default().extend(elems);
+            }
+        }
+        eprintln!(
+            "nemesis: {}\n{n_acked} puts acknowledged, {n_uncertain} failed; failures: {failures:#?}",
+            log.join(", ")
+        );
+        assert!(
+            log.iter().any(|l| l.starts_with("Killed")),
+            "the schedule killed no node"
+        );
+        assert!(n_acked >= 50, "only {n_acked} puts acknowledged");
+
+        let drained = eventually(Duration::from_secs(60), async || {
+            for i in 0..NODES {
+                match c.admin(i).hints(HintsRequest {}).await {
+                    Ok(h) if h.get_ref().pending == 0 => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await;
+        assert!(drained, "hints still pending 60 s after every node was back");
+
+        for key in (0..KEYS).map(|k| format!("set-{k}")) {
+            let get = GetRequest {
+                key: key.clone().into_bytes(),
+                r: Some(3),
+            };
+            let read = c
+                .kv(0)
+                .get(get)
+                .await
+                .unwrap_or_else(|s| panic!("get {key} from all replicas: {s:?}"))
+                .into_inner();
+            let stored = elements(&read);
+            let want = acked.get(&key).cloned().unwrap_or_default();
+            let lost: Vec<_> = want.difference(&stored).collect();
+            assert!(
+                lost.is_empty(),
+                "{key}: {} acknowledged elements lost: {lost:?} (seed {seed})",
+                lost.len()
+            );
+            let known = tried.get(&key).cloned().unwrap_or_default();
+            let invented: Vec<_> = stored.difference(&known).collect();
+            assert!(
+                invented.is_empty(),
+                "{key}: elements no client added: {invented:?} (seed {seed})"
+            );
+        }
+    })
+    .await
+    .expect("test timed out");
+}
