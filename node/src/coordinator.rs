@@ -76,7 +76,7 @@ pub async fn forward(
     targets: Vec<Member>,
     req: &Forward,
 ) -> Result<Forwarded, ForwardError> {
-    let mut last = tonic::Status::unavailable("no preference-list node to forward to");
+    let mut last = tonic::Status::unavailable("no preference-list node is believed up");
     for m in targets {
         match node
             .transport
@@ -94,6 +94,12 @@ pub async fn forward(
                     m.id,
                     s.message()
                 ));
+            }
+            Err(ForwardError::TimedOut(s)) => {
+                // It may have seen the request, so no failing over; but later requests
+                // go elsewhere (or fall back) until a probe finds it again.
+                node.health.record_failure(&m.id);
+                return Err(ForwardError::TimedOut(s));
             }
             Err(failed) => return Err(failed),
         }

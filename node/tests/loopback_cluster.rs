@@ -53,7 +53,7 @@ fn cluster_on(
             let identity = identity::open(&*engine, &m.id, &cfg.cluster_id).unwrap();
             let map = planner::plan(None, &members, Q, n).unwrap();
             let store = Store::new(engine, Q, sync_writes);
-            let transport = Arc::new(LoopbackTransport { net: net.clone() });
+            let transport = Arc::new(LoopbackTransport::new(net.clone(), m.id.clone()));
             let node = Arc::new(Node::new(
                 cfg,
                 identity,

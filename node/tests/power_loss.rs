@@ -153,9 +153,7 @@ impl Cluster {
         let map = planner::plan(None, &self.members, Q, 3).unwrap();
         let window = Duration::from_micros(cfg.fsync_group_window_us);
         let store = Store::synced(engine, Q, window);
-        let transport = Arc::new(LoopbackTransport {
-            net: self.net.clone(),
-        });
+        let transport = Arc::new(LoopbackTransport::new(self.net.clone(), m.id.clone()));
         let node = Arc::new(Node::new(
             cfg,
             identity,

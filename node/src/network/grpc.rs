@@ -228,7 +228,7 @@ impl Transport for GrpcTransport {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(s)) if is_connection_failure(&s) => Err(ForwardError::Unreachable(s)),
             Ok(Err(s)) => Err(ForwardError::Failed(s)),
-            Err(_) => Err(ForwardError::Failed(tonic::Status::unavailable(format!(
+            Err(_) => Err(ForwardError::TimedOut(tonic::Status::unavailable(format!(
                 "forwarding to {} got no answer within {timeout:?}",
                 peer.id
             )))),

@@ -1,5 +1,7 @@
 //! An in-process [`Transport`]: nodes of one test talk through direct calls, and a test
-//! can take any node "down" (its calls fail at once) or bring it back.
+//! can take any node "down" (calls to it fail at once, as to a refused connection),
+//! partition the nodes (calls across the cut get no answer: each waits out its timeout,
+//! as on a network that drops packets) and heal them.
 //!
 //! This runs the real coordinator, store and handoff logic of several nodes in one
 //! process without sockets, for fast tests of quorum and handoff behaviour.
@@ -24,6 +26,24 @@ use crate::service::kv::get_response;
 pub struct LoopbackNet {
     nodes: Mutex<HashMap<String, Weak<Node>>>,
     down: Mutex<HashSet<String>>,
+    /// Links cut by a partition, each as (lower id, higher id).
+    cut: Mutex<HashSet<(String, String)>>,
+}
+
+/// Why a call did not reach its node.
+enum Unreached {
+    /// Down: refused at once; the node never saw the call.
+    Refused(PeerError),
+    /// Across a partition: no answer until the caller's timeout.
+    Dropped,
+}
+
+fn link(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_owned(), b.to_owned())
+    } else {
+        (b.to_owned(), a.to_owned())
+    }
 }
 
 impl LoopbackNet {
@@ -47,7 +67,35 @@ impl LoopbackNet {
         }
     }
 
-    fn reach(&self, id: &str) -> Result<Arc<Node>, PeerError> {
+    /// Cuts every link between nodes on different `sides` (nodes on no side keep all
+    /// their links), replacing any earlier partition.
+    pub fn partition(&self, sides: &[&[&str]]) {
+        let mut cut = self.cut.lock();
+        cut.clear();
+        for (i, a_side) in sides.iter().enumerate() {
+            for b_side in &sides[i + 1..] {
+                for a in *a_side {
+                    for b in *b_side {
+                        cut.insert(link(a, b));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&self) {
+        self.cut.lock().clear();
+    }
+
+    fn reach(&self, from: &str, to: &str) -> Result<Arc<Node>, Unreached> {
+        if self.cut.lock().contains(&link(from, to)) {
+            return Err(Unreached::Dropped);
+        }
+        self.reach_node(to).map_err(Unreached::Refused)
+    }
+
+    fn reach_node(&self, id: &str) -> Result<Arc<Node>, PeerError> {
         if self.down.lock().contains(id) {
             return Err(PeerError::Status(tonic::Status::unavailable(format!(
                 "{id} is down"
@@ -65,7 +113,35 @@ impl LoopbackNet {
 
 /// One node's view of a [`LoopbackNet`].
 pub struct LoopbackTransport {
-    pub net: Arc<LoopbackNet>,
+    net: Arc<LoopbackNet>,
+    /// The node this transport sends from.
+    from: String,
+}
+
+impl LoopbackTransport {
+    pub fn new(net: Arc<LoopbackNet>, from: impl Into<String>) -> Self {
+        Self {
+            net,
+            from: from.into(),
+        }
+    }
+
+    /// The node `to`, or the error a call to it ends with (after `timeout` when the
+    /// call is dropped by a partition).
+    async fn reach(&self, to: &str, timeout: Duration) -> Result<Arc<Node>, PeerError> {
+        match self.net.reach(&self.from, to) {
+            Ok(node) => Ok(node),
+            Err(Unreached::Refused(e)) => Err(e),
+            Err(Unreached::Dropped) => {
+                tokio::time::sleep(timeout).await;
+                Err(PeerError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+fn status(e: PeerError) -> tonic::Status {
+    tonic::Status::unavailable(e.to_string())
 }
 
 fn internal(e: impl std::fmt::Display) -> PeerError {
@@ -74,13 +150,8 @@ fn internal(e: impl std::fmt::Display) -> PeerError {
 
 #[async_trait]
 impl Transport for LoopbackTransport {
-    async fn read(
-        &self,
-        peer: &Member,
-        key: Bytes,
-        _timeout: Duration,
-    ) -> Result<Bytes, PeerError> {
-        let stored = self.net.reach(&peer.id)?.store.read_raw(&key);
+    async fn read(&self, peer: &Member, key: Bytes, timeout: Duration) -> Result<Bytes, PeerError> {
+        let stored = self.reach(&peer.id, timeout).await?.store.read_raw(&key);
         Ok(stored.map_err(internal)?.unwrap_or_default())
     }
 
@@ -88,29 +159,30 @@ impl Transport for LoopbackTransport {
         &self,
         peer: &Member,
         entries: Vec<WriteEntry>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<(), PeerError> {
-        self.net
-            .reach(&peer.id)?
+        self.reach(&peer.id, timeout)
+            .await?
             .accept(entries)
             .await
             .map_err(internal)
     }
 
-    async fn ping(&self, peer: &Member, _timeout: Duration) -> Result<(), PeerError> {
-        self.net.reach(&peer.id).map(|_| ())
+    async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError> {
+        self.reach(&peer.id, timeout).await.map(|_| ())
     }
 
     async fn forward(
         &self,
         peer: &Member,
         req: Forward,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<Forwarded, ForwardError> {
-        let node = self
-            .net
-            .reach(&peer.id)
-            .map_err(|e| ForwardError::Unreachable(tonic::Status::unavailable(e.to_string())))?;
+        let node = match self.reach(&peer.id, timeout).await {
+            Ok(node) => node,
+            Err(e @ PeerError::Timeout(_)) => return Err(ForwardError::TimedOut(status(e))),
+            Err(e) => return Err(ForwardError::Unreachable(status(e))),
+        };
         coordinate(&node, req).await.map_err(ForwardError::Failed)
     }
 }

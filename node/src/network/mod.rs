@@ -40,14 +40,16 @@ pub enum PeerError {
 pub enum ForwardError {
     /// The peer could not be reached: it never saw the request.
     Unreachable(tonic::Status),
-    /// The peer answered with an error, or may have seen the request (a timeout).
+    /// The peer gave no answer in time: it may have seen the request.
+    TimedOut(tonic::Status),
+    /// The peer answered with an error.
     Failed(tonic::Status),
 }
 
 impl From<ForwardError> for tonic::Status {
     fn from(e: ForwardError) -> Self {
         match e {
-            ForwardError::Unreachable(s) | ForwardError::Failed(s) => s,
+            ForwardError::Unreachable(s) | ForwardError::TimedOut(s) | ForwardError::Failed(s) => s,
         }
     }
 }

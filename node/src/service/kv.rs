@@ -116,6 +116,13 @@ impl KvService {
                         w,
                     }),
                 };
+                // A write goes only to replicas believed up: one that has stopped
+                // answering would hold it for the whole timeout and leave it in doubt,
+                // while coordinating here (below) is certain and keeps the write.
+                let targets = targets
+                    .into_iter()
+                    .filter(|m| self.node.health.is_up(&m.id))
+                    .collect();
                 match coordinator::forward(&self.node, targets, &forward).await {
                     Ok(Forwarded::Put(r)) => Ok((r.context, r.acks)),
                     Ok(Forwarded::Delete(r)) => Ok((r.context, r.acks)),
@@ -134,7 +141,7 @@ impl KvService {
                         };
                         self.coordinate_write(key, value, ctx, w).await
                     }
-                    Err(ForwardError::Failed(s)) => Err(s),
+                    Err(ForwardError::TimedOut(s) | ForwardError::Failed(s)) => Err(s),
                 }
             }
             Route::Local => self.coordinate_write(key, value, ctx, w).await,
