@@ -26,6 +26,7 @@
 //! on fewer than W replicas, as in Dynamo; it is never reported as a success.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_core::codec::encode_set;
@@ -80,7 +81,7 @@ pub async fn forward(
     for m in targets {
         match node
             .transport
-            .forward(&m, req.clone(), node.timeout())
+            .forward(&m, req.clone(), forward_timeout(node.timeout()))
             .await
         {
             Ok(resp) => {
@@ -105,6 +106,15 @@ pub async fn forward(
         }
     }
     Err(ForwardError::Unreachable(last))
+}
+
+/// How long a forwarded request is waited for. Its coordinator answers within the request
+/// timeout, with `UNAVAILABLE` if its quorum was not met; waiting a quarter longer (at
+/// least 50 ms) means that only a peer that does not answer at all times out, and is
+/// then believed down. A healthy coordinator that waited on unreachable replicas must not
+/// be.
+pub fn forward_timeout(request_timeout: Duration) -> Duration {
+    request_timeout + (request_timeout / 4).max(Duration::from_millis(50))
 }
 
 /// A successful write: the context the client should send next, and the acks counted.

@@ -551,3 +551,47 @@ async fn a_write_no_replica_can_take_is_coordinated_by_a_fallback_and_handed_off
         );
     }
 }
+
+#[tokio::test]
+async fn a_forwarded_write_whose_coordinator_cannot_reach_its_replicas_fails_without_marking_it_down(
+) {
+    use dynamo_node::service::kv::KvService;
+    use dynamo_proto::v1::kv_server::Kv;
+    use dynamo_proto::v1::PutRequest;
+    use tonic::Request;
+
+    let (net, nodes) = cluster(5, 3, 2);
+    let key = b"far";
+    let p = pref(&nodes, key);
+    let entry = (0..5).find(|i| !p.contains(i)).unwrap();
+    let coordinator = p[0];
+    // The first replica is cut off from every node but the one the client reached: it
+    // coordinates the forwarded put, and with W=3 it waits out the request timeout for
+    // acknowledgements that cannot come.
+    let others: Vec<&str> = (0..5)
+        .filter(|&i| i != entry && i != coordinator)
+        .map(|i| nodes[i].id())
+        .collect();
+    net.partition(&[&[nodes[coordinator].id(), nodes[entry].id()], &others]);
+    // The forwarded request reaches its coordinator a little after it was sent, so the
+    // coordinator's deadline falls after the forwarder's request timeout.
+    net.set_latency(std::time::Duration::from_millis(20));
+    let svc = KvService::new(nodes[entry].clone());
+    let put = PutRequest {
+        key: key.to_vec(),
+        value: b"v".to_vec(),
+        context: Vec::new(),
+        w: Some(3),
+    };
+    let err = svc.put(Request::new(put)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(
+        err.message().contains("of 3 required replicas answered"),
+        "the coordinator's own answer, not a forwarding timeout: {}",
+        err.message()
+    );
+    assert!(
+        nodes[entry].health.is_up(nodes[coordinator].id()),
+        "a coordinator that answered is not believed down"
+    );
+}

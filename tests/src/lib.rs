@@ -15,6 +15,8 @@ use dynamo_proto::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+pub mod proxy;
+
 /// Settings of a test cluster.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -25,6 +27,9 @@ pub struct Options {
     pub partitions: u32,
     pub request_timeout_ms: u64,
     pub extra: Vec<String>,
+    /// Whether nodes reach each other through [`proxy::Link`]s, so that a test can
+    /// partition them ([`Cluster::partition`]). Clients still reach every node directly.
+    pub proxied: bool,
 }
 
 impl Default for Options {
@@ -37,6 +42,7 @@ impl Default for Options {
             partitions: 64,
             request_timeout_ms: 1000,
             extra: Vec::new(),
+            proxied: false,
         }
     }
 }
@@ -56,6 +62,8 @@ pub struct NodeProc {
 pub struct Cluster {
     pub opts: Options,
     pub nodes: Vec<NodeProc>,
+    /// `links[i][j]`: how node `i` reaches node `j` when proxied.
+    links: Vec<Vec<Option<proxy::Link>>>,
     dir: tempfile::TempDir,
     // Declared last: released after every process is gone.
     _serial: std::sync::MutexGuard<'static, ()>,
@@ -145,7 +153,7 @@ impl Cluster {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ports = free_ports(2 * opts.nodes).into_iter();
-        let nodes = (1..=opts.nodes)
+        let nodes: Vec<NodeProc> = (1..=opts.nodes)
             .map(|i| {
                 let id = format!("node-{i}");
                 NodeProc {
@@ -159,9 +167,17 @@ impl Cluster {
                 }
             })
             .collect();
+        let links = (0..nodes.len())
+            .map(|i| {
+                (0..nodes.len())
+                    .map(|j| (opts.proxied && i != j).then(|| proxy::Link::start(nodes[j].grpc)))
+                    .collect()
+            })
+            .collect();
         let mut c = Self {
             opts,
             nodes,
+            links,
             dir,
             _serial: serial,
         };
@@ -174,13 +190,45 @@ impl Cluster {
         c
     }
 
-    /// The `--members` flag value.
-    pub fn members(&self) -> String {
+    /// The `--members` flag value of node `i`: every node's address, or, when proxied,
+    /// the proxy through which `i` reaches it.
+    pub fn members(&self, i: usize) -> String {
         self.nodes
             .iter()
-            .map(|n| format!("{}={}", n.id, n.grpc))
+            .enumerate()
+            .map(|(j, n)| {
+                let addr = self.links[i][j].as_ref().map_or(n.grpc, |l| l.listen);
+                format!("{}={addr}", n.id)
+            })
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Cuts every link between nodes on different `sides` (indices), both ways,
+    /// replacing any earlier partition. Needs [`Options::proxied`].
+    pub fn partition(&self, sides: &[&[usize]]) {
+        self.heal();
+        for (k, a_side) in sides.iter().enumerate() {
+            for b_side in &sides[k + 1..] {
+                for &a in *a_side {
+                    for &b in *b_side {
+                        for (from, to) in [(a, b), (b, a)] {
+                            self.links[from][to]
+                                .as_ref()
+                                .expect("a proxied cluster")
+                                .cut();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&self) {
+        for link in self.links.iter().flatten().flatten() {
+            link.heal();
+        }
     }
 
     /// The command line of node `i`.
@@ -193,7 +241,7 @@ impl Cluster {
             .args(["--http-listen", &n.http.to_string()])
             .args(["--data-dir", n.data_dir.to_str().expect("utf-8 path")])
             .args(["--cluster-id", "test-cluster"])
-            .args(["--members", &self.members()])
+            .args(["--members", &self.members(i)])
             .args([
                 "--n",
                 &o.n.to_string(),

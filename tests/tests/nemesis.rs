@@ -66,14 +66,6 @@ fn failure<T>(
     }
 }
 
-/// The union of the elements in every live sibling.
-fn elements(r: &dynamo_proto::v1::GetResponse) -> BTreeSet<String> {
-    values(r)
-        .iter()
-        .flat_map(|v| v.split(',').filter(|e| !e.is_empty()).map(str::to_owned))
-        .collect()
-}
-
 async fn client(
     id: usize,
     seed: u64,

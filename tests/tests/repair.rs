@@ -7,10 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use dynamo_core::codec::{decode_set, encode_set};
-use dynamo_core::{Actor, Member, PartitionMap, SiblingSet, VersionVector};
-use dynamo_proto::v1::{
-    HintsRequest, PartitionMapRequest, ReplicaEntry, ReplicaReadRequest, ReplicaWriteRequest,
-};
+use dynamo_core::{Actor, SiblingSet, VersionVector};
+use dynamo_proto::v1::{ReplicaEntry, ReplicaReadRequest, ReplicaWriteRequest};
 use dynamo_tests::{eventually, http_get, Cluster, Options};
 
 /// The live values node `i` holds for `key`, read from its local store (no repair).
@@ -38,15 +36,6 @@ async fn local_values(c: &Cluster, i: usize, key: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-async fn hints_pending(c: &Cluster, i: usize) -> u64 {
-    c.admin(i)
-        .hints(HintsRequest {})
-        .await
-        .expect("hints")
-        .into_inner()
-        .pending
 }
 
 #[tokio::test]
@@ -152,31 +141,8 @@ async fn with_every_replica_of_a_key_killed_a_put_is_still_taken_and_handed_off(
             nodes: 5,
             ..Options::default()
         });
-        let map = c
-            .admin(0)
-            .partition_map(PartitionMapRequest {})
-            .await
-            .expect("partition map")
-            .into_inner();
-        let members = map
-            .members
-            .iter()
-            .map(|m| Member::new(m.id.clone(), m.addr.clone()))
-            .collect();
-        let ring = PartitionMap::from_indices(
-            map.epoch,
-            map.partitions,
-            map.replication,
-            members,
-            map.owners,
-        )
-        .expect("a valid map");
         let key = "always-writable";
-        // Node ids are node-1..node-5 for indices 0..4.
-        let replicas: Vec<usize> = ring
-            .preference_list(ring.partition_of(key.as_bytes()))
-            .map(|m| m.id["node-".len()..].parse::<usize>().expect("node-<i>") - 1)
-            .collect();
+        let replicas = replicas_of(&c, key).await;
         assert_eq!(replicas.len(), 3);
         let outsiders: Vec<usize> = (0..5).filter(|i| !replicas.contains(i)).collect();
         for &r in &replicas {

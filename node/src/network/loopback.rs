@@ -28,6 +28,8 @@ pub struct LoopbackNet {
     down: Mutex<HashSet<String>>,
     /// Links cut by a partition, each as (lower id, higher id).
     cut: Mutex<HashSet<(String, String)>>,
+    /// How long every call takes to reach its node.
+    latency: Mutex<Duration>,
 }
 
 /// Why a call did not reach its node.
@@ -88,6 +90,11 @@ impl LoopbackNet {
         self.cut.lock().clear();
     }
 
+    /// Makes every call take `latency` to reach its node (none at first).
+    pub fn set_latency(&self, latency: Duration) {
+        *self.latency.lock() = latency;
+    }
+
     fn reach(&self, from: &str, to: &str) -> Result<Arc<Node>, Unreached> {
         if self.cut.lock().contains(&link(from, to)) {
             return Err(Unreached::Dropped);
@@ -129,6 +136,10 @@ impl LoopbackTransport {
     /// The node `to`, or the error a call to it ends with (after `timeout` when the
     /// call is dropped by a partition).
     async fn reach(&self, to: &str, timeout: Duration) -> Result<Arc<Node>, PeerError> {
+        let latency = *self.net.latency.lock();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         match self.net.reach(&self.from, to) {
             Ok(node) => Ok(node),
             Err(Unreached::Refused(e)) => Err(e),
@@ -178,12 +189,20 @@ impl Transport for LoopbackTransport {
         req: Forward,
         timeout: Duration,
     ) -> Result<Forwarded, ForwardError> {
-        let node = match self.reach(&peer.id, timeout).await {
-            Ok(node) => node,
-            Err(e @ PeerError::Timeout(_)) => return Err(ForwardError::TimedOut(status(e))),
-            Err(e) => return Err(ForwardError::Unreachable(status(e))),
+        let timed_out = || ForwardError::TimedOut(status(PeerError::Timeout(timeout)));
+        // As over gRPC, the timeout covers the trip there: a coordinator that does not
+        // answer in time may have seen the request.
+        let call = async {
+            let node = match self.reach(&peer.id, timeout).await {
+                Ok(node) => node,
+                Err(PeerError::Timeout(_)) => return Err(timed_out()),
+                Err(e) => return Err(ForwardError::Unreachable(status(e))),
+            };
+            coordinate(&node, req).await.map_err(ForwardError::Failed)
         };
-        coordinate(&node, req).await.map_err(ForwardError::Failed)
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
     }
 }
 

@@ -2,9 +2,13 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use dynamo_proto::v1::{DeleteRequest, GetRequest, GetResponse, PutRequest};
+use dynamo_core::{Member, PartitionMap};
+use dynamo_proto::v1::{
+    DeleteRequest, GetRequest, GetResponse, HintsRequest, PartitionMapRequest, PutRequest,
+};
 use dynamo_tests::Cluster;
 use tonic::Code;
 
@@ -21,6 +25,52 @@ pub fn values(r: &GetResponse) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// The union of the comma-separated elements of every live sibling (the set workload of
+/// the nemesis and partition tests).
+pub fn elements(r: &GetResponse) -> BTreeSet<String> {
+    values(r)
+        .iter()
+        .flat_map(|v| v.split(',').filter(|e| !e.is_empty()).map(str::to_owned))
+        .collect()
+}
+
+/// Hints node `i` holds for other nodes.
+pub async fn hints_pending(c: &Cluster, i: usize) -> u64 {
+    c.admin(i)
+        .hints(HintsRequest {})
+        .await
+        .expect("hints")
+        .into_inner()
+        .pending
+}
+
+/// The indices of `key`'s replicas, by the partition map node 0 serves (node ids are
+/// node-1..node-S for indices 0..S-1).
+pub async fn replicas_of(c: &Cluster, key: &str) -> Vec<usize> {
+    let map = c
+        .admin(0)
+        .partition_map(PartitionMapRequest {})
+        .await
+        .expect("partition map")
+        .into_inner();
+    let members = map
+        .members
+        .iter()
+        .map(|m| Member::new(m.id.clone(), m.addr.clone()))
+        .collect();
+    let ring = PartitionMap::from_indices(
+        map.epoch,
+        map.partitions,
+        map.replication,
+        members,
+        map.owners,
+    )
+    .expect("a valid map");
+    ring.preference_list(ring.partition_of(key.as_bytes()))
+        .map(|m| m.id["node-".len()..].parse::<usize>().expect("node-<i>") - 1)
+        .collect()
 }
 
 pub async fn get(c: &Cluster, node: usize, key: &str) -> Result<GetResponse, tonic::Status> {
