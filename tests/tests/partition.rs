@@ -21,7 +21,7 @@ use dynamo_tests::{eventually, Cluster, Options};
 use tonic::transport::Channel;
 
 const KEYS: usize = 4;
-const SPLIT: Duration = Duration::from_secs(5);
+const SPLIT: Duration = Duration::from_secs(7);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
