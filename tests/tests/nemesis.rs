@@ -2,7 +2,9 @@
 //!
 //! Clients keep a set per key in the store, Riak style: read every sibling, take the union
 //! of their elements, add a new element and write the result back with the read's
-//! context. Meanwhile a nemesis SIGKILLs, restarts, freezes and thaws nodes at random (at
+//! context. Half of them send raw gRPC to a node picked at random for each request; the
+//! other half use the client library (requests to the key's replicas, failing over on
+//! connection failures). Meanwhile a nemesis SIGKILLs, restarts, freezes and thaws nodes at random (at
 //! most two of five faulty at a time, so a sloppy quorum can always be found), and once a
 //! run it restarts a killed node with its data directory wiped. Once every node is back
 //! and every hint delivered, a read of each key from all its replicas must hold every
@@ -66,49 +68,120 @@ fn failure<T>(
     }
 }
 
-async fn client(
-    id: usize,
-    seed: u64,
-    kvs: Vec<KvClient<Channel>>,
-    stop: Arc<AtomicBool>,
-) -> Outcome {
+/// How a client reaches the store.
+enum Via {
+    /// Raw gRPC to a node picked at random for each request, as behind a load balancer.
+    Raw(Vec<KvClient<Channel>>),
+    /// The Rust client library: requests go to the key's replicas, failing over on
+    /// connection failures.
+    Library(dynamo_client::Client),
+}
+
+impl Via {
+    /// The elements of `key` and the read's context, or how the get failed.
+    async fn get(
+        &self,
+        rng: &mut StdRng,
+        key: &str,
+    ) -> Result<(BTreeSet<String>, Vec<u8>), String> {
+        match self {
+            Via::Raw(kvs) => {
+                let mut kv = kvs[rng.random_range(0..kvs.len())].clone();
+                let get = GetRequest {
+                    key: key.as_bytes().to_vec(),
+                    r: None,
+                };
+                match tokio::time::timeout(CLIENT_TIMEOUT, kv.get(get)).await {
+                    Ok(Ok(read)) => {
+                        let read = read.into_inner();
+                        Ok((elements(&read), read.context))
+                    }
+                    failed => Err(failure("get", failed).expect("a failure")),
+                }
+            }
+            Via::Library(client) => match client.get(key, None).await {
+                Ok(read) => {
+                    let set = read
+                        .values()
+                        .flat_map(|v| {
+                            String::from_utf8_lossy(v)
+                                .split(',')
+                                .filter(|e| !e.is_empty())
+                                .map(str::to_owned)
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    Ok((set, read.context.as_bytes().to_vec()))
+                }
+                Err(e) => Err(library_failure("get", e)),
+            },
+        }
+    }
+
+    /// Writes `value` with `context`; how the put failed, if it did.
+    async fn put(
+        &self,
+        rng: &mut StdRng,
+        key: &str,
+        value: String,
+        context: Vec<u8>,
+    ) -> Result<(), String> {
+        match self {
+            Via::Raw(kvs) => {
+                // Often through another node than the read, as a load balancer would.
+                let mut kv = kvs[rng.random_range(0..kvs.len())].clone();
+                let put = PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.into_bytes(),
+                    context,
+                    w: None,
+                };
+                match failure(
+                    "put",
+                    tokio::time::timeout(CLIENT_TIMEOUT, kv.put(put)).await,
+                ) {
+                    None => Ok(()),
+                    Some(kind) => Err(kind),
+                }
+            }
+            Via::Library(client) => {
+                let context = dynamo_client::Context::from_bytes(context);
+                client
+                    .put(key, value, &context, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| library_failure("put", e))
+            }
+        }
+    }
+}
+
+fn library_failure(op: &str, e: dynamo_client::Error) -> String {
+    let msg: String = e.to_string().chars().take(48).collect();
+    format!("{op} (client library): {msg}")
+}
+
+async fn client(id: usize, seed: u64, via: Via, stop: Arc<AtomicBool>) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut out = Outcome::default();
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let key = format!("set-{}", rng.random_range(0..KEYS));
-        let mut via = kvs[rng.random_range(0..kvs.len())].clone();
-        let get = GetRequest {
-            key: key.clone().into_bytes(),
-            r: None,
-        };
-        let read = match tokio::time::timeout(CLIENT_TIMEOUT, via.get(get)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            failed => {
-                let kind = failure("get", failed).expect("a failure");
+        let (mut set, context) = match via.get(&mut rng, &key).await {
+            Ok(read) => read,
+            Err(kind) => {
                 *out.failures.entry(kind).or_default() += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
         };
-        let mut set = elements(&read);
         seq += 1;
         let element = format!("c{id}.{seq}");
         set.insert(element.clone());
-        let put = PutRequest {
-            key: key.clone().into_bytes(),
-            value: set.into_iter().collect::<Vec<_>>().join(",").into_bytes(),
-            context: read.context,
-            w: None,
-        };
-        // Often through another node than the read, as a load balancer would.
-        let mut via = kvs[rng.random_range(0..kvs.len())].clone();
-        let book = match failure(
-            "put",
-            tokio::time::timeout(CLIENT_TIMEOUT, via.put(put)).await,
-        ) {
-            None => &mut out.acked,
-            Some(kind) => {
+        let value = set.into_iter().collect::<Vec<_>>().join(",");
+        let book = match via.put(&mut rng, &key, value, context).await {
+            Ok(()) => &mut out.acked,
+            Err(kind) => {
                 *out.failures.entry(kind).or_default() += 1;
                 &mut out.uncertain
             }
@@ -190,9 +263,20 @@ async fn acknowledged_set_adds_survive_random_kills_freezes_restarts_and_a_wipe(
         });
         let kvs: Vec<_> = (0..NODES).map(|i| c.kv(i)).collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|id| tokio::spawn(client(id, seed, kvs.clone(), stop.clone())))
-            .collect();
+        // Half the clients send raw gRPC to random nodes, half use the client library.
+        let addrs: Vec<String> = c.nodes.iter().map(|n| n.grpc.to_string()).collect();
+        let mut clients = Vec::new();
+        for id in 0..CLIENTS {
+            let via = if id % 2 == 0 {
+                Via::Raw(kvs.clone())
+            } else {
+                let mut config = dynamo_client::ClientConfig::new(&addrs);
+                config.request_timeout = CLIENT_TIMEOUT;
+                config.route_by_key = true;
+                Via::Library(config.connect().await.expect("client library"))
+            };
+            clients.push(tokio::spawn(client(id, seed, via, stop.clone())));
+        }
 
         let mut rng = StdRng::seed_from_u64(seed);
         let mut states = [State::Up; NODES];
