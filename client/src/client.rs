@@ -2,9 +2,10 @@
 //! one or more nodes.
 //!
 //! Any node accepts any request and coordinates it, so the client only has to reach
-//! *some* node. It spreads requests round-robin over the addresses it was given, skips
-//! nodes whose connection recently failed, and on a failure fails over to the next
-//! address — but only when that cannot apply a write twice:
+//! *some* node. It spreads requests round-robin over the addresses it was given, tries
+//! nodes that recently failed (refused, lost the connection or did not answer in time)
+//! only after the others, and on a failure fails over to the next address — but only
+//! when that cannot apply a write twice:
 //!
 //! - reads and admin calls fail over on any transport failure (refused connection, lost
 //!   connection, client-side timeout);
@@ -50,7 +51,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// HTTP/2 connections to open to each node (requests are spread over them).
     pub channels_per_node: usize,
-    /// How long a node whose connection failed is tried only after the others.
+    /// How long a node that failed (refused, lost the connection or did not answer in
+    /// time) is tried only after the others; then one request tries it again.
     pub down_for: Duration,
     /// Fetch the partition map and send requests to the key's preference list.
     pub route_by_key: bool,
@@ -395,7 +397,11 @@ impl Client {
                     return Ok(resp);
                 }
                 Err(err) => {
-                    if err.is_connect_failure() {
+                    // Refused, lost or unanswered: tried last for a while. A node that
+                    // stopped answering with its connection open (frozen, or across a
+                    // partition that drops packets) would otherwise hold every request
+                    // sent to it for the whole timeout.
+                    if err.is_transport_failure() {
                         node.mark_down();
                     }
                     let may_retry = if idempotent {
@@ -432,8 +438,9 @@ impl Client {
                 list.push(seed.clone());
             }
         }
-        // Stable: keeps the order among the up nodes and among the down ones.
-        list.sort_by_key(|c| c.is_down());
+        // Stable: keeps the order among the up nodes and among the down ones. Cached: a
+        // node's `avoid` is asked once (it may hand this request the node's trial).
+        list.sort_by_cached_key(|c| c.avoid());
         list
     }
 }

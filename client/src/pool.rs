@@ -113,13 +113,34 @@ impl NodeConn {
             .count()
     }
 
-    /// Whether a recent connection failure marks this node as down.
+    /// Whether a recent failure marks this node as down.
+    #[cfg(test)]
     pub fn is_down(&self) -> bool {
         let until = self.down_until_ms.load(Ordering::Relaxed);
         until != 0 && self.now_ms() < until
     }
 
-    /// Marks the node down for a short while after a connection failure.
+    /// Whether requests should try this node only after the others: it is down, or its
+    /// down period is over and another request is already trying it. Once the period is
+    /// over, one caller gets `false` (a trial) and the node stays avoided for the trial's
+    /// request timeout and another period, until a success marks it up or a failure down
+    /// again: a node that does not answer holds one request at a time, not all of them.
+    pub fn avoid(&self) -> bool {
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        let now = self.now_ms();
+        if now < until {
+            return true;
+        }
+        let trial_until = now + (self.request_timeout + self.down_for).as_millis() as u64;
+        self.down_until_ms
+            .compare_exchange(until, trial_until, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    }
+
+    /// Marks the node down for a short while after a failure.
     pub fn mark_down(&self) {
         let until = self.now_ms() + self.down_for.as_millis() as u64;
         self.down_until_ms.store(until.max(1), Ordering::Relaxed);
@@ -219,5 +240,38 @@ mod tests {
         node.mark_down();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!node.is_down());
+    }
+
+    #[tokio::test]
+    async fn once_down_a_node_gets_one_trial_per_period() {
+        let settings = ChannelSettings {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(400),
+            channels_per_node: 1,
+            down_for: Duration::from_millis(300),
+        };
+        let node = NodeConn::open("127.0.0.1:1", &settings).unwrap();
+        assert!(!node.avoid(), "an up node is not avoided");
+        node.mark_down();
+        assert!(node.avoid());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!node.avoid(), "the first caller after the period tries it");
+        assert!(node.avoid(), "the others keep away while the trial runs");
+        assert!(node.avoid());
+        // The trial failed: down again; or it answered: up for everyone.
+        node.mark_down();
+        assert!(node.avoid());
+        node.mark_up();
+        assert!(!node.avoid());
+        assert!(!node.avoid());
+        // A trial that never reports is given up after its timeout and a period.
+        node.mark_down();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!node.avoid());
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(
+            !node.avoid(),
+            "a second trial once the first must have timed out"
+        );
     }
 }

@@ -115,6 +115,45 @@ async fn fails_over_from_an_unreachable_node() {
 }
 
 #[tokio::test]
+async fn a_node_that_stops_answering_is_tried_last_after_one_timeout() {
+    let a = FakeNode::start("node-a").await;
+    let b = FakeNode::start("node-b").await;
+    let mut config = ClientConfig::new(&[a.addr.to_string(), b.addr.to_string()]);
+    config.request_timeout = Duration::from_millis(300);
+    config.down_for = Duration::from_secs(60);
+    let client = config.connect().await.unwrap();
+    client.warm_up("k").await;
+
+    // Node a freezes with its connection open: nothing refuses, nothing answers.
+    a.state
+        .frozen
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = a.calls();
+    let mut failed = Vec::new();
+    for i in 0..8 {
+        let key = format!("k{i}");
+        // A put that timed out may have been applied: it is not sent again elsewhere.
+        if let Err(e) = client.put(&key, "v", &Context::empty(), None).await {
+            assert!(e.is_transport_failure(), "{e}");
+            failed.push(key);
+        }
+    }
+    assert!(
+        failed.len() <= 1,
+        "only the first request to the frozen node should wait for it: {failed:?}"
+    );
+    // Reads go elsewhere at once too.
+    for i in 0..8 {
+        client.get(format!("k{i}"), None).await.unwrap();
+    }
+    assert!(
+        a.calls() - before <= 1,
+        "{} requests sent to the frozen node",
+        a.calls() - before
+    );
+}
+
+#[tokio::test]
 async fn requests_share_one_session_and_a_slow_one_times_out_alone() {
     let node = FakeNode::start("node-1").await;
     let mut config = ClientConfig::new(&[node.addr.to_string()]);

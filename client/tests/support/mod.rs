@@ -6,13 +6,14 @@
 //! Contexts are lists of sibling sequence numbers (8 bytes each): a put removes the
 //! siblings its context lists and adds one, like the real store's causal contexts do
 //! for a single node. Key `fail-quorum` answers UNAVAILABLE, an empty key
-//! INVALID_ARGUMENT; a get of key `hang` sent through a session never answers.
+//! INVALID_ARGUMENT; a get of key `hang` sent through a session never answers, and
+//! neither does any request while the node is `frozen`.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dynamo_client::proto::admin_server::{Admin, AdminServer};
@@ -43,6 +44,8 @@ pub struct State {
     pub max_siblings: AtomicU64,
     /// Map members (id, addr) for PartitionMap.
     pub members: Mutex<Vec<(String, String)>>,
+    /// While set, requests sent through a session get no answer (a frozen process).
+    pub frozen: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -159,6 +162,10 @@ impl Kv for Fake {
             async move {
                 use session_request::Op;
                 use session_response::Result as R;
+                if fake.0.frozen.load(Ordering::Relaxed) {
+                    fake.0.calls.fetch_add(1, Ordering::Relaxed);
+                    std::future::pending::<()>().await;
+                }
                 match op {
                     Op::Get(g) if g.key == b"hang" => {
                         fake.0.calls.fetch_add(1, Ordering::Relaxed);
