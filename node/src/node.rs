@@ -48,6 +48,8 @@ pub struct Node {
     pub key_locks: crate::key_lock::KeyLocks,
     pub started: Instant,
     ready: AtomicBool,
+    /// Set once the server is stopping: sessions stop reading requests.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
@@ -76,6 +78,7 @@ impl Node {
             key_locks: Default::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -98,6 +101,20 @@ impl Node {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Tells every session to stop reading requests: the server is stopping, and open
+    /// sessions would otherwise hold its graceful shutdown for the whole grace period.
+    pub fn stop_sessions(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Completes once [`Self::stop_sessions`] was called.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
     }
 
     /// Accepts sibling sets sent by a peer: joins them into the store, or keeps them as

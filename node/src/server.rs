@@ -115,6 +115,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     node.set_ready(false);
+    node.stop_sessions();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;

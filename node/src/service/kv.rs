@@ -235,6 +235,7 @@ impl Kv for KvService {
             req.into_inner(),
             self.clone(),
             Self::session_one,
+            self.node.stopping(),
         )))
     }
 }

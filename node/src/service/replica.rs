@@ -113,6 +113,7 @@ impl Replica for ReplicaService {
             req.into_inner(),
             self.clone(),
             Self::session_one,
+            self.node.stopping(),
         )))
     }
 }

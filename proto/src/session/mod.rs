@@ -19,7 +19,7 @@ pub mod mux;
 pub mod serve;
 
 pub use mux::{Mux, MuxError, Reopening};
-pub use serve::{serve, serve_on, ResponseStream, MAX_IN_FLIGHT};
+pub use serve::{serve, serve_on, serve_until, ResponseStream, MAX_IN_FLIGHT};
 
 use tonic::{Code, Status};
 

@@ -35,16 +35,37 @@ where
     H: Fn(E::Op) -> F + Send + Sync + 'static,
     F: Future<Output = Result<A::Ok, Status>> + Send + 'static,
 {
+    serve_until(inbound, max_in_flight, handler, std::future::pending())
+}
+
+/// [`serve`], but once `until` completes (the server is stopping) no further request is
+/// read: the response stream ends after the answers to those already running, even
+/// though the client keeps its side open. A long-lived session would otherwise hold a
+/// graceful shutdown for its whole grace period.
+pub fn serve_until<S, E, A, H, F, U>(
+    inbound: S,
+    max_in_flight: usize,
+    handler: H,
+    until: U,
+) -> ResponseStream<A>
+where
+    S: Stream<Item = Result<E, Status>> + Send + Unpin + 'static,
+    E: Envelope,
+    A: Answer,
+    H: Fn(E::Op) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<A::Ok, Status>> + Send + 'static,
+    U: Future<Output = ()> + Send + 'static,
+{
     let max_in_flight = max_in_flight.max(1);
     let (tx, rx) = mpsc::channel(max_in_flight);
-    tokio::spawn(read_requests(inbound, max_in_flight, handler, tx));
+    tokio::spawn(read_requests(inbound, max_in_flight, handler, tx, until));
     Box::pin(ReceiverStream::new(rx))
 }
 
-/// [`serve`] with at most [`MAX_IN_FLIGHT`] requests at once, each handled by `handle`
-/// on its own clone of `svc` (a service's method: `serve_on(inbound, self.clone(),
-/// Self::one)`).
-pub fn serve_on<S, E, A, T, H, F>(inbound: S, svc: T, handle: H) -> ResponseStream<A>
+/// [`serve_until`] with at most [`MAX_IN_FLIGHT`] requests at once, each handled by
+/// `handle` on its own clone of `svc` (a service's method: `serve_on(inbound,
+/// self.clone(), Self::one, stopping)`).
+pub fn serve_on<S, E, A, T, H, F, U>(inbound: S, svc: T, handle: H, until: U) -> ResponseStream<A>
 where
     S: Stream<Item = Result<E, Status>> + Send + Unpin + 'static,
     E: Envelope,
@@ -52,28 +73,47 @@ where
     T: Clone + Send + Sync + 'static,
     H: Fn(T, E::Op) -> F + Send + Sync + 'static,
     F: Future<Output = Result<A::Ok, Status>> + Send + 'static,
+    U: Future<Output = ()> + Send + 'static,
 {
-    serve(inbound, MAX_IN_FLIGHT, move |op| handle(svc.clone(), op))
+    serve_until(
+        inbound,
+        MAX_IN_FLIGHT,
+        move |op| handle(svc.clone(), op),
+        until,
+    )
 }
 
-async fn read_requests<S, E, A, H, F>(
+async fn read_requests<S, E, A, H, F, U>(
     mut inbound: S,
     max_in_flight: usize,
     handler: H,
     tx: mpsc::Sender<Result<A, Status>>,
+    until: U,
 ) where
     S: Stream<Item = Result<E, Status>> + Send + Unpin + 'static,
     E: Envelope,
     A: Answer,
     H: Fn(E::Op) -> F + Send + Sync + 'static,
     F: Future<Output = Result<A::Ok, Status>> + Send + 'static,
+    U: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max_in_flight));
+    tokio::pin!(until);
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let slot = tokio::select! {
+            biased;
+            () = &mut until => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
         };
-        let (id, op) = match inbound.next().await {
+        let next = tokio::select! {
+            biased;
+            () = &mut until => return,
+            next = inbound.next() => next,
+        };
+        let (id, op) = match next {
             Some(Ok(req)) => req.into_parts(),
             None => return,
             Some(Err(status)) => {
@@ -212,6 +252,36 @@ mod tests {
             .find_map(|r| r.as_ref().err())
             .expect("the stream's error is passed on");
         assert_eq!(err.code(), tonic::Code::DataLoss);
+    }
+
+    #[tokio::test]
+    async fn once_stopping_it_answers_what_runs_and_ends_though_the_client_stays() {
+        let (tx, rx) = mpsc::channel(8);
+        let inbound = ReceiverStream::new(rx);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let until = async {
+            let _ = stop_rx.await;
+        };
+        let mut out: ResponseStream<SessionResponse> = serve_until(inbound, 4, handle, until);
+        // A request that takes 50 ms is running when the server starts stopping.
+        tx.send(get(1, &"x".repeat(50))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        stop_tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Sent after the stop: never read (the session has let go of its inbound side).
+        // The client keeps `tx` open throughout.
+        let _ = tx.send(get(2, "a")).await;
+        let answered: Vec<u64> = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut ids = Vec::new();
+            while let Some(r) = out.next().await {
+                ids.push(r.unwrap().id);
+            }
+            ids
+        })
+        .await
+        .expect("the response stream ends without the client closing its side");
+        assert_eq!(answered, [1]);
+        drop(tx);
     }
 
     #[tokio::test]
