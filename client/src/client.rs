@@ -390,7 +390,20 @@ impl Client {
         Fut: Future<Output = Result<T>>,
     {
         let mut last = None;
-        for node in self.candidates(key, idempotent) {
+        let mut order = self.candidates(key, idempotent).into_iter();
+        // Down nodes are tried only once every other candidate failed, unless this request
+        // takes a down node's trial: it then tries it in its place.
+        let mut deferred = Vec::new();
+        loop {
+            let node = match order.next() {
+                Some(node) if node.usable() => node,
+                Some(node) => {
+                    deferred.push(node);
+                    continue;
+                }
+                None if deferred.is_empty() => break,
+                None => deferred.remove(0),
+            };
             match f(node.clone()).await {
                 Ok(resp) => {
                     node.mark_up();
@@ -420,8 +433,8 @@ impl Client {
     }
 
     /// Nodes to try, in order: the key's preference list when routing (reads rotated over
-    /// it, writes owner first), then the addresses given, round-robin; nodes marked down
-    /// go last.
+    /// it, writes owner first), then the addresses given, round-robin. (`call` tries the
+    /// nodes marked down last.)
     fn candidates(&self, key: Option<&[u8]>, spread: bool) -> Vec<Arc<NodeConn>> {
         let turn = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let mut list = Vec::with_capacity(self.inner.seeds.len() + 3);
@@ -438,9 +451,6 @@ impl Client {
                 list.push(seed.clone());
             }
         }
-        // Stable: keeps the order among the up nodes and among the down ones. Cached: a
-        // node's `avoid` is asked once (it may hand this request the node's trial).
-        list.sort_by_cached_key(|c| c.avoid());
         list
     }
 }

@@ -120,24 +120,25 @@ impl NodeConn {
         until != 0 && self.now_ms() < until
     }
 
-    /// Whether requests should try this node only after the others: it is down, or its
-    /// down period is over and another request is already trying it. Once the period is
-    /// over, one caller gets `false` (a trial) and the node stays avoided for the trial's
-    /// request timeout and another period, until a success marks it up or a failure down
-    /// again: a node that does not answer holds one request at a time, not all of them.
-    pub fn avoid(&self) -> bool {
+    /// Whether a request may try this node now: it is up, or its down period is over and
+    /// this request takes the node's trial. While a trial runs, the node stays down for
+    /// everyone else, for the trial's request timeout and another period, until a success
+    /// marks it up or a failure down again: a node that does not answer holds one request
+    /// at a time, not all of them. Ask only right before trying the node, so that a trial
+    /// taken is a trial made.
+    pub fn usable(&self) -> bool {
         let until = self.down_until_ms.load(Ordering::Relaxed);
         if until == 0 {
-            return false;
+            return true;
         }
         let now = self.now_ms();
         if now < until {
-            return true;
+            return false;
         }
         let trial_until = now + (self.request_timeout + self.down_for).as_millis() as u64;
         self.down_until_ms
             .compare_exchange(until, trial_until, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
+            .is_ok()
     }
 
     /// Marks the node down for a short while after a failure.
@@ -251,26 +252,26 @@ mod tests {
             down_for: Duration::from_millis(300),
         };
         let node = NodeConn::open("127.0.0.1:1", &settings).unwrap();
-        assert!(!node.avoid(), "an up node is not avoided");
+        assert!(node.usable(), "an up node is usable");
         node.mark_down();
-        assert!(node.avoid());
+        assert!(!node.usable());
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(!node.avoid(), "the first caller after the period tries it");
-        assert!(node.avoid(), "the others keep away while the trial runs");
-        assert!(node.avoid());
+        assert!(node.usable(), "the first caller after the period tries it");
+        assert!(!node.usable(), "the others keep away while the trial runs");
+        assert!(!node.usable());
         // The trial failed: down again; or it answered: up for everyone.
         node.mark_down();
-        assert!(node.avoid());
+        assert!(!node.usable());
         node.mark_up();
-        assert!(!node.avoid());
-        assert!(!node.avoid());
+        assert!(node.usable());
+        assert!(node.usable());
         // A trial that never reports is given up after its timeout and a period.
         node.mark_down();
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(!node.avoid());
+        assert!(node.usable());
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert!(
-            !node.avoid(),
+            node.usable(),
             "a second trial once the first must have timed out"
         );
     }

@@ -154,6 +154,57 @@ async fn a_node_that_stops_answering_is_tried_last_after_one_timeout() {
 }
 
 #[tokio::test]
+async fn a_node_that_answers_again_gets_requests_again_after_its_down_period() {
+    let a = FakeNode::start("node-a").await;
+    let b = FakeNode::start("node-b").await;
+    let members = vec![
+        ("node-a".to_string(), a.addr.to_string()),
+        ("node-b".to_string(), b.addr.to_string()),
+    ];
+    *a.state.members.lock().unwrap() = members.clone();
+    *b.state.members.lock().unwrap() = members;
+    let mut config = ClientConfig::new(&[a.addr.to_string(), b.addr.to_string()]);
+    config.request_timeout = Duration::from_millis(300);
+    config.down_for = Duration::from_millis(300);
+    config.route_by_key = true;
+    let client = config.connect().await.unwrap();
+    assert_eq!(client.refresh_routes().await.unwrap(), 1);
+    // The fake's map: Q=16, N=1, partition p owned by member p % 2 (members sorted by id).
+    let owned_by = |owner: u32| {
+        (0..)
+            .map(|i| format!("key-{i}"))
+            .filter(move |k| dynamo_core::ring::partition_of(k.as_bytes(), 16) % 2 == owner)
+    };
+    let (a_keys, b_keys): (Vec<_>, Vec<_>) =
+        (owned_by(0).take(8).collect(), owned_by(1).take(8).collect());
+
+    a.state
+        .frozen
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // Times out on a, is read from b instead, and marks a down.
+    client.get(&a_keys[0], None).await.unwrap();
+    a.state
+        .frozen
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // Node a's down period is over. Requests for b's keys go to b first and b answers:
+    // they must not use up a's trial without trying a.
+    for key in &b_keys {
+        client.get(key, None).await.unwrap();
+    }
+    let before = a.calls();
+    for key in &a_keys {
+        client.get(key, None).await.unwrap();
+    }
+    assert_eq!(
+        a.calls() - before,
+        8,
+        "node a answers again: its keys go to it"
+    );
+}
+
+#[tokio::test]
 async fn requests_share_one_session_and_a_slow_one_times_out_alone() {
     let node = FakeNode::start("node-1").await;
     let mut config = ClientConfig::new(&[node.addr.to_string()]);
