@@ -1,24 +1,22 @@
 //! The real coordinator, store and handoff of several nodes in one process, connected by
 //! the loopback transport: sloppy quorum, forwarding, hints, quorum failures.
 
+mod common;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dynamo_core::{planner, Member};
-use dynamo_node::clock::SystemClock;
-use dynamo_node::config::{NodeConfig, Replication};
+use common::{members, start_node, Spec};
 use dynamo_node::coordinator;
 use dynamo_node::error::RequestError;
-use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
+use dynamo_node::handoff;
+use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
 use dynamo_node::storage::faulty::FaultyEngine;
 use dynamo_node::storage::keys::data_key;
 use dynamo_node::storage::memory::MemoryEngine;
 use dynamo_node::storage::{Cf, Engine};
-use dynamo_node::store::{decode_stored, Store};
-use dynamo_node::{handoff, identity};
-
-const Q: u32 = 16;
+use dynamo_node::store::decode_stored;
 
 fn cluster(s: usize, n: u32, w: u32) -> (Arc<LoopbackNet>, Vec<Arc<Node>>) {
     cluster_on(s, n, w, false, |_| Arc::new(MemoryEngine::new()))
@@ -32,39 +30,16 @@ fn cluster_on(
     sync_writes: bool,
     engine: impl Fn(usize) -> Arc<dyn Engine>,
 ) -> (Arc<LoopbackNet>, Vec<Arc<Node>>) {
-    let members: Vec<Member> = (1..=s)
-        .map(|i| Member::new(format!("n{i}"), format!("mem:{i}")))
-        .collect();
+    let members = members(s);
     let net = LoopbackNet::new();
-    let nodes = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let cfg = NodeConfig {
-                node_id: m.id.clone(),
-                members: members.clone(),
-                replication: Replication { n, r: 2.min(n), w },
-                partitions: Q,
-                request_timeout_ms: 500,
-                ..NodeConfig::default()
-            };
-            cfg.validate().unwrap();
-            let engine = engine(i);
-            let identity = identity::open(&*engine, &m.id, &cfg.cluster_id).unwrap();
-            let map = planner::plan(None, &members, Q, n).unwrap();
-            let store = Store::new(engine, Q, sync_writes);
-            let transport = Arc::new(LoopbackTransport::new(net.clone(), m.id.clone()));
-            let node = Arc::new(Node::new(
-                cfg,
-                identity,
-                map,
-                store,
-                transport,
-                Arc::new(SystemClock),
-            ));
-            net.register(&node);
-            node
-        })
+    let spec = Spec {
+        n,
+        w,
+        request_timeout_ms: 500,
+        sync_window: sync_writes.then_some(std::time::Duration::ZERO),
+    };
+    let nodes = (0..s)
+        .map(|i| start_node(&net, &members, i, engine(i), &spec))
         .collect();
     (net, nodes)
 }

@@ -10,79 +10,26 @@
 //! hints drain, every acknowledged element of both sides is read back from the replicas,
 //! and a put with the merged context leaves a single version.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynamo_core::{planner, Member};
-use dynamo_node::clock::SystemClock;
-use dynamo_node::config::{NodeConfig, Replication};
+use common::{elements, members, merge, start_node, Outcome, Sets, Spec};
 use dynamo_node::handoff;
-use dynamo_node::identity;
-use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
+use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
 use dynamo_node::service::kv::KvService;
 use dynamo_node::storage::memory::MemoryEngine;
-use dynamo_node::storage::Engine;
-use dynamo_node::store::Store;
 use dynamo_proto::v1::kv_server::Kv;
-use dynamo_proto::v1::{GetRequest, GetResponse, PutRequest};
+use dynamo_proto::v1::{GetRequest, PutRequest};
 use tonic::Request;
 
 const NODES: usize = 5;
-const Q: u32 = 16;
 const KEYS: usize = 4;
 const SPLIT: Duration = Duration::from_secs(3);
-
-fn start(net: &Arc<LoopbackNet>, members: &[Member], i: usize) -> Arc<Node> {
-    let m = &members[i];
-    let cfg = NodeConfig {
-        node_id: m.id.clone(),
-        members: members.to_vec(),
-        replication: Replication { n: 3, r: 2, w: 2 },
-        partitions: Q,
-        request_timeout_ms: 300,
-        ..NodeConfig::default()
-    };
-    cfg.validate().unwrap();
-    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-    let identity = identity::open(&*engine, &m.id, &cfg.cluster_id).unwrap();
-    let map = planner::plan(None, members, Q, 3).unwrap();
-    let store = Store::new(engine, Q, false);
-    let transport = Arc::new(LoopbackTransport::new(net.clone(), m.id.clone()));
-    let node = Arc::new(Node::new(
-        cfg,
-        identity,
-        map,
-        store,
-        transport,
-        Arc::new(SystemClock),
-    ));
-    net.register(&node);
-    tokio::spawn(handoff::run(node.clone()));
-    node
-}
-
-fn elements(r: &GetResponse) -> BTreeSet<String> {
-    r.siblings
-        .iter()
-        .filter(|s| !s.tombstone)
-        .flat_map(|s| {
-            String::from_utf8_lossy(&s.value)
-                .split(',')
-                .filter(|e| !e.is_empty())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-#[derive(Default)]
-struct Outcome {
-    acked: BTreeMap<String, BTreeSet<String>>,
-    tried: BTreeMap<String, BTreeSet<String>>,
-}
 
 /// Adds elements named `<name>.<n>` to the keys in turn through `kvs` until `stop`.
 async fn client(name: String, kvs: Vec<Arc<KvService>>, stop: Arc<AtomicBool>) -> Outcome {
@@ -124,20 +71,22 @@ async fn client(name: String, kvs: Vec<Arc<KvService>>, stop: Arc<AtomicBool>) -
     out
 }
 
-fn merge(into: &mut BTreeMap<String, BTreeSet<String>>, from: BTreeMap<String, BTreeSet<String>>) {
-    for (k, e) in from {
-        into.entry(k).or_default().extend(e);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sides_of_a_partition_take_writes_that_merge_when_it_heals() {
     let run = async {
-        let members: Vec<Member> = (1..=NODES)
-            .map(|i| Member::new(format!("n{i}"), format!("mem:{i}")))
-            .collect();
+        let members = members(NODES);
         let net = LoopbackNet::new();
-        let nodes: Vec<Arc<Node>> = (0..NODES).map(|i| start(&net, &members, i)).collect();
+        let spec = Spec {
+            request_timeout_ms: 300,
+            ..Spec::default()
+        };
+        let nodes: Vec<Arc<Node>> = (0..NODES)
+            .map(|i| {
+                let node = start_node(&net, &members, i, Arc::new(MemoryEngine::new()), &spec);
+                tokio::spawn(handoff::run(node.clone()));
+                node
+            })
+            .collect();
         let kvs: Vec<Arc<KvService>> = nodes
             .iter()
             .map(|n| Arc::new(KvService::new(n.clone())))
@@ -169,14 +118,12 @@ async fn both_sides_of_a_partition_take_writes_that_merge_when_it_heals() {
         }
         tokio::time::sleep(SPLIT).await;
         stop.store(true, Ordering::Relaxed);
-        let mut acked = BTreeMap::new();
-        let mut tried = BTreeMap::new();
-        let mut acked_by_side: BTreeMap<&str, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+        let mut all = Outcome::default();
+        let mut acked_by_side: BTreeMap<&str, Sets> = BTreeMap::new();
         for (side, c) in clients {
             let out = c.await.unwrap();
             merge(acked_by_side.entry(side).or_default(), out.acked.clone());
-            merge(&mut acked, out.acked);
-            merge(&mut tried, out.tried);
+            all.absorb(out);
         }
         for (side, by_key) in &acked_by_side {
             let counts: Vec<usize> = (0..KEYS)
@@ -219,13 +166,7 @@ async fn both_sides_of_a_partition_take_writes_that_merge_when_it_heals() {
                 .unwrap_or_else(|s| panic!("get {key} from all replicas: {s:?}"))
                 .into_inner();
             let stored = elements(&read);
-            let lost: Vec<_> = acked[&key].difference(&stored).collect();
-            assert!(
-                lost.is_empty(),
-                "{key}: acknowledged elements lost: {lost:?}"
-            );
-            let invented: Vec<_> = stored.difference(&tried[&key]).collect();
-            assert!(invented.is_empty(), "{key}: never added: {invented:?}");
+            all.check(&key, &stored);
 
             // The application merges the siblings: one version is left.
             let merged = PutRequest {

@@ -15,31 +15,30 @@
 //! The schedule comes from a seed, printed at the start; `POWER_LOSS_SEED=<n>` replays it
 //! (the interleaving of requests on the runtime's threads is not replayed exactly).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynamo_core::{planner, Member};
-use dynamo_node::clock::SystemClock;
-use dynamo_node::config::{NodeConfig, Replication};
+use common::{elements, members, start_node, Outcome, Spec};
+use dynamo_core::Member;
+use dynamo_node::config::NodeConfig;
 use dynamo_node::handoff;
-use dynamo_node::identity;
-use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
+use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
 use dynamo_node::service::kv::KvService;
 use dynamo_node::storage::memory::MemoryEngine;
 use dynamo_node::storage::{Batch, Cf, Engine, Entries, StorageError};
-use dynamo_node::store::Store;
 use dynamo_proto::v1::kv_server::Kv;
-use dynamo_proto::v1::{GetRequest, GetResponse, PutRequest};
+use dynamo_proto::v1::{GetRequest, PutRequest};
 use parking_lot::{Mutex, RwLock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Request;
 
 const NODES: usize = 5;
-const Q: u32 = 16;
 const KEYS: usize = 6;
 const CLIENTS: usize = 6;
 const CHAOS: Duration = Duration::from_secs(6);
@@ -120,11 +119,8 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Arc<Self> {
-        let members: Vec<Member> = (1..=NODES)
-            .map(|i| Member::new(format!("n{i}"), format!("mem:{i}")))
-            .collect();
         let c = Arc::new(Self {
-            members,
+            members: members(NODES),
             net: LoopbackNet::new(),
             disks: (0..NODES).map(|_| Arc::new(MemoryEngine::new())).collect(),
             running: (0..NODES).map(|_| Mutex::new(None)).collect(),
@@ -137,32 +133,15 @@ impl Cluster {
 
     /// Starts node `i` on its disk, as the node binary does with `--fsync always`.
     fn boot(&self, i: usize) {
-        let m = &self.members[i];
-        let cfg = NodeConfig {
-            node_id: m.id.clone(),
-            members: self.members.clone(),
-            replication: Replication { n: 3, r: 2, w: 2 },
-            partitions: Q,
-            request_timeout_ms: 500,
-            ..NodeConfig::default()
-        };
-        cfg.validate().unwrap();
         let power = PowerCycle::new(self.disks[i].clone());
-        let engine: Arc<dyn Engine> = power.clone();
-        let identity = identity::open(&*engine, &m.id, &cfg.cluster_id).unwrap();
-        let map = planner::plan(None, &self.members, Q, 3).unwrap();
-        let window = Duration::from_micros(cfg.fsync_group_window_us);
-        let store = Store::synced(engine, Q, window);
-        let transport = Arc::new(LoopbackTransport::new(self.net.clone(), m.id.clone()));
-        let node = Arc::new(Node::new(
-            cfg,
-            identity,
-            map,
-            store,
-            transport,
-            Arc::new(SystemClock),
-        ));
-        self.net.register(&node);
+        let spec = Spec {
+            sync_window: Some(Duration::from_micros(
+                NodeConfig::default().fsync_group_window_us,
+            )),
+            ..Spec::default()
+        };
+        let node = start_node(&self.net, &self.members, i, power.clone(), &spec);
+        let m = &self.members[i];
         self.net.set_down(&m.id, false);
         let handoff = tokio::spawn(handoff::run(node.clone()));
         let kv = Arc::new(KvService::new(node.clone()));
@@ -191,26 +170,6 @@ impl Cluster {
     fn node(&self, i: usize) -> Option<Arc<Node>> {
         self.running[i].lock().as_ref().map(|r| r.node.clone())
     }
-}
-
-fn elements(r: &GetResponse) -> BTreeSet<String> {
-    r.siblings
-        .iter()
-        .filter(|s| !s.tombstone)
-        .flat_map(|s| {
-            String::from_utf8_lossy(&s.value)
-                .split(',')
-                .filter(|e| !e.is_empty())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-#[derive(Default)]
-struct Outcome {
-    acked: BTreeMap<String, BTreeSet<String>>,
-    tried: BTreeMap<String, BTreeSet<String>>,
 }
 
 async fn client(id: usize, seed: u64, c: Arc<Cluster>, stop: Arc<AtomicBool>) -> Outcome {
@@ -325,13 +284,7 @@ async fn synced_writes_survive_power_losses_of_any_node_and_of_all_at_once() {
         stop.store(true, Ordering::Relaxed);
         let mut out = Outcome::default();
         for client in clients {
-            let o = client.await.unwrap();
-            for (k, e) in o.acked {
-                out.acked.entry(k).or_default().extend(e);
-            }
-            for (k, e) in o.tried {
-                out.tried.entry(k).or_default().extend(e);
-            }
+            out.absorb(client.await.unwrap());
         }
         let n_acked: usize = out.acked.values().map(BTreeSet::len).sum();
         let n_tried: usize = out.tried.values().map(BTreeSet::len).sum();
@@ -364,7 +317,7 @@ async fn synced_writes_survive_power_losses_of_any_node_and_of_all_at_once() {
         }
 
         let kv = c.kv(0).unwrap();
-        for (key, acked) in &out.acked {
+        for key in out.acked.keys() {
             let get = GetRequest {
                 key: key.clone().into_bytes(),
                 r: Some(3),
@@ -375,14 +328,7 @@ async fn synced_writes_survive_power_losses_of_any_node_and_of_all_at_once() {
                 .unwrap_or_else(|s| panic!("get {key} from all replicas: {s:?}"))
                 .into_inner();
             let stored = elements(&read);
-            let lost: Vec<_> = acked.difference(&stored).collect();
-            assert!(
-                lost.is_empty(),
-                "{key}: {} acknowledged elements lost: {lost:?} (seed {seed})",
-                lost.len()
-            );
-            let invented: Vec<_> = stored.difference(&out.tried[key]).collect();
-            assert!(invented.is_empty(), "{key}: never added: {invented:?}");
+            out.check(key, &stored);
         }
     };
     tokio::time::timeout(Duration::from_secs(120), run)

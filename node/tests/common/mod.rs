@@ -1,0 +1,154 @@
+//! Helpers shared by the in-process cluster tests: starting a node on the loopback
+//! transport, and the set workload (elements kept in a key's siblings) with what its
+//! clients saw.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_core::{planner, Member};
+use dynamo_node::clock::SystemClock;
+use dynamo_node::config::{NodeConfig, Replication};
+use dynamo_node::identity;
+use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
+use dynamo_node::node::Node;
+use dynamo_node::storage::Engine;
+use dynamo_node::store::Store;
+use dynamo_proto::v1::GetResponse;
+
+/// Partitions of every test cluster.
+pub const Q: u32 = 16;
+
+/// Members `n1`..`n<s>`.
+pub fn members(s: usize) -> Vec<Member> {
+    (1..=s)
+        .map(|i| Member::new(format!("n{i}"), format!("mem:{i}")))
+        .collect()
+}
+
+/// How a test node runs.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub n: u32,
+    pub w: u32,
+    pub request_timeout_ms: u64,
+    /// `None`: writes are not synced; `Some(window)`: the `always` policy with that group
+    /// window.
+    pub sync_window: Option<Duration>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Self {
+            n: 3,
+            w: 2,
+            request_timeout_ms: 500,
+            sync_window: None,
+        }
+    }
+}
+
+/// Starts member `i` on `engine`, as the node binary does, and makes it reachable on
+/// `net` (handoff is not started: a test runs it, or rounds of it, itself).
+pub fn start_node(
+    net: &Arc<LoopbackNet>,
+    members: &[Member],
+    i: usize,
+    engine: Arc<dyn Engine>,
+    spec: &Spec,
+) -> Arc<Node> {
+    let m = &members[i];
+    let cfg = NodeConfig {
+        node_id: m.id.clone(),
+        members: members.to_vec(),
+        replication: Replication {
+            n: spec.n,
+            r: 2.min(spec.n),
+            w: spec.w,
+        },
+        partitions: Q,
+        request_timeout_ms: spec.request_timeout_ms,
+        ..NodeConfig::default()
+    };
+    cfg.validate().unwrap();
+    let identity = identity::open(&*engine, &m.id, &cfg.cluster_id).unwrap();
+    let map = planner::plan(None, members, Q, spec.n).unwrap();
+    let store = match spec.sync_window {
+        None => Store::new(engine, Q, false),
+        Some(window) => Store::synced(engine, Q, window),
+    };
+    let transport = Arc::new(LoopbackTransport::new(net.clone(), m.id.clone()));
+    let node = Arc::new(Node::new(
+        cfg,
+        identity,
+        map,
+        store,
+        transport,
+        Arc::new(SystemClock),
+    ));
+    net.register(&node);
+    node
+}
+
+/// The union of the comma-separated elements of every live sibling.
+pub fn elements(r: &GetResponse) -> BTreeSet<String> {
+    r.siblings
+        .iter()
+        .filter(|s| !s.tombstone)
+        .flat_map(|s| {
+            String::from_utf8_lossy(&s.value)
+                .split(',')
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Elements per key.
+pub type Sets = BTreeMap<String, BTreeSet<String>>;
+
+/// What the clients of the set workload saw.
+#[derive(Default)]
+pub struct Outcome {
+    /// Elements whose put was acknowledged.
+    pub acked: Sets,
+    /// Every element a put tried to add, acknowledged or not.
+    pub tried: Sets,
+}
+
+impl Outcome {
+    pub fn absorb(&mut self, other: Outcome) {
+        merge(&mut self.acked, other.acked);
+        merge(&mut self.tried, other.tried);
+    }
+
+    /// Panics unless `stored` (what a read of `key` from every replica holds) has every
+    /// acknowledged element of `key` and nothing never tried.
+    pub fn check(&self, key: &str, stored: &BTreeSet<String>) {
+        let none = BTreeSet::new();
+        let lost: Vec<_> = self
+            .acked
+            .get(key)
+            .unwrap_or(&none)
+            .difference(stored)
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{key}: {} acknowledged elements lost: {lost:?}",
+            lost.len()
+        );
+        let invented: Vec<_> = stored
+            .difference(self.tried.get(key).unwrap_or(&none))
+            .collect();
+        assert!(invented.is_empty(), "{key}: never added: {invented:?}");
+    }
+}
+
+pub fn merge(into: &mut Sets, from: Sets) {
+    for (k, e) in from {
+        into.entry(k).or_default().extend(e);
+    }
+}
