@@ -4,9 +4,11 @@
 //! of their elements, add a new element and write the result back with the read's
 //! context. Half of them send raw gRPC to a node picked at random for each request; the
 //! other half use the client library (requests to the key's replicas, failing over on
-//! connection failures). Meanwhile a nemesis SIGKILLs, restarts, freezes and thaws nodes at random (at
-//! most two of five faulty at a time, so a sloppy quorum can always be found), and once a
-//! run it restarts a killed node with its data directory wiped. Once every node is back
+//! connection failures). Meanwhile a nemesis SIGKILLs, restarts, freezes and thaws nodes
+//! at random (at most two of five faulty at a time, so a sloppy quorum can always be
+//! found), partitions the nodes (1 | 4 or 2 | 3; the nodes reach each other through
+//! `dynamo_tests::proxy` links, which hold every byte across the cut) and heals them, and
+//! once a run it restarts a killed node with its data directory wiped. Once every node is back
 //! and every hint delivered, a read of each key from all its replicas must hold every
 //! element whose put was acknowledged, and nothing no client ever tried to add.
 //!
@@ -31,6 +33,7 @@ use common::*;
 use dynamo_proto::v1::{kv_client::KvClient, GetRequest, HintsRequest, PutRequest};
 use dynamo_tests::{eventually, Cluster, Options};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
@@ -245,7 +248,7 @@ fn nemesis_step(
 
 // The test body blocks its thread while a node restarts; the clients run on the workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_set_adds_survive_random_kills_freezes_restarts_and_a_wipe() {
+async fn acknowledged_set_adds_survive_random_kills_freezes_partitions_restarts_and_a_wipe() {
     let seed: u64 = std::env::var("NEMESIS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -259,6 +262,7 @@ async fn acknowledged_set_adds_survive_random_kills_freezes_restarts_and_a_wipe(
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = Cluster::start(Options {
             nodes: NODES,
+            proxied: true,
             ..Options::default()
         });
         let kvs: Vec<_> = (0..NODES).map(|i| c.kv(i)).collect();
@@ -282,11 +286,34 @@ async fn acknowledged_set_adds_survive_random_kills_freezes_restarts_and_a_wipe(
         let mut states = [State::Up; NODES];
         let mut log = Vec::new();
         let mut wiped = false;
+        let mut split = false;
         let start = Instant::now();
         while start.elapsed() < CHAOS {
             std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
-            nemesis_step(&mut c, &mut states, &mut wiped, &mut rng, &mut log);
+            if rng.random_bool(0.15) {
+                // A network partition between the nodes (clients still reach every node).
+                if split {
+                    c.heal();
+                    log.push("heal partition".to_owned());
+                } else {
+                    let mut order: Vec<usize> = (0..NODES).collect();
+                    order.shuffle(&mut rng);
+                    let (a, b) = order.split_at(rng.random_range(1..=2));
+                    c.partition(&[a, b]);
+                    let names = |side: &[usize]| {
+                        side.iter()
+                            .map(|i| format!("node-{}", i + 1))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    };
+                    log.push(format!("partition {} | {}", names(a), names(b)));
+                }
+                split = !split;
+            } else {
+                nemesis_step(&mut c, &mut states, &mut wiped, &mut rng, &mut log);
+            }
         }
+        c.heal();
         for (i, state) in states.iter().enumerate() {
             match state {
                 State::Killed => c.restart(i),
