@@ -103,19 +103,7 @@ impl Via {
                 }
             }
             Via::Library(client) => match client.get(key, None).await {
-                Ok(read) => {
-                    let set = read
-                        .values()
-                        .flat_map(|v| {
-                            String::from_utf8_lossy(v)
-                                .split(',')
-                                .filter(|e| !e.is_empty())
-                                .map(str::to_owned)
-                                .collect::<Vec<_>>()
-                        })
-                        .collect();
-                    Ok((set, read.context.as_bytes().to_vec()))
-                }
+                Ok(read) => Ok((elements_of(read.values()), read.context.as_bytes().to_vec())),
                 Err(e) => Err(library_failure("get", e)),
             },
         }

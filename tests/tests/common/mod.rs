@@ -30,10 +30,17 @@ pub fn values(r: &GetResponse) -> Vec<String> {
 /// The union of the comma-separated elements of every live sibling (the set workload of
 /// the nemesis and partition tests).
 pub fn elements(r: &GetResponse) -> BTreeSet<String> {
-    values(r)
-        .iter()
-        .flat_map(|v| v.split(',').filter(|e| !e.is_empty()).map(str::to_owned))
-        .collect()
+    elements_of(r.siblings.iter().filter(|s| !s.tombstone).map(|s| &s.value))
+}
+
+/// The union of the comma-separated elements of `values`.
+pub fn elements_of<V: AsRef<[u8]>>(values: impl IntoIterator<Item = V>) -> BTreeSet<String> {
+    let mut set = BTreeSet::new();
+    for v in values {
+        let text = String::from_utf8_lossy(v.as_ref());
+        set.extend(text.split(',').filter(|e| !e.is_empty()).map(str::to_owned));
+    }
+    set
 }
 
 /// Hints node `i` holds for other nodes.
