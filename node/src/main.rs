@@ -1,5 +1,7 @@
 //! `dynamo-node`: one storage node. See `dynamo-node --help`.
 
+use std::io::IsTerminal as _;
+
 use clap::Parser;
 use dynamo_node::config::{Args, NodeConfig};
 
@@ -9,6 +11,13 @@ use dynamo_node::config::{Args, NodeConfig};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Colour codes in the log only on a terminal (and not with `NO_COLOR`): in a pod, a file
+/// or the local cluster's prefixed output they are noise for `kubectl logs` and log
+/// shippers.
+fn log_in_color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -16,6 +25,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_in_color())
         .init();
     let cfg = match NodeConfig::load(Args::parse()) {
         Ok(cfg) => cfg,

@@ -1,6 +1,7 @@
 //! `dynamo-operator`: runs the DynamoCluster controller, with leader election, health and
 //! metrics endpoints.
 
+use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,11 +69,18 @@ fn reporter(identity: &str) -> Reporter {
     }
 }
 
+/// Colour codes in the log (standard output) only on a terminal, and not with `NO_COLOR`:
+/// in its pod they are noise for `kubectl logs` and log shippers.
+fn log_in_color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(args.log.as_str())
+        .with_ansi(log_in_color())
         .init();
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());

@@ -18,6 +18,12 @@ async fn a_full_cluster_restart_loses_nothing_acknowledged() {
         for i in 0..3 {
             c.stop(i);
         }
+        // A log that goes to a file (as in a pod) is plain text, no colour codes.
+        let log = c.log(0);
+        assert!(
+            log.contains("stopped cleanly") && !log.contains('\x1b'),
+            "{log}"
+        );
         for i in 0..3 {
             c.restart(i);
         }
