@@ -120,6 +120,51 @@ async fn get_put_delete_cycle() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_without_a_context_removes_what_a_read_saw_and_dash_reads_stdin() {
+    let node = FakeNode::start("node-1").await;
+    let addr = node.addr.to_string();
+    let run = |args: Vec<&'static str>, stdin: Option<&'static str>| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || ctl(&addr, &args, stdin))
+    };
+
+    // `-` as the value, or as --file, is stdin: two blind writes, two siblings.
+    let out = run(vec!["put", "cart", "-"], Some("milk")).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = run(vec!["put", "cart", "--file", "-"], Some("bread"))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = run(vec!["get", "cart"], None).await.unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("4 bytes): milk") && stdout.contains("bread"),
+        "{stdout}"
+    );
+
+    let out = run(vec!["delete", "cart"], None).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("deleting the 2 live version(s)"),
+        "{out:?}"
+    );
+    let out = run(vec!["get", "cart"], None).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "deleted: {out:?}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("<tombstone>") && !stdout.contains("milk") && !stdout.contains("bread"),
+        "{stdout}"
+    );
+
+    // Nothing live: nothing is written, not even a tombstone.
+    let out = run(vec!["delete", "empty"], None).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("nothing deleted"), "{out:?}");
+    let out = run(vec!["get", "empty"], None).await.unwrap();
+    assert!(text(&out.stdout).starts_with("replies: "), "{out:?}");
+}
+
 #[test]
 fn unreachable_node_is_a_clear_error() {
     let out = ctl(&dead_addr(), &["get", "k"], None);

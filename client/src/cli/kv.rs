@@ -29,10 +29,10 @@ pub struct GetArgs {
 pub struct PutArgs {
     /// The key.
     pub key: String,
-    /// The value; when neither it nor --file is given, the value is read from stdin.
+    /// The value; `-`, or neither it nor --file, reads it from stdin.
     #[arg(conflicts_with = "file")]
     pub value: Option<String>,
-    /// Read the value from this file.
+    /// Read the value from this file (`-`: stdin).
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// Context from a previous get or put of this key (base64); without it the write adds
@@ -52,9 +52,11 @@ pub struct PutArgs {
 pub struct DeleteArgs {
     /// The key.
     pub key: String,
-    /// Context from a get of this key (base64): the versions the delete removes.
+    /// Context from a get of this key (base64): the versions the delete removes. Without
+    /// it, the key is read first and the delete removes every version that read saw (a
+    /// concurrent write it did not see survives, as with any context).
     #[arg(long)]
-    pub context: String,
+    pub context: Option<String>,
     /// Replicas that must acknowledge (1..=N; default: the cluster's W).
     #[arg(long)]
     pub w: Option<u32>,
@@ -90,20 +92,40 @@ pub async fn put(client: &Client, args: &PutArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Deletes what the context covers and prints the new context.
+/// Deletes what the context covers, or what a read sees without one, and prints the new
+/// context; exit code 1, with nothing written, when a read finds no live value.
 pub async fn delete(client: &Client, args: &DeleteArgs) -> anyhow::Result<ExitCode> {
-    let context = Context::from_base64(&args.context)?;
+    let context = match &args.context {
+        Some(text) => Context::from_base64(text)?,
+        None => {
+            let got = client.get(&args.key, None).await?;
+            if !got.is_found() {
+                eprintln!(
+                    "not found: {:?} has no live value; nothing deleted",
+                    args.key
+                );
+                return Ok(ExitCode::from(1));
+            }
+            let live = got.siblings.iter().filter(|s| s.value.is_some()).count();
+            eprintln!(
+                "deleting the {live} live version(s) a read of {:?} saw",
+                args.key
+            );
+            got.context
+        }
+    };
     let written = client.delete_detailed(&args.key, &context, args.w).await?;
     print_write(&args.key, &written, args.json);
     Ok(ExitCode::SUCCESS)
 }
 
 fn read_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
-    if let Some(value) = &args.value {
-        return Ok(value.clone().into_bytes());
-    }
-    if let Some(path) = &args.file {
-        return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    match (&args.value, &args.file) {
+        (Some(value), _) if value != "-" => return Ok(value.clone().into_bytes()),
+        (_, Some(path)) if path.as_os_str() != "-" => {
+            return std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        }
+        _ => {}
     }
     if std::io::stdin().is_terminal() {
         eprintln!("reading the value from stdin (end it with Ctrl-D)");
