@@ -28,7 +28,7 @@ pub struct Cli {
     pub addr: Vec<String>,
 
     /// Time allowed for one request (e.g. 500ms, 10s).
-    #[arg(long, global = true, env = "DYNAMO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "DYNAMO_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     #[command(subcommand)]
@@ -42,7 +42,7 @@ pub enum Command {
     Get(kv::GetArgs),
     /// Write a value (from the argument, --file, or stdin), superseding --context.
     Put(kv::PutArgs),
-    /// Delete what --context covers (writes a tombstone).
+    /// Delete what --context covers, or what a read sees without it (writes a tombstone).
     Delete(kv::DeleteArgs),
     /// Show a node's identity, the partition map, member health and pending hints.
     Status(status::StatusArgs),
@@ -61,6 +61,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(ref args) => status::run(&cli, args).await,
         Command::Bench(ref args) => bench::run(&cli, args).await,
         Command::Cluster(ref args) => cluster::run(args).await,
+    }
+}
+
+/// A request timeout: a duration above zero.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("a timeout must be more than 0".into()),
+        d => Ok(d),
     }
 }
 
@@ -111,6 +119,17 @@ mod tests {
         assert_eq!(cli.addr, ["a:1", "b:2", "c:3"]);
         let cli = Cli::parse_from(["dynamoctl", "get", "k", "--addr", "x:9"]);
         assert_eq!(cli.addr, ["x:9"]);
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused() {
+        let err = Cli::try_parse_from(["dynamoctl", "--timeout", "0s", "get", "k"]).unwrap_err();
+        assert!(
+            err.to_string().contains("a timeout must be more than 0"),
+            "{err}"
+        );
+        let cli = Cli::parse_from(["dynamoctl", "--timeout", "250ms", "get", "k"]);
+        assert_eq!(cli.timeout, Duration::from_millis(250));
     }
 
     #[test]
