@@ -25,6 +25,18 @@ fn ctl(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `ctl` against `addr` on a blocking thread, so that a fake node on the test's runtime
+/// can answer it.
+fn runner(
+    addr: &str,
+) -> impl Fn(Vec<&'static str>, Option<&'static str>) -> tokio::task::JoinHandle<Output> {
+    let addr = addr.to_string();
+    move |args, stdin| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || ctl(&addr, &args, stdin))
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -41,10 +53,7 @@ fn context_of(out: &Output) -> String {
 async fn get_put_delete_cycle() {
     let node = FakeNode::start("node-1").await;
     let addr = node.addr.to_string();
-    let run = |args: Vec<&'static str>, stdin: Option<&'static str>| {
-        let addr = addr.clone();
-        tokio::task::spawn_blocking(move || ctl(&addr, &args, stdin))
-    };
+    let run = runner(&addr);
 
     let out = run(vec!["get", "cart"], None).await.unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -123,11 +132,7 @@ async fn get_put_delete_cycle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_without_a_context_removes_what_a_read_saw_and_dash_reads_stdin() {
     let node = FakeNode::start("node-1").await;
-    let addr = node.addr.to_string();
-    let run = |args: Vec<&'static str>, stdin: Option<&'static str>| {
-        let addr = addr.clone();
-        tokio::task::spawn_blocking(move || ctl(&addr, &args, stdin))
-    };
+    let run = runner(&node.addr.to_string());
 
     // `-` as the value, or as --file, is stdin: two blind writes, two siblings.
     let out = run(vec!["put", "cart", "-"], Some("milk")).await.unwrap();
