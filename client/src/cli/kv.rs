@@ -106,7 +106,7 @@ pub async fn delete(client: &Client, args: &DeleteArgs) -> anyhow::Result<ExitCo
                 );
                 return Ok(ExitCode::from(1));
             }
-            let live = got.siblings.iter().filter(|s| s.value.is_some()).count();
+            let live = got.values().count();
             eprintln!(
                 "deleting the {live} live version(s) a read of {:?} saw",
                 args.key
