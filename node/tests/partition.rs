@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{elements, members, merge, start_node, Outcome, Sets, Spec};
+use common::{elements, members, merge, start_node, with_element, Outcome, Sets, Spec};
 use dynamo_node::handoff;
 use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
@@ -46,27 +46,10 @@ async fn client(name: String, kvs: Vec<Arc<KvService>>, stop: Arc<AtomicBool>) -
         };
         // Without R replicas on this side, a blind put: it becomes a sibling.
         let (value, context) = match kv.get(Request::new(get)).await {
-            Ok(read) => {
-                let read = read.into_inner();
-                let mut set = elements(&read);
-                set.insert(element.clone());
-                (set.into_iter().collect::<Vec<_>>().join(","), read.context)
-            }
+            Ok(read) => with_element(read.into_inner(), &element),
             Err(_) => (element.clone(), Vec::new()),
         };
-        let put = PutRequest {
-            key: key.clone().into_bytes(),
-            value: value.into_bytes(),
-            context,
-            w: None,
-        };
-        out.tried
-            .entry(key.clone())
-            .or_default()
-            .insert(element.clone());
-        if kv.put(Request::new(put)).await.is_ok() {
-            out.acked.entry(key).or_default().insert(element);
-        }
+        out.put(kv, key, element, value, context).await;
     }
     out
 }

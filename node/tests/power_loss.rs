@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{elements, members, start_node, Outcome, Spec};
+use common::{elements, members, start_node, with_element, Outcome, Spec};
 use dynamo_core::Member;
 use dynamo_node::config::NodeConfig;
 use dynamo_node::handoff;
@@ -32,7 +32,7 @@ use dynamo_node::service::kv::KvService;
 use dynamo_node::storage::memory::MemoryEngine;
 use dynamo_node::storage::{Batch, Cf, Engine, Entries, StorageError};
 use dynamo_proto::v1::kv_server::Kv;
-use dynamo_proto::v1::{GetRequest, PutRequest};
+use dynamo_proto::v1::GetRequest;
 use parking_lot::{Mutex, RwLock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -196,27 +196,12 @@ async fn client(id: usize, seed: u64, c: Arc<Cluster>, stop: Arc<AtomicBool>) ->
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             };
-            let read = read.into_inner();
-            let mut set = elements(&read);
-            set.insert(element.clone());
-            (set.into_iter().collect::<Vec<_>>().join(","), read.context)
+            with_element(read.into_inner(), &element)
         };
         let Some(kv) = c.kv(rng.random_range(0..NODES)) else {
             continue;
         };
-        let put = PutRequest {
-            key: key.clone().into_bytes(),
-            value: value.into_bytes(),
-            context,
-            w: None,
-        };
-        out.tried
-            .entry(key.clone())
-            .or_default()
-            .insert(element.clone());
-        if kv.put(Request::new(put)).await.is_ok() {
-            out.acked.entry(key).or_default().insert(element);
-        }
+        out.put(&kv, key, element, value, context).await;
     }
     out
 }

@@ -14,9 +14,12 @@ use dynamo_node::config::{NodeConfig, Replication};
 use dynamo_node::identity;
 use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
 use dynamo_node::node::Node;
+use dynamo_node::service::kv::KvService;
 use dynamo_node::storage::Engine;
 use dynamo_node::store::Store;
-use dynamo_proto::v1::GetResponse;
+use dynamo_proto::v1::kv_server::Kv as _;
+use dynamo_proto::v1::{GetResponse, PutRequest};
+use tonic::Request;
 
 /// Partitions of every test cluster.
 pub const Q: u32 = 16;
@@ -107,6 +110,14 @@ pub fn elements(r: &GetResponse) -> BTreeSet<String> {
         .collect()
 }
 
+/// The value and context of a put that adds `element` to the set `read` holds: the
+/// union of its siblings plus `element`, superseding what `read` saw.
+pub fn with_element(read: GetResponse, element: &str) -> (String, Vec<u8>) {
+    let mut set = elements(&read);
+    set.insert(element.to_owned());
+    (set.into_iter().collect::<Vec<_>>().join(","), read.context)
+}
+
 /// Elements per key.
 pub type Sets = BTreeMap<String, BTreeSet<String>>;
 
@@ -120,6 +131,31 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Puts `value` (which adds `element` to `key`'s set) with `context` through `kv`,
+    /// recording the element as tried, and as acknowledged if the put succeeds.
+    pub async fn put(
+        &mut self,
+        kv: &KvService,
+        key: String,
+        element: String,
+        value: String,
+        context: Vec<u8>,
+    ) {
+        let put = PutRequest {
+            key: key.clone().into_bytes(),
+            value: value.into_bytes(),
+            context,
+            w: None,
+        };
+        self.tried
+            .entry(key.clone())
+            .or_default()
+            .insert(element.clone());
+        if kv.put(Request::new(put)).await.is_ok() {
+            self.acked.entry(key).or_default().insert(element);
+        }
+    }
+
     pub fn absorb(&mut self, other: Outcome) {
         merge(&mut self.acked, other.acked);
         merge(&mut self.tried, other.tried);
