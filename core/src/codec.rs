@@ -1,15 +1,22 @@
-//! Binary encoding of version vectors and sibling sets.
+//! Binary encoding of causal contexts and sibling sets.
 //!
 //! This is the on-disk format of a stored key and the payload replicas exchange, so it is
 //! versioned by a leading format byte. Integers are LEB128 varints; byte strings are
-//! length-prefixed. A sibling's actor is an index into the set's vector (every sibling's
-//! dot is covered by it), which keeps actor names out of every sibling.
+//! length-prefixed. A sibling's or an exact dot's actor is an index into the set's
+//! actor table, which keeps actor names out of every sibling.
 //!
 //! ```text
-//! set     = FORMAT(1) vv nsib:varint sibling*
+//! set     = 1 vv nsib:varint sibling*              (a context without exact dots)
+//!         | 2 cc nsib:varint sibling*
 //! vv      = nact:varint (node:bytes incarnation:varint counter:varint)*
+//! cc      = vv ndots:varint (actor_index:varint counter:varint)*
+//!           (the vector lists every actor of the context, with counter 0 for an actor
+//!           that has only exact dots)
 //! sibling = actor_index:varint counter:varint kind:u8(0 value, 1 tombstone) [value:bytes]
 //! ```
+//!
+//! A set whose context has no exact dots is written in format 1, byte for byte as before
+//! exact dots existed, so stores and peers of either age read it.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -17,11 +24,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::limits::{MAX_CONTEXT_ACTORS, MAX_CONTEXT_DOTS, MAX_COUNTER};
 use crate::siblings::{Sibling, SiblingSet};
-use crate::version::{Actor, Dot, VersionVector};
+use crate::version::{Actor, CausalContext, Dot, VersionVector};
 
-/// Format byte of the current encoding.
-pub const FORMAT: u8 = 1;
+/// Format byte of a set without exact dots (the original encoding).
+pub const FORMAT_VV: u8 = 1;
+/// Format byte of a set with exact dots.
+pub const FORMAT_CC: u8 = 2;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +44,8 @@ pub enum DecodeError {
     Malformed(&'static str),
     #[error("{0} trailing bytes")]
     Trailing(usize),
+    #[error("implausible: {0}")]
+    Implausible(String),
 }
 
 /// Appends a LEB128 varint.
@@ -109,10 +121,35 @@ impl<'a> Reader<'a> {
 pub fn encode_vv(out: &mut Vec<u8>, vv: &VersionVector) {
     put_varint(out, vv.len() as u64);
     for (actor, counter) in vv.iter() {
-        put_bytes(out, actor.node.as_bytes());
-        put_varint(out, actor.incarnation);
-        put_varint(out, counter);
+        put_actor(out, actor, counter);
     }
+}
+
+fn put_actor(out: &mut Vec<u8>, actor: &Actor, counter: u64) {
+    put_bytes(out, actor.node.as_bytes());
+    put_varint(out, actor.incarnation);
+    put_varint(out, counter);
+}
+
+/// Appends a causal context; returns its actor table (for indexing siblings).
+pub fn encode_cc<'a>(out: &mut Vec<u8>, cc: &'a CausalContext) -> Vec<&'a Actor> {
+    let actors: Vec<&Actor> = cc.actors().into_iter().collect();
+    put_varint(out, actors.len() as u64);
+    for a in &actors {
+        put_actor(out, a, cc.vv().get(a));
+    }
+    put_varint(out, cc.exact_len() as u64);
+    for d in cc.dots() {
+        put_varint(out, index_of(&actors, &d.actor) as u64);
+        put_varint(out, d.counter);
+    }
+    actors
+}
+
+fn index_of(actors: &[&Actor], actor: &Actor) -> usize {
+    actors
+        .binary_search(&actor)
+        .expect("the actor table holds every actor of the context")
 }
 
 /// The shared copy of node id `node`. A cluster has few actors, so decoding a version
@@ -135,10 +172,25 @@ fn intern(node: &str) -> Arc<str> {
     })
 }
 
-/// Reads a version vector, in actor order.
+fn plausible(counter: u64) -> Result<u64, DecodeError> {
+    if counter > MAX_COUNTER {
+        return Err(DecodeError::Implausible(format!(
+            "counter {counter} is beyond any an actor can have issued (at most {MAX_COUNTER})"
+        )));
+    }
+    Ok(counter)
+}
+
+/// Reads a version vector (or a context's actor table), in actor order. Refuses more
+/// than [`MAX_CONTEXT_ACTORS`] actors and counters over [`MAX_COUNTER`].
 pub fn decode_vv(r: &mut Reader<'_>) -> Result<Vec<(Actor, u64)>, DecodeError> {
     let n = r.varint()?;
-    let mut entries: Vec<(Actor, u64)> = Vec::with_capacity(n.min(1024) as usize);
+    if n > MAX_CONTEXT_ACTORS as u64 {
+        return Err(DecodeError::Implausible(format!(
+            "{n} actors; at most {MAX_CONTEXT_ACTORS} are accepted"
+        )));
+    }
+    let mut entries: Vec<(Actor, u64)> = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let node = std::str::from_utf8(r.bytes()?)
             .map_err(|_| DecodeError::Malformed("actor is not UTF-8"))?;
@@ -149,24 +201,57 @@ pub fn decode_vv(r: &mut Reader<'_>) -> Result<Vec<(Actor, u64)>, DecodeError> {
         if entries.last().is_some_and(|(a, _)| *a >= actor) {
             return Err(DecodeError::Malformed("actors not in order"));
         }
-        entries.push((actor, r.varint()?));
+        entries.push((actor, plausible(r.varint()?)?));
     }
     Ok(entries)
+}
+
+/// Reads a causal context and its actor table.
+pub fn decode_cc(r: &mut Reader<'_>) -> Result<(CausalContext, Vec<Actor>), DecodeError> {
+    let entries = decode_vv(r)?;
+    let ndots = r.varint()?;
+    if ndots > MAX_CONTEXT_DOTS as u64 {
+        return Err(DecodeError::Implausible(format!(
+            "{ndots} exact dots; at most {MAX_CONTEXT_DOTS} are accepted"
+        )));
+    }
+    let actors: Vec<Actor> = entries.iter().map(|(a, _)| a.clone()).collect();
+    let mut dots = Vec::with_capacity(ndots as usize);
+    for _ in 0..ndots {
+        dots.push(read_dot(r, &actors)?);
+    }
+    let vv = entries.into_iter().collect();
+    Ok((CausalContext::from_parts(vv, dots), actors))
+}
+
+fn read_dot(r: &mut Reader<'_>, actors: &[Actor]) -> Result<Dot, DecodeError> {
+    let idx = usize::try_from(r.varint()?).map_err(|_| DecodeError::Malformed("actor index"))?;
+    let actor = actors
+        .get(idx)
+        .ok_or(DecodeError::Malformed("actor index"))?
+        .clone();
+    let counter = plausible(r.varint()?)?;
+    if counter == 0 {
+        return Err(DecodeError::Malformed("dot counter 0"));
+    }
+    Ok(Dot { actor, counter })
 }
 
 /// Encodes a sibling set.
 pub fn encode_set(set: &SiblingSet) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + set.value_bytes());
-    out.push(FORMAT);
-    let vv = set.version_vector();
-    encode_vv(&mut out, vv);
-    let actors: Vec<&Actor> = vv.iter().map(|(a, _)| a).collect();
+    let cc = set.context();
+    let actors: Vec<&Actor> = if cc.exact_len() == 0 {
+        out.push(FORMAT_VV);
+        encode_vv(&mut out, cc.vv());
+        cc.vv().iter().map(|(a, _)| a).collect()
+    } else {
+        out.push(FORMAT_CC);
+        encode_cc(&mut out, cc)
+    };
     put_varint(&mut out, set.siblings().len() as u64);
     for s in set.siblings() {
-        let idx = actors
-            .binary_search(&&s.dot.actor)
-            .expect("vv covers every sibling");
-        put_varint(&mut out, idx as u64);
+        put_varint(&mut out, index_of(&actors, &s.dot.actor) as u64);
         put_varint(&mut out, s.dot.counter);
         match &s.value {
             Some(v) => {
@@ -182,36 +267,28 @@ pub fn encode_set(set: &SiblingSet) -> Vec<u8> {
 /// Decodes a sibling set.
 pub fn decode_set(buf: &[u8]) -> Result<SiblingSet, DecodeError> {
     let mut r = Reader::new(buf);
-    match r.u8()? {
-        FORMAT => {}
+    let (cc, actors) = match r.u8()? {
+        FORMAT_VV => {
+            let entries = decode_vv(&mut r)?;
+            let actors = entries.iter().map(|(a, _)| a.clone()).collect();
+            (CausalContext::from(entries.into_iter().collect::<VersionVector>()), actors)
+        }
+        FORMAT_CC => decode_cc(&mut r)?,
         f => return Err(DecodeError::UnknownFormat(f)),
-    }
-    let entries = decode_vv(&mut r)?;
+    };
     let nsib = r.varint()?;
     let mut siblings = Vec::with_capacity(nsib.min(1024) as usize);
     for _ in 0..nsib {
-        let idx = r.varint()? as usize;
-        let actor = entries
-            .get(idx)
-            .ok_or(DecodeError::Malformed("actor index"))?
-            .0
-            .clone();
-        let counter = r.varint()?;
+        let dot = read_dot(&mut r, &actors)?;
         let value = match r.u8()? {
             0 => Some(Bytes::copy_from_slice(r.bytes()?)),
             1 => None,
             _ => return Err(DecodeError::Malformed("sibling kind")),
         };
-        siblings.push(Sibling {
-            dot: Dot { actor, counter },
-            value,
-        });
+        siblings.push(Sibling { dot, value });
     }
     r.finish()?;
-    Ok(SiblingSet::from_parts(
-        entries.into_iter().collect(),
-        siblings,
-    ))
+    Ok(SiblingSet::from_parts(cc, siblings))
 }
 
 #[cfg(test)]
@@ -219,26 +296,84 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn blind() -> CausalContext {
+        CausalContext::new()
+    }
+
     #[test]
     fn decoded_actors_share_their_node_id() {
         let mut s = SiblingSet::new();
-        s.update(&VersionVector::new(), &Actor::new("node-1", 7), None);
+        s.update(&blind(), &Actor::new("node-1", 7), None).unwrap();
         let bytes = encode_set(&s);
         let (a, b) = (decode_set(&bytes).unwrap(), decode_set(&bytes).unwrap());
-        let node = |s: &SiblingSet| s.version_vector().iter().next().unwrap().0.node.clone();
+        let node = |s: &SiblingSet| s.context().vv().iter().next().unwrap().0.node.clone();
         assert!(Arc::ptr_eq(&node(&a), &node(&b)), "one copy per thread");
         assert_eq!(a, b);
         assert_eq!(a, s);
     }
 
+    #[test]
+    fn a_set_without_exact_dots_keeps_the_first_format() {
+        let mut s = SiblingSet::new();
+        s.update(&blind(), &Actor::new("a", 1), Some(Bytes::from("v")))
+            .unwrap();
+        // FORMAT 1, one actor "a"#1 at 1, one sibling (actor 0, counter 1, value "v").
+        let v1 = [1, 1, 1, b'a', 1, 1, 1, 0, 1, 0, 1, b'v'];
+        assert_eq!(encode_set(&s), v1);
+        assert_eq!(decode_set(&v1).unwrap(), s);
+    }
+
+    #[test]
+    fn exact_dots_round_trip() {
+        let (a, b) = (Actor::new("a", 1), Actor::new("b", 2));
+        let dot = |actor: &Actor, counter| Dot {
+            actor: actor.clone(),
+            counter,
+        };
+        // A context covering a:5 exactly (not a:1..4) and b:1.
+        let ctx = CausalContext::from_parts(
+            [(b.clone(), 1)].into_iter().collect(),
+            [dot(&a, 5)],
+        );
+        let mut s = SiblingSet::new();
+        s.update(&ctx, &Actor::new("c", 3), Some(Bytes::from("v")))
+            .unwrap();
+        let enc = encode_set(&s);
+        assert_eq!(enc[0], FORMAT_CC);
+        let back = decode_set(&enc).unwrap();
+        assert_eq!(back, s);
+        assert!(back.context().covers(&dot(&a, 5)));
+        assert!(!back.context().covers(&dot(&a, 4)));
+    }
+
+    #[test]
+    fn implausible_counters_and_too_many_actors_are_refused() {
+        let mut out = vec![FORMAT_VV];
+        let vv: VersionVector = [(Actor::new("a", 1), u64::MAX - 1)].into_iter().collect();
+        encode_vv(&mut out, &vv);
+        put_varint(&mut out, 0);
+        assert!(matches!(decode_set(&out), Err(DecodeError::Implausible(_))));
+        let mut out = vec![FORMAT_VV];
+        put_varint(&mut out, MAX_CONTEXT_ACTORS as u64 + 1);
+        assert!(matches!(decode_set(&out), Err(DecodeError::Implausible(_))));
+    }
+
     proptest! {
         #[test]
-        fn set_round_trips(writes in proptest::collection::vec((0u8..4, any::<bool>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..20)), 0..20)) {
+        fn set_round_trips(writes in proptest::collection::vec((0u8..4, 0u8..3, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..20)), 0..20)) {
             let mut s = SiblingSet::new();
-            for (a, with_ctx, delete, v) in writes {
-                let ctx = if with_ctx { s.version_vector().clone() } else { VersionVector::new() };
+            let mut returned = CausalContext::new();
+            for (a, how, delete, v) in writes {
+                let ctx = match how {
+                    0 => CausalContext::new(),
+                    1 => s.context().clone(),
+                    // A returned context sent to another actor leaves exact dots.
+                    _ => returned.clone(),
+                };
                 let value = (!delete).then(|| Bytes::from(v));
-                s.update(&ctx, &Actor::new(format!("node-{a}"), u64::from(a) * 1000), value);
+                let actor = Actor::new(format!("node-{a}"), u64::from(a) * 1000);
+                let dot = s.update(&ctx, &actor, value).unwrap();
+                returned = s.written_context(&ctx, &dot);
             }
             prop_assert_eq!(decode_set(&encode_set(&s)).unwrap(), s);
         }
@@ -253,11 +388,8 @@ mod tests {
     fn rejects_unknown_format_and_truncation() {
         assert_eq!(decode_set(&[9]), Err(DecodeError::UnknownFormat(9)));
         let mut s = SiblingSet::new();
-        s.update(
-            &VersionVector::new(),
-            &Actor::new("a", 1),
-            Some(Bytes::from("v")),
-        );
+        s.update(&blind(), &Actor::new("a", 1), Some(Bytes::from("v")))
+            .unwrap();
         let enc = encode_set(&s);
         assert_eq!(
             decode_set(&enc[..enc.len() - 1]),

@@ -6,7 +6,7 @@
 //! - [`hash`]: the key hash (xxh3-64), part of the on-disk and wire format forever.
 //! - [`ring`]: the versioned partition map and preference lists (Strategy 3).
 //! - [`planner`]: the deterministic Strategy 3 planner.
-//! - [`version`]: actors, dots and version vectors.
+//! - [`version`]: actors, dots, version vectors and causal contexts (dotted version vectors).
 //! - [`siblings`]: sibling sets (dotted version vectors) and their join.
 //! - [`context`]: the opaque causal context handed to clients.
 //! - [`codec`]: the binary encoding of sibling sets and contexts.
@@ -23,4 +23,4 @@ pub mod version;
 
 pub use ring::{Member, NodeId, PartitionId, PartitionMap};
 pub use siblings::{Sibling, SiblingSet};
-pub use version::{Actor, Dot, VersionVector};
+pub use version::{Actor, CausalContext, Dot, VersionVector};

@@ -6,6 +6,18 @@
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Default largest value, in bytes (configurable per node).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// Default largest encoded sibling set a put may leave (configurable per node): a key
+/// must always stay small enough to read and merge.
+pub const DEFAULT_MAX_SET_BYTES: usize = 8 << 20;
+/// Highest counter any actor can plausibly have issued for one key (2^56: a million
+/// writes a second to one key for two thousand years). A context or set claiming more
+/// is forged or corrupt, and accepting it would exhaust the actor's counter.
+pub const MAX_COUNTER: u64 = 1 << 56;
+/// Most actors a context or stored set may name. Actors are node incarnations that
+/// coordinated a write of the key, so this is far above what a cluster makes.
+pub const MAX_CONTEXT_ACTORS: usize = 1024;
+/// Most exact dots (beyond the per-actor prefixes) a context or stored set may hold.
+pub const MAX_CONTEXT_DOTS: usize = 1024;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,6 +28,15 @@ pub enum LimitError {
     KeyTooLarge(usize),
     #[error("value is {size} bytes; the limit is {limit} bytes")]
     ValueTooLarge { size: usize, limit: usize },
+    #[error(
+        "the key would hold {size} bytes in {siblings} siblings; the limit is {limit} bytes \
+         (max_set_bytes): read it and write back a merged value with the read's context"
+    )]
+    SetTooLarge {
+        size: usize,
+        siblings: usize,
+        limit: usize,
+    },
     #[error("{which} = {got} is out of range; it must be 1..={n} (N = {n})")]
     BadQuorum {
         which: &'static str,

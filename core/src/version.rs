@@ -6,8 +6,14 @@
 //! wiped node's new writes from being silently dominated by its old ones (Riak KV679).
 //! The number of actors is bounded by the number of node incarnations, so vectors are
 //! never truncated (truncation loses data).
+//!
+//! A [`CausalContext`] is a set of dots written compactly: a [`VersionVector`] for each
+//! actor's contiguous prefix plus the exact dots seen beyond it (a dotted version
+//! vector). It is what a stored key remembers having seen, and what a client's context
+//! covers: exactly the dots in it, so that a context never covers a write its client
+//! did not see just because a later dot of the same actor was seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -104,6 +110,11 @@ impl VersionVector {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// Forgets every event of `actor`.
+    fn forget(&mut self, actor: &Actor) {
+        self.0.remove(actor);
+    }
 }
 
 impl FromIterator<(Actor, u64)> for VersionVector {
@@ -129,9 +140,260 @@ impl fmt::Display for VersionVector {
     }
 }
 
+/// Why a new dot could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    #[error("the counter of actor {0} is exhausted")]
+    CounterOverflow(Actor),
+}
+
+/// A set of dots: each actor's contiguous prefix as a [`VersionVector`], plus the exact
+/// dots beyond it.
+///
+/// Invariant (which makes the representation canonical, so `==` compares the sets): no
+/// exact dot is covered by the vector or extends it (its counter is more than the
+/// vector's counter for its actor plus one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CausalContext {
+    vv: VersionVector,
+    dots: BTreeSet<Dot>,
+}
+
+/// The first and last possible dots of `actor`, for ranges over a dot set.
+fn actor_range(actor: &Actor) -> std::ops::RangeInclusive<Dot> {
+    let dot = |counter| Dot {
+        actor: actor.clone(),
+        counter,
+    };
+    dot(0)..=dot(u64::MAX)
+}
+
+impl CausalContext {
+    /// The empty context (covers nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A context of `vv`'s prefixes plus the exact `dots`.
+    pub fn from_parts(vv: VersionVector, dots: impl IntoIterator<Item = Dot>) -> Self {
+        let mut cc = Self {
+            vv,
+            dots: BTreeSet::new(),
+        };
+        for d in dots {
+            cc.add(&d);
+        }
+        cc
+    }
+
+    /// The contiguous prefixes.
+    pub fn vv(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// The exact dots beyond the prefixes, in order.
+    pub fn dots(&self) -> impl Iterator<Item = &Dot> {
+        self.dots.iter()
+    }
+
+    /// Whether `dot` is in the set.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.vv.covers(dot) || self.dots.contains(dot)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.vv.is_empty() && self.dots.is_empty()
+    }
+
+    /// The highest counter of `actor` in the set (0 if none).
+    pub fn max_counter(&self, actor: &Actor) -> u64 {
+        let exact = self.dots.range(actor_range(actor)).next_back();
+        exact.map_or(self.vv.get(actor), |d| d.counter)
+    }
+
+    /// Every actor with a dot in the set, in order.
+    pub fn actors(&self) -> BTreeSet<&Actor> {
+        self.vv
+            .iter()
+            .map(|(a, _)| a)
+            .chain(self.dots.iter().map(|d| &d.actor))
+            .collect()
+    }
+
+    /// Number of exact dots beyond the prefixes.
+    pub fn exact_len(&self) -> usize {
+        self.dots.len()
+    }
+
+    /// Adds `dot` to the set.
+    pub fn add(&mut self, dot: &Dot) {
+        if dot.counter == 0 || self.covers(dot) {
+            return;
+        }
+        self.dots.insert(dot.clone());
+        self.compact(&dot.actor);
+    }
+
+    /// Adds every dot of `other`.
+    pub fn merge(&mut self, other: &CausalContext) {
+        for (a, c) in other.vv.iter() {
+            if c > self.vv.get(a) {
+                self.vv.witness(a, c);
+                self.compact(a);
+            }
+        }
+        for d in &other.dots {
+            self.add(d);
+        }
+    }
+
+    /// Whether every dot of `other` is in this set.
+    pub fn descends(&self, other: &CausalContext) -> bool {
+        // A prefix this set does not reach has a gap at its next counter (an exact dot
+        // never extends a prefix), so only a prefix at least as long descends.
+        self.vv.descends(&other.vv) && other.dots.iter().all(|d| self.covers(d))
+    }
+
+    /// The same set without any dot of `actor`.
+    pub fn without(&self, actor: &Actor) -> CausalContext {
+        let mut out = self.clone();
+        out.vv.forget(actor);
+        let theirs: Vec<Dot> = out.dots.range(actor_range(actor)).cloned().collect();
+        for d in theirs {
+            out.dots.remove(&d);
+        }
+        out
+    }
+
+    /// Restores the invariant for `actor`: folds exact dots that extend its prefix into
+    /// it and drops those it covers.
+    fn compact(&mut self, actor: &Actor) {
+        loop {
+            let prefix = self.vv.get(actor);
+            let Some(first) = self.dots.range(actor_range(actor)).next().cloned() else {
+                return;
+            };
+            if first.counter <= prefix {
+                self.dots.remove(&first);
+            } else if Some(first.counter) == prefix.checked_add(1) {
+                self.dots.remove(&first);
+                self.vv.witness(actor, first.counter);
+            } else {
+                return;
+            }
+        }
+    }
+}
+
+impl From<VersionVector> for CausalContext {
+    fn from(vv: VersionVector) -> Self {
+        Self {
+            vv,
+            dots: BTreeSet::new(),
+        }
+    }
+}
+
+impl fmt::Display for CausalContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.vv)?;
+        if !self.dots.is_empty() {
+            write!(f, "+{{")?;
+            for (i, d) in self.dots.iter().enumerate() {
+                if i > 0 {
+                    write!(f, ", ")?;
+                }
+                write!(f, "{d}")?;
+            }
+            write!(f, "}}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn dot(a: &Actor, counter: u64) -> Dot {
+        Dot {
+            actor: a.clone(),
+            counter,
+        }
+    }
+
+    #[test]
+    fn exact_dots_cover_only_themselves_until_the_gap_closes() {
+        let a = Actor::new("a", 1);
+        let mut cc = CausalContext::new();
+        cc.add(&dot(&a, 2));
+        assert!(cc.covers(&dot(&a, 2)));
+        assert!(!cc.covers(&dot(&a, 1)), "a later dot covers no earlier one");
+        assert_eq!(cc.max_counter(&a), 2);
+        cc.add(&dot(&a, 1));
+        assert_eq!(cc.vv().get(&a), 2, "a closed gap folds into the prefix");
+        assert_eq!(cc.exact_len(), 0);
+        let mut far = CausalContext::new();
+        far.add(&dot(&a, 5));
+        far.merge(&cc);
+        assert_eq!(far.to_string(), "[a#1:2]+{a#1:5}");
+        assert!(!far.covers(&dot(&a, 3)));
+        assert!(far.descends(&cc));
+        assert!(!cc.descends(&far));
+        assert_eq!(far.without(&a), CausalContext::new());
+    }
+
+    #[test]
+    fn the_last_counter_does_not_overflow_a_prefix() {
+        let a = Actor::new("a", 1);
+        let mut cc = CausalContext::from(VersionVector::from_iter([(a.clone(), u64::MAX)]));
+        cc.add(&dot(&a, u64::MAX));
+        assert_eq!(cc.max_counter(&a), u64::MAX);
+    }
+
+    fn dots_of(cc: &CausalContext, actors: &[Actor]) -> BTreeSet<Dot> {
+        actors
+            .iter()
+            .flat_map(|a| (1..=12).map(move |c| dot(a, c)))
+            .filter(|d| cc.covers(d))
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever order dots are added and contexts merged in, a context covers
+        /// exactly the dots added to it, and equal sets have equal representations.
+        #[test]
+        fn a_context_is_exactly_its_dots(
+            left in proptest::collection::vec((0u8..3, 1u64..12), 0..20),
+            right in proptest::collection::vec((0u8..3, 1u64..12), 0..20),
+        ) {
+            let actors: Vec<Actor> = (0..3).map(|i| Actor::new(format!("n{i}"), 1)).collect();
+            let build = |ds: &[(u8, u64)]| {
+                let mut cc = CausalContext::new();
+                for &(a, c) in ds {
+                    cc.add(&dot(&actors[a as usize], c));
+                }
+                cc
+            };
+            let (l, r) = (build(&left), build(&right));
+            let want: BTreeSet<Dot> = left
+                .iter()
+                .chain(&right)
+                .map(|&(a, c)| dot(&actors[a as usize], c))
+                .collect();
+            let mut merged = l.clone();
+            merged.merge(&r);
+            prop_assert_eq!(dots_of(&merged, &actors), want.clone());
+            let mut other_way = r.clone();
+            other_way.merge(&l);
+            prop_assert_eq!(&merged, &other_way);
+            let all_at_once = CausalContext::from_parts(VersionVector::new(), want);
+            prop_assert_eq!(&merged, &all_at_once);
+            prop_assert!(merged.descends(&l) && merged.descends(&r));
+        }
+    }
 
     #[test]
     fn merge_is_pointwise_max() {
