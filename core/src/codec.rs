@@ -271,7 +271,10 @@ pub fn decode_set(buf: &[u8]) -> Result<SiblingSet, DecodeError> {
         FORMAT_VV => {
             let entries = decode_vv(&mut r)?;
             let actors = entries.iter().map(|(a, _)| a.clone()).collect();
-            (CausalContext::from(entries.into_iter().collect::<VersionVector>()), actors)
+            (
+                CausalContext::from(entries.into_iter().collect::<VersionVector>()),
+                actors,
+            )
         }
         FORMAT_CC => decode_cc(&mut r)?,
         f => return Err(DecodeError::UnknownFormat(f)),
@@ -331,10 +334,7 @@ mod tests {
             counter,
         };
         // A context covering a:5 exactly (not a:1..4) and b:1.
-        let ctx = CausalContext::from_parts(
-            [(b.clone(), 1)].into_iter().collect(),
-            [dot(&a, 5)],
-        );
+        let ctx = CausalContext::from_parts([(b.clone(), 1)].into_iter().collect(), [dot(&a, 5)]);
         let mut s = SiblingSet::new();
         s.update(&ctx, &Actor::new("c", 3), Some(Bytes::from("v")))
             .unwrap();

@@ -353,7 +353,11 @@ mod tests {
         /// The causal frontier: every dot written that no client saw before writing.
         fn frontier(&self) -> BTreeSet<Dot> {
             let seen: BTreeSet<&Dot> = self.saw.values().flatten().collect();
-            self.saw.keys().filter(|d| !seen.contains(d)).cloned().collect()
+            self.saw
+                .keys()
+                .filter(|d| !seen.contains(d))
+                .cloned()
+                .collect()
         }
 
         /// What a client sees when it reads (or wrote) `dots`: them and their pasts.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use dynamo_core::limits::DEFAULT_MAX_VALUE_BYTES;
+use dynamo_core::limits::{DEFAULT_MAX_SET_BYTES, DEFAULT_MAX_VALUE_BYTES};
 use dynamo_core::ring::{validate_partition_count, Member, DEFAULT_PARTITIONS};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,29 @@ pub enum FsyncPolicy {
     Always,
     /// Never sync explicitly; the OS writes back when it likes. Survives a process crash.
     Never,
+}
+
+/// The secret every node of a cluster shares: the key of the MAC on causal contexts.
+/// Its `Debug` never shows it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClusterSecret(Vec<u8>);
+
+impl ClusterSecret {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&str> for ClusterSecret {
+    fn from(s: &str) -> Self {
+        Self(s.as_bytes().to_vec())
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(<redacted>)")
+    }
 }
 
 /// Replication settings.
@@ -59,6 +82,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Cluster name; contexts made by another cluster are refused.
     pub cluster_id: String,
+    /// The key of the MAC on causal contexts, shared by every node of the cluster.
+    #[serde(skip)]
+    pub cluster_secret: ClusterSecret,
     /// Every member of the cluster, this node included.
     pub members: Vec<Member>,
     /// Replication settings.
@@ -67,6 +93,10 @@ pub struct NodeConfig {
     pub partitions: u32,
     /// Largest value accepted, in bytes.
     pub max_value_bytes: usize,
+    /// Largest encoded sibling set a put may leave, in bytes (all siblings' values plus
+    /// their causal history): a put that would exceed it is refused, so that a key can
+    /// always still be read and merged. At least twice `max_value_bytes`.
+    pub max_set_bytes: usize,
     /// When writes reach the disk.
     pub fsync: FsyncPolicy,
     /// WAL sync interval for the `periodic` policy.
@@ -96,10 +126,12 @@ impl Default for NodeConfig {
             http_listen: "0.0.0.0:7180".parse().expect("valid"),
             data_dir: PathBuf::from("/var/lib/dynamo"),
             cluster_id: "dynamo".into(),
+            cluster_secret: ClusterSecret::default(),
             members: Vec::new(),
             replication: Replication::default(),
             partitions: DEFAULT_PARTITIONS,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_set_bytes: DEFAULT_MAX_SET_BYTES,
             fsync: FsyncPolicy::Periodic,
             fsync_interval_ms: 100,
             fsync_group_window_us: 3000,
@@ -161,6 +193,9 @@ pub struct Args {
     pub partitions: Option<u32>,
     #[arg(long, env = "DYNAMO_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
+    /// Largest sibling set (bytes, encoded) a put may leave; at least twice the largest value.
+    #[arg(long, env = "DYNAMO_MAX_SET_BYTES")]
+    pub max_set_bytes: Option<usize>,
     #[arg(long, env = "DYNAMO_FSYNC", value_enum)]
     pub fsync: Option<FsyncPolicy>,
     #[arg(long, env = "DYNAMO_FSYNC_INTERVAL_MS")]
@@ -228,7 +263,8 @@ impl NodeConfig {
             data_dir,
             cluster_id,
             partitions,
-            max_value_bytes
+            max_value_bytes,
+            max_set_bytes
         );
         set!(
             fsync,
@@ -285,6 +321,13 @@ impl NodeConfig {
         }
         if self.max_value_bytes == 0 {
             return invalid("max_value_bytes must be positive".into());
+        }
+        if self.max_set_bytes / 2 < self.max_value_bytes {
+            return invalid(format!(
+                "max_set_bytes {} is less than twice max_value_bytes {}: a value and a \
+                 concurrent sibling of it must fit in one key",
+                self.max_set_bytes, self.max_value_bytes
+            ));
         }
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms must be positive".into());

@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_core::codec::encode_set;
-use dynamo_core::limits::{check_key, check_value, resolve_quorum};
-use dynamo_core::{context, Member, PartitionId, SiblingSet, VersionVector};
+use dynamo_core::context::ContextError;
+use dynamo_core::limits::{check_key, check_value, resolve_quorum, LimitError};
+use dynamo_core::{CausalContext, Member, PartitionId, SiblingSet};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
@@ -138,7 +139,7 @@ pub async fn write(
     }
     let n = node.cfg.replication.n;
     let w = resolve_quorum("w", w, node.cfg.replication.w, n)? as usize;
-    let ctx = context::decode(node.cluster_tag, context_bytes)?;
+    let ctx = node.context_key.decode(context_bytes)?;
     if value.is_none() && ctx.is_empty() {
         return Err(RequestError::BadRequest(
             "delete needs the context of a get of this key (a delete supersedes what it saw)"
@@ -162,13 +163,26 @@ pub async fn write(
     let guard = timeout_at(deadline, node.key_locks.lock(&key))
         .await
         .map_err(|_| unavailable(0))?;
+    // Checked under the lock: a write that failed before it may not be in the local
+    // copy the next dot is counted from, so a poisoned store must make no dot at all.
+    if node.store.is_poisoned() {
+        return Err(RequestError::Poisoned(node.id().to_owned()));
+    }
     let mut set = node.store.read(&key)?;
-    set.update(&ctx, &node.actor, value);
-
+    check_plausible(&ctx, &set, node)?;
+    let dot = set.update(&ctx, &node.actor, value)?;
+    let encoded = Bytes::from(encode_set(&set));
+    if encoded.len() > node.cfg.max_set_bytes {
+        return Err(LimitError::SetTooLarge {
+            size: encoded.len(),
+            siblings: set.siblings().len(),
+            limit: node.cfg.max_set_bytes,
+        }
+        .into());
+    }
     // The client's next context covers what it saw plus its own write, nothing else: a
     // concurrent sibling it never saw must not be superseded by its next put.
-    let mut next: VersionVector = ctx;
-    next.witness(&node.actor, set.version_vector().get(&node.actor));
+    let next = set.written_context(&ctx, &dot);
 
     let p = node.map.partition_of(&key);
     let mut quorum = WriteQuorum::new(node.map.preference_list(p).count(), w);
@@ -179,7 +193,7 @@ pub async fn write(
     // write and sync, and this node counts once durable.
     let local = node.store.merge(key.clone(), set.clone(), Some(guard))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(replicate(node.clone(), key, set, tx));
+    tokio::spawn(replicate(node.clone(), key, set, encoded, tx));
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(local, timer);
     let mut local_pending = true;
@@ -210,25 +224,45 @@ pub async fn write(
         return Err(unavailable(quorum.acks()));
     }
     Ok(Written {
-        context: context::encode(node.cluster_tag, &next),
+        context: node.context_key.encode(&next),
         acks: quorum.acks(),
     })
 }
 
-/// Sends `set` to the other intended replicas (or fallbacks), reporting each covered
+/// Refuses a context that claims more of this node's writes of the key than it has
+/// made: every dot this node made for the key is in its local copy (it writes locally
+/// before anyone sees the dot), so such a context is forged or corrupt, and honouring it
+/// would skip counters or supersede versions nobody saw.
+fn check_plausible(
+    ctx: &CausalContext,
+    local: &SiblingSet,
+    node: &Node,
+) -> Result<(), RequestError> {
+    let claimed = ctx.max_counter(&node.actor);
+    let issued = local.context().max_counter(&node.actor);
+    if claimed > issued {
+        return Err(ContextError::Implausible(format!(
+            "it covers write {claimed} of {}, which has made {issued} writes of this key",
+            node.actor
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Sends `set` (encoded as `encoded`, once for every peer) to the other intended replicas (or fallbacks), reporting each covered
 /// intended replica (by position in the preference list) on `covered`, and keeps a local
 /// hint for any left uncovered.
 async fn replicate(
     node: Arc<Node>,
     key: Bytes,
     set: SiblingSet,
+    encoded: Bytes,
     covered: mpsc::UnboundedSender<usize>,
 ) {
     let node = &*node;
     let p = node.map.partition_of(&key);
     let pref: Vec<&Member> = node.map.preference_list(p).collect();
-    // Encoded once for every peer it goes to.
-    let encoded = Bytes::from(encode_set(&set));
     // Members written to (or tried) so far: the preference list, then fallbacks.
     let mut used: Vec<&str> = pref.iter().map(|m| m.id.as_str()).collect();
     let entry = |target: &Member, intended: usize| WriteEntry {

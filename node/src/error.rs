@@ -3,6 +3,7 @@
 
 use dynamo_core::context::ContextError;
 use dynamo_core::limits::LimitError;
+use dynamo_core::version::VersionError;
 
 use crate::metrics::Outcome;
 use crate::storage::StorageError;
@@ -29,6 +30,13 @@ pub enum RequestError {
     NoCoordinator(String),
     #[error("local storage failed: {0}")]
     Storage(#[from] StorageError),
+    #[error(
+        "{0} refuses writes: an earlier write or sync failed on its disk; it takes writes \
+         again once restarted (with a new incarnation)"
+    )]
+    Poisoned(String),
+    #[error(transparent)]
+    Version(#[from] VersionError),
 }
 
 impl RequestError {
@@ -36,8 +44,10 @@ impl RequestError {
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::Limit(_) | Self::Context(_) | Self::BadRequest(_) => Outcome::InvalidArgument,
-            Self::Unavailable { .. } | Self::NoCoordinator(_) => Outcome::Unavailable,
-            Self::Storage(_) => Outcome::Internal,
+            Self::Unavailable { .. } | Self::NoCoordinator(_) | Self::Poisoned(_) => {
+                Outcome::Unavailable
+            }
+            Self::Storage(_) | Self::Version(_) => Outcome::Internal,
         }
     }
 }

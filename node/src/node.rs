@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynamo_core::codec::decode_set;
-use dynamo_core::context::cluster_tag;
+use dynamo_core::context::ContextKey;
 use dynamo_core::{Actor, Member, PartitionMap};
 use tokio::sync::Notify;
 
@@ -40,8 +40,8 @@ pub struct Node {
     pub health: Health,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
-    /// Tag of this cluster in causal contexts.
-    pub cluster_tag: u64,
+    /// Makes and checks this cluster's causal contexts (its tag and secret MAC key).
+    pub context_key: ContextKey,
     /// Wakes hinted handoff (a peer came back, or a hint was stored).
     pub handoff_wakeup: Notify,
     /// Serializes this node's coordinations of one key (see [`crate::key_lock`]).
@@ -62,7 +62,7 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let actor = Actor::new(identity.node_id.clone(), identity.incarnation);
-        let cluster_tag = cluster_tag(&cfg.cluster_id);
+        let context_key = ContextKey::new(&cfg.cluster_id, cfg.cluster_secret.as_bytes());
         Self {
             cfg,
             identity,
@@ -73,7 +73,7 @@ impl Node {
             health: Health::default(),
             metrics: Metrics::default(),
             clock,
-            cluster_tag,
+            context_key,
             handoff_wakeup: Notify::new(),
             key_locks: Default::default(),
             started: Instant::now(),

@@ -126,16 +126,18 @@ pub async fn gather_and_repair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dynamo_core::{Actor, VersionVector};
+    use dynamo_core::{Actor, CausalContext};
 
     #[test]
     fn only_replicas_behind_the_join_are_stale() {
         let mut fresh = SiblingSet::new();
-        fresh.update(
-            &VersionVector::new(),
-            &Actor::new("a", 1),
-            Some(Bytes::from("v")),
-        );
+        fresh
+            .update(
+                &CausalContext::new(),
+                &Actor::new("a", 1),
+                Some(Bytes::from("v")),
+            )
+            .unwrap();
         let replies = vec![
             ("a".to_owned(), fresh.clone()),
             ("b".to_owned(), SiblingSet::new()),

@@ -318,7 +318,7 @@ async fn a_get_repairs_only_a_stale_replica() {
 
     // The last replica misses v2 (its hint stays with the coordinator, undelivered).
     net.set_down(nodes[p[2]].id(), true);
-    let ctx = dynamo_core::context::encode(nodes[p[0]].cluster_tag, read.set.version_vector());
+    let ctx = nodes[p[0]].context_key.encode(read.set.context());
     coordinator::write(&nodes[p[0]], k(), Some(Bytes::from("v2")), &ctx, None)
         .await
         .unwrap();

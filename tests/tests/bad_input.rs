@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use dynamo_core::context::{cluster_tag, encode};
+use dynamo_core::context::ContextKey;
 use dynamo_core::{Actor, VersionVector};
 use dynamo_proto::v1::{DeleteRequest, GetRequest, PutRequest};
 use dynamo_tests::{node_binary, wait_exit, Cluster, Options};
@@ -61,7 +61,8 @@ async fn bad_requests_are_refused_and_store_nothing() {
             "context is corrupt",
         );
         let vv: VersionVector = [(Actor::new("node-1", 1), 5)].into_iter().collect();
-        let foreign = encode(cluster_tag("another-cluster"), &vv);
+        let foreign =
+            ContextKey::new("another-cluster", b"another cluster's secret").encode(&vv.into());
         assert_status(
             put_raw(b"keep".to_vec(), b"x".to_vec(), foreign, None).await,
             Code::InvalidArgument,

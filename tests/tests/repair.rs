@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use dynamo_core::codec::{decode_set, encode_set};
-use dynamo_core::{Actor, SiblingSet, VersionVector};
+use dynamo_core::{Actor, CausalContext, SiblingSet};
 use dynamo_proto::v1::{ReplicaEntry, ReplicaReadRequest, ReplicaWriteRequest};
 use dynamo_tests::{eventually, http_get, Cluster, Options};
 
@@ -85,10 +85,11 @@ async fn read_repair_fixes_a_stale_replica() {
         // Make node 3 stale without hints: write a version straight into nodes 1 and 2.
         let mut set = SiblingSet::new();
         set.update(
-            &VersionVector::new(),
+            &CausalContext::new(),
             &Actor::new("node-1", 12345),
             Some(Bytes::from("fresh")),
-        );
+        )
+        .unwrap();
         for i in 0..2 {
             let entry = ReplicaEntry {
                 key: Bytes::from_static(b"stale-key"),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use dynamo_core::{context, SiblingSet};
+use dynamo_core::SiblingSet;
 use dynamo_proto::session::{self, ResponseStream};
 use dynamo_proto::v1::kv_server::Kv;
 use dynamo_proto::v1::{
@@ -67,7 +67,7 @@ pub fn get_response(node: &Node, set: &SiblingSet, replies: usize) -> GetRespons
         .collect();
     GetResponse {
         siblings,
-        context: context::encode(node.cluster_tag, set.version_vector()),
+        context: node.context_key.encode(set.context()),
         replies: replies as u32,
     }
 }

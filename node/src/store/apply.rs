@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use dynamo_core::codec::{decode_set, encode_set};
 use dynamo_core::ring::partition_of;
-use dynamo_core::{Actor, SiblingSet, VersionVector};
+use dynamo_core::{Actor, CausalContext, SiblingSet};
 
 use super::cache::SetCache;
 use crate::storage::keys::{data_key, hint_key};
@@ -18,7 +18,7 @@ use crate::storage::{Batch, Cf, Engine, Op, StorageError};
 pub(super) enum Mutation {
     Update {
         key: Bytes,
-        context: VersionVector,
+        context: CausalContext,
         actor: Actor,
         value: Option<Bytes>,
     },
@@ -107,7 +107,8 @@ pub(super) fn apply(
         } => {
             let dk = data_key(partition_of(&key, q), &key);
             let mut set = current(engine, cache, batch, overlay, &dk)?;
-            set.update(&context, &actor, value);
+            set.update(&context, &actor, value)
+                .map_err(|e| StorageError::Engine(e.to_string()))?;
             stage(batch, overlay, dk, encode_set(&set));
             Ok(Outcome::Set(set))
         }
@@ -205,7 +206,7 @@ mod tests {
         let key = Bytes::from("k");
         let update = |v: &'static str, n: &str| Mutation::Update {
             key: key.clone(),
-            context: VersionVector::new(),
+            context: CausalContext::new(),
             actor: Actor::new(n, 1),
             value: Some(Bytes::from(v)),
         };
@@ -216,11 +217,13 @@ mod tests {
         };
         assert_eq!(second.values().count(), 2, "the second saw the first");
         let mut remote = SiblingSet::new();
-        remote.update(
-            &VersionVector::new(),
-            &Actor::new("n2", 1),
-            Some("c".into()),
-        );
+        remote
+            .update(
+                &CausalContext::new(),
+                &Actor::new("n2", 1),
+                Some("c".into()),
+            )
+            .unwrap();
         run(Mutation::Join { key, set: remote }).unwrap();
 
         engine.write(&batch, true).unwrap();

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_core::ring::partition_of;
-use dynamo_core::{Actor, SiblingSet, VersionVector};
+use dynamo_core::{Actor, CausalContext, SiblingSet};
 use tokio::sync::oneshot;
 
 use crate::storage::keys::{data_key, hint_prefix, split_hint_key};
@@ -242,7 +242,7 @@ impl Store {
     pub async fn update(
         &self,
         key: Bytes,
-        context: VersionVector,
+        context: CausalContext,
         actor: Actor,
         value: Option<Bytes>,
     ) -> Result<Staged, StorageError> {
@@ -412,7 +412,7 @@ mod tests {
         let actor = Actor::new("n", 1);
         s.update(
             Bytes::from(key.to_owned()),
-            VersionVector::new(),
+            CausalContext::new(),
             actor,
             value(v),
         )
@@ -438,7 +438,7 @@ mod tests {
             for key in &keys {
                 // A blind write adds a sibling: after `round + 1` rounds, as many values.
                 let staged = s
-                    .update(key.clone(), VersionVector::new(), actor.clone(), value("x"))
+                    .update(key.clone(), CausalContext::new(), actor.clone(), value("x"))
                     .await
                     .unwrap();
                 assert_eq!(staged.set.values().count(), round + 1, "{key:?}");
@@ -477,7 +477,7 @@ mod tests {
         .await
         .unwrap();
         // ...while v2 is written over v1 and acknowledged.
-        let context = first.version_vector().clone();
+        let context = first.context().clone();
         let second = s
             .update(Bytes::from("k"), context, Actor::new("n", 1), value("v2"))
             .await
@@ -571,7 +571,7 @@ mod tests {
         assert!(s.is_poisoned());
         engine.fail_syncs(false);
         let err = s
-            .update(Bytes::from("k2"), VersionVector::new(), actor, value("b"))
+            .update(Bytes::from("k2"), CausalContext::new(), actor, value("b"))
             .await
             .err()
             .expect("a poisoned store refuses writes");
@@ -597,7 +597,7 @@ mod tests {
                 tokio::spawn(async move {
                     s.update(
                         Bytes::from("k"),
-                        VersionVector::new(),
+                        CausalContext::new(),
                         actor,
                         Some(Bytes::from(format!("{i}"))),
                     )
@@ -620,7 +620,8 @@ mod tests {
         let s = store();
         let set = |v: &str, n: &str| {
             let mut set = SiblingSet::new();
-            set.update(&VersionVector::new(), &Actor::new(n, 1), value(v));
+            set.update(&CausalContext::new(), &Actor::new(n, 1), value(v))
+                .unwrap();
             set
         };
         // More single-key changes than one writer group holds: they still go together.
@@ -668,10 +669,11 @@ mod tests {
         let s = store();
         let mut a = SiblingSet::new();
         a.update(
-            &VersionVector::new(),
+            &CausalContext::new(),
             &Actor::new("x", 1),
             Some(Bytes::from("1")),
-        );
+        )
+        .unwrap();
         s.add_hint("t".into(), Bytes::from("k"), a.clone(), 5)
             .await
             .unwrap();
@@ -680,10 +682,11 @@ mod tests {
         assert_eq!(held[0].created_ms, 5);
         let mut b = SiblingSet::new();
         b.update(
-            &VersionVector::new(),
+            &CausalContext::new(),
             &Actor::new("y", 1),
             Some(Bytes::from("2")),
-        );
+        )
+        .unwrap();
         s.add_hint("t".into(), Bytes::from("k"), b, 9)
             .await
             .unwrap();
