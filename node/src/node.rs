@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use dynamo_core::codec::decode_set;
 use dynamo_core::context::ContextKey;
-use dynamo_core::{Actor, Member, PartitionMap};
+use dynamo_core::limits::{check_key, check_value};
+use dynamo_core::{Actor, Member, PartitionMap, SiblingSet};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
@@ -23,6 +24,8 @@ use crate::store::{Change, Store};
 pub enum AcceptError {
     #[error("corrupt sibling set: {0}")]
     Corrupt(String),
+    #[error("invalid replica entry: {0}")]
+    Invalid(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -119,16 +122,15 @@ impl Node {
 
     /// Accepts sibling sets sent by a peer: joins them into the store, or keeps them as
     /// hints when they are meant for another node (this node is a sloppy-quorum fallback).
-    /// Every entry is decoded first, so a corrupt one stores nothing; then all are applied
-    /// together (one writer group).
+    /// Every entry is checked first (see [`Self::check_entry`]), so a bad one stores
+    /// nothing; then all are applied together (one writer group).
     pub async fn accept(&self, entries: Vec<WriteEntry>) -> Result<(), AcceptError> {
         let now = self.clock.now_ms();
         let mut hinted = false;
         let changes = entries
             .into_iter()
             .map(|e| {
-                let set =
-                    decode_set(&e.set).map_err(|err| AcceptError::Corrupt(err.to_string()))?;
+                let set = self.check_entry(&e)?;
                 Ok(match e.hint_for.filter(|t| t != self.id()) {
                     Some(target) => {
                         hinted = true;
@@ -148,5 +150,35 @@ impl Node {
             self.handoff_wakeup.notify_one();
         }
         Ok(())
+    }
+
+    /// Checks a peer's entry as a client's request is checked, and decodes its set: the
+    /// key's size, every value's size, the set's size (at most `max_set_bytes` for each
+    /// of N + 1 coordinators that may each have made a set up to it concurrently), its
+    /// counters and actors (bounded by the codec), and that a hint names a member.
+    pub fn check_entry(&self, e: &WriteEntry) -> Result<SiblingSet, AcceptError> {
+        let invalid = |why: String| AcceptError::Invalid(why);
+        check_key(&e.key).map_err(|err| invalid(err.to_string()))?;
+        let n = self.cfg.replication.n as usize;
+        let limit = self.cfg.max_set_bytes.saturating_mul(n + 1);
+        if e.set.len() > limit {
+            return Err(invalid(format!(
+                "sibling set of {} bytes; a replica takes at most {limit} (max_set_bytes \
+                 times N + 1)",
+                e.set.len()
+            )));
+        }
+        let set = decode_set(&e.set).map_err(|err| AcceptError::Corrupt(err.to_string()))?;
+        for v in set.values() {
+            check_value(v, self.cfg.max_value_bytes).map_err(|err| invalid(err.to_string()))?;
+        }
+        if let Some(target) = &e.hint_for {
+            if target.contains('\0') || self.member(target).is_none() {
+                return Err(invalid(format!(
+                    "hint_for {target:?} is not a member of this cluster"
+                )));
+            }
+        }
+        Ok(set)
     }
 }

@@ -37,6 +37,7 @@ fn cluster_on(
         w,
         request_timeout_ms: 500,
         sync_window: sync_writes.then_some(std::time::Duration::ZERO),
+        ..Spec::default()
     };
     let nodes = (0..s)
         .map(|i| start_node(&net, &members, i, engine(i), &spec))

@@ -66,7 +66,9 @@ impl ReplicaService {
             })
             .collect();
         self.node.accept(entries).await.map_err(|e| match e {
-            AcceptError::Corrupt(_) => Status::invalid_argument(e.to_string()),
+            AcceptError::Corrupt(_) | AcceptError::Invalid(_) => {
+                Status::invalid_argument(e.to_string())
+            }
             AcceptError::Storage(e) => storage(e),
         })?;
         Ok(ReplicaWriteResponse {})

@@ -1,5 +1,5 @@
 //! A [`MemoryEngine`] with injectable disk faults, for failure tests and simulation:
-//! syncs that fail, a gate that holds syncs (and, if asked, every write) until it
+//! writes or syncs that fail, a gate that holds syncs (and, if asked, every write) until it
 //! opens, as a hung disk would, and a read held after it has read, as a slow one would.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +22,7 @@ enum ReadPause {
 pub struct FaultyEngine {
     inner: MemoryEngine,
     fail_syncs: AtomicBool,
+    fail_writes: AtomicBool,
     gate_writes: AtomicBool,
     syncs: AtomicU64,
     read_pause: Mutex<ReadPause>,
@@ -41,6 +42,7 @@ impl FaultyEngine {
         Self {
             inner: MemoryEngine::new(),
             fail_syncs: AtomicBool::new(false),
+            fail_writes: AtomicBool::new(false),
             gate_writes: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             read_pause: Mutex::new(ReadPause::Off),
@@ -85,6 +87,11 @@ impl FaultyEngine {
         self.fail_syncs.store(fail, Ordering::SeqCst);
     }
 
+    /// Makes every write fail (`true`), as a full or failing disk would, or succeed again.
+    pub fn fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
     /// Whether a closed gate also holds plain (unsynced) writes, not only syncs.
     pub fn gate_writes(&self, gate: bool) {
         self.gate_writes.store(gate, Ordering::SeqCst);
@@ -119,6 +126,9 @@ impl Engine for FaultyEngine {
     }
 
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), StorageError> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(StorageError::Engine("injected write failure".into()));
+        }
         if sync {
             self.sync()?;
         } else if self.gate_writes.load(Ordering::SeqCst) {
