@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{elements, members, merge, start_node, with_element, Outcome, Sets, Spec};
+use common::{
+    assert_dots_unique, elements, members, merge, start_node, with_element, Chain, Outcome, Sets,
+    Spec,
+};
 use dynamo_node::handoff;
 use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
@@ -31,9 +34,16 @@ const NODES: usize = 5;
 const KEYS: usize = 4;
 const SPLIT: Duration = Duration::from_secs(3);
 
-/// Adds elements named `<name>.<n>` to the keys in turn through `kvs` until `stop`.
-async fn client(name: String, kvs: Vec<Arc<KvService>>, stop: Arc<AtomicBool>) -> Outcome {
+/// Adds elements named `<name>.<n>` to the keys in turn through `kvs` until `stop`; with
+/// `chained`, never reading, on the contexts its own puts returned.
+async fn client(
+    name: String,
+    kvs: Vec<Arc<KvService>>,
+    stop: Arc<AtomicBool>,
+    chained: bool,
+) -> Outcome {
     let mut out = Outcome::default();
+    let mut chain = chained.then(Chain::default);
     let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
@@ -45,11 +55,17 @@ async fn client(name: String, kvs: Vec<Arc<KvService>>, stop: Arc<AtomicBool>) -
             r: None,
         };
         // Without R replicas on this side, a blind put: it becomes a sibling.
-        let (value, context) = match kv.get(Request::new(get)).await {
-            Ok(read) => with_element(read.into_inner(), &element),
-            Err(_) => (element.clone(), Vec::new()),
+        let (value, context) = match &mut chain {
+            Some(chain) => chain.next(&key, &element),
+            None => match kv.get(Request::new(get)).await {
+                Ok(read) => with_element(read.into_inner(), &element),
+                Err(_) => (element.clone(), Vec::new()),
+            },
         };
-        out.put(kv, key, element, value, context).await;
+        let returned = out.put(kv, key.clone(), element, value, context).await;
+        if let (Some(chain), Some(returned)) = (&mut chain, returned) {
+            chain.returned(&key, returned);
+        }
     }
     out
 }
@@ -93,10 +109,12 @@ async fn both_sides_of_a_partition_take_writes_that_merge_when_it_heals() {
         let sides = [("minority", 0..2), ("majority", 2..5)];
         let mut clients = Vec::new();
         for (side, range) in sides.clone() {
-            for c in 0..2 {
+            for c in 0..3 {
                 let kvs = kvs[range.clone()].to_vec();
                 let name = format!("{side}{c}");
-                clients.push((side, tokio::spawn(client(name, kvs, stop.clone()))));
+                let chained = c == 2;
+                let client = client(name, kvs, stop.clone(), chained);
+                clients.push((side, tokio::spawn(client)));
             }
         }
         tokio::time::sleep(SPLIT).await;
@@ -137,6 +155,8 @@ async fn both_sides_of_a_partition_take_writes_that_merge_when_it_heals() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
+        let keys: Vec<String> = (0..KEYS).map(|k| format!("set-{k}")).collect();
+        assert_dots_unique(&nodes, &keys);
         for k in 0..KEYS {
             let key = format!("set-{k}");
             let get = |r| GetRequest {

@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{elements, members, start_node, with_element, Outcome, Spec};
+use common::{
+    assert_dots_unique, elements, members, start_node, with_element, Chain, Outcome, Spec,
+};
 use dynamo_core::Member;
 use dynamo_node::config::NodeConfig;
 use dynamo_node::handoff;
@@ -176,12 +178,16 @@ async fn client(id: usize, seed: u64, c: Arc<Cluster>, stop: Arc<AtomicBool>) ->
     let mut rng = StdRng::seed_from_u64(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut out = Outcome::default();
     let mut seq = 0u64;
+    // The last client chains its puts on returned contexts, never reading.
+    let mut chain = (id == CLIENTS - 1).then(Chain::default);
     while !stop.load(Ordering::Relaxed) {
         let key = format!("set-{}", rng.random_range(0..KEYS));
         seq += 1;
         let element = format!("c{id}.{seq}");
         // A third of the puts are blind: the element alone, no context, a new sibling.
-        let (value, context) = if rng.random_bool(1.0 / 3.0) {
+        let (value, context) = if chain.is_some() {
+            (String::new(), Vec::new()) // made below, once the put has a node
+        } else if rng.random_bool(1.0 / 3.0) {
             (element.clone(), Vec::new())
         } else {
             let Some(kv) = c.kv(rng.random_range(0..NODES)) else {
@@ -201,7 +207,14 @@ async fn client(id: usize, seed: u64, c: Arc<Cluster>, stop: Arc<AtomicBool>) ->
         let Some(kv) = c.kv(rng.random_range(0..NODES)) else {
             continue;
         };
-        out.put(&kv, key, element, value, context).await;
+        let (value, context) = match &mut chain {
+            Some(chain) => chain.next(&key, &element),
+            None => (value, context),
+        };
+        let returned = out.put(&kv, key.clone(), element, value, context).await;
+        if let (Some(chain), Some(returned)) = (&mut chain, returned) {
+            chain.returned(&key, returned);
+        }
     }
     out
 }
@@ -315,6 +328,9 @@ async fn synced_writes_survive_power_losses_of_any_node_and_of_all_at_once() {
             let stored = elements(&read);
             out.check(key, &stored);
         }
+        let nodes: Vec<Arc<Node>> = (0..NODES).map(|i| c.node(i).unwrap()).collect();
+        let keys: Vec<String> = out.tried.keys().cloned().collect();
+        assert_dots_unique(&nodes, &keys);
     };
     tokio::time::timeout(Duration::from_secs(120), run)
         .await

@@ -125,6 +125,34 @@ pub fn with_element(read: GetResponse, element: &str) -> (String, Vec<u8>) {
     (set.into_iter().collect::<Vec<_>>().join(","), read.context)
 }
 
+/// A client of the set workload that never reads: each put of a key is its every element
+/// of that key so far, with the context its previous acknowledged put of the key
+/// returned. Other clients' concurrent elements are not in its value, so they survive
+/// only if a returned context covers no more than its own writes.
+#[derive(Default)]
+pub struct Chain {
+    keys: BTreeMap<String, (Vec<u8>, BTreeSet<String>)>,
+}
+
+impl Chain {
+    /// The value and context of the put that adds `element` to `key`.
+    pub fn next(&mut self, key: &str, element: &str) -> (String, Vec<u8>) {
+        let (context, mine) = self.keys.entry(key.to_owned()).or_default();
+        mine.insert(element.to_owned());
+        (
+            mine.iter().cloned().collect::<Vec<_>>().join(","),
+            context.clone(),
+        )
+    }
+
+    /// Records the context the put of `key` returned.
+    pub fn returned(&mut self, key: &str, context: Vec<u8>) {
+        if let Some(k) = self.keys.get_mut(key) {
+            k.0 = context;
+        }
+    }
+}
+
 /// Elements per key.
 pub type Sets = BTreeMap<String, BTreeSet<String>>;
 
@@ -140,6 +168,7 @@ pub struct Outcome {
 impl Outcome {
     /// Puts `value` (which adds `element` to `key`'s set) with `context` through `kv`,
     /// recording the element as tried, and as acknowledged if the put succeeds.
+    /// Returns the context the put returned, if it was acknowledged.
     pub async fn put(
         &mut self,
         kv: &KvService,
@@ -147,7 +176,7 @@ impl Outcome {
         element: String,
         value: String,
         context: Vec<u8>,
-    ) {
+    ) -> Option<Vec<u8>> {
         let put = PutRequest {
             key: key.clone().into_bytes(),
             value: value.into_bytes(),
@@ -158,9 +187,9 @@ impl Outcome {
             .entry(key.clone())
             .or_default()
             .insert(element.clone());
-        if kv.put(Request::new(put)).await.is_ok() {
-            self.acked.entry(key).or_default().insert(element);
-        }
+        let returned = kv.put(Request::new(put)).await.ok()?.into_inner().context;
+        self.acked.entry(key).or_default().insert(element);
+        Some(returned)
     }
 
     pub fn absorb(&mut self, other: Outcome) {
