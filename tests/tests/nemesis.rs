@@ -30,7 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dynamo_proto::v1::{kv_client::KvClient, GetRequest, HintsRequest, PutRequest};
+use dynamo_core::codec::decode_set;
+use dynamo_proto::v1::{
+    kv_client::KvClient, GetRequest, HintsRequest, PutRequest, ReplicaReadRequest,
+};
 use dynamo_tests::{eventually, Cluster, Options};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -109,14 +112,14 @@ impl Via {
         }
     }
 
-    /// Writes `value` with `context`; how the put failed, if it did.
+    /// Writes `value` with `context`; the context the put returned, or how it failed.
     async fn put(
         &self,
         rng: &mut StdRng,
         key: &str,
         value: String,
         context: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<u8>, String> {
         match self {
             Via::Raw(kvs) => {
                 // Often through another node than the read, as a load balancer would.
@@ -127,12 +130,9 @@ impl Via {
                     context,
                     w: None,
                 };
-                match failure(
-                    "put",
-                    tokio::time::timeout(CLIENT_TIMEOUT, kv.put(put)).await,
-                ) {
-                    None => Ok(()),
-                    Some(kind) => Err(kind),
+                match tokio::time::timeout(CLIENT_TIMEOUT, kv.put(put)).await {
+                    Ok(Ok(put)) => Ok(put.into_inner().context),
+                    failed => Err(failure("put", failed).expect("a failure")),
                 }
             }
             Via::Library(client) => {
@@ -140,7 +140,7 @@ impl Via {
                 client
                     .put(key, value, &context, None)
                     .await
-                    .map(|_| ())
+                    .map(|c| c.as_bytes().to_vec())
                     .map_err(|e| library_failure("put", e))
             }
         }
@@ -152,26 +152,48 @@ fn library_failure(op: &str, e: dynamo_client::Error) -> String {
     format!("{op} (client library): {msg}")
 }
 
-async fn client(id: usize, seed: u64, via: Via, stop: Arc<AtomicBool>) -> Outcome {
+/// Adds elements to random keys' sets until `stop`. A `chained` client never reads: each
+/// put of a key is its own elements of that key so far, with the context its previous
+/// acknowledged put of the key returned, so other clients' elements survive only if a
+/// returned context covers no more than that client's own writes.
+async fn client(id: usize, seed: u64, via: Via, chained: bool, stop: Arc<AtomicBool>) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut out = Outcome::default();
     let mut seq = 0u64;
+    // For a chained client: per key, the last returned context and its elements.
+    let mut own: BTreeMap<String, (Vec<u8>, BTreeSet<String>)> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         let key = format!("set-{}", rng.random_range(0..KEYS));
-        let (mut set, context) = match via.get(&mut rng, &key).await {
-            Ok(read) => read,
-            Err(kind) => {
-                *out.failures.entry(kind).or_default() += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
+        let (mut set, context) = if chained {
+            let (context, mine) = own.entry(key.clone()).or_default();
+            (mine.clone(), context.clone())
+        } else {
+            match via.get(&mut rng, &key).await {
+                Ok(read) => read,
+                Err(kind) => {
+                    *out.failures.entry(kind).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
             }
         };
         seq += 1;
         let element = format!("c{id}.{seq}");
         set.insert(element.clone());
+        if chained {
+            own.entry(key.clone())
+                .or_default()
+                .1
+                .insert(element.clone());
+        }
         let value = set.into_iter().collect::<Vec<_>>().join(",");
         let book = match via.put(&mut rng, &key, value, context).await {
-            Ok(()) => &mut out.acked,
+            Ok(returned) => {
+                if chained {
+                    own.entry(key.clone()).or_default().0 = returned;
+                }
+                &mut out.acked
+            }
             Err(kind) => {
                 *out.failures.entry(kind).or_default() += 1;
                 &mut out.uncertain
@@ -180,6 +202,48 @@ async fn client(id: usize, seed: u64, via: Via, stop: Arc<AtomicBool>) -> Outcom
         book.entry(key).or_default().insert(element);
     }
     out
+}
+
+/// Panics if one dot carries different bytes on two nodes for any of `keys` (a reused
+/// dot, Riak's KV679: a version lost on every join even when no element went missing).
+async fn assert_dots_unique(c: &Cluster, keys: &[String]) {
+    let mut seen: BTreeMap<(String, String), (usize, Option<Vec<u8>>)> = BTreeMap::new();
+    for i in 0..NODES {
+        let read = ReplicaReadRequest {
+            keys: keys.iter().map(|k| k.clone().into_bytes().into()).collect(),
+            cluster_id: "test-cluster".into(),
+        };
+        let sets = c
+            .replica(i)
+            .read(read)
+            .await
+            .unwrap_or_else(|s| panic!("replica read of node-{}: {s:?}", i + 1))
+            .into_inner()
+            .sets;
+        for (key, raw) in keys.iter().zip(sets) {
+            if raw.is_empty() {
+                continue;
+            }
+            let set = decode_set(&raw).expect("a stored set decodes");
+            for sib in set.siblings() {
+                let value = sib.value.as_ref().map(|v| v.to_vec());
+                let at = (key.clone(), sib.dot.to_string());
+                match seen.get(&at) {
+                    Some((first, v)) => assert_eq!(
+                        v,
+                        &value,
+                        "{key}: dot {} carries different bytes on node-{} and node-{}",
+                        sib.dot,
+                        first + 1,
+                        i + 1
+                    ),
+                    None => {
+                        seen.insert(at, (i, value));
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -267,7 +331,9 @@ async fn acknowledged_set_adds_survive_random_kills_freezes_partitions_restarts_
                 config.route_by_key = true;
                 Via::Library(config.connect().await.expect("client library"))
             };
-            clients.push(tokio::spawn(client(id, seed, via, stop.clone())));
+            // One raw and one library client chain puts on returned contexts.
+            let chained = id < 2;
+            clients.push(tokio::spawn(client(id, seed, via, chained, stop.clone())));
         }
 
         let mut rng = StdRng::seed_from_u64(seed);
@@ -379,6 +445,8 @@ async fn acknowledged_set_adds_survive_random_kills_freezes_partitions_restarts_
                 "{key}: elements no client added: {invented:?} (seed {seed})"
             );
         }
+        let keys: Vec<String> = (0..KEYS).map(|k| format!("set-{k}")).collect();
+        assert_dots_unique(&c, &keys).await;
     })
     .await
     .expect("test timed out");
