@@ -269,6 +269,7 @@ async fn replicate(
         key: key.clone(),
         set: encoded.clone(),
         hint_for: (target.id != pref[intended].id).then(|| pref[intended].id.clone()),
+        sync: false,
     };
     let mut inflight = FuturesUnordered::new();
     let mut done = vec![false; pref.len()];

@@ -3,7 +3,9 @@
 //! Hints live in their own column family and survive restarts. [`run`] loops forever:
 //! it probes peers believed down (with back-off), and hands every hint to its intended
 //! node once that node answers, deleting a hint only after the node acknowledged it (and
-//! only if no newer hinted write joined it meanwhile). It wakes early when a peer comes
+//! only if no newer hinted write joined it meanwhile). Delivered hints ask the target to
+//! sync its WAL before acknowledging, whatever its fsync policy, so that a power loss of
+//! the target right after delivery cannot lose a version that then lives nowhere else. It wakes early when a peer comes
 //! back or a hint is stored, and it refreshes the hint and storage metrics.
 
 use std::sync::Arc;
@@ -92,7 +94,8 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
             }
             let entries = hints
                 .iter()
-                .map(|h| WriteEntry::new(h.key.clone(), &h.set, None))
+                // Synced on the target before it answers: the hint is deleted then.
+                .map(|h| WriteEntry::new(h.key.clone(), &h.set, None).synced())
                 .collect();
             match node.transport.write(&member, entries, node.timeout()).await {
                 Ok(()) => {

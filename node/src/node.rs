@@ -127,6 +127,7 @@ impl Node {
     pub async fn accept(&self, entries: Vec<WriteEntry>) -> Result<(), AcceptError> {
         let now = self.clock.now_ms();
         let mut hinted = false;
+        let sync = entries.iter().any(|e| e.sync);
         let changes = entries
             .into_iter()
             .map(|e| {
@@ -146,6 +147,9 @@ impl Node {
             })
             .collect::<Result<Vec<_>, AcceptError>>()?;
         self.store.apply_all(changes).await?;
+        if sync {
+            self.store.sync().await?;
+        }
         if hinted {
             self.handoff_wakeup.notify_one();
         }

@@ -115,6 +115,7 @@ pub async fn gather_and_repair(
                 key: key.clone(),
                 set: set.clone(),
                 hint_for: None,
+                sync: false,
             };
             if let Err(e) = node.transport.write(m, vec![entry], node.timeout()).await {
                 tracing::debug!(peer = %id, error = %e, "read repair failed");

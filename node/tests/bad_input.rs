@@ -66,6 +66,7 @@ fn entry(key: &[u8], set: Vec<u8>, hint_for: Option<&str>) -> WriteEntry {
         key: Bytes::copy_from_slice(key),
         set: Bytes::from(set),
         hint_for: hint_for.map(str::to_owned),
+        sync: false,
     }
 }
 

@@ -189,6 +189,7 @@ impl Transport for GrpcTransport {
                 key: e.key,
                 set: e.set,
                 hint_for: e.hint_for.unwrap_or_default(),
+                sync: e.sync,
             };
             let bytes = entry.key.len() + entry.set.len() + entry.hint_for.len();
             peer.writes.call(entry, bytes, timeout)

@@ -63,6 +63,8 @@ pub struct WriteEntry {
     /// and shared by every peer it goes to.
     pub set: Bytes,
     pub hint_for: Option<String>,
+    /// Whether the peer must sync its WAL before acknowledging (a delivered hint).
+    pub sync: bool,
 }
 
 impl WriteEntry {
@@ -72,7 +74,13 @@ impl WriteEntry {
             key,
             set: encode_set(set).into(),
             hint_for,
+            sync: false,
         }
+    }
+
+    /// The same entry, to be synced on the peer before it is acknowledged.
+    pub fn synced(self) -> Self {
+        Self { sync: true, ..self }
     }
 }
 

@@ -63,6 +63,7 @@ impl ReplicaService {
                 key: e.key,
                 set: e.set,
                 hint_for: (!e.hint_for.is_empty()).then_some(e.hint_for),
+                sync: e.sync,
             })
             .collect();
         self.node.accept(entries).await.map_err(|e| match e {

@@ -68,7 +68,7 @@ pub(super) struct Request {
 /// A group written to the WAL, waiting for the sync that makes it durable.
 type Unsynced = Vec<(Reply, Result<Outcome, StorageError>)>;
 
-fn poison_error() -> StorageError {
+pub(super) fn poison_error() -> StorageError {
     StorageError::Engine(
         "an earlier write or sync failed; the store refuses writes until the node restarts".into(),
     )

@@ -119,6 +119,8 @@ pub struct Store {
     partitions: u32,
     tx: mpsc::Sender<Request>,
     poisoned: Arc<AtomicBool>,
+    /// Whether every write is synced before it is acknowledged.
+    synced: bool,
 }
 
 impl Store {
@@ -177,7 +179,30 @@ impl Store {
             partitions,
             tx,
             poisoned,
+            synced: sync.is_some(),
         }
+    }
+
+    /// Makes every write acknowledged so far durable, whatever the fsync policy (with
+    /// synced writes they already are). A failed sync poisons the store.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        if self.synced {
+            return Ok(());
+        }
+        if self.is_poisoned() {
+            return Err(commit::poison_error());
+        }
+        let (engine, poisoned) = (self.engine.clone(), self.poisoned.clone());
+        tokio::task::spawn_blocking(move || {
+            let synced = engine.sync();
+            if let Err(e) = &synced {
+                tracing::error!(error = %e, "WAL sync failed; refusing further writes");
+                poisoned.store(true, Ordering::Release);
+            }
+            synced
+        })
+        .await
+        .map_err(|_| stopped())?
     }
 
     /// Whether a write or sync failed: the node's state on disk may lack versions it
