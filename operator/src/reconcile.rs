@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -163,6 +163,7 @@ pub async fn reconcile_cluster<A: ClusterAdmin>(
     };
     let d = desired::build(dc, 0, &members);
     let ns = &names.namespace;
+    ensure_secret(&Api::<Secret>::namespaced(client.clone(), ns), dc).await?;
     apply_object(
         &Api::<ConfigMap>::namespaced(client.clone(), ns),
         &d.configmap,
@@ -215,6 +216,20 @@ pub async fn reconcile_cluster<A: ClusterAdmin>(
         (false, Some(_)) => Requeue::requeue(Duration::from_secs(30)),
         (false, None) => Requeue::requeue(Duration::from_secs(300)),
     })
+}
+
+/// Creates the cluster secret if it does not exist; never rewrites one (its value must
+/// stay the same for the cluster's life: see [`desired::secret`]).
+async fn ensure_secret(api: &Api<Secret>, dc: &DynamoCluster) -> Result<(), Error> {
+    let secret = desired::secret::cluster_secret(dc);
+    let name = secret.metadata.name.clone().expect("named");
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    match api.create(&PostParams::default(), &secret).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()), // made meanwhile
+        r => r.map(|_| ()).map_err(Error::from),
+    }
 }
 
 async fn apply_object<K>(api: &Api<K>, obj: &K) -> Result<(), Error>

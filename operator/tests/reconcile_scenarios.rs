@@ -258,6 +258,8 @@ async fn create_builds_every_owned_object_and_becomes_available() {
     assert_eq!(available.status, "True");
     assert_eq!(e.names("services"), ["kv", "kv-peers"]);
     assert_eq!(e.names("configmaps"), ["kv-config"]);
+    // The cluster secret, made once and read by every node from the environment.
+    assert_eq!(e.names("secrets"), ["kv-secret"]);
     assert_eq!(e.names("poddisruptionbudgets"), ["kv"]);
     assert_eq!(e.names("pods"), ["kv-0", "kv-1", "kv-2"]);
     let sts = e.api.get("statefulsets", "default", "kv").unwrap();
@@ -282,6 +284,7 @@ async fn create_builds_every_owned_object_and_becomes_available() {
 #[tokio::test]
 async fn spec_update_rolls_the_template_without_touching_replicas() {
     let e = running(3).await;
+    let secret_before = e.api.get("secrets", "default", "kv-secret").unwrap();
     e.clusters()
         .patch(
             "kv",
@@ -297,6 +300,18 @@ async fn spec_update_rolls_the_template_without_touching_replicas() {
         "dynamo-node:0.2.0"
     );
     assert_eq!(sts["spec"]["replicas"], 3);
+    let secret_env = &sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "DYNAMO_CLUSTER_SECRET")
+        .expect("the node gets the cluster secret")["valueFrom"]["secretKeyRef"];
+    assert_eq!(secret_env["name"], "kv-secret");
+    assert_eq!(
+        e.api.get("secrets", "default", "kv-secret").unwrap()["data"],
+        secret_before["data"],
+        "later reconciles never rewrite the cluster secret"
+    );
     assert_eq!(e.dc().status.unwrap().observed_generation, Some(2));
     assert_eq!(
         e.admin.snapshot().current.unwrap().epoch,

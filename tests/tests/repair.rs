@@ -95,6 +95,7 @@ async fn read_repair_fixes_a_stale_replica() {
                 key: Bytes::from_static(b"stale-key"),
                 set: encode_set(&set).into(),
                 hint_for: String::new(),
+                sync: false,
             };
             let req = ReplicaWriteRequest {
                 entries: vec![entry],

@@ -11,6 +11,7 @@
 
 pub mod configmap;
 pub mod pdb;
+pub mod secret;
 pub mod services;
 pub mod statefulset;
 
@@ -59,6 +60,9 @@ impl Names {
     }
     pub fn pdb(&self) -> String {
         self.cluster.clone()
+    }
+    pub fn secret(&self) -> String {
+        format!("{}-secret", self.cluster)
     }
     pub fn configmap(&self) -> String {
         format!("{}-config", self.cluster)

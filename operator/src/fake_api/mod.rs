@@ -89,6 +89,7 @@ fn kind_of(plural: &str) -> &'static str {
         "pods" => "Pod",
         "services" => "Service",
         "configmaps" => "ConfigMap",
+        "secrets" => "Secret",
         "persistentvolumeclaims" => "PersistentVolumeClaim",
         "poddisruptionbudgets" => "PodDisruptionBudget",
         "dynamoclusters" => "DynamoCluster",

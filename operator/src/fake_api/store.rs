@@ -71,7 +71,7 @@ pub struct Store {
 }
 
 fn has_status_subresource(plural: &str) -> bool {
-    !matches!(plural, "configmaps" | "events" | "leases")
+    !matches!(plural, "configmaps" | "secrets" | "events" | "leases")
 }
 
 fn meta(v: &mut Value) -> &mut serde_json::Map<String, Value> {
