@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use dynamo_core::context::MIN_SECRET_BYTES;
 use dynamo_core::limits::{DEFAULT_MAX_SET_BYTES, DEFAULT_MAX_VALUE_BYTES};
 use dynamo_core::ring::{validate_partition_count, Member, DEFAULT_PARTITIONS};
 use serde::{Deserialize, Serialize};
@@ -80,9 +81,15 @@ pub struct NodeConfig {
     pub http_listen: SocketAddr,
     /// Where RocksDB keeps its files.
     pub data_dir: PathBuf,
-    /// Cluster name; contexts made by another cluster are refused.
+    /// Cluster name, required: contexts and peers of another cluster are refused (two
+    /// clusters left on one default name would accept each other's).
     pub cluster_id: String,
-    /// The key of the MAC on causal contexts, shared by every node of the cluster.
+    /// A file holding the cluster secret (surrounding whitespace ignored). Instead, the
+    /// secret itself may be in the `DYNAMO_CLUSTER_SECRET` environment variable (as from
+    /// a Kubernetes Secret); it is never taken on the command line, where `ps` shows it.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The key of the MAC on causal contexts, shared by every node of the cluster (at
+    /// least 16 bytes), loaded from `cluster_secret_file` or `DYNAMO_CLUSTER_SECRET`.
     #[serde(skip)]
     pub cluster_secret: ClusterSecret,
     /// Every member of the cluster, this node included.
@@ -95,7 +102,8 @@ pub struct NodeConfig {
     pub max_value_bytes: usize,
     /// Largest encoded sibling set a put may leave, in bytes (all siblings' values plus
     /// their causal history): a put that would exceed it is refused, so that a key can
-    /// always still be read and merged. At least twice `max_value_bytes`.
+    /// always still be read and merged. Raised to twice `max_value_bytes` when lower, so
+    /// that a value and a concurrent sibling of it always fit.
     pub max_set_bytes: usize,
     /// When writes reach the disk.
     pub fsync: FsyncPolicy,
@@ -125,7 +133,8 @@ impl Default for NodeConfig {
             advertise: None,
             http_listen: "0.0.0.0:7180".parse().expect("valid"),
             data_dir: PathBuf::from("/var/lib/dynamo"),
-            cluster_id: "dynamo".into(),
+            cluster_id: String::new(),
+            cluster_secret_file: None,
             cluster_secret: ClusterSecret::default(),
             members: Vec::new(),
             replication: Replication::default(),
@@ -155,6 +164,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: serde_yaml::Error,
     },
+    #[error("cannot read the cluster secret file {path}: {source}")]
+    ReadSecret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid member {0:?}: expected ID=HOST:PORT or ID=HOST:PORT@ZONE")]
     BadMember(String),
     #[error("invalid configuration: {0}")]
@@ -180,6 +194,9 @@ pub struct Args {
     pub data_dir: Option<PathBuf>,
     #[arg(long, env = "DYNAMO_CLUSTER_ID")]
     pub cluster_id: Option<String>,
+    /// A file holding the cluster secret (or set DYNAMO_CLUSTER_SECRET to the secret).
+    #[arg(long, env = "DYNAMO_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Members as `ID=HOST:PORT[@ZONE]`, comma-separated.
     #[arg(long, env = "DYNAMO_MEMBERS", value_delimiter = ',')]
     pub members: Option<Vec<String>>,
@@ -193,7 +210,7 @@ pub struct Args {
     pub partitions: Option<u32>,
     #[arg(long, env = "DYNAMO_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
-    /// Largest sibling set (bytes, encoded) a put may leave; at least twice the largest value.
+    /// Largest sibling set (bytes, encoded) a put may leave; raised to twice the largest value.
     #[arg(long, env = "DYNAMO_MAX_SET_BYTES")]
     pub max_set_bytes: Option<usize>,
     #[arg(long, env = "DYNAMO_FSYNC", value_enum)]
@@ -248,8 +265,30 @@ impl NodeConfig {
             None => NodeConfig::default(),
         };
         cfg.apply(args)?;
+        cfg.max_set_bytes = cfg.max_set_bytes.max(cfg.max_value_bytes.saturating_mul(2));
+        cfg.load_secret(std::env::var("DYNAMO_CLUSTER_SECRET").ok())?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Loads the cluster secret from `env` (the value of `DYNAMO_CLUSTER_SECRET`), else
+    /// from `cluster_secret_file`.
+    fn load_secret(&mut self, env: Option<String>) -> Result<(), ConfigError> {
+        let text = match (
+            env.filter(|s| !s.trim().is_empty()),
+            &self.cluster_secret_file,
+        ) {
+            (Some(value), _) => value,
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::ReadSecret {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            (None, None) => return Ok(()),
+        };
+        self.cluster_secret = ClusterSecret::from(text.trim());
+        Ok(())
     }
 
     fn apply(&mut self, a: Args) -> Result<(), ConfigError> {
@@ -274,6 +313,9 @@ impl NodeConfig {
             cache_bytes,
             runtime_threads
         );
+        if a.cluster_secret_file.is_some() {
+            self.cluster_secret_file = a.cluster_secret_file;
+        }
         if a.advertise.is_some() {
             self.advertise = a.advertise;
         }
@@ -301,11 +343,39 @@ impl NodeConfig {
         if self.node_id.is_empty() {
             return invalid("node_id is empty (set --node-id or DYNAMO_NODE_ID)".into());
         }
+        if self.cluster_id.is_empty() {
+            return invalid(
+                "cluster_id is not set (--cluster-id or DYNAMO_CLUSTER_ID): every cluster \
+                 needs a name of its own, or clusters left on one default would accept \
+                 each other's contexts and peers"
+                    .into(),
+            );
+        }
+        let secret = self.cluster_secret.as_bytes().len();
+        if secret < MIN_SECRET_BYTES {
+            return invalid(format!(
+                "the cluster secret is {} (--cluster-secret-file, \
+                 DYNAMO_CLUSTER_SECRET_FILE or DYNAMO_CLUSTER_SECRET): every node of a \
+                 cluster needs the same secret of at least {MIN_SECRET_BYTES} bytes, the \
+                 key of the MAC on its causal contexts (make one with `openssl rand -hex 32`)",
+                if secret == 0 {
+                    "not set".to_owned()
+                } else {
+                    format!("only {secret} bytes")
+                }
+            ));
+        }
         validate_partition_count(self.partitions)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let Replication { n, r, w } = self.replication;
         if n == 0 || r == 0 || w == 0 || r > n || w > n {
             return invalid(format!("replication n={n} r={r} w={w}: need 1 <= r,w <= n"));
+        }
+        if n as usize > self.members.len() {
+            return invalid(format!(
+                "replication n={n} needs at least {n} members; {} are listed",
+                self.members.len()
+            ));
         }
         if !self.members.iter().any(|m| m.id == self.node_id) {
             return invalid(format!(
@@ -359,16 +429,37 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
-    fn args(extra: &[&str]) -> Args {
+    /// A file holding a valid cluster secret, for every test.
+    fn secret_file() -> String {
+        // One file per call: tests run in parallel, and a file being rewritten reads empty.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("dynamo-config-test-{}-{call}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    /// Flags of node `id` of a valid three-node cluster, plus `extra`.
+    fn args_of(id: &str, extra: &[&str]) -> Args {
+        let secret = secret_file();
         let mut v = vec![
             "dynamo-node",
             "--node-id",
-            "a",
+            id,
             "--members",
-            "a=127.0.0.1:1,b=127.0.0.1:2@z",
+            "a=127.0.0.1:1,b=127.0.0.1:2@z,c=127.0.0.1:3",
+            "--cluster-id",
+            "test",
+            "--cluster-secret-file",
+            &secret,
         ];
         v.extend_from_slice(extra);
         Args::parse_from(v)
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        args_of("a", extra)
     }
 
     /// The error of a node started with `flags` (on top of a valid id and members).
@@ -412,14 +503,9 @@ mod tests {
         assert!(err.contains("r=4"), "{err}");
         let err = refused(&["--partitions", "100"]);
         assert!(err.contains("power of two"), "{err}");
-        let stranger = Args::parse_from([
-            "dynamo-node",
-            "--node-id",
-            "zz",
-            "--members",
-            "a=127.0.0.1:1",
-        ]);
-        let err = NodeConfig::load(stranger).unwrap_err().to_string();
+        let err = NodeConfig::load(args_of("zz", &[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not among the members"), "{err}");
         let err = refused(&[
             "--listen",
@@ -441,5 +527,62 @@ mod tests {
         std::fs::write(&path, "bogus_field: 1\n").unwrap();
         let err = NodeConfig::load(args(&["--config", path.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("bogus_field"), "{err}");
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_a_file_or_the_environment() {
+        let cfg = NodeConfig::load(args(&[])).unwrap();
+        assert_eq!(
+            cfg.cluster_secret.as_bytes(),
+            b"0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(
+            format!("{:?}", cfg.cluster_secret),
+            "ClusterSecret(<redacted>)"
+        );
+        let mut cfg = NodeConfig::default();
+        cfg.load_secret(Some("from the environment, 16+".into()))
+            .unwrap();
+        assert_eq!(cfg.cluster_secret.as_bytes(), b"from the environment, 16+");
+    }
+
+    #[test]
+    fn unsafe_start_ups_are_refused_with_reasons() {
+        let bare = |extra: &[&str]| {
+            let mut v = vec![
+                "dynamo-node",
+                "--node-id",
+                "a",
+                "--members",
+                "a=h:1,b=h:2,c=h:3",
+            ];
+            v.extend_from_slice(extra);
+            let mut cfg = NodeConfig::default();
+            cfg.apply(Args::parse_from(v)).unwrap();
+            cfg.validate().unwrap_err().to_string()
+        };
+        let err = bare(&[]);
+        assert!(err.contains("cluster_id is not set"), "{err}");
+        let err = bare(&["--cluster-id", "c"]);
+        assert!(err.contains("the cluster secret is not set"), "{err}");
+        assert!(err.contains("openssl rand"), "{err}");
+        let mut cfg = NodeConfig::default();
+        cfg.load_secret(Some("short".into())).unwrap();
+        cfg.cluster_id = "c".into();
+        cfg.node_id = "a".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("only 5 bytes"), "{err}");
+        let err = refused(&["--n", "4", "--r", "1", "--w", "1"]);
+        assert!(
+            err.contains("n=4 needs at least 4 members; 3 are listed"),
+            "{err}"
+        );
+        let missing = Args::parse_from([
+            "dynamo-node",
+            "--cluster-secret-file",
+            "/nonexistent/secret",
+        ]);
+        let err = NodeConfig::load(missing).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/secret"), "{err}");
     }
 }

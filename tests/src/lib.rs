@@ -231,6 +231,15 @@ impl Cluster {
         }
     }
 
+    /// The cluster secret's file (written on first use).
+    pub fn secret_file(&self) -> String {
+        let path = self.dir.path().join("cluster-secret");
+        if !path.exists() {
+            std::fs::write(&path, "test-cluster-secret-0123456789").expect("write the secret");
+        }
+        path.to_string_lossy().into_owned()
+    }
+
     /// The command line of node `i`.
     pub fn command(&self, i: usize) -> Command {
         let n = &self.nodes[i];
@@ -241,6 +250,7 @@ impl Cluster {
             .args(["--http-listen", &n.http.to_string()])
             .args(["--data-dir", n.data_dir.to_str().expect("utf-8 path")])
             .args(["--cluster-id", "test-cluster"])
+            .args(["--cluster-secret-file", &self.secret_file()])
             .args(["--members", &self.members(i)])
             .args([
                 "--n",

@@ -123,6 +123,7 @@ fn a_node_refuses_to_start_with_bad_configuration() {
     let run = |args: &[&str]| {
         let out = std::process::Command::new(node_binary())
             .args(args)
+            .env("DYNAMO_CLUSTER_SECRET", SECRET)
             .output()
             .expect("run dynamo-node");
         assert_eq!(
@@ -136,8 +137,18 @@ fn a_node_refuses_to_start_with_bad_configuration() {
         "--data-dir",
         "/nonexistent/never-created",
         "--members",
-        "a=127.0.0.1:1,b=127.0.0.1:2",
+        "a=127.0.0.1:1,b=127.0.0.1:2,c=127.0.0.1:3",
+        "--cluster-id",
+        "bad-config",
     ];
+    let err = run(&[&base[..2], &base[2..4], &["--node-id", "a"]].concat());
+    assert!(err.contains("cluster_id is not set"), "{err}");
+    let err = run(&[
+        &base[..],
+        &["--node-id", "a", "--n", "4", "--r", "1", "--w", "1"],
+    ]
+    .concat());
+    assert!(err.contains("n=4 needs at least 4 members"), "{err}");
     let err = run(&[&base[..], &["--node-id", "zz"]].concat());
     assert!(err.contains("\"zz\" is not among the members"), "{err}");
     let err = run(&[&base[..], &["--node-id", "a", "--w", "5"]].concat());
@@ -146,7 +157,19 @@ fn a_node_refuses_to_start_with_bad_configuration() {
     assert!(err.contains("power of two"), "{err}");
     let err = run(&["--node-id", "a", "--members", "a=nohost"]);
     assert!(err.contains("invalid member"), "{err}");
+    let out = std::process::Command::new(node_binary())
+        .args(&base)
+        .args(["--node-id", "a"])
+        .env_remove("DYNAMO_CLUSTER_SECRET")
+        .output()
+        .expect("run dynamo-node");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the cluster secret is not set"), "{err}");
 }
+
+/// A cluster secret for nodes started by hand here.
+const SECRET: &str = "bad-input-test-secret-0123456789";
 
 #[test]
 fn a_node_whose_http_port_is_taken_exits_naming_it() {
@@ -164,6 +187,8 @@ fn a_node_whose_http_port_is_taken_exits_naming_it() {
             .args(["--listen", "127.0.0.1:0", "--http-listen", &http_addr])
             .args(["--data-dir", dir.path().to_str().expect("utf-8 path")])
             .args(["--n", "1", "--r", "1", "--w", "1"])
+            .args(["--cluster-id", "port-taken"])
+            .env("DYNAMO_CLUSTER_SECRET", SECRET)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

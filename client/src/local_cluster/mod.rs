@@ -80,6 +80,12 @@ pub struct NodeSpec {
     pub args: Vec<String>,
 }
 
+/// The file holding the cluster secret (the MAC key of causal contexts), made once in
+/// the cluster's directory and kept across restarts (see `process::ensure_secret`).
+pub fn secret_path(cfg: &ClusterConfig) -> PathBuf {
+    cfg.data_dir.join("cluster-secret")
+}
+
 /// The nodes of the cluster and their command lines, after checking the parameters.
 pub fn node_specs(cfg: &ClusterConfig) -> Result<Vec<NodeSpec>, String> {
     validate(cfg)?;
@@ -99,6 +105,10 @@ pub fn node_specs(cfg: &ClusterConfig) -> Result<Vec<NodeSpec>, String> {
                 ("--http-listen", http(i)),
                 ("--data-dir", data_dir.display().to_string()),
                 ("--cluster-id", cfg.cluster_id.clone()),
+                (
+                    "--cluster-secret-file",
+                    secret_path(cfg).display().to_string(),
+                ),
                 ("--members", members.clone()),
                 ("--n", cfg.n.to_string()),
                 ("--r", cfg.r.to_string()),
@@ -207,6 +217,10 @@ mod tests {
             assert_eq!(arg(spec, "--data-dir"), format!(".cluster/node-{n}"));
             assert_eq!(arg(spec, "--members"), members);
             assert_eq!(arg(spec, "--cluster-id"), "local");
+            assert_eq!(
+                arg(spec, "--cluster-secret-file"),
+                ".cluster/cluster-secret"
+            );
             assert_eq!(arg(spec, "--n"), "3");
             assert_eq!(arg(spec, "--r"), "2");
             assert_eq!(arg(spec, "--w"), "2");

@@ -74,6 +74,7 @@ pub async fn run(cfg: &ClusterConfig, opts: &LaunchOptions) -> anyhow::Result<()
         );
     }
     prepare_dirs(&specs, opts.wipe)?;
+    ensure_secret(&super::secret_path(cfg))?;
     check_ports_free(&specs)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -307,6 +308,30 @@ fn parse_status_line(head: &[u8]) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
+/// Writes a random cluster secret to `path` unless one is there (owner-only), so that
+/// every node of the local cluster shares it and restarts keep it.
+pub fn ensure_secret(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating the cluster secret {}", path.display()))?;
+    writeln!(f, "{secret}").with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 fn prepare_dirs(specs: &[NodeSpec], wipe: bool) -> anyhow::Result<()> {
     for spec in specs {
         if wipe && spec.data_dir.exists() {
@@ -421,5 +446,19 @@ mod tests {
         assert!(!specs[0].data_dir.join("old").exists());
         assert!(specs.iter().all(|s| s.data_dir.is_dir()));
         assert!(dir.path().join("keep").exists());
+    }
+
+    #[test]
+    fn the_cluster_secret_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c").join("cluster-secret");
+        ensure_secret(&path).unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(first.trim().len(), 64);
+        ensure_secret(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first, "kept");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "owner-only");
     }
 }

@@ -70,6 +70,8 @@ pub fn start_node(
     let m = &members[i];
     let cfg = NodeConfig {
         node_id: m.id.clone(),
+        cluster_id: "test-cluster".into(),
+        cluster_secret: "test-cluster-secret-0123456789".into(),
         members: members.to_vec(),
         replication: Replication {
             n: spec.n,
