@@ -158,7 +158,7 @@ fn a_node_refuses_to_start_with_bad_configuration() {
     let err = run(&["--node-id", "a", "--members", "a=nohost"]);
     assert!(err.contains("invalid member"), "{err}");
     let out = std::process::Command::new(node_binary())
-        .args(&base)
+        .args(base)
         .args(["--node-id", "a"])
         .env_remove("DYNAMO_CLUSTER_SECRET")
         .output()

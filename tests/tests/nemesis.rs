@@ -207,7 +207,9 @@ async fn client(id: usize, seed: u64, via: Via, chained: bool, stop: Arc<AtomicB
 /// Panics if one dot carries different bytes on two nodes for any of `keys` (a reused
 /// dot, Riak's KV679: a version lost on every join even when no element went missing).
 async fn assert_dots_unique(c: &Cluster, keys: &[String]) {
-    let mut seen: BTreeMap<(String, String), (usize, Option<Vec<u8>>)> = BTreeMap::new();
+    // (key, dot) -> the first node seen holding it, and its value (None: a tombstone).
+    type FirstHolder = (usize, Option<Vec<u8>>);
+    let mut seen: BTreeMap<(String, String), FirstHolder> = BTreeMap::new();
     for i in 0..NODES {
         let read = ReplicaReadRequest {
             keys: keys.iter().map(|k| k.clone().into_bytes().into()).collect(),
