@@ -14,7 +14,7 @@
 //! - [`network`]: the transport seam (gRPC in production);
 //! - [`clock`]: the clock seam;
 //! - [`service`]: the gRPC services; [`http`]: health and metrics endpoints;
-//! - [`server`]: wiring it all together.
+//! - [`server`]: wiring it all together; [`shutdown`]: stopping cleanly.
 
 pub mod clock;
 pub mod config;
@@ -33,5 +33,6 @@ pub mod read_repair;
 #[cfg(feature = "rocksdb")]
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod storage;
 pub mod store;

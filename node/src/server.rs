@@ -16,6 +16,7 @@ use crate::config::{FsyncPolicy, NodeConfig};
 use crate::network::{GrpcTransport, MAX_MESSAGE_BYTES};
 use crate::node::Node;
 use crate::service::{admin::AdminService, kv::KvService, replica::ReplicaService};
+use crate::shutdown::{self, Background};
 use crate::storage::rocks::RocksEngine;
 use crate::storage::Engine;
 use crate::store::Store;
@@ -119,16 +120,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
-    handoff_task.abort();
-    if let Some(t) = sync_task {
-        t.abort();
-    }
-    if node.store.is_poisoned() {
-        // Versions this node handed out may be missing from its disk: the next start must
-        // take a new incarnation, so no clean-shutdown marker.
-        anyhow::bail!("stopped after a storage failure; the next start takes a new incarnation");
-    }
-    identity::mark_clean_shutdown(&*engine)?;
+    let background = Background {
+        handoff: Some(handoff_task),
+        sync: sync_task,
+    };
+    // Everything accepted must be durable within the grace, or the stop is not clean.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    shutdown::finish(&node, background, deadline)
+        .await
+        .context("no clean stop; the next start takes a new incarnation")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

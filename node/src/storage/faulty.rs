@@ -1,9 +1,13 @@
 //! A [`MemoryEngine`] with injectable disk faults, for failure tests and simulation:
 //! writes or syncs that fail, a gate that holds syncs (and, if asked, every write) until it
 //! opens, as a hung disk would, and a read held after it has read, as a slow one would.
+//!
+//! A handle can also be *fenced*, as the process that used the disk dies: its later
+//! writes and syncs fail, while [`FaultyEngine::reopen`] gives the next process a new
+//! handle on the same data.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::memory::MemoryEngine;
 use super::{Batch, Cf, Engine, Entries, StorageError};
@@ -20,7 +24,10 @@ enum ReadPause {
 
 /// An in-memory engine whose disk misbehaves on demand. Starts healthy and open.
 pub struct FaultyEngine {
-    inner: MemoryEngine,
+    /// The disk: shared with the handles [`Self::reopen`] makes.
+    inner: Arc<MemoryEngine>,
+    /// Set by [`Self::fence`]: this handle's process is gone.
+    fenced: AtomicBool,
     fail_syncs: AtomicBool,
     fail_writes: AtomicBool,
     gate_writes: AtomicBool,
@@ -39,8 +46,14 @@ impl Default for FaultyEngine {
 
 impl FaultyEngine {
     pub fn new() -> Self {
+        Self::on(Arc::new(MemoryEngine::new()))
+    }
+
+    /// A healthy handle on `disk`.
+    fn on(disk: Arc<MemoryEngine>) -> Self {
         Self {
-            inner: MemoryEngine::new(),
+            inner: disk,
+            fenced: AtomicBool::new(false),
             fail_syncs: AtomicBool::new(false),
             fail_writes: AtomicBool::new(false),
             gate_writes: AtomicBool::new(false),
@@ -55,6 +68,28 @@ impl FaultyEngine {
     /// Loses every write not yet synced (see [`MemoryEngine::crash`]).
     pub fn crash(&self) {
         self.inner.crash();
+    }
+
+    /// Ends this handle's process, as far as the disk can tell: every later write and sync
+    /// through it fails (reads still answer, a read under way returns). Nothing already
+    /// written is lost: a dead process's writes stay in the page cache.
+    pub fn fence(&self) {
+        self.fenced.store(true, Ordering::SeqCst);
+    }
+
+    /// A new handle on the same data, healthy and unfenced, as the next process to open
+    /// the disk gets (faults set on this handle do not carry over).
+    pub fn reopen(&self) -> Self {
+        Self::on(self.inner.clone())
+    }
+
+    fn check_fence(&self) -> Result<(), StorageError> {
+        if self.fenced.load(Ordering::SeqCst) {
+            return Err(StorageError::Engine(
+                "fenced: the process that used this engine handle is gone".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Syncs done so far (successful or not).
@@ -134,6 +169,8 @@ impl Engine for FaultyEngine {
         } else if self.gate_writes.load(Ordering::SeqCst) {
             self.wait_open();
         }
+        // After the gate: a write held there while its process died must not land.
+        self.check_fence()?;
         self.inner.write(batch, sync)
     }
 
@@ -149,6 +186,7 @@ impl Engine for FaultyEngine {
 
     fn sync(&self) -> Result<(), StorageError> {
         self.wait_open();
+        self.check_fence()?;
         self.syncs.fetch_add(1, Ordering::SeqCst);
         if self.fail_syncs.load(Ordering::SeqCst) {
             return Err(StorageError::Engine("injected sync failure".into()));
@@ -158,5 +196,35 @@ impl Engine for FaultyEngine {
 
     fn size_bytes(&self) -> u64 {
         self.inner.size_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &[u8]) -> Batch {
+        let mut b = Batch::default();
+        b.put(Cf::Data, key.to_vec(), b"v".to_vec());
+        b
+    }
+
+    #[test]
+    fn a_fenced_handle_writes_nothing_and_the_next_handle_sees_what_it_wrote() {
+        let old = FaultyEngine::new();
+        old.write(&put(b"before"), false).unwrap();
+        old.fence();
+        let err = old.write(&put(b"after"), false).unwrap_err();
+        assert!(err.to_string().contains("fenced"), "{err}");
+        assert!(old.sync().is_err());
+
+        let next = old.reopen();
+        assert!(next.get(Cf::Data, b"before").unwrap().is_some());
+        assert!(next.get(Cf::Data, b"after").unwrap().is_none());
+        next.write(&put(b"next"), true).unwrap();
+        assert!(
+            old.get(Cf::Data, b"next").unwrap().is_some(),
+            "one disk under both handles"
+        );
     }
 }

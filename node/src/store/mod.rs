@@ -118,6 +118,9 @@ pub struct Store {
     cache: Arc<SetCache>,
     partitions: u32,
     tx: mpsc::Sender<Request>,
+    /// Set by [`Self::close`]: mutations offered later are refused. Checked and sent
+    /// under its read lock, so every mutation accepted is queued ahead of the close.
+    closed: parking_lot::RwLock<bool>,
     poisoned: Arc<AtomicBool>,
     /// Whether every write is synced before it is acknowledged.
     synced: bool,
@@ -178,6 +181,7 @@ impl Store {
             cache,
             partitions,
             tx,
+            closed: parking_lot::RwLock::new(false),
             poisoned,
             synced: sync.is_some(),
         }
@@ -248,17 +252,50 @@ impl Store {
         }
     }
 
+    /// Queues `request` for the writer, unless the store is closed.
+    fn send(&self, request: Request) -> Result<(), StorageError> {
+        let closed = self.closed.read();
+        if *closed {
+            return Err(StorageError::Engine(
+                "the store is closed: the node is stopping".into(),
+            ));
+        }
+        self.tx.send(request).map_err(|_| stopped())
+    }
+
     async fn submit(&self, mutation: Mutation) -> Result<Outcome, StorageError> {
         let (durable, rx) = oneshot::channel();
-        self.tx
-            .send(Request {
-                mutation,
+        self.send(Request {
+            mutation,
+            applied: None,
+            durable,
+            hold: None,
+        })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Refuses every later mutation, then waits until every mutation accepted before has
+    /// been applied and is durable under the fsync policy (synced, with `always`), or
+    /// until `deadline`. Returns whether they all were: only then may the node record a
+    /// clean shutdown, since a dot it handed out may be in a mutation still queued.
+    pub async fn close(&self, deadline: tokio::time::Instant) -> bool {
+        let (durable, rx) = oneshot::channel();
+        {
+            let mut closed = self.closed.write();
+            *closed = true;
+            // A barrier: the writer answers requests in order, so once this empty one is
+            // durable, so is everything queued before it.
+            let barrier = Request {
+                mutation: Mutation::All(Vec::new()),
                 applied: None,
                 durable,
                 hold: None,
-            })
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+            };
+            if self.tx.send(barrier).is_err() {
+                return false;
+            }
+        }
+        matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(Ok(_))))
     }
 
     /// Records a new version of `key` coordinated by `actor`, superseding what `context`
@@ -279,14 +316,12 @@ impl Store {
             actor,
             value,
         };
-        self.tx
-            .send(Request {
-                mutation,
-                applied: Some(applied),
-                durable,
-                hold: None,
-            })
-            .map_err(|_| stopped())?;
+        self.send(Request {
+            mutation,
+            applied: Some(applied),
+            durable,
+            hold: None,
+        })?;
         match applied_rx.await.map_err(|_| stopped())?? {
             Outcome::Set(set) => Ok(Staged {
                 set,
@@ -307,14 +342,12 @@ impl Store {
         hold: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<impl std::future::Future<Output = Result<(), StorageError>>, StorageError> {
         let (durable, durable_rx) = oneshot::channel();
-        self.tx
-            .send(Request {
-                mutation: Mutation::Join { key, set },
-                applied: None,
-                durable,
-                hold,
-            })
-            .map_err(|_| stopped())?;
+        self.send(Request {
+            mutation: Mutation::Join { key, set },
+            applied: None,
+            durable,
+            hold,
+        })?;
         Ok(async move { durable_rx.await.map_err(|_| stopped())?.map(|_| ()) })
     }
 
@@ -610,6 +643,34 @@ mod tests {
             s.read(b"k2").unwrap().is_empty(),
             "nothing applied after poisoning"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_drains_what_was_accepted_refuses_the_rest_and_times_out_when_stalled() {
+        let engine = Arc::new(FaultyEngine::new());
+        let s = Store::synced(engine.clone(), 16, std::time::Duration::ZERO);
+        let accepted = s.merge(Bytes::from("k"), SiblingSet::new(), None).unwrap();
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        assert!(s.close(soon).await, "an idle writer drains at once");
+        accepted.await.unwrap();
+        let err = s
+            .join(Bytes::from("k2"), SiblingSet::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("store is closed"), "{err}");
+
+        // A writer held by a hung disk: the close gives up at its deadline.
+        let stalled = Store::synced(engine.clone(), 16, std::time::Duration::ZERO);
+        engine.set_open(false);
+        let _pending = stalled
+            .merge(Bytes::from("k3"), SiblingSet::new(), None)
+            .unwrap();
+        let shortly = tokio::time::Instant::now() + std::time::Duration::from_millis(200);
+        assert!(
+            !stalled.close(shortly).await,
+            "still in flight at the deadline"
+        );
+        engine.set_open(true);
     }
 
     #[tokio::test]
