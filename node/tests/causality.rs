@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_dots_unique, elements, members, start_node, Spec};
+use common::{assert_dots_unique, elements, members, start_node, values, Spec};
 use dynamo_core::limits::MAX_COUNTER;
 use dynamo_core::{Actor, CausalContext, Dot, VersionVector};
 use dynamo_node::network::loopback::LoopbackNet;
@@ -51,17 +51,6 @@ async fn get_all(node: &Arc<Node>, key: &str) -> GetResponse {
     };
     let kv = KvService::new(node.clone());
     kv.get(Request::new(req)).await.unwrap().into_inner()
-}
-
-fn values(r: &GetResponse) -> Vec<String> {
-    let mut v: Vec<String> = r
-        .siblings
-        .iter()
-        .filter(|s| !s.tombstone)
-        .map(|s| String::from_utf8_lossy(&s.value).into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 /// The tour of issue 15, all through one node: client 1 writes blind, client 2 writes

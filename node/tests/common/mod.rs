@@ -104,6 +104,18 @@ pub fn start_node(
     node
 }
 
+/// The live siblings' values, sorted.
+pub fn values(r: &GetResponse) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .siblings
+        .iter()
+        .filter(|s| !s.tombstone)
+        .map(|s| String::from_utf8_lossy(&s.value).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// The union of the comma-separated elements of every live sibling.
 pub fn elements(r: &GetResponse) -> BTreeSet<String> {
     r.siblings
