@@ -1,5 +1,9 @@
 //! Starts a node: storage, identity, partition map, gRPC and HTTP servers, background
-//! tasks; and stops it cleanly on SIGTERM or SIGINT.
+//! tasks; and stops it cleanly on SIGTERM or SIGINT (see [`crate::shutdown`]).
+//!
+//! The caller opens the engine ([`open_engine`]) and closes it: it keeps the last handle
+//! on RocksDB, so that the database closes on its thread, after everything else that
+//! used it has ended (see `main.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +26,24 @@ use crate::storage::Engine;
 use crate::store::Store;
 use crate::{handoff, identity};
 
-/// Runs a node until SIGTERM or SIGINT.
-pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+/// How long a stopping node waits for requests in flight before it stops its
+/// background tasks and closes its store.
+const SERVE_GRACE: Duration = Duration::from_secs(5);
+/// How long a stop takes at most, in all; past it, the stop is not clean (the next start
+/// takes a new incarnation). Well under Kubernetes's default termination grace (30 s).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Opens (or creates) the node's RocksDB in its data directory.
+pub fn open_engine(cfg: &NodeConfig) -> anyhow::Result<Arc<dyn Engine>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let engine: Arc<dyn Engine> = Arc::new(
-        RocksEngine::open(&cfg.data_dir, cfg.cache_bytes)
-            .with_context(|| format!("opening RocksDB in {}", cfg.data_dir.display()))?,
-    );
+    let engine = RocksEngine::open(&cfg.data_dir, cfg.cache_bytes)
+        .with_context(|| format!("opening RocksDB in {}", cfg.data_dir.display()))?;
+    Ok(Arc::new(engine))
+}
+
+/// Runs a node on `engine` until SIGTERM or SIGINT.
+pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()> {
     let identity = identity::open(&*engine, &cfg.node_id, &cfg.cluster_id)?;
     tracing::info!(
         node = %identity.node_id,
@@ -97,40 +111,58 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     ));
     let handoff_task = tokio::spawn(handoff::run(node.clone()));
     let sync_task = (cfg.fsync == FsyncPolicy::Periodic).then(|| {
-        let engine = engine.clone();
         let every = Duration::from_millis(cfg.fsync_interval_ms.max(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let engine = engine.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || engine.sync()).await {
-                    tracing::error!(error = %e, "periodic WAL sync failed");
-                }
-            }
-        })
+        tokio::spawn(periodic_sync(node.clone(), every))
     });
     node.set_ready(true);
     tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, advertise = %cfg.advertise_addr(), "node serving");
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    let stopping = tokio::time::Instant::now();
     node.set_ready(false);
     node.stop_sessions();
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    let _ = tokio::time::timeout_at(stopping + SERVE_GRACE, grpc_task).await;
+    let _ = tokio::time::timeout_at(stopping + SERVE_GRACE, http_task).await;
     let background = Background {
         handoff: Some(handoff_task),
         sync: sync_task,
     };
-    // Everything accepted must be durable within the grace, or the stop is not clean.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    shutdown::finish(&node, background, deadline)
-        .await
-        .context("no clean stop; the next start takes a new incarnation")?;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    let deadline = (stopping + STOP_GRACE).into_std();
+    match shutdown::finish(&node, background, deadline).await {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        Err(e) => {
+            if matches!(e, shutdown::StopError::Deadline) {
+                // The store's writer may still be held (a hung disk): dropping the last
+                // handle on the node would wait for it forever. Leaked, the node keeps
+                // RocksDB open, and `main` leaves without closing it.
+                std::mem::forget(node);
+            }
+            Err(anyhow::Error::new(e)
+                .context("no clean stop; the next start takes a new incarnation"))
+        }
+    }
+}
+
+/// Syncs the WAL every `every` until the node is stopping (a sync under way finishes).
+async fn periodic_sync(node: Arc<Node>, every: Duration) {
+    let stopping = node.stopping();
+    tokio::pin!(stopping);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stopping => return,
+        }
+        let engine = node.store.engine().clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || engine.sync()).await {
+            tracing::error!(error = %e, "periodic WAL sync failed");
+        }
+    }
 }
 
 async fn shutdown_signal() {

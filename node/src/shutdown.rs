@@ -8,6 +8,11 @@
 //! other replicas may still be queued in its store, and if that write never lands, the
 //! next start must take a new incarnation, or the node would make that dot again for
 //! other bytes (Riak's KV679).
+//!
+//! The order: the servers stop taking requests (the caller, [`crate::server`]), the
+//! background tasks stop, the store closes, and only if all of that finished within the
+//! grace, and no write or sync ever failed, the marker is written. Giving up is always
+//! safe: the next start then takes a new incarnation.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,18 +26,40 @@ use crate::storage::StorageError;
 /// The tasks a node runs besides serving requests.
 #[derive(Default)]
 pub struct Background {
-    /// Hinted handoff and peer probing ([`crate::handoff::run`]).
+    /// Hinted handoff and peer probing ([`crate::handoff::run`]): aborted (a round cut
+    /// short leaves its hints in place).
     pub handoff: Option<JoinHandle<()>>,
-    /// The periodic WAL sync of the `periodic` fsync policy.
+    /// The periodic WAL sync of the `periodic` fsync policy: ends by itself once the node
+    /// is stopping ([`Node::stopping`]), after any sync under way, which an abort would
+    /// leave running on a blocking thread.
     pub sync: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Stops every task by `deadline` (aborting the ones still running then). Whether
+    /// all of them ended in time.
+    async fn stop(self, deadline: tokio::time::Instant) -> bool {
+        if let Some(handoff) = &self.handoff {
+            handoff.abort();
+        }
+        let mut ended = true;
+        for mut task in [self.handoff, self.sync].into_iter().flatten() {
+            // A task that panicked or was aborted has ended too.
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                ended = false;
+            }
+        }
+        ended
+    }
 }
 
 /// Why a stop was not clean: the next start takes a new incarnation.
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
     #[error(
-        "writes the store accepted were still not durable at the stop's deadline: versions \
-         this node handed out may be missing from its disk"
+        "the stop's deadline passed with a background task or the store's writer still \
+         running: versions this node handed out may be missing from its disk"
     )]
     Deadline,
     #[error(
@@ -44,32 +71,30 @@ pub enum StopError {
     Marker(#[from] StorageError),
 }
 
-/// Stops `node`'s background tasks, closes its store (refusing later writes and waiting,
-/// until `deadline`, for the ones it accepted to be durable), then records a clean
-/// shutdown; or, if anything was still in flight or a write had failed, records nothing.
+/// Stops `node`'s background tasks and closes its store (refusing later writes, letting
+/// the writer apply and the syncer sync the ones it accepted, and joining both), all by
+/// `deadline`; then records a clean shutdown. If anything was still running at the
+/// deadline, or a write had failed, it records nothing.
+///
+/// The servers must have stopped first: a request still coming in after the close is
+/// refused (its write fails before anything is replicated), so it cannot lose a dot, but
+/// it fails.
 pub async fn finish(
     node: &Arc<Node>,
     background: Background,
     deadline: Instant,
 ) -> Result<(), StopError> {
     let deadline = tokio::time::Instant::from_std(deadline);
-    for task in [background.handoff, background.sync].into_iter().flatten() {
-        task.abort();
-        // Cancelled at its next await; a task stuck in a blocking call stops the stop
-        // from being clean.
-        if tokio::time::timeout_at(deadline, task).await.is_err() {
-            return Err(StopError::Deadline);
-        }
-    }
-    if !node.store.close(deadline).await {
-        return Err(if node.store.is_poisoned() {
-            StopError::Poisoned
-        } else {
-            StopError::Deadline
-        });
-    }
+    // Idempotent; the periodic sync watches it.
+    node.stop_sessions();
+    let tasks_ended = background.stop(deadline).await;
+    // Closed even if a task is stuck: whatever the store accepted still gets applied.
+    let store_closed = node.store.close(deadline).await;
     if node.store.is_poisoned() {
         return Err(StopError::Poisoned);
+    }
+    if !(tasks_ended && store_closed) {
+        return Err(StopError::Deadline);
     }
     let engine = node.store.engine().clone();
     tokio::task::spawn_blocking(move || identity::mark_clean_shutdown(&*engine))

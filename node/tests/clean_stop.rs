@@ -13,6 +13,10 @@
 //! handle is fenced, so the held writer can no longer land anything), and it starts
 //! again on the same disk. A blind put through it must make a new version beside the
 //! first, not a second version with the first's dot.
+//!
+//! And the other way round: with nothing stuck, the stop is clean (the store drains the
+//! local copy of an acknowledged put first), and the restart keeps the incarnation and
+//! goes on from the counters its disk holds.
 
 mod common;
 
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{members, start_node, Spec};
+use common::{members, start_node, values, Spec};
 use dynamo_core::version::Dot;
 use dynamo_core::SiblingSet;
 use dynamo_node::network::loopback::LoopbackNet;
@@ -67,6 +71,60 @@ fn dots(nodes: &[&Arc<Node>]) -> BTreeMap<Dot, BTreeSet<Option<Bytes>>> {
         }
     }
     dots
+}
+
+/// The values of [`KEY`], read through `node` from all three replicas.
+async fn read_all(node: &Arc<Node>) -> Vec<String> {
+    let req = GetRequest {
+        key: KEY.into(),
+        r: Some(3),
+    };
+    let read = KvService::new(node.clone())
+        .get(Request::new(req))
+        .await
+        .expect("read from all three replicas");
+    values(&read.into_inner())
+}
+
+/// The dots that carry different values on `nodes`, with those values.
+fn reused_dots(nodes: &[&Arc<Node>]) -> Vec<(Dot, BTreeSet<Option<Bytes>>)> {
+    dots(nodes)
+        .into_iter()
+        .filter(|(_, values)| values.len() > 1)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_nothing_stuck_is_clean_and_the_restart_goes_on_from_its_disk() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let net = LoopbackNet::new();
+        let members = members(3);
+        let spec = Spec::default();
+        let disk = Arc::new(MemoryEngine::new());
+        let n1 = start_node(&net, &members, 0, disk.clone(), &spec);
+        let others: Vec<Arc<Node>> = (1..3)
+            .map(|i| start_node(&net, &members, i, Arc::new(MemoryEngine::new()), &spec))
+            .collect();
+        // Acknowledged maybe before n1's own copy is applied: the stop drains it.
+        put(&n1, "X").await.expect("X is acknowledged");
+        let grace = Instant::now() + Duration::from_secs(10);
+        shutdown::finish(&n1, Background::default(), grace)
+            .await
+            .expect("nothing in flight: a clean stop");
+        let incarnation = n1.identity.incarnation;
+        // The stop joined the store's threads: nothing writes to the disk any more.
+        blocking(move || drop(n1)).await;
+
+        let n1 = start_node(&net, &members, 0, disk, &spec);
+        assert!(!n1.identity.new_incarnation, "the marker was written");
+        assert_eq!(n1.identity.incarnation, incarnation);
+        put(&n1, "Y").await.expect("Y is acknowledged");
+        let reused = reused_dots(&[&n1, &others[0], &others[1]]);
+        assert!(reused.is_empty(), "dots handed out twice: {reused:?}");
+        assert_eq!(read_all(&n1).await, ["X", "Y"]);
+    })
+    .await
+    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,29 +180,16 @@ async fn scenario() {
     let n1 = start_node(&net, &members, 0, Arc::new(disk.reopen()), &spec);
     put(&n1, "Y").await.expect("Y is acknowledged");
 
-    let reused: Vec<_> = dots(&[&n1, &others[0], &others[1]])
-        .into_iter()
-        .filter(|(_, values)| values.len() > 1)
-        .collect();
+    let reused = reused_dots(&[&n1, &others[0], &others[1]]);
     assert!(
         reused.is_empty(),
         "dots handed out twice, for different values (KV679): {reused:?}"
     );
-    let read = KvService::new(n1.clone())
-        .get(Request::new(GetRequest {
-            key: KEY.into(),
-            r: Some(3),
-        }))
-        .await
-        .expect("read from all three replicas")
-        .into_inner();
-    let mut values: Vec<_> = read
-        .siblings
-        .iter()
-        .map(|s| String::from_utf8_lossy(&s.value).into_owned())
-        .collect();
-    values.sort();
-    assert_eq!(values, ["X", "Y"], "both acknowledged puts are kept");
+    assert_eq!(
+        read_all(&n1).await,
+        ["X", "Y"],
+        "both acknowledged puts are kept"
+    );
     let err = stopped.expect_err("a stop with a write still queued must not be clean");
     assert!(err.to_string().contains("deadline"), "{err}");
     assert!(

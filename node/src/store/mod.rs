@@ -26,12 +26,17 @@
 //! must not record a clean shutdown (versions it handed out may be lost here, so the next
 //! start must take a new incarnation; see [`crate::identity`]).
 //!
+//! [`Store::close`] (and dropping the store) refuses later mutations, lets the writer
+//! apply and the syncer sync every one accepted before, and joins both threads: they
+//! never outlive the store (see `threads`).
+//!
 //! Reads (the cache, else the engine) may see an applied write before it is synced.
 
 mod apply;
 mod cache;
 mod commit;
 mod recent;
+mod threads;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -50,6 +55,7 @@ use apply::{decode_hint, Mutation, Outcome};
 pub use cache::CacheStats;
 use cache::SetCache;
 use commit::{syncer, writer, Request};
+use threads::{Spawner, Threads};
 
 /// A hint held for another node.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,10 +123,12 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     cache: Arc<SetCache>,
     partitions: u32,
-    tx: mpsc::Sender<Request>,
-    /// Set by [`Self::close`]: mutations offered later are refused. Checked and sent
-    /// under its read lock, so every mutation accepted is queued ahead of the close.
-    closed: parking_lot::RwLock<bool>,
+    /// The writer's queue; taken by [`Self::close`], after which mutations are refused.
+    /// Every mutation is sent under its read lock, so each one accepted is queued ahead
+    /// of the end of the queue, and the writer applies it before it ends.
+    tx: parking_lot::RwLock<Option<mpsc::Sender<Request>>>,
+    /// The writer and the syncer, joined by [`Self::close`] or the store's drop.
+    threads: Arc<Threads>,
     poisoned: Arc<AtomicBool>,
     /// Whether every write is synced before it is acknowledged.
     synced: bool,
@@ -151,37 +159,34 @@ impl Store {
         let cache = Arc::new(SetCache::new(cache_budget));
         let (tx, rx) = mpsc::channel();
         let poisoned = Arc::new(AtomicBool::new(false));
+        let mut threads = Spawner::new();
         let syncer = sync.map(|window| {
             let (sync_tx, sync_rx) = mpsc::channel();
             let (engine, poisoned) = (engine.clone(), poisoned.clone());
-            std::thread::Builder::new()
-                .name("store-syncer".into())
-                .spawn(move || syncer(&*engine, &poisoned, sync_rx, window))
-                .expect("spawn syncer thread");
+            threads.spawn("store-syncer", move || {
+                syncer(&*engine, &poisoned, sync_rx, window)
+            });
             sync_tx
         });
         let writer_engine = engine.clone();
         let writer_cache = cache.clone();
         let writer_poisoned = poisoned.clone();
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || {
-                writer(
-                    writer_engine,
-                    partitions,
-                    &writer_cache,
-                    &writer_poisoned,
-                    rx,
-                    syncer,
-                )
-            })
-            .expect("spawn writer thread");
+        threads.spawn("store-writer", move || {
+            writer(
+                writer_engine,
+                partitions,
+                &writer_cache,
+                &writer_poisoned,
+                rx,
+                syncer,
+            )
+        });
         Self {
             engine,
             cache,
             partitions,
-            tx,
-            closed: parking_lot::RwLock::new(false),
+            tx: parking_lot::RwLock::new(Some(tx)),
+            threads: Arc::new(threads.started()),
             poisoned,
             synced: sync.is_some(),
         }
@@ -254,13 +259,11 @@ impl Store {
 
     /// Queues `request` for the writer, unless the store is closed.
     fn send(&self, request: Request) -> Result<(), StorageError> {
-        let closed = self.closed.read();
-        if *closed {
-            return Err(StorageError::Engine(
-                "the store is closed: the node is stopping".into(),
-            ));
-        }
-        self.tx.send(request).map_err(|_| stopped())
+        let tx = self.tx.read();
+        let tx = tx.as_ref().ok_or_else(|| {
+            StorageError::Engine("the store is closed: the node is stopping".into())
+        })?;
+        tx.send(request).map_err(|_| stopped())
     }
 
     async fn submit(&self, mutation: Mutation) -> Result<Outcome, StorageError> {
@@ -274,28 +277,20 @@ impl Store {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Refuses every later mutation, then waits until every mutation accepted before has
-    /// been applied and is durable under the fsync policy (synced, with `always`), or
-    /// until `deadline`. Returns whether they all were: only then may the node record a
-    /// clean shutdown, since a dot it handed out may be in a mutation still queued.
+    /// Refuses every later mutation, then waits until the writer has applied every
+    /// mutation accepted before, the syncer (with synced writes) has synced them, and both
+    /// threads have ended, or until `deadline`. Returns whether all that finished with no
+    /// write or sync failing: only then may the node record a clean shutdown, since a dot
+    /// it handed out may be in a mutation still queued. With unsynced writes, what was
+    /// applied is in the WAL but not synced.
     pub async fn close(&self, deadline: tokio::time::Instant) -> bool {
-        let (durable, rx) = oneshot::channel();
-        {
-            let mut closed = self.closed.write();
-            *closed = true;
-            // A barrier: the writer answers requests in order, so once this empty one is
-            // durable, so is everything queued before it.
-            let barrier = Request {
-                mutation: Mutation::All(Vec::new()),
-                applied: None,
-                durable,
-                hold: None,
-            };
-            if self.tx.send(barrier).is_err() {
-                return false;
-            }
-        }
-        matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(Ok(_))))
+        // The writer ends once it has drained the queue.
+        drop(self.tx.write().take());
+        let threads = self.threads.clone();
+        let ended = tokio::task::spawn_blocking(move || threads.wait(Some(deadline.into_std())))
+            .await
+            .unwrap_or(false);
+        ended && !self.is_poisoned()
     }
 
     /// Records a new version of `key` coordinated by `actor`, superseding what `context`
@@ -452,6 +447,17 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Closes the store and waits for its threads, however long it takes: the writer never
+/// outlives the store (a node's process must not exit, and so destroy RocksDB's state,
+/// under it). A writer held by a hung disk therefore holds the drop too; whoever must
+/// not wait for that leaks the store instead (see `crate::server`).
+impl Drop for Store {
+    fn drop(&mut self) {
+        drop(self.tx.get_mut().take());
+        self.threads.wait(None);
     }
 }
 
@@ -653,16 +659,22 @@ mod tests {
         let soon = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         assert!(s.close(soon).await, "an idle writer drains at once");
         accepted.await.unwrap();
+        assert_eq!(
+            Arc::strong_count(&engine),
+            2,
+            "the writer and the syncer have ended (only the test and the store hold the engine)"
+        );
         let err = s
             .join(Bytes::from("k2"), SiblingSet::new())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("store is closed"), "{err}");
+        assert!(s.close(soon).await, "closing again changes nothing");
 
         // A writer held by a hung disk: the close gives up at its deadline.
         let stalled = Store::synced(engine.clone(), 16, std::time::Duration::ZERO);
         engine.set_open(false);
-        let _pending = stalled
+        let pending = stalled
             .merge(Bytes::from("k3"), SiblingSet::new(), None)
             .unwrap();
         let shortly = tokio::time::Instant::now() + std::time::Duration::from_millis(200);
@@ -670,7 +682,49 @@ mod tests {
             !stalled.close(shortly).await,
             "still in flight at the deadline"
         );
+        // What it accepted is still made durable once the disk answers, and the drop
+        // waits for the threads.
         engine.set_open(true);
+        pending.await.unwrap();
+        tokio::task::spawn_blocking(move || drop(stalled))
+            .await
+            .unwrap();
+        assert_eq!(
+            Arc::strong_count(&engine),
+            2,
+            "the stalled store's threads are gone"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_store_waits_for_its_writer_to_apply_what_it_accepted() {
+        // Every write is held by the disk until the gate opens.
+        let engine = Arc::new(FaultyEngine::new());
+        engine.gate_writes(true);
+        engine.set_open(false);
+        let s = Store::new(engine.clone(), 16, false);
+        let mut set = SiblingSet::new();
+        set.update(&CausalContext::new(), &Actor::new("n", 1), value("v"))
+            .unwrap();
+        // Accepted, not awaited: the drop right after must not lose it.
+        let _durable = s.merge(Bytes::from("k"), set, None).unwrap();
+        let dropped = tokio::task::spawn_blocking(move || drop(s));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !dropped.is_finished(),
+            "the drop waits for the writer the disk holds"
+        );
+        engine.set_open(true);
+        dropped.await.unwrap();
+        assert_eq!(
+            Arc::strong_count(&engine),
+            1,
+            "no store thread holds the engine"
+        );
+        assert_eq!(
+            in_engine(&*engine, b"k").values().collect::<Vec<_>>(),
+            [&Bytes::from("v")]
+        );
     }
 
     #[tokio::test]
