@@ -8,15 +8,18 @@
 //! ```text
 //! set     = 1 vv nsib:varint sibling*              (a context without exact dots)
 //!         | 2 cc nsib:varint sibling*
+//!         | 3 cc' nsib:varint sibling*             (actors with epochs)
 //! vv      = nact:varint (node:bytes incarnation:varint counter:varint)*
 //! cc      = vv ndots:varint (actor_index:varint counter:varint)*
 //!           (the vector lists every actor of the context, with counter 0 for an actor
 //!           that has only exact dots)
+//! cc'     = as cc, each actor written node:bytes incarnation:varint epoch:varint
 //! sibling = actor_index:varint counter:varint kind:u8(0 value, 1 tombstone) [value:bytes]
 //! ```
 //!
-//! A set whose context has no exact dots is written in format 1, byte for byte as before
-//! exact dots existed, so stores and peers of either age read it.
+//! A set whose actors are all of epoch 0 is written in format 1 or 2, byte for byte as
+//! before epochs existed (format 1 when it has no exact dots either), so stores and peers
+//! of either age read it.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -32,6 +35,27 @@ use crate::version::{Actor, CausalContext, Dot, VersionVector};
 pub const FORMAT_VV: u8 = 1;
 /// Format byte of a set with exact dots.
 pub const FORMAT_CC: u8 = 2;
+/// Format byte of a set whose actors carry epochs.
+pub const FORMAT_EPOCHS: u8 = 3;
+
+/// Whether actors are written with their epoch (formats that have them) or without
+/// (older formats, where every actor is of epoch 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epochs {
+    Without,
+    With,
+}
+
+impl Epochs {
+    /// `With` if any of `actors` has a non-zero epoch.
+    pub fn needed<'a>(mut actors: impl Iterator<Item = &'a Actor>) -> Self {
+        if actors.any(|a| a.epoch != 0) {
+            Epochs::With
+        } else {
+            Epochs::Without
+        }
+    }
+}
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,26 +141,31 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Appends a version vector.
+/// Appends a version vector whose actors are all of epoch 0.
 pub fn encode_vv(out: &mut Vec<u8>, vv: &VersionVector) {
     put_varint(out, vv.len() as u64);
     for (actor, counter) in vv.iter() {
-        put_actor(out, actor, counter);
+        put_actor(out, actor, counter, Epochs::Without);
     }
 }
 
-fn put_actor(out: &mut Vec<u8>, actor: &Actor, counter: u64) {
+fn put_actor(out: &mut Vec<u8>, actor: &Actor, counter: u64, epochs: Epochs) {
     put_bytes(out, actor.node.as_bytes());
     put_varint(out, actor.incarnation);
+    match epochs {
+        Epochs::With => put_varint(out, actor.epoch),
+        Epochs::Without => debug_assert_eq!(actor.epoch, 0, "epoch dropped from {actor}"),
+    }
     put_varint(out, counter);
 }
 
-/// Appends a causal context; returns its actor table (for indexing siblings).
-pub fn encode_cc<'a>(out: &mut Vec<u8>, cc: &'a CausalContext) -> Vec<&'a Actor> {
+/// Appends a causal context (with or without epochs; without only if every actor is of
+/// epoch 0); returns its actor table (for indexing siblings).
+pub fn encode_cc<'a>(out: &mut Vec<u8>, cc: &'a CausalContext, epochs: Epochs) -> Vec<&'a Actor> {
     let actors: Vec<&Actor> = cc.actors().into_iter().collect();
     put_varint(out, actors.len() as u64);
     for a in &actors {
-        put_actor(out, a, cc.vv().get(a));
+        put_actor(out, a, cc.vv().get(a), epochs);
     }
     put_varint(out, cc.exact_len() as u64);
     for d in cc.dots() {
@@ -183,7 +212,7 @@ fn plausible(counter: u64) -> Result<u64, DecodeError> {
 
 /// Reads a version vector (or a context's actor table), in actor order. Refuses more
 /// than [`MAX_CONTEXT_ACTORS`] actors and counters over [`MAX_COUNTER`].
-pub fn decode_vv(r: &mut Reader<'_>) -> Result<Vec<(Actor, u64)>, DecodeError> {
+pub fn decode_vv(r: &mut Reader<'_>, epochs: Epochs) -> Result<Vec<(Actor, u64)>, DecodeError> {
     let n = r.varint()?;
     if n > MAX_CONTEXT_ACTORS as u64 {
         return Err(DecodeError::Implausible(format!(
@@ -197,6 +226,10 @@ pub fn decode_vv(r: &mut Reader<'_>) -> Result<Vec<(Actor, u64)>, DecodeError> {
         let actor = Actor {
             node: intern(node),
             incarnation: r.varint()?,
+            epoch: match epochs {
+                Epochs::With => r.varint()?,
+                Epochs::Without => 0,
+            },
         };
         if entries.last().is_some_and(|(a, _)| *a >= actor) {
             return Err(DecodeError::Malformed("actors not in order"));
@@ -207,8 +240,11 @@ pub fn decode_vv(r: &mut Reader<'_>) -> Result<Vec<(Actor, u64)>, DecodeError> {
 }
 
 /// Reads a causal context and its actor table.
-pub fn decode_cc(r: &mut Reader<'_>) -> Result<(CausalContext, Vec<Actor>), DecodeError> {
-    let entries = decode_vv(r)?;
+pub fn decode_cc(
+    r: &mut Reader<'_>,
+    epochs: Epochs,
+) -> Result<(CausalContext, Vec<Actor>), DecodeError> {
+    let entries = decode_vv(r, epochs)?;
     let ndots = r.varint()?;
     if ndots > MAX_CONTEXT_DOTS as u64 {
         return Err(DecodeError::Implausible(format!(
@@ -241,13 +277,17 @@ fn read_dot(r: &mut Reader<'_>, actors: &[Actor]) -> Result<Dot, DecodeError> {
 pub fn encode_set(set: &SiblingSet) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + set.value_bytes());
     let cc = set.context();
-    let actors: Vec<&Actor> = if cc.exact_len() == 0 {
+    let epochs = Epochs::needed(cc.actors().into_iter());
+    let actors: Vec<&Actor> = if epochs == Epochs::With {
+        out.push(FORMAT_EPOCHS);
+        encode_cc(&mut out, cc, Epochs::With)
+    } else if cc.exact_len() == 0 {
         out.push(FORMAT_VV);
         encode_vv(&mut out, cc.vv());
         cc.vv().iter().map(|(a, _)| a).collect()
     } else {
         out.push(FORMAT_CC);
-        encode_cc(&mut out, cc)
+        encode_cc(&mut out, cc, Epochs::Without)
     };
     put_varint(&mut out, set.siblings().len() as u64);
     for s in set.siblings() {
@@ -269,14 +309,15 @@ pub fn decode_set(buf: &[u8]) -> Result<SiblingSet, DecodeError> {
     let mut r = Reader::new(buf);
     let (cc, actors) = match r.u8()? {
         FORMAT_VV => {
-            let entries = decode_vv(&mut r)?;
+            let entries = decode_vv(&mut r, Epochs::Without)?;
             let actors = entries.iter().map(|(a, _)| a.clone()).collect();
             (
                 CausalContext::from(entries.into_iter().collect::<VersionVector>()),
                 actors,
             )
         }
-        FORMAT_CC => decode_cc(&mut r)?,
+        FORMAT_CC => decode_cc(&mut r, Epochs::Without)?,
+        FORMAT_EPOCHS => decode_cc(&mut r, Epochs::With)?,
         f => return Err(DecodeError::UnknownFormat(f)),
     };
     let nsib = r.varint()?;
@@ -347,6 +388,21 @@ mod tests {
     }
 
     #[test]
+    fn actors_with_epochs_take_format_3() {
+        let mut s = SiblingSet::new();
+        s.update(&blind(), &Actor::new("a", 1), Some(Bytes::from("old")))
+            .unwrap();
+        s.update(&blind(), &Actor::new("a", 1).at_epoch(300), None)
+            .unwrap();
+        let enc = encode_set(&s);
+        assert_eq!(enc[0], FORMAT_EPOCHS);
+        let back = decode_set(&enc).unwrap();
+        assert_eq!(back, s);
+        let epochs: Vec<u64> = back.siblings().iter().map(|s| s.dot.actor.epoch).collect();
+        assert_eq!(epochs, [0, 300]);
+    }
+
+    #[test]
     fn implausible_counters_and_too_many_actors_are_refused() {
         let mut out = vec![FORMAT_VV];
         let vv: VersionVector = [(Actor::new("a", 1), u64::MAX - 1)].into_iter().collect();
@@ -371,7 +427,9 @@ mod tests {
                     _ => returned.clone(),
                 };
                 let value = (!delete).then(|| Bytes::from(v));
-                let actor = Actor::new(format!("node-{a}"), u64::from(a) * 1000);
+                // Actors 2 and 3 are of one node incarnation, at two epochs.
+                let actor = Actor::new(format!("node-{}", a.min(2)), u64::from(a.min(2)) * 1000)
+                    .at_epoch(u64::from(a.saturating_sub(1)));
                 let dot = s.update(&ctx, &actor, value).unwrap();
                 returned = s.written_context(&ctx, &dot);
             }

@@ -13,8 +13,11 @@
 //! superseding the wrong versions.
 //!
 //! ```text
-//! context = FORMAT(2) cluster_tag:u64le cc mac:16   (HMAC-SHA256 over what precedes, truncated)
+//! context = FORMAT(3) cluster_tag:u64le cc' mac:16  (HMAC-SHA256 over what precedes, truncated)
 //! ```
+//!
+//! (`cc'` is a context with epochs, see [`crate::codec`].) Format 2, the same with a
+//! context without epochs, is still read.
 //!
 //! Format 1 (a plain version vector with a checksum, before this) is refused: a put's
 //! format-1 context could cover writes its client never saw, and it has no MAC. A
@@ -23,11 +26,13 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::codec::{decode_cc, encode_cc, DecodeError, Reader};
+use crate::codec::{decode_cc, encode_cc, DecodeError, Epochs, Reader};
 use crate::hash::key_hash;
 use crate::version::CausalContext;
 
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// Format 2: as 3, without epochs.
+const FORMAT_NO_EPOCHS: u8 = 2;
 const OLD_FORMAT: u8 = 1;
 const MAC_BYTES: usize = 16;
 /// Shortest cluster secret accepted.
@@ -96,7 +101,7 @@ impl ContextKey {
         }
         let mut out = vec![FORMAT];
         out.extend_from_slice(&self.tag.to_le_bytes());
-        encode_cc(&mut out, cc);
+        encode_cc(&mut out, cc, Epochs::With);
         let mac = self.mac_of(&out).finalize().into_bytes();
         out.extend_from_slice(&mac[..MAC_BYTES]);
         out
@@ -107,11 +112,12 @@ impl ContextKey {
         if bytes.is_empty() {
             return Ok(CausalContext::new());
         }
-        match bytes[0] {
-            FORMAT => {}
+        let epochs = match bytes[0] {
+            FORMAT => Epochs::With,
+            FORMAT_NO_EPOCHS => Epochs::Without,
             OLD_FORMAT => return Err(ContextError::OldFormat),
             f => return Err(ContextError::Corrupt(format!("unknown format {f}"))),
-        }
+        };
         if bytes.len() < 1 + 8 + 2 + MAC_BYTES {
             return Err(ContextError::Corrupt(format!(
                 "{} bytes is too short",
@@ -132,7 +138,7 @@ impl ContextKey {
             return Err(ContextError::OtherCluster);
         }
         let mut r = Reader::new(&body[9..]);
-        let (cc, _) = decode_cc(&mut r).map_err(refused)?;
+        let (cc, _) = decode_cc(&mut r, epochs).map_err(refused)?;
         r.finish().map_err(refused)?;
         Ok(cc)
     }
@@ -169,10 +175,10 @@ mod tests {
         CausalContext::from_parts(vv, [exact])
     }
 
-    /// A context of `body` (after the format byte and tag) with a valid MAC: what a
-    /// node holding the secret would sign, however absurd its content.
+    /// A format-2 context of `body` (after the format byte and tag) with a valid MAC:
+    /// what a node holding the secret would sign, however absurd its content.
     fn signed(k: &ContextKey, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![FORMAT];
+        let mut out = vec![FORMAT_NO_EPOCHS];
         out.extend_from_slice(&k.tag.to_le_bytes());
         out.extend_from_slice(body);
         let mac = k.mac_of(&out).finalize().into_bytes();
@@ -185,6 +191,20 @@ mod tests {
         let k = key("c1");
         assert_eq!(k.decode(&k.encode(&cc())).unwrap(), cc());
         assert_eq!(k.decode(&[]).unwrap(), CausalContext::new());
+        let mut with_epochs = cc();
+        with_epochs.add(&Dot {
+            actor: Actor::new("n2", 4).at_epoch(77),
+            counter: 1,
+        });
+        assert_eq!(k.decode(&k.encode(&with_epochs)).unwrap(), with_epochs);
+    }
+
+    #[test]
+    fn reads_format_2_contexts() {
+        let k = key("c1");
+        let mut body = Vec::new();
+        encode_cc(&mut body, &cc(), Epochs::Without);
+        assert_eq!(k.decode(&signed(&k, &body)).unwrap(), cc());
     }
 
     #[test]

@@ -19,28 +19,58 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Who made an event: a node incarnation. Cheap to clone: the node id is shared.
+/// Who made an event: a node incarnation, and within it an *epoch*. Cheap to clone: the
+/// node id is shared.
+///
+/// A node counts its writes of a key from its own copy of the key, so the counter of an
+/// actor is only safe while that copy holds every dot the actor made for the key. A node
+/// therefore writes each key under an epoch of its own (see the node's `dots` module): a
+/// new epoch whenever it holds no copy of the key that it wrote under its current epoch,
+/// so a dropped or re-fetched copy never makes it issue a counter twice. Epoch 0 is the
+/// actor of stores written before epochs existed; it is never issued again.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Actor {
     /// The node id.
     pub node: Arc<str>,
     /// Changes whenever the node starts with an empty or lost data directory.
     pub incarnation: u64,
+    /// The key's epoch within the incarnation (0: before epochs existed).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl Actor {
-    /// An actor of node `node` at `incarnation`.
+    /// The epoch-0 actor of node `node` at `incarnation`.
     pub fn new(node: impl Into<Arc<str>>, incarnation: u64) -> Self {
         Self {
             node: node.into(),
             incarnation,
+            epoch: 0,
         }
+    }
+
+    /// This actor's node incarnation at `epoch`.
+    pub fn at_epoch(&self, epoch: u64) -> Self {
+        Self {
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            epoch,
+        }
+    }
+
+    /// Whether `other` is the same node incarnation (at any epoch).
+    pub fn same_incarnation(&self, other: &Actor) -> bool {
+        self.incarnation == other.incarnation && self.node == other.node
     }
 }
 
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.node, self.incarnation)
+        write!(f, "{}#{}", self.node, self.incarnation)?;
+        if self.epoch != 0 {
+            write!(f, ".{}", self.epoch)?;
+        }
+        Ok(())
     }
 }
 

@@ -30,13 +30,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_core::codec::encode_set;
-use dynamo_core::context::ContextError;
 use dynamo_core::limits::{check_key, check_value, resolve_quorum, LimitError};
-use dynamo_core::{CausalContext, Member, PartitionId, SiblingSet};
+use dynamo_core::{Member, PartitionId, SiblingSet};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 
+use crate::dots;
 use crate::error::RequestError;
 use crate::network::{Forward, ForwardError, Forwarded, PeerError, WriteEntry};
 use crate::node::Node;
@@ -168,9 +168,8 @@ pub async fn write(
     if node.store.is_poisoned() {
         return Err(RequestError::Poisoned(node.id().to_owned()));
     }
-    let mut set = node.store.read(&key)?;
-    check_plausible(&ctx, &set, node)?;
-    let dot = set.update(&ctx, &node.actor, value)?;
+    let dots::NewVersion { set, dot, epoch } =
+        dots::new_version(&node.store, &node.actor, &node.epochs, &key, &ctx, value)?;
     let encoded = Bytes::from(encode_set(&set));
     if encoded.len() > node.cfg.max_set_bytes {
         return Err(LimitError::SetTooLarge {
@@ -191,7 +190,9 @@ pub async fn write(
     // The local write is handed to the writer before any replica sees the version (its
     // dot must never be handed out again); replication then runs alongside the local
     // write and sync, and this node counts once durable.
-    let local = node.store.merge(key.clone(), set.clone(), Some(guard))?;
+    let local = node
+        .store
+        .merge(key.clone(), set.clone(), epoch, Some(guard))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(replicate(node.clone(), key, set, encoded, tx));
     let timer = tokio::time::sleep_until(deadline);
@@ -227,27 +228,6 @@ pub async fn write(
         context: node.context_key.encode(&next),
         acks: quorum.acks(),
     })
-}
-
-/// Refuses a context that claims more of this node's writes of the key than it has
-/// made: every dot this node made for the key is in its local copy (it writes locally
-/// before anyone sees the dot), so such a context is forged or corrupt, and honouring it
-/// would skip counters or supersede versions nobody saw.
-fn check_plausible(
-    ctx: &CausalContext,
-    local: &SiblingSet,
-    node: &Node,
-) -> Result<(), RequestError> {
-    let claimed = ctx.max_counter(&node.actor);
-    let issued = local.context().max_counter(&node.actor);
-    if claimed > issued {
-        return Err(ContextError::Implausible(format!(
-            "it covers write {claimed} of {}, which has made {issued} writes of this key",
-            node.actor
-        ))
-        .into());
-    }
-    Ok(())
 }
 
 /// Sends `set` (encoded as `encoded`, once for every peer) to the other intended replicas (or fallbacks), reporting each covered

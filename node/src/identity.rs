@@ -13,6 +13,8 @@ const NODE_ID: &[u8] = b"node_id";
 const CLUSTER_ID: &[u8] = b"cluster_id";
 const INCARNATION: &[u8] = b"incarnation";
 const CLEAN_SHUTDOWN: &[u8] = b"clean_shutdown";
+/// The first key epoch not minted yet (see [`crate::dots`]), kept by a clean stop.
+const NEXT_EPOCH: &[u8] = b"next_epoch";
 
 /// Why this data directory cannot be used by this node.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,8 @@ pub struct Identity {
     pub incarnation: u64,
     /// Whether the incarnation is new in this run (fresh data directory or unclean stop).
     pub new_incarnation: bool,
+    /// The first key epoch of the incarnation not minted yet (1 for a new incarnation).
+    pub next_epoch: u64,
 }
 
 fn get_string(engine: &dyn Engine, key: &[u8]) -> Result<Option<String>, StorageError> {
@@ -74,6 +78,16 @@ pub fn open(
         Some(inc) => (fresh_incarnation(inc), true),
         None => (fresh_incarnation(0), true),
     };
+    // A kept incarnation goes on minting where its clean stop left off. (A store from
+    // before epochs has none stored, and minted none.)
+    let next_epoch = match new_incarnation {
+        true => 1,
+        false => engine
+            .get(Cf::Meta, NEXT_EPOCH)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(1, u64::from_be_bytes)
+            .max(1),
+    };
     let mut b = Batch::default();
     b.put(Cf::Meta, NODE_ID.to_vec(), node_id.as_bytes().to_vec());
     b.put(
@@ -92,13 +106,20 @@ pub fn open(
         node_id: node_id.into(),
         incarnation,
         new_incarnation,
+        next_epoch,
     })
 }
 
-/// Records a clean shutdown: everything is synced and the incarnation may be kept.
-pub fn mark_clean_shutdown(engine: &dyn Engine) -> Result<(), StorageError> {
+/// Records a clean shutdown: everything is synced and the incarnation may be kept, with
+/// `next_epoch` the first key epoch it has not minted (no write can mint one any more).
+pub fn mark_clean_shutdown(engine: &dyn Engine, next_epoch: u64) -> Result<(), StorageError> {
     engine.sync()?;
     let mut b = Batch::default();
+    b.put(
+        Cf::Meta,
+        NEXT_EPOCH.to_vec(),
+        next_epoch.to_be_bytes().to_vec(),
+    );
     b.put(Cf::Meta, CLEAN_SHUTDOWN.to_vec(), vec![1]);
     engine.write(&b, true)
 }
@@ -123,13 +144,22 @@ mod tests {
         let e = MemoryEngine::new();
         let first = open(&e, "n1", "c").unwrap();
         assert!(first.new_incarnation);
-        mark_clean_shutdown(&e).unwrap();
+        assert_eq!(first.next_epoch, 1);
+        mark_clean_shutdown(&e, 42).unwrap();
         let second = open(&e, "n1", "c").unwrap();
         assert_eq!(second.incarnation, first.incarnation);
         assert!(!second.new_incarnation);
+        assert_eq!(
+            second.next_epoch, 42,
+            "epochs go on where the stop left off"
+        );
         // No marker this time: a crash.
         let third = open(&e, "n1", "c").unwrap();
         assert_ne!(third.incarnation, second.incarnation);
+        assert_eq!(
+            third.next_epoch, 1,
+            "a new incarnation starts its epochs afresh"
+        );
     }
 
     #[test]

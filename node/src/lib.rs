@@ -6,6 +6,8 @@
 //! - [`storage`]: the engine trait, RocksDB and in-memory engines;
 //! - [`store`]: sibling sets and hints over an engine, atomic read-modify-write, group commit;
 //! - [`identity`]: node id and incarnation (actor ids never reuse counters);
+//! - [`dots`]: which actor (incarnation and key epoch) a write takes, so no dot is issued
+//!   twice even when a local copy was dropped;
 //! - [`coordinator`]: routing and N/R/W quorums with sloppy quorum;
 //! - [`quorum`]: write quorum accounting;
 //! - [`read_repair`]: repairing stale replicas after a get;
@@ -19,6 +21,7 @@
 pub mod clock;
 pub mod config;
 pub mod coordinator;
+pub mod dots;
 pub mod error;
 pub mod handoff;
 pub mod health;

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
+use crate::dots::Epochs;
 use crate::health::Health;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -34,8 +35,11 @@ pub enum AcceptError {
 pub struct Node {
     pub cfg: NodeConfig,
     pub identity: Identity,
-    /// The actor this node writes with (node id + incarnation).
+    /// This node's actor (node id + incarnation) at epoch 0; a write takes it at the
+    /// key's epoch (see [`crate::dots`]).
     pub actor: Actor,
+    /// The key epochs this incarnation mints.
+    pub epochs: Epochs,
     /// The partition map in force (static membership for now).
     pub map: PartitionMap,
     pub store: Store,
@@ -66,10 +70,12 @@ impl Node {
     ) -> Self {
         let actor = Actor::new(identity.node_id.clone(), identity.incarnation);
         let context_key = ContextKey::new(&cfg.cluster_id, cfg.cluster_secret.as_bytes());
+        let epochs = Epochs::starting_at(identity.next_epoch);
         Self {
             cfg,
             identity,
             actor,
+            epochs,
             map,
             store,
             transport,

@@ -97,7 +97,9 @@ pub async fn finish(
         return Err(StopError::Deadline);
     }
     let engine = node.store.engine().clone();
-    tokio::task::spawn_blocking(move || identity::mark_clean_shutdown(&*engine))
+    // Read after the close: an epoch minted since cannot be in any write.
+    let next_epoch = node.epochs.next();
+    tokio::task::spawn_blocking(move || identity::mark_clean_shutdown(&*engine, next_epoch))
         .await
         .map_err(|_| StorageError::Engine("marking the clean shutdown panicked".into()))??;
     Ok(())

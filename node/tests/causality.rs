@@ -190,8 +190,20 @@ async fn forged_and_hostile_contexts_are_refused_and_break_nothing() {
         .map(|i| &nodes[i])
         .find(|n| n.map.is_replica(n.map.partition_of(b"k"), n.id()))
         .unwrap();
-    let ahead = signed(coordinator, coordinator.actor.clone(), 1000);
+    // (The key's actor there: the coordinator at the key's epoch.)
+    let actor = coordinator.store.read(b"k").unwrap().siblings()[0]
+        .dot
+        .actor
+        .clone();
+    assert!(actor.same_incarnation(&coordinator.actor), "{actor}");
+    let ahead = signed(coordinator, actor.clone(), 1000);
     refused(put(coordinator, "k", "x", ahead).await, "implausible");
+    // Or writes of an epoch the coordinator has not minted yet.
+    let unminted = coordinator.actor.at_epoch(coordinator.epochs.next());
+    refused(
+        put(coordinator, "k", "x", signed(coordinator, unminted, 1)).await,
+        "has not begun",
+    );
     // Counters near the end of u64 for any actor, which would exhaust the counter.
     let huge = signed(node, Actor::new("n9", 1), MAX_COUNTER + 1);
     refused(put(node, "k", "x", huge).await, "implausible");

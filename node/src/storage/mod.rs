@@ -1,8 +1,8 @@
 //! Storage engines.
 //!
-//! An [`Engine`] is a small, synchronous, ordered key-value interface over three column
-//! families ([`Cf`]): data (partition-prefixed keys, see [`keys`]), hints and node
-//! metadata. Two engines implement it: [`rocks::RocksEngine`] (production) and
+//! An [`Engine`] is a small, synchronous, ordered key-value interface over four column
+//! families ([`Cf`]): data (partition-prefixed keys, see [`keys`]), hints, node
+//! metadata and key epochs. Two engines implement it: [`rocks::RocksEngine`] (production) and
 //! [`memory::MemoryEngine`] (tests and simulation; it can drop unsynced writes on a
 //! simulated crash). One conformance suite ([`conformance`]) runs against both.
 //! [`faulty::FaultyEngine`] wraps the memory engine with injectable disk faults.
@@ -28,10 +28,13 @@ pub enum Cf {
     Hints,
     /// Node metadata: identity, incarnation, clean-shutdown marker.
     Meta,
+    /// The epoch this node writes a stored key under: `partition ++ user key` (as
+    /// [`Cf::Data`]) → incarnation (u64 BE) ++ epoch (u64 BE); see [`crate::dots`].
+    Epochs,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 3] = [Cf::Data, Cf::Hints, Cf::Meta];
+    pub const ALL: [Cf; 4] = [Cf::Data, Cf::Hints, Cf::Meta, Cf::Epochs];
 
     /// RocksDB column family name.
     pub fn name(self) -> &'static str {
@@ -39,6 +42,7 @@ impl Cf {
             Cf::Data => "data",
             Cf::Hints => "hints",
             Cf::Meta => "meta",
+            Cf::Epochs => "epochs",
         }
     }
 }

@@ -89,7 +89,7 @@ impl RocksEngine {
         let cfs = Cf::ALL.iter().map(|&cf| {
             let opts = match cf {
                 Cf::Data => data_cf_options(&cache),
-                Cf::Hints | Cf::Meta => cf_options(&cache),
+                Cf::Hints | Cf::Meta | Cf::Epochs => cf_options(&cache),
             };
             ColumnFamilyDescriptor::new(cf.name(), opts)
         });

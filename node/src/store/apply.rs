@@ -11,6 +11,7 @@ use dynamo_core::ring::partition_of;
 use dynamo_core::{Actor, CausalContext, SiblingSet};
 
 use super::cache::SetCache;
+use crate::dots::EpochRecord;
 use crate::storage::keys::{data_key, hint_key};
 use crate::storage::{Batch, Cf, Engine, Op, StorageError};
 
@@ -25,7 +26,11 @@ pub(super) enum Mutation {
     Join {
         key: Bytes,
         set: SiblingSet,
+        /// The key's new epoch record, when this node's write minted an epoch.
+        epoch: Option<EpochRecord>,
     },
+    /// Drops the local copy of a key and its epoch record.
+    Forget { key: Bytes },
     Hint {
         target: String,
         key: Bytes,
@@ -84,8 +89,8 @@ pub fn decode_stored(raw: Option<&[u8]>) -> Result<SiblingSet, StorageError> {
 /// Pending state of keys already touched by the batch being built.
 #[derive(Default)]
 pub(super) struct Overlay {
-    /// Data keys written in the batch: the index of the latest put of each (decoded again
-    /// only if the same group touches the key twice).
+    /// Data keys written in the batch: the index of the latest put (or delete) of each
+    /// (decoded again only if the same group touches the key twice).
     data: HashMap<Vec<u8>, usize>,
     hints: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
@@ -112,12 +117,22 @@ pub(super) fn apply(
             stage(batch, overlay, dk, encode_set(&set));
             Ok(Outcome::Set(set))
         }
-        Mutation::Join { key, set } => {
+        Mutation::Join { key, set, epoch } => {
             let dk = data_key(partition_of(&key, q), &key);
             let mut stored = current(engine, cache, batch, overlay, &dk)?;
+            if let Some(record) = epoch {
+                batch.put(Cf::Epochs, dk.clone(), record.encode());
+            }
             if stored.absorb(&set) {
                 stage(batch, overlay, dk, encode_set(&stored));
             }
+            Ok(Outcome::Done)
+        }
+        Mutation::Forget { key } => {
+            let dk = data_key(partition_of(&key, q), &key);
+            batch.delete(Cf::Epochs, dk.clone());
+            overlay.data.insert(dk.clone(), batch.ops.len());
+            batch.delete(Cf::Data, dk);
             Ok(Outcome::Done)
         }
         Mutation::Hint {
@@ -167,7 +182,8 @@ fn current(
 ) -> Result<SiblingSet, StorageError> {
     match overlay.data.get(dk).map(|&i| &batch.ops[i]) {
         Some(Op::Put(_, _, staged)) => decode_stored(Some(staged)),
-        Some(_) => unreachable!("the overlay indexes puts only"),
+        Some(Op::Delete(..)) => Ok(SiblingSet::new()),
+        Some(_) => unreachable!("the overlay indexes puts and deletes only"),
         None => match cache.get(dk) {
             Ok(cached) => decode_stored(Some(&cached)),
             Err(_) => decode_stored(engine.get(Cf::Data, dk)?.as_deref()),
@@ -224,7 +240,12 @@ mod tests {
                 Some("c".into()),
             )
             .unwrap();
-        run(Mutation::Join { key, set: remote }).unwrap();
+        run(Mutation::Join {
+            key,
+            set: remote,
+            epoch: None,
+        })
+        .unwrap();
 
         engine.write(&batch, true).unwrap();
         let dk = data_key(partition_of(b"k", 16), b"k");

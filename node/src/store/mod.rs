@@ -48,6 +48,7 @@ use dynamo_core::ring::partition_of;
 use dynamo_core::{Actor, CausalContext, SiblingSet};
 use tokio::sync::oneshot;
 
+use crate::dots::EpochRecord;
 use crate::storage::keys::{data_key, hint_prefix, split_hint_key};
 use crate::storage::{Cf, Engine, StorageError};
 pub use apply::decode_stored;
@@ -242,6 +243,16 @@ impl Store {
         decode_stored(self.read_raw(key)?.as_deref())
     }
 
+    /// The epoch record of `key`: under which epoch this node writes it (see
+    /// [`crate::dots`]). Read under the key's coordination lock.
+    pub fn epoch_of(&self, key: &[u8]) -> Result<Option<EpochRecord>, StorageError> {
+        let dk = data_key(partition_of(key, self.partitions), key);
+        Ok(self
+            .engine
+            .get(Cf::Epochs, &dk)?
+            .and_then(|raw| EpochRecord::decode(&raw)))
+    }
+
     /// The stored encoding of `key`'s sibling set (the codec's format, as peers exchange it).
     pub fn read_raw(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
         let dk = data_key(partition_of(key, self.partitions), key);
@@ -330,15 +341,17 @@ impl Store {
     /// returns the wait for it to be durable. `hold` is dropped by the writer once the join
     /// is applied (visible to reads), whether or not anybody still waits: a coordinator's
     /// per-key lock (see [`crate::key_lock`]).
+    /// `epoch` is the key's new epoch record, if the write minted an epoch.
     pub fn merge(
         &self,
         key: Bytes,
         set: SiblingSet,
+        epoch: Option<EpochRecord>,
         hold: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<impl std::future::Future<Output = Result<(), StorageError>>, StorageError> {
         let (durable, durable_rx) = oneshot::channel();
         self.send(Request {
-            mutation: Mutation::Join { key, set },
+            mutation: Mutation::Join { key, set, epoch },
             applied: None,
             durable,
             hold,
@@ -348,7 +361,19 @@ impl Store {
 
     /// Joins `set` into the stored set of `key`.
     pub async fn join(&self, key: Bytes, set: SiblingSet) -> Result<(), StorageError> {
-        self.submit(Mutation::Join { key, set }).await.map(|_| ())
+        self.submit(Mutation::Join {
+            key,
+            set,
+            epoch: None,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Drops this node's copy of `key` and its epoch record (the next write of the key
+    /// here mints a new epoch).
+    pub async fn forget(&self, key: Bytes) -> Result<(), StorageError> {
+        self.submit(Mutation::Forget { key }).await.map(|_| ())
     }
 
     /// Applies `changes` as one request to the writer (one group, one reply), and answers
@@ -358,7 +383,11 @@ impl Store {
         let mutations = changes
             .into_iter()
             .map(|c| match c {
-                Change::Join { key, set } => Mutation::Join { key, set },
+                Change::Join { key, set } => Mutation::Join {
+                    key,
+                    set,
+                    epoch: None,
+                },
                 Change::Hint {
                     target,
                     key,
@@ -655,7 +684,9 @@ mod tests {
     async fn close_drains_what_was_accepted_refuses_the_rest_and_times_out_when_stalled() {
         let engine = Arc::new(FaultyEngine::new());
         let s = Store::synced(engine.clone(), 16, std::time::Duration::ZERO);
-        let accepted = s.merge(Bytes::from("k"), SiblingSet::new(), None).unwrap();
+        let accepted = s
+            .merge(Bytes::from("k"), SiblingSet::new(), None, None)
+            .unwrap();
         let soon = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         assert!(s.close(soon).await, "an idle writer drains at once");
         accepted.await.unwrap();
@@ -675,7 +706,7 @@ mod tests {
         let stalled = Store::synced(engine.clone(), 16, std::time::Duration::ZERO);
         engine.set_open(false);
         let pending = stalled
-            .merge(Bytes::from("k3"), SiblingSet::new(), None)
+            .merge(Bytes::from("k3"), SiblingSet::new(), None, None)
             .unwrap();
         let shortly = tokio::time::Instant::now() + std::time::Duration::from_millis(200);
         assert!(
@@ -707,7 +738,7 @@ mod tests {
         set.update(&CausalContext::new(), &Actor::new("n", 1), value("v"))
             .unwrap();
         // Accepted, not awaited: the drop right after must not lose it.
-        let _durable = s.merge(Bytes::from("k"), set, None).unwrap();
+        let _durable = s.merge(Bytes::from("k"), set, None, None).unwrap();
         let dropped = tokio::task::spawn_blocking(move || drop(s));
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert!(
