@@ -12,6 +12,7 @@
 //! - [`quorum`]: write quorum accounting;
 //! - [`read_repair`]: repairing stale replicas after a get;
 //! - [`handoff`]: hinted handoff and probing of down peers;
+//! - [`failure_detection`]: the phi accrual failure detector (pure);
 //! - [`health`]: this node's view of its peers;
 //! - [`network`]: the transport seam (gRPC in production);
 //! - [`clock`]: the clock seam;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod coordinator;
 pub mod dots;
 pub mod error;
+pub mod failure_detection;
 pub mod handoff;
 pub mod health;
 pub mod http;
