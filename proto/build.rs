@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "dynamo/v1/kv.proto",
         "dynamo/v1/admin.proto",
         "dynamo/v1/replica.proto",
+        "dynamo/v1/gossip.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -7,7 +7,9 @@
 //!   Session, the same requests multiplexed over one stream);
 //! - `admin.proto`: node identity, partition map, health, hints (`Admin`);
 //! - `replica.proto`: node-to-node replication (`Replica`: batched reads and writes, as
-//!   unary calls or over a Session stream per peer), not for clients.
+//!   unary calls or over a Session stream per peer), not for clients;
+//! - `gossip.proto`: membership gossip and failure detection input (`Gossip`: push-pull
+//!   exchanges of heartbeats and the partition map), not for clients.
 //!
 //! [`cork`] is the TCP connector both nodes and clients open their channels with;
 //! [`session`] holds both sides of the sessions (`Kv.Session`, `Replica.Session`): many
