@@ -92,8 +92,23 @@ pub struct NodeConfig {
     /// least 16 bytes), loaded from `cluster_secret_file` or `DYNAMO_CLUSTER_SECRET`.
     #[serde(skip)]
     pub cluster_secret: ClusterSecret,
-    /// Every member of the cluster, this node included.
+    /// Every member of the cluster, this node included: the node plans the initial
+    /// partition map from them. Leave empty to start from `seeds` instead.
     pub members: Vec<Member>,
+    /// Addresses (`host:port`) of nodes to learn the cluster from by gossip. A node with
+    /// no `members` asks them for the partition map before it serves; a node with both
+    /// also gossips with the seeds.
+    pub seeds: Vec<String>,
+    /// How often a node gossips (and counts its heartbeat up), in milliseconds.
+    pub gossip_interval_ms: u64,
+    /// How many random peers a node gossips with each round.
+    pub gossip_fanout: usize,
+    /// The failure detector's threshold: a peer whose heartbeats are late enough that
+    /// phi (-log10 of the chance they are merely late) reaches it is suspected, and
+    /// coordinators and hinted handoff pass it over until it is heard from again.
+    pub suspect_phi: f64,
+    /// A peer silent for this long is reported down (it keeps its partitions).
+    pub down_after_ms: u64,
     /// Replication settings.
     pub replication: Replication,
     /// Number of partitions Q (a power of two in 16..=4096), fixed at cluster creation.
@@ -137,6 +152,11 @@ impl Default for NodeConfig {
             cluster_secret_file: None,
             cluster_secret: ClusterSecret::default(),
             members: Vec::new(),
+            seeds: Vec::new(),
+            gossip_interval_ms: 1000,
+            gossip_fanout: 2,
+            suspect_phi: 8.0,
+            down_after_ms: 10_000,
             replication: Replication::default(),
             partitions: DEFAULT_PARTITIONS,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
@@ -200,6 +220,22 @@ pub struct Args {
     /// Members as `ID=HOST:PORT[@ZONE]`, comma-separated.
     #[arg(long, env = "DYNAMO_MEMBERS", value_delimiter = ',')]
     pub members: Option<Vec<String>>,
+    /// Seeds as `HOST:PORT`, comma-separated: nodes to learn the cluster from by gossip
+    /// (instead of, or besides, --members).
+    #[arg(long, env = "DYNAMO_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Milliseconds between gossip rounds.
+    #[arg(long, env = "DYNAMO_GOSSIP_INTERVAL_MS")]
+    pub gossip_interval_ms: Option<u64>,
+    /// Peers per gossip round.
+    #[arg(long, env = "DYNAMO_GOSSIP_FANOUT")]
+    pub gossip_fanout: Option<usize>,
+    /// Failure detector threshold (phi) for suspecting a peer.
+    #[arg(long, env = "DYNAMO_SUSPECT_PHI")]
+    pub suspect_phi: Option<f64>,
+    /// Milliseconds of silence after which a peer is reported down.
+    #[arg(long, env = "DYNAMO_DOWN_AFTER_MS")]
+    pub down_after_ms: Option<u64>,
     #[arg(long, env = "DYNAMO_N")]
     pub n: Option<u32>,
     #[arg(long, env = "DYNAMO_R")]
@@ -306,6 +342,13 @@ impl NodeConfig {
             max_set_bytes
         );
         set!(
+            seeds,
+            gossip_interval_ms,
+            gossip_fanout,
+            suspect_phi,
+            down_after_ms
+        );
+        set!(
             fsync,
             fsync_interval_ms,
             fsync_group_window_us,
@@ -371,18 +414,7 @@ impl NodeConfig {
         if n == 0 || r == 0 || w == 0 || r > n || w > n {
             return invalid(format!("replication n={n} r={r} w={w}: need 1 <= r,w <= n"));
         }
-        if n as usize > self.members.len() {
-            return invalid(format!(
-                "replication n={n} needs at least {n} members; {} are listed",
-                self.members.len()
-            ));
-        }
-        if !self.members.iter().any(|m| m.id == self.node_id) {
-            return invalid(format!(
-                "node_id {:?} is not among the members",
-                self.node_id
-            ));
-        }
+        self.validate_membership()?;
         if self.listen.port() != 0 && self.listen == self.http_listen {
             return invalid(format!(
                 "listen and http_listen are both {}: gRPC and HTTP need their own ports",
@@ -410,6 +442,55 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Checks members, seeds and gossip settings.
+    fn validate_membership(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let n = self.replication.n;
+        if self.members.is_empty() {
+            if self.seeds.is_empty() {
+                return invalid(
+                    "no members and no seeds: give every member (--members) or the \
+                     addresses of nodes to join through (--seeds)"
+                        .into(),
+                );
+            }
+        } else {
+            if n as usize > self.members.len() {
+                return invalid(format!(
+                    "replication n={n} needs at least {n} members; {} are listed",
+                    self.members.len()
+                ));
+            }
+            if !self.members.iter().any(|m| m.id == self.node_id) {
+                return invalid(format!(
+                    "node_id {:?} is not among the members",
+                    self.node_id
+                ));
+            }
+        }
+        if let Some(bad) = self.seeds.iter().find(|s| !s.contains(':')) {
+            return invalid(format!("seed {bad:?} is not HOST:PORT"));
+        }
+        if self.gossip_interval_ms == 0 || self.gossip_fanout == 0 {
+            return invalid("gossip_interval_ms and gossip_fanout must be positive".into());
+        }
+        if !self.suspect_phi.is_finite() || self.suspect_phi <= 0.0 {
+            return invalid(format!("suspect_phi {} must be positive", self.suspect_phi));
+        }
+        if self.down_after_ms < 2 * self.gossip_interval_ms {
+            return invalid(format!(
+                "down_after_ms {} is less than two gossip rounds ({} ms each)",
+                self.down_after_ms, self.gossip_interval_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// Time between gossip rounds.
+    pub fn gossip_interval(&self) -> Duration {
+        Duration::from_millis(self.gossip_interval_ms)
     }
 
     /// The address others reach this node at.

@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dynamo_core::codec::encode_set;
 use dynamo_core::limits::{check_key, check_value, resolve_quorum, LimitError};
-use dynamo_core::{Member, PartitionId, SiblingSet};
+use dynamo_core::{Member, PartitionId, PartitionMap, SiblingSet};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
@@ -53,8 +53,9 @@ pub enum Route {
 
 /// Decides who coordinates a request for `key`.
 pub fn route(node: &Node, key: &[u8], forwarded: bool) -> Result<Route, RequestError> {
-    let p = node.map.partition_of(key);
-    if node.map.is_replica(p, node.id()) {
+    let map = node.map();
+    let p = map.partition_of(key);
+    if map.is_replica(p, node.id()) {
         return Ok(Route::Local);
     }
     if forwarded {
@@ -63,7 +64,7 @@ pub fn route(node: &Node, key: &[u8], forwarded: bool) -> Result<Route, RequestE
             node.id()
         )));
     }
-    let mut targets: Vec<Member> = node.map.preference_list(p).cloned().collect();
+    let mut targets: Vec<Member> = map.preference_list(p).cloned().collect();
     targets.sort_by_key(|m| !node.health.is_up(&m.id)); // healthy first, stable otherwise
     Ok(Route::Forward(targets))
 }
@@ -85,24 +86,17 @@ pub async fn forward(
             .forward(&m, req.clone(), forward_timeout(node.timeout()))
             .await
         {
-            Ok(resp) => {
-                node.health.record_success(&m.id);
-                return Ok(resp);
-            }
+            Ok(resp) => return Ok(resp),
             Err(ForwardError::Unreachable(s)) => {
-                node.health.record_failure(&m.id);
                 last = tonic::Status::unavailable(format!(
                     "forwarding to {} failed: {}",
                     m.id,
                     s.message()
                 ));
             }
-            Err(ForwardError::TimedOut(s)) => {
-                // It may have seen the request, so no failing over; but later requests
-                // go elsewhere (or fall back) until a probe finds it again.
-                node.health.record_failure(&m.id);
-                return Err(ForwardError::TimedOut(s));
-            }
+            // It may have seen the request, so no failing over. Whether later requests
+            // go elsewhere is the failure detector's call.
+            Err(ForwardError::TimedOut(s)) => return Err(ForwardError::TimedOut(s)),
             Err(failed) => return Err(failed),
         }
     }
@@ -111,9 +105,8 @@ pub async fn forward(
 
 /// How long a forwarded request is waited for. Its coordinator answers within the request
 /// timeout, with `UNAVAILABLE` if its quorum was not met; waiting a quarter longer (at
-/// least 50 ms) means that only a peer that does not answer at all times out, and is
-/// then believed down. A healthy coordinator that waited on unreachable replicas must not
-/// be.
+/// least 50 ms) means that only a peer that does not answer at all times out. A healthy
+/// coordinator that waited on unreachable replicas answers in time.
 pub fn forward_timeout(request_timeout: Duration) -> Duration {
     request_timeout + (request_timeout / 4).max(Duration::from_millis(50))
 }
@@ -183,10 +176,11 @@ pub async fn write(
     // concurrent sibling it never saw must not be superseded by its next put.
     let next = set.written_context(&ctx, &dot);
 
-    let p = node.map.partition_of(&key);
-    let mut quorum = WriteQuorum::new(node.map.preference_list(p).count(), w);
+    let map = node.map();
+    let p = map.partition_of(&key);
+    let mut quorum = WriteQuorum::new(map.preference_list(p).count(), w);
     // `None` for a fallback coordinator: its own copy keeps its dots but is no replica.
-    let me = node.map.preference_list(p).position(|m| m.id == node.id());
+    let me = map.preference_list(p).position(|m| m.id == node.id());
     // The local write is handed to the writer before any replica sees the version (its
     // dot must never be handed out again); replication then runs alongside the local
     // write and sync, and this node counts once durable.
@@ -194,7 +188,7 @@ pub async fn write(
         .store
         .merge(key.clone(), set.clone(), epoch, Some(guard))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(replicate(node.clone(), key, set, encoded, tx));
+    tokio::spawn(replicate(node.clone(), map, key, set, encoded, tx));
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(local, timer);
     let mut local_pending = true;
@@ -235,14 +229,16 @@ pub async fn write(
 /// hint for any left uncovered.
 async fn replicate(
     node: Arc<Node>,
+    map: Arc<PartitionMap>,
     key: Bytes,
     set: SiblingSet,
     encoded: Bytes,
     covered: mpsc::UnboundedSender<usize>,
 ) {
     let node = &*node;
-    let p = node.map.partition_of(&key);
-    let pref: Vec<&Member> = node.map.preference_list(p).collect();
+    let map = &*map;
+    let p = map.partition_of(&key);
+    let pref: Vec<&Member> = map.preference_list(p).collect();
     // Members written to (or tried) so far: the preference list, then fallbacks.
     let mut used: Vec<&str> = pref.iter().map(|m| m.id.as_str()).collect();
     let entry = |target: &Member, intended: usize| WriteEntry {
@@ -258,23 +254,19 @@ async fn replicate(
             done[i] = true;
         } else if node.health.is_up(&m.id) {
             inflight.push(send(node, m, entry(m, i), i));
-        } else if let Some(fb) = next_fallback(node, p, &mut used) {
+        } else if let Some(fb) = next_fallback(node, map, p, &mut used) {
             inflight.push(send(node, fb, entry(fb, i), i));
         }
     }
     while let Some((target, intended, result)) = inflight.next().await {
         match result {
             Ok(()) => {
-                if node.health.record_success(&target.id) {
-                    node.handoff_wakeup.notify_one();
-                }
                 done[intended] = true;
                 let _ = covered.send(intended);
             }
             Err(e) => {
                 tracing::debug!(peer = %target.id, error = %e, "replica write failed");
-                node.health.record_failure(&target.id);
-                if let Some(fb) = next_fallback(node, p, &mut used) {
+                if let Some(fb) = next_fallback(node, map, p, &mut used) {
                     inflight.push(send(node, fb, entry(fb, intended), intended));
                 }
             }
@@ -295,12 +287,12 @@ async fn replicate(
 
 /// The next healthy member of partition `p`'s extended preference list not `used` yet.
 fn next_fallback<'a>(
-    node: &'a Node,
+    node: &Node,
+    map: &'a PartitionMap,
     p: PartitionId,
     used: &mut Vec<&'a str>,
 ) -> Option<&'a Member> {
-    let fb = node
-        .map
+    let fb = map
         .extended_preference_list(p)
         .find(|m| !used.contains(&m.id.as_str()) && node.health.is_up(&m.id))?;
     used.push(&fb.id);
@@ -335,9 +327,9 @@ pub async fn read(node: &Arc<Node>, key: Bytes, r: Option<u32>) -> Result<Read, 
     let deadline = Instant::now() + node.timeout();
     let local_raw = node.store.read_raw(&key)?.unwrap_or_default();
     let mut merged = read_repair::decode_state(&local_raw)?;
-    let p = node.map.partition_of(&key);
-    let others: Vec<Member> = node
-        .map
+    let map = node.map();
+    let p = map.partition_of(&key);
+    let others: Vec<Member> = map
         .preference_list(p)
         .filter(|m| m.id != node.id())
         .cloned()

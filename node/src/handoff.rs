@@ -1,12 +1,13 @@
-//! Hinted handoff and peer probing.
+//! Hinted handoff.
 //!
 //! Hints live in their own column family and survive restarts. [`run`] loops forever:
-//! it probes peers believed down (with back-off), and hands every hint to its intended
-//! node once that node answers, deleting a hint only after the node acknowledged it (and
+//! it hands every hint to its intended node once the failure detector believes that node
+//! alive (see [`crate::health`]), deleting a hint only after the node acknowledged it (and
 //! only if no newer hinted write joined it meanwhile). Delivered hints ask the target to
 //! sync its WAL before acknowledging, whatever its fsync policy, so that a power loss of
-//! the target right after delivery cannot lose a version that then lives nowhere else. It wakes early when a peer comes
-//! back or a hint is stored, and it refreshes the hint and storage metrics.
+//! the target right after delivery cannot lose a version that then lives nowhere else. It
+//! wakes early when a peer is believed alive again or a hint is stored, and it refreshes
+//! the hint and storage metrics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// Hints sent to one node in one request.
 const BATCH: usize = 128;
 
-/// Runs probing and hinted handoff until the process stops.
+/// Runs hinted handoff until the process stops.
 pub async fn run(node: Arc<Node>) {
     loop {
         tokio::select! {
@@ -30,25 +31,10 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
-/// One round of probing and hint delivery.
+/// One round of hint delivery.
 pub async fn round(node: &Node) {
-    probe(node).await;
     if let Err(e) = deliver(node).await {
         tracing::warn!(error = %e, "hinted handoff round failed");
-    }
-}
-
-/// Probes down peers whose back-off has passed.
-async fn probe(node: &Node) {
-    for id in node.health.due_probes() {
-        let Some(m) = node.member(&id) else { continue };
-        match node.transport.ping(m, Duration::from_millis(500)).await {
-            Ok(()) => {
-                node.health.record_success(&id);
-                tracing::info!(peer = %id, "peer answers again");
-            }
-            Err(_) => node.health.record_failure(&id),
-        }
     }
 }
 
@@ -81,7 +67,7 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
             }
             continue;
         }
-        let Some(member) = node.member(&target).cloned() else {
+        let Some(member) = node.member(&target) else {
             continue;
         };
         if !node.health.is_up(&target) {
@@ -99,7 +85,6 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
                 .collect();
             match node.transport.write(&member, entries, node.timeout()).await {
                 Ok(()) => {
-                    node.health.record_success(&target);
                     for h in &hints {
                         node.store.clear_hint(h).await?;
                     }
@@ -107,8 +92,8 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
                     tracing::debug!(peer = %target, count = hints.len(), "hints delivered");
                 }
                 Err(e) => {
+                    // Tried again next round, or when the detector sees it come back.
                     tracing::debug!(peer = %target, error = %e, "hint delivery failed");
-                    node.health.record_failure(&target);
                     break;
                 }
             }

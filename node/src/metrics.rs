@@ -54,6 +54,7 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     pub set_cache_hits: Counter,
     pub set_cache_misses: Counter,
+    pub peer_state_changes: Counter,
 }
 
 impl Default for Metrics {
@@ -72,6 +73,7 @@ impl Default for Metrics {
         let storage_bytes = Gauge::default();
         let set_cache_hits = Counter::default();
         let set_cache_misses = Counter::default();
+        let peer_state_changes = Counter::default();
         registry.register(
             "requests",
             "Client requests coordinated, by operation and outcome",
@@ -129,6 +131,11 @@ impl Default for Metrics {
             "Lookups of a key's set that went to the storage engine",
             set_cache_misses.clone(),
         );
+        registry.register(
+            "peer_state_changes",
+            "Times the failure detector changed its verdict on a peer (alive, suspect, down)",
+            peer_state_changes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -142,6 +149,7 @@ impl Default for Metrics {
             storage_bytes,
             set_cache_hits,
             set_cache_misses,
+            peer_state_changes,
         }
     }
 }

@@ -8,11 +8,15 @@ use dynamo_core::codec::decode_set;
 use dynamo_core::context::ContextKey;
 use dynamo_core::limits::{check_key, check_value};
 use dynamo_core::{Actor, Member, PartitionMap, SiblingSet};
+use parking_lot::RwLock;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::dots::Epochs;
+use crate::failure_detection;
+use crate::gossip::state::{Entry, Status};
+use crate::gossip::Gossip;
 use crate::health::Health;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -40,10 +44,15 @@ pub struct Node {
     pub actor: Actor,
     /// The key epochs this incarnation mints.
     pub epochs: Epochs,
-    /// The partition map in force (static membership for now).
-    pub map: PartitionMap,
+    /// The partition map in force: planned at start from the configured members, or
+    /// taken from gossip (a newer epoch of the same cluster). Read it once per request
+    /// with [`Self::map`], so that one request sees one map.
+    map: RwLock<Arc<PartitionMap>>,
     pub store: Store,
     pub transport: Arc<dyn Transport>,
+    /// Who this node knows of, and their heartbeats (see [`crate::gossip`]).
+    pub gossip: Gossip,
+    /// The failure detector's verdicts on peers (see [`crate::health`]).
     pub health: Health,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
@@ -71,15 +80,37 @@ impl Node {
         let actor = Actor::new(identity.node_id.clone(), identity.incarnation);
         let context_key = ContextKey::new(&cfg.cluster_id, cfg.cluster_secret.as_bytes());
         let epochs = Epochs::starting_at(identity.next_epoch);
+        let me = Entry {
+            // Grows on every start (the wall clock's milliseconds), so that peers take
+            // this process's heartbeats over the last one's.
+            generation: clock.now_ms(),
+            heartbeat: 0,
+            node_id: identity.node_id.clone(),
+            addr: cfg.advertise_addr(),
+            zone: map.member(&identity.node_id).and_then(|m| m.zone.clone()),
+            incarnation: identity.incarnation,
+            status: Status::Alive,
+        };
+        let interval = cfg.gossip_interval();
+        let gossip = Gossip::new(me, cfg.seeds.clone(), interval, cfg.gossip_fanout);
+        let health = Health::new(failure_detection::Settings {
+            expected_interval_ms: cfg.gossip_interval_ms,
+            // As the default's half of a second is to rounds of a second.
+            min_std_dev_ms: cfg.gossip_interval_ms / 2,
+            suspect_phi: cfg.suspect_phi,
+            down_after_ms: cfg.down_after_ms,
+            ..failure_detection::Settings::default()
+        });
         Self {
             cfg,
             identity,
             actor,
             epochs,
-            map,
+            map: RwLock::new(Arc::new(map)),
             store,
             transport,
-            health: Health::default(),
+            gossip,
+            health,
             metrics: Metrics::default(),
             clock,
             context_key,
@@ -99,9 +130,19 @@ impl Node {
         self.cfg.request_timeout()
     }
 
+    /// The partition map in force.
+    pub fn map(&self) -> Arc<PartitionMap> {
+        self.map.read().clone()
+    }
+
+    /// Puts `map` in force (gossip checked that it is newer and of this cluster).
+    pub fn set_map(&self, map: PartitionMap) {
+        *self.map.write() = Arc::new(map);
+    }
+
     /// Looks up a member of the map.
-    pub fn member(&self, id: &str) -> Option<&Member> {
-        self.map.member(id)
+    pub fn member(&self, id: &str) -> Option<Member> {
+        self.map.read().member(id).cloned()
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -68,9 +68,6 @@ pub async fn gather_and_repair(
         });
         match state {
             Ok(state) => {
-                if node.health.record_success(&m.id) {
-                    node.handoff_wakeup.notify_one();
-                }
                 let _ = replies.send(state.clone());
                 match state {
                     None => same.push(m.id.clone()),
@@ -79,7 +76,6 @@ pub async fn gather_and_repair(
             }
             Err(e) => {
                 tracing::debug!(peer = %m.id, error = %e, "replica read failed");
-                node.health.record_failure(&m.id);
             }
         }
     }
@@ -117,7 +113,7 @@ pub async fn gather_and_repair(
                 hint_for: None,
                 sync: false,
             };
-            if let Err(e) = node.transport.write(m, vec![entry], node.timeout()).await {
+            if let Err(e) = node.transport.write(&m, vec![entry], node.timeout()).await {
                 tracing::debug!(peer = %id, error = %e, "read repair failed");
             }
         }

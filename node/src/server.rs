@@ -9,22 +9,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dynamo_core::planner;
+use dynamo_core::{planner, PartitionMap};
 use dynamo_proto::v1::{
-    admin_server::AdminServer, kv_server::KvServer, replica_server::ReplicaServer,
+    admin_server::AdminServer, gossip_server::GossipServer, kv_server::KvServer,
+    replica_server::ReplicaServer,
 };
 use tokio::sync::watch;
 
-use crate::clock::SystemClock;
+use crate::clock::{Clock as _, SystemClock};
 use crate::config::{FsyncPolicy, NodeConfig};
-use crate::network::{GrpcTransport, MAX_MESSAGE_BYTES};
+use crate::gossip::state::{Entry, Status};
+use crate::network::{GrpcTransport, Transport, MAX_MESSAGE_BYTES};
 use crate::node::Node;
-use crate::service::{admin::AdminService, kv::KvService, replica::ReplicaService};
+use crate::service::{
+    admin::AdminService, gossip::GossipService, kv::KvService, replica::ReplicaService,
+};
 use crate::shutdown::{self, Background};
 use crate::storage::rocks::RocksEngine;
 use crate::storage::Engine;
 use crate::store::Store;
-use crate::{handoff, identity};
+use crate::{gossip, handoff, identity};
 
 /// How long a stopping node waits for requests in flight before it stops its
 /// background tasks and closes its store.
@@ -51,7 +55,8 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         new_incarnation = identity.new_incarnation,
         "storage open"
     );
-    let map = planner::plan(None, &cfg.members, cfg.partitions, cfg.replication.n)?;
+    let transport = Arc::new(GrpcTransport::new(cfg.cluster_id.clone()));
+    let (cfg, map, learned) = initial_map(cfg, &identity, &*transport).await?;
     let store = match cfg.fsync {
         FsyncPolicy::Always => Store::synced(
             engine.clone(),
@@ -62,7 +67,6 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
             Store::new(engine.clone(), cfg.partitions, false)
         }
     };
-    let transport = Arc::new(GrpcTransport::new(cfg.cluster_id.clone()));
     let node = Arc::new(Node::new(
         cfg.clone(),
         identity,
@@ -71,6 +75,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         transport,
         Arc::new(SystemClock),
     ));
+    gossip::seed_view(&node, learned);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -90,6 +95,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(AdminServer::new(AdminService::new(node.clone())))
+        .add_service(GossipServer::new(GossipService::new(node.clone())))
         .add_service(
             ReplicaServer::new(ReplicaService::new(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -110,6 +116,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         stopped(stop_rx.clone()),
     ));
     let handoff_task = tokio::spawn(handoff::run(node.clone()));
+    let gossip_task = tokio::spawn(gossip::run(node.clone()));
     let sync_task = (cfg.fsync == FsyncPolicy::Periodic).then(|| {
         let every = Duration::from_millis(cfg.fsync_interval_ms.max(1));
         tokio::spawn(periodic_sync(node.clone(), every))
@@ -121,6 +128,8 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     tracing::info!("shutting down");
     let stopping = tokio::time::Instant::now();
     node.set_ready(false);
+    gossip_task.abort();
+    gossip::farewell(&node).await;
     node.stop_sessions();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout_at(stopping + SERVE_GRACE, grpc_task).await;
@@ -146,6 +155,43 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
                 .context("no clean stop; the next start takes a new incarnation"))
         }
     }
+}
+
+/// The configuration and the partition map a node starts with: planned from its
+/// members, or, for a node given only seeds, the one they gossip (its partition count and
+/// N then become the node's), with the entries learned on the way.
+async fn initial_map(
+    mut cfg: NodeConfig,
+    identity: &identity::Identity,
+    transport: &dyn Transport,
+) -> anyhow::Result<(NodeConfig, PartitionMap, Vec<Entry>)> {
+    if !cfg.members.is_empty() {
+        let map = planner::plan(None, &cfg.members, cfg.partitions, cfg.replication.n)?;
+        return Ok((cfg, map, Vec::new()));
+    }
+    let me = Entry {
+        generation: SystemClock.now_ms(),
+        heartbeat: 0,
+        node_id: identity.node_id.clone(),
+        addr: cfg.advertise_addr(),
+        zone: None,
+        incarnation: identity.incarnation,
+        status: Status::Alive,
+    };
+    tracing::info!(seeds = ?cfg.seeds, "no members given: asking the seeds for the partition map");
+    let (map, learned) = gossip::bootstrap(transport, &cfg.cluster_id, &me, &cfg.seeds).await;
+    cfg.partitions = map.partitions;
+    cfg.replication.n = map.replication;
+    let r = cfg.replication;
+    if r.r > r.n || r.w > r.n {
+        anyhow::bail!(
+            "the cluster's map has N={}, less than this node's R={} or W={}",
+            r.n,
+            r.r,
+            r.w
+        );
+    }
+    Ok((cfg, map, learned))
 }
 
 /// Syncs the WAL every `every` until the node is stopping (a sync under way finishes).

@@ -121,12 +121,9 @@ async fn after_a_failed_local_write_the_coordinator_makes_no_more_dots() {
     let key = (0..)
         .map(|i| format!("key-{i}"))
         .find(|k| {
-            let map = &nodes[0].map;
-            map.preference_list(map.partition_of(k.as_bytes()))
-                .next()
-                .unwrap()
-                .id
-                == nodes[0].id()
+            let map = nodes[0].map();
+            let owner = map.owner(map.partition_of(k.as_bytes()));
+            owner.id == nodes[0].id()
         })
         .unwrap();
     faulty.fail_writes(true);
@@ -188,7 +185,7 @@ async fn forged_and_hostile_contexts_are_refused_and_break_nothing() {
     // Validly signed, yet claiming writes the coordinator never made.
     let coordinator = (0..3)
         .map(|i| &nodes[i])
-        .find(|n| n.map.is_replica(n.map.partition_of(b"k"), n.id()))
+        .find(|n| n.map().is_replica(n.map().partition_of(b"k"), n.id()))
         .unwrap();
     // (The key's actor there: the coordinator at the key's epoch.)
     let actor = coordinator.store.read(b"k").unwrap().siblings()[0]

@@ -41,7 +41,7 @@ async fn a_write_that_lived_only_as_hints_survives_a_power_cut_of_its_replicas_a
             .map(|i| start_node(&net, &members, i, disks[i].clone(), &spec))
             .collect();
         let key = b"only-hints";
-        let map = &nodes[0].map;
+        let map = nodes[0].map();
         let replicas: Vec<usize> = map
             .preference_list(map.partition_of(key))
             .map(|m| members.iter().position(|x| x.id == m.id).unwrap())

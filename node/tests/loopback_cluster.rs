@@ -50,7 +50,7 @@ fn index(nodes: &[Arc<Node>], id: &str) -> usize {
 }
 
 fn pref(nodes: &[Arc<Node>], key: &[u8]) -> Vec<usize> {
-    let map = &nodes[0].map;
+    let map = nodes[0].map();
     map.preference_list(map.partition_of(key))
         .map(|m| index(nodes, &m.id))
         .collect()
@@ -63,7 +63,7 @@ fn local_values(node: &Node, key: &[u8]) -> Vec<Bytes> {
 /// What the node's engine itself holds for `key` (past the store's cache: after a
 /// simulated crash, only the engine tells what survived).
 fn engine_values(node: &Node, key: &[u8]) -> Vec<Bytes> {
-    let dk = data_key(node.map.partition_of(key), key);
+    let dk = data_key(node.map().partition_of(key), key);
     let raw = node.store.engine().get(Cf::Data, &dk).unwrap();
     decode_stored(raw.as_deref())
         .unwrap()
@@ -347,7 +347,7 @@ async fn a_replica_with_a_corrupt_state_counts_as_not_answering() {
         .await
         .unwrap();
     let mut batch = Batch::default();
-    let partition = nodes[0].map.partition_of(key);
+    let partition = nodes[0].map().partition_of(key);
     batch.put(Cf::Data, data_key(partition, key), vec![0xff, 1, 2, 3]);
     nodes[p[1]].store.engine().write(&batch, true).unwrap();
     nodes[p[1]].store.drop_cache();

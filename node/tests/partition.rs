@@ -2,7 +2,9 @@
 //! heals (Dynamo's "always writable").
 //!
 //! Five in-process nodes on the loopback transport are split two | three; calls across
-//! the cut get no answer until their timeout, as on a network that drops packets. Clients
+//! the cut get no answer until their timeout, as on a network that drops packets. The
+//! nodes gossip (every 100 ms here), so each side soon suspects the other and stops
+//! waiting on it. Clients
 //! on each side, each reaching only its side's nodes, keep a set per key through siblings
 //! (read-modify-write, or a blind put when a read cannot find R replicas on its side).
 //! Every key must be written on both sides during the partition, a key whose replicas
@@ -21,11 +23,11 @@ use common::{
     assert_dots_unique, elements, members, merge, start_node, with_element, Chain, Outcome, Sets,
     Spec,
 };
-use dynamo_node::handoff;
 use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
 use dynamo_node::service::kv::KvService;
 use dynamo_node::storage::memory::MemoryEngine;
+use dynamo_node::{gossip, handoff};
 use dynamo_proto::v1::kv_server::Kv;
 use dynamo_proto::v1::{GetRequest, PutRequest};
 use tonic::Request;
@@ -77,12 +79,14 @@ async fn both_sides_of_a_partition_take_writes_that_merge_when_it_heals() {
         let net = LoopbackNet::new();
         let spec = Spec {
             request_timeout_ms: 300,
+            gossip_interval_ms: 100,
             ..Spec::default()
         };
         let nodes: Vec<Arc<Node>> = (0..NODES)
             .map(|i| {
                 let node = start_node(&net, &members, i, Arc::new(MemoryEngine::new()), &spec);
                 tokio::spawn(handoff::run(node.clone()));
+                tokio::spawn(gossip::run(node.clone()));
                 node
             })
             .collect();
@@ -93,7 +97,7 @@ async fn both_sides_of_a_partition_take_writes_that_merge_when_it_heals() {
 
         // The case that needs a fallback coordinator: a key whose replicas are all on the
         // far side of the minority's cut.
-        let map = &nodes[0].map;
+        let map = nodes[0].map();
         let far = (0..KEYS).find(|k| {
             let key = format!("set-{k}");
             map.preference_list(map.partition_of(key.as_bytes()))

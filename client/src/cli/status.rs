@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use dynamo_client::proto::{
-    ClusterHealthResponse, HintsResponse, NodeInfoResponse, PartitionMapResponse,
+    ClusterHealthResponse, HintsResponse, MemberHealth, NodeInfoResponse, PartitionMapResponse,
 };
 use dynamo_client::Client;
 use serde_json::json;
@@ -97,20 +97,27 @@ fn to_text(s: &Status) -> String {
         s.map.members.len()
     ));
     out.push_str(&format!(
-        "  {:<12} {:<22} {:<8} {:>6} {:>10}  {:<6} {:>8} {:>12}\n",
-        "member", "addr", "zone", "owned", "replicated", "health", "failures", "last seen ms"
+        "  {:<12} {:<22} {:<8} {:>6} {:>10}  {:<7} {:>20} {:>16}\n",
+        "member",
+        "addr",
+        "zone",
+        "owned",
+        "replicated",
+        "health",
+        "incarnation",
+        "heartbeat age ms"
     ));
     for m in &s.map.members {
         let h = s.health.members.iter().find(|h| h.id == m.id);
         out.push_str(&format!(
-            "  {:<12} {:<22} {:<8} {:>6} {:>10}  {:<6} {:>8} {:>12}\n",
+            "  {:<12} {:<22} {:<8} {:>6} {:>10}  {:<7} {:>20} {:>16}\n",
             m.id,
             m.addr,
             if m.zone.is_empty() { "-" } else { &m.zone },
             m.owned,
             m.replicated,
             h.map_or("?", |h| h.state.as_str()),
-            h.map_or("-".into(), |h| h.failures.to_string()),
+            h.map_or("-".into(), incarnation),
             h.map_or("-".into(), |h| h.last_seen_ms.to_string()),
         ));
     }
@@ -121,8 +128,12 @@ fn to_text(s: &Status) -> String {
         .filter(|h| !s.map.members.iter().any(|m| m.id == h.id))
     {
         out.push_str(&format!(
-            "  {:<12} {:<22} (not in the map) health {} failures {}\n",
-            h.id, h.addr, h.state, h.failures
+            "  {:<12} {:<22} (known by gossip, not in the map)  {:<7} {:>20} {:>16}\n",
+            h.id,
+            h.addr,
+            h.state,
+            incarnation(h),
+            h.last_seen_ms
         ));
     }
     out.push_str(&format!("hints pending: {}\n", s.hints.pending));
@@ -133,6 +144,14 @@ fn to_text(s: &Status) -> String {
         ));
     }
     out
+}
+
+/// A member's incarnation, or "-" while gossip has not told it.
+fn incarnation(h: &MemberHealth) -> String {
+    match h.incarnation {
+        0 => "-".into(),
+        i => i.to_string(),
+    }
 }
 
 fn to_json(s: &Status) -> serde_json::Value {
@@ -150,7 +169,12 @@ fn to_json(s: &Status) -> serde_json::Value {
         .members
         .iter()
         .map(|h| {
-            json!({"id": h.id, "addr": h.addr, "state": h.state, "failures": h.failures, "last_seen_ms": h.last_seen_ms})
+            json!({
+                "id": h.id, "addr": h.addr, "zone": h.zone, "state": h.state,
+                "incarnation": h.incarnation, "generation": h.generation,
+                "heartbeat": h.heartbeat, "last_seen_ms": h.last_seen_ms, "phi": h.phi,
+                "state_changes": h.state_changes, "in_map": h.in_map,
+            })
         })
         .collect();
     let targets: Vec<_> = s
@@ -169,7 +193,7 @@ fn to_json(s: &Status) -> serde_json::Value {
             "epoch": s.map.epoch, "partitions": s.map.partitions,
             "replication": s.map.replication, "members": members,
         },
-        "health": {"node_id": s.health.node_id, "members": health},
+        "health": {"node_id": s.health.node_id, "map_epoch": s.health.map_epoch, "members": health},
         "hints": {"pending": s.hints.pending, "targets": targets},
     })
 }
@@ -177,7 +201,7 @@ fn to_json(s: &Status) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dynamo_client::proto::{HintTarget, MapMember, MemberHealth};
+    use dynamo_client::proto::{HintTarget, MapMember};
 
     fn status() -> Status {
         Status {
@@ -208,13 +232,25 @@ mod tests {
             },
             health: ClusterHealthResponse {
                 node_id: "node-1".into(),
-                members: vec![MemberHealth {
-                    id: "node-1".into(),
-                    addr: "127.0.0.1:7101".into(),
-                    state: "self".into(),
-                    failures: 0,
-                    last_seen_ms: 0,
-                }],
+                members: vec![
+                    MemberHealth {
+                        id: "node-1".into(),
+                        addr: "127.0.0.1:7101".into(),
+                        state: "self".into(),
+                        incarnation: 2,
+                        in_map: true,
+                        ..MemberHealth::default()
+                    },
+                    MemberHealth {
+                        id: "node-9".into(),
+                        addr: "127.0.0.1:7109".into(),
+                        state: "suspect".into(),
+                        incarnation: 99,
+                        last_seen_ms: 4200,
+                        ..MemberHealth::default()
+                    },
+                ],
+                map_epoch: 1,
             },
             hints: HintsResponse {
                 pending: 3,
@@ -234,6 +270,9 @@ mod tests {
             "node node-1 (incarnation 2)",
             "epoch 1, Q=16",
             "self",
+            "node-9",
+            "suspect",
+            "4200",
             "hints pending: 3",
             "for node-2",
         ] {
@@ -247,6 +286,7 @@ mod tests {
         assert_eq!(v["node"]["node_id"], "node-1");
         assert_eq!(v["partition_map"]["members"][0]["owned"], 16);
         assert_eq!(v["health"]["members"][0]["state"], "self");
+        assert_eq!(v["health"]["members"][1]["incarnation"], 99);
         assert_eq!(v["hints"]["targets"][0]["pending"], 3);
     }
 }

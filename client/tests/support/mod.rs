@@ -245,9 +245,10 @@ impl Admin for Fake {
                 id: self.0.id.clone(),
                 addr: String::new(),
                 state: "self".into(),
-                failures: 0,
-                last_seen_ms: 0,
+                in_map: true,
+                ..MemberHealth::default()
             }],
+            map_epoch: 1,
         }))
     }
 

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use dynamo_core::Member;
 use dynamo_proto::session::{Mux, MuxError, Reopening};
 use dynamo_proto::v1::{
-    admin_client::AdminClient, kv_client::KvClient, replica_client::ReplicaClient,
-    replica_session_request::Op, replica_session_response::Result as Answer, NodeInfoRequest,
+    admin_client::AdminClient, gossip_client::GossipClient, kv_client::KvClient,
+    replica_client::ReplicaClient, replica_session_request::Op,
+    replica_session_response::Result as Answer, GossipRequest, GossipResponse, NodeInfoRequest,
     ReplicaEntry, ReplicaReadRequest, ReplicaSessionRequest, ReplicaSessionResponse,
     ReplicaWriteRequest,
 };
@@ -202,6 +203,18 @@ impl Transport for GrpcTransport {
         deadline(timeout, client.node_info(NodeInfoRequest {}))
             .await
             .map(|_| ())
+    }
+
+    async fn gossip(
+        &self,
+        addr: &str,
+        req: GossipRequest,
+        timeout: Duration,
+    ) -> Result<GossipResponse, PeerError> {
+        let mut client = GossipClient::new(self.channel(addr)?);
+        deadline(timeout, client.exchange(req))
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     async fn forward(

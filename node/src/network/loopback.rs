@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dynamo_core::Member;
-use dynamo_proto::v1::{DeleteResponse, PutResponse};
+use dynamo_proto::v1::{DeleteResponse, GossipRequest, GossipResponse, PutResponse};
 use parking_lot::Mutex;
 
 use super::{Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry};
@@ -105,6 +105,27 @@ impl LoopbackNet {
         self.reach_node(to).map_err(Unreached::Refused)
     }
 
+    /// The id of the node whose own address (in its map, else in its gossip entry) is
+    /// `addr`.
+    fn id_at(&self, addr: &str) -> Option<String> {
+        let nodes: Vec<(String, Arc<Node>)> = self
+            .nodes
+            .lock()
+            .iter()
+            .filter_map(|(id, n)| Some((id.clone(), n.upgrade()?)))
+            .collect();
+        nodes
+            .into_iter()
+            .find(|(id, n)| {
+                let own = n
+                    .member(id)
+                    .map(|m| m.addr)
+                    .or_else(|| n.gossip.entry(id).map(|e| e.addr));
+                own.as_deref() == Some(addr)
+            })
+            .map(|(id, _)| id)
+    }
+
     fn reach_node(&self, id: &str) -> Result<Arc<Node>, PeerError> {
         if self.down.lock().contains(id) {
             return Err(PeerError::Status(tonic::Status::unavailable(format!(
@@ -184,6 +205,19 @@ impl Transport for LoopbackTransport {
 
     async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError> {
         self.reach(&peer.id, timeout).await.map(|_| ())
+    }
+
+    async fn gossip(
+        &self,
+        addr: &str,
+        req: GossipRequest,
+        timeout: Duration,
+    ) -> Result<GossipResponse, PeerError> {
+        let id = self.net.id_at(addr).ok_or_else(|| {
+            PeerError::Status(tonic::Status::unavailable(format!("nothing at {addr}")))
+        })?;
+        let node = self.reach(&id, timeout).await?;
+        crate::gossip::answer(&node, req).map_err(PeerError::Status)
     }
 
     async fn forward(

@@ -1,6 +1,6 @@
 //! The network seam: how a node talks to its peers.
 //!
-//! The coordinator, hinted handoff and read repair only see [`Transport`]. Production uses
+//! The coordinator, hinted handoff, read repair and gossip only see [`Transport`]. Production uses
 //! [`GrpcTransport`]: one long-lived HTTP/2 channel per peer (requests multiplexed over it),
 //! TCP_NODELAY on every connection, deadlines on every call. A simulation can supply its
 //! own transport (or run this one over turmoil's simulated TCP).
@@ -12,7 +12,8 @@ use bytes::Bytes;
 use dynamo_core::codec::encode_set;
 use dynamo_core::{Member, SiblingSet};
 use dynamo_proto::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, GossipRequest, GossipResponse,
+    PutRequest, PutResponse,
 };
 
 mod batch;
@@ -115,6 +116,13 @@ pub trait Transport: Send + Sync + 'static {
     ) -> Result<(), PeerError>;
     /// Checks that `peer` answers.
     async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError>;
+    /// One gossip exchange with the node at `addr` (a seed may be known by address only).
+    async fn gossip(
+        &self,
+        addr: &str,
+        req: GossipRequest,
+        timeout: Duration,
+    ) -> Result<GossipResponse, PeerError>;
     /// Has `peer` coordinate a client request.
     async fn forward(
         &self,

@@ -1,4 +1,5 @@
-//! The `dynamo.v1.Admin` service: identity, partition map, health, hints.
+//! The `dynamo.v1.Admin` service: identity, partition map, health (the failure
+//! detector's verdicts on every node known), hints.
 
 use std::sync::Arc;
 
@@ -9,6 +10,8 @@ use dynamo_proto::v1::{
     PartitionMapResponse,
 };
 use tonic::{Request, Response, Status};
+
+use dynamo_core::PartitionMap;
 
 use crate::config::FsyncPolicy;
 use crate::node::Node;
@@ -55,7 +58,7 @@ impl Admin for AdminService {
         &self,
         _: Request<PartitionMapRequest>,
     ) -> Result<Response<PartitionMapResponse>, Status> {
-        let map = &self.node.map;
+        let map = self.node.map();
         let owned = map.ownership_counts();
         let members = map
             .members
@@ -83,35 +86,11 @@ impl Admin for AdminService {
         _: Request<ClusterHealthRequest>,
     ) -> Result<Response<ClusterHealthResponse>, Status> {
         let n = &self.node;
-        let members = n
-            .map
-            .members
-            .iter()
-            .map(|m| {
-                let v = n.health.view(&m.id);
-                let state = if m.id == n.id() {
-                    "self"
-                } else if v.up {
-                    "up"
-                } else {
-                    "down"
-                };
-                MemberHealth {
-                    id: m.id.clone(),
-                    addr: m.addr.clone(),
-                    state: state.to_owned(),
-                    failures: v.failures,
-                    last_seen_ms: if m.id == n.id() {
-                        0
-                    } else {
-                        v.since_ok.as_millis() as u64
-                    },
-                }
-            })
-            .collect();
+        let map = n.map();
         Ok(Response::new(ClusterHealthResponse {
             node_id: n.id().to_owned(),
-            members,
+            members: member_health(n, &map),
+            map_epoch: map.epoch,
         }))
     }
 
@@ -135,4 +114,48 @@ impl Admin for AdminService {
             targets,
         }))
     }
+}
+
+/// Every node this one knows of, from its map or by gossip, as its failure detector sees
+/// it: members of the map first (in id order), then nodes known by gossip only.
+fn member_health(n: &Node, map: &PartitionMap) -> Vec<MemberHealth> {
+    let entries = n.gossip.entries();
+    let mut ids: Vec<&str> = map.members.iter().map(|m| m.id.as_str()).collect();
+    ids.extend(
+        entries
+            .iter()
+            .map(|e| e.node_id.as_str())
+            .filter(|id| map.member(id).is_none()),
+    );
+    ids.into_iter()
+        .map(|id| {
+            let entry = entries.iter().find(|e| e.node_id == id);
+            let member = map.member(id);
+            let view = n.health.view(id);
+            let state = if id == n.id() {
+                "self"
+            } else {
+                view.as_ref().map_or("alive", |v| v.verdict.as_str())
+            };
+            MemberHealth {
+                id: id.to_owned(),
+                addr: member
+                    .map(|m| m.addr.clone())
+                    .or_else(|| entry.map(|e| e.addr.clone()))
+                    .unwrap_or_default(),
+                zone: member
+                    .and_then(|m| m.zone.clone())
+                    .or_else(|| entry.and_then(|e| e.zone.clone()))
+                    .unwrap_or_default(),
+                state: state.to_owned(),
+                last_seen_ms: view.as_ref().map_or(0, |v| v.silence_ms),
+                incarnation: entry.map_or(0, |e| e.incarnation),
+                generation: entry.map_or(0, |e| e.generation),
+                heartbeat: entry.map_or(0, |e| e.heartbeat),
+                phi: view.as_ref().map_or(0.0, |v| v.phi),
+                state_changes: view.as_ref().map_or(0, |v| v.changes),
+                in_map: member.is_some(),
+            }
+        })
+        .collect()
 }

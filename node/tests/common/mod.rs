@@ -43,6 +43,8 @@ pub struct Spec {
     /// Largest value and largest sibling set a put may leave.
     pub max_value_bytes: usize,
     pub max_set_bytes: usize,
+    /// Milliseconds between gossip rounds (gossip runs only where a test starts it).
+    pub gossip_interval_ms: u64,
 }
 
 impl Default for Spec {
@@ -54,6 +56,7 @@ impl Default for Spec {
             sync_window: None,
             max_value_bytes: NodeConfig::default().max_value_bytes,
             max_set_bytes: NodeConfig::default().max_set_bytes,
+            gossip_interval_ms: NodeConfig::default().gossip_interval_ms,
         }
     }
 }
@@ -82,6 +85,7 @@ pub fn start_node(
         request_timeout_ms: spec.request_timeout_ms,
         max_value_bytes: spec.max_value_bytes,
         max_set_bytes: spec.max_set_bytes,
+        gossip_interval_ms: spec.gossip_interval_ms,
         ..NodeConfig::default()
     };
     cfg.validate().unwrap();

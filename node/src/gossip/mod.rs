@@ -1,0 +1,343 @@
+//! Gossip: how nodes learn of each other, of each other's heartbeats and of the newest
+//! partition map, with no node in charge.
+//!
+//! Every node keeps a [`state::View`]: one entry per node it knows of, itself included.
+//! Once a round (`gossip_interval_ms`, 1 s by default) it counts its own heartbeat up and
+//! exchanges with `gossip_fanout` random peers ([`peers::choose`]): it pushes all its
+//! entries (an entry is about as small as a digest of it would be) and pulls back the
+//! ones the peer has newer. The map's epoch rides along: the side with the older map gets
+//! the newer one, and takes it only if it is of the same cluster with a higher epoch
+//! ([`state::adopt`]). Every heartbeat seen to advance is an arrival for the failure
+//! detector ([`crate::health`]), whose verdicts decide which replicas coordinators skip
+//! and when hints are delivered. Membership stays explicit: gossip tells who is alive and
+//! spreads a committed map, it never moves a partition by itself.
+//!
+//! A node may start from `seeds` (addresses) alone: [`bootstrap`] asks them until one
+//! answers with a map. A (re)started node's first round talks to every node and seed it
+//! knows, so it is trusted again everywhere within one round; a node stopping cleanly
+//! says so ([`farewell`]), so peers believe it down at once.
+//!
+//! The exchange is the `Gossip.Exchange` RPC on the node's gRPC port
+//! (`proto/dynamo/v1/gossip.proto`, served by [`crate::service::gossip`]).
+
+pub mod peers;
+pub mod state;
+pub mod wire;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_core::PartitionMap;
+use dynamo_proto::v1::{GossipRequest, GossipResponse};
+use parking_lot::Mutex;
+
+use crate::failure_detection::Verdict;
+use crate::network::{PeerError, Transport};
+use crate::node::Node;
+use peers::Peer;
+use state::{Entry, View};
+
+/// How long one exchange may take: a peer that answers later is as good as silent.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a node without a map asks its seeds again.
+const BOOTSTRAP_RETRY: Duration = Duration::from_millis(500);
+/// Verdicts are recomputed this many times a round.
+const REFRESHES_PER_ROUND: u32 = 10;
+
+/// This node's gossip state.
+pub struct Gossip {
+    me: String,
+    view: Mutex<View>,
+    seeds: Vec<String>,
+    interval: Duration,
+    fanout: usize,
+    rounds: AtomicU64,
+}
+
+impl Gossip {
+    /// The gossip of a node whose own entry is `me`.
+    pub fn new(me: Entry, seeds: Vec<String>, interval: Duration, fanout: usize) -> Self {
+        Self {
+            me: me.node_id.clone(),
+            view: Mutex::new(View::new(me)),
+            seeds,
+            interval,
+            fanout,
+            rounds: AtomicU64::new(0),
+        }
+    }
+
+    /// Every entry known, this node's own included.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.view.lock().entries().cloned().collect()
+    }
+
+    /// The entry of node `id`, if known.
+    pub fn entry(&self, id: &str) -> Option<Entry> {
+        self.view.lock().get(id).cloned()
+    }
+
+    /// Rounds this node has started.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn request(&self, cluster_id: &str, map: &PartitionMap, with_map: bool) -> GossipRequest {
+        GossipRequest {
+            cluster_id: cluster_id.to_owned(),
+            entries: self.entries().iter().map(wire::entry_to_proto).collect(),
+            map_epoch: map.epoch,
+            map: with_map.then(|| wire::map_to_proto(map)),
+        }
+    }
+}
+
+/// Merges gossiped entries into the node's view and tells the failure detector of every
+/// heartbeat that advanced. Entries about this node itself are ignored: only it writes
+/// its own.
+fn absorb(node: &Node, entries: impl IntoIterator<Item = Entry>) {
+    let me = &node.gossip.me;
+    let advanced = node
+        .gossip
+        .view
+        .lock()
+        .merge(entries.into_iter().filter(|e| &e.node_id != me));
+    for a in advanced {
+        if a.new {
+            tracing::info!(peer = %a.node_id, addr = %a.entry.addr, "gossip: learned of a node");
+        } else if a.restarted {
+            tracing::info!(peer = %a.node_id, incarnation = a.entry.incarnation, "gossip: node restarted");
+        }
+        let stopping = a.entry.status == state::Status::Stopping;
+        if let Some(change) = node
+            .health
+            .heartbeat(&a.node_id, a.entry.generation, stopping)
+        {
+            on_change(node, &change);
+        }
+    }
+}
+
+/// Logs and counts a verdict change; a peer alive again wakes hinted handoff.
+fn on_change(node: &Node, c: &crate::health::Change) {
+    tracing::info!(peer = %c.peer, from = c.from.as_str(), to = c.to.as_str(), "failure detector");
+    node.metrics.peer_state_changes.inc();
+    if c.to == Verdict::Alive {
+        node.handoff_wakeup.notify_one();
+    }
+}
+
+/// Takes a gossiped map if [`state::adopt`] allows it.
+fn offer_map(node: &Node, proto: dynamo_proto::v1::GossipMap) {
+    let map = match wire::map_from_proto(proto) {
+        Ok(map) => map,
+        Err(e) => {
+            tracing::warn!(error = %e, "gossip: refused an invalid partition map");
+            return;
+        }
+    };
+    let current = node.map();
+    let cluster = &node.cfg.cluster_id;
+    // Exchanges are refused across clusters, so a map that reached us is of ours.
+    match state::adopt(cluster, Some(&current), cluster, &map) {
+        Ok(()) => {
+            tracing::info!(
+                from = current.epoch,
+                to = map.epoch,
+                "gossip: adopted a newer partition map"
+            );
+            for m in &map.members {
+                if m.id != node.id() {
+                    node.health.watch(&m.id);
+                }
+            }
+            node.set_map(map);
+        }
+        Err(state::Refused::NotNewer { .. }) => {}
+        Err(e) => tracing::warn!(error = %e, "gossip: refused a partition map"),
+    }
+}
+
+/// Answers a peer's exchange: takes its newer entries (and its map, if sent and newer),
+/// and returns what it lacks.
+pub fn answer(node: &Node, req: GossipRequest) -> Result<GossipResponse, tonic::Status> {
+    if req.cluster_id != node.cfg.cluster_id {
+        return Err(tonic::Status::failed_precondition(format!(
+            "gossip from cluster {:?} refused by a node of cluster {:?}",
+            req.cluster_id, node.cfg.cluster_id
+        )));
+    }
+    let theirs: Vec<Entry> = req
+        .entries
+        .into_iter()
+        .map(wire::entry_from_proto)
+        .collect();
+    absorb(node, theirs.iter().cloned());
+    if let Some(map) = req.map {
+        offer_map(node, map);
+    }
+    let map = node.map();
+    let entries = node.gossip.view.lock().newer_than(&theirs);
+    Ok(GossipResponse {
+        entries: entries.iter().map(wire::entry_to_proto).collect(),
+        map: (map.epoch > req.map_epoch).then(|| wire::map_to_proto(&map)),
+        map_wanted: req.map_epoch > map.epoch,
+    })
+}
+
+/// The peers this node knows: members of its map (at the address the map gives, which is
+/// how this node was told to reach them) and nodes known by gossip only.
+fn known_peers(node: &Node) -> Vec<Peer> {
+    let map = node.map();
+    let mut known: Vec<Peer> = map
+        .members
+        .iter()
+        .filter(|m| m.id != node.id())
+        .map(|m| Peer {
+            id: Some(m.id.clone()),
+            addr: m.addr.clone(),
+        })
+        .collect();
+    for e in node.gossip.view.lock().entries() {
+        if e.node_id != node.id() && map.member(&e.node_id).is_none() {
+            known.push(Peer {
+                id: Some(e.node_id.clone()),
+                addr: e.addr.clone(),
+            });
+        }
+    }
+    known
+}
+
+/// One exchange with `peer`: push, pull, and the map whichever way it is newer.
+async fn exchange(node: &Node, peer: &Peer) -> Result<(), PeerError> {
+    let map = node.map();
+    let mut req = node.gossip.request(&node.cfg.cluster_id, &map, false);
+    let resp = node
+        .transport
+        .gossip(&peer.addr, req.clone(), EXCHANGE_TIMEOUT)
+        .await?;
+    absorb(node, resp.entries.into_iter().map(wire::entry_from_proto));
+    if let Some(map) = resp.map {
+        offer_map(node, map);
+    }
+    if resp.map_wanted {
+        req.map = Some(wire::map_to_proto(&map));
+        node.transport
+            .gossip(&peer.addr, req, EXCHANGE_TIMEOUT)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One round: count the heartbeat up, exchange with the chosen peers.
+pub async fn round(node: &Node, first: bool) {
+    node.gossip.rounds.fetch_add(1, Ordering::Relaxed);
+    node.gossip.view.lock().beat(node.id());
+    let chosen = {
+        let known = known_peers(node);
+        peers::choose(
+            &known,
+            &node.gossip.seeds,
+            node.gossip.fanout,
+            first,
+            &mut rand::rng(),
+        )
+    };
+    let exchanges = chosen.iter().map(|p| async move {
+        if let Err(e) = exchange(node, p).await {
+            tracing::debug!(peer = ?p.id, addr = %p.addr, error = %e, "gossip exchange failed");
+        }
+    });
+    futures::future::join_all(exchanges).await;
+}
+
+/// Gossips and refreshes the failure detector's verdicts until the node is stopping.
+pub async fn run(node: Arc<Node>) {
+    for m in &node.map().members {
+        if m.id != node.id() {
+            node.health.watch(&m.id);
+        }
+    }
+    let stopping = node.stopping();
+    tokio::pin!(stopping);
+    let mut rounds = tokio::time::interval(node.gossip.interval);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = tokio::time::interval(node.gossip.interval / REFRESHES_PER_ROUND);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = &mut stopping => return,
+            _ = rounds.tick() => {
+                // A round runs beside the refreshes: a slow peer must not stall verdicts.
+                let node = node.clone();
+                tokio::spawn(async move { round(&node, first).await });
+                first = false;
+            }
+            _ = refresh.tick() => {
+                for change in node.health.refresh() {
+                    on_change(&node, &change);
+                }
+            }
+        }
+    }
+}
+
+/// Tells every known peer that this node is stopping (best effort, one short exchange
+/// each), so that they stop sending it requests at once.
+pub async fn farewell(node: &Node) {
+    node.gossip.view.lock().stopping(node.id());
+    let known = known_peers(node);
+    let exchanges = known.iter().map(|p| exchange(node, p));
+    let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, futures::future::join_all(exchanges)).await;
+}
+
+/// For a node started from seeds alone: asks the seeds, in turn and again until one
+/// answers, for the cluster's partition map. Returns it with the entries learned.
+pub async fn bootstrap(
+    transport: &dyn Transport,
+    cluster_id: &str,
+    me: &Entry,
+    seeds: &[String],
+) -> (PartitionMap, Vec<Entry>) {
+    let req = GossipRequest {
+        cluster_id: cluster_id.to_owned(),
+        entries: vec![wire::entry_to_proto(me)],
+        map_epoch: 0,
+        map: None,
+    };
+    loop {
+        for seed in seeds {
+            match transport.gossip(seed, req.clone(), EXCHANGE_TIMEOUT).await {
+                Ok(resp) => match resp.map.map(wire::map_from_proto) {
+                    Some(Ok(map)) => {
+                        tracing::info!(seed = %seed, epoch = map.epoch, members = map.members.len(), "joined through a seed");
+                        let entries = resp
+                            .entries
+                            .into_iter()
+                            .map(wire::entry_from_proto)
+                            .collect();
+                        return (map, entries);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(seed = %seed, error = %e, "seed sent an invalid map")
+                    }
+                    None => tracing::info!(seed = %seed, "seed has no map yet"),
+                },
+                Err(e) => tracing::warn!(seed = %seed, error = %e, "seed did not answer"),
+            }
+        }
+        tokio::time::sleep(BOOTSTRAP_RETRY).await;
+    }
+}
+
+/// Takes the entries a bootstrap learned (see [`bootstrap`]).
+pub fn seed_view(node: &Node, entries: Vec<Entry>) {
+    absorb(node, entries);
+}

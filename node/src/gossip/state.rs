@@ -1,0 +1,339 @@
+//! The gossiped membership state, and how two views of it merge. Pure logic.
+//!
+//! Every node has one [`Entry`] per node it knows of. Only a node itself changes its own
+//! entry, and every change makes it larger in the entries' order, whose first keys are
+//! the version (`generation`, `heartbeat`): the generation grows on every process start,
+//! the heartbeat once a gossip round. Merging keeps, for each node, the largest entry
+//! either side has; that is a join (commutative, associative, idempotent), so views that
+//! exchanged the same entries in any order and any number of times agree.
+//!
+//! A partition map travels with gossip too; [`adopt`] says when a node takes a peer's.
+
+use std::collections::BTreeMap;
+
+use dynamo_core::PartitionMap;
+
+/// What a node says of itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    /// Running.
+    Alive,
+    /// Shutting down cleanly: believe it down at once rather than after a silence.
+    Stopping,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Stopping => "stopping",
+        }
+    }
+
+    /// Reads a gossiped status; anything unknown is taken as alive.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "stopping" => Status::Stopping,
+            _ => Status::Alive,
+        }
+    }
+}
+
+/// One node's gossiped entry. Field order matters: the derived order compares the
+/// version first, and the rest only breaks ties (deterministically) between entries no
+/// node should ever make with one version.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Entry {
+    /// Grows on every start of the node's process.
+    pub generation: u64,
+    /// Counted up by the node once a gossip round.
+    pub heartbeat: u64,
+    pub node_id: String,
+    /// gRPC address the node advertises.
+    pub addr: String,
+    pub zone: Option<String>,
+    /// The node's actor incarnation.
+    pub incarnation: u64,
+    pub status: Status,
+}
+
+impl Entry {
+    /// The version an entry is ordered by.
+    pub fn version(&self) -> (u64, u64) {
+        (self.generation, self.heartbeat)
+    }
+}
+
+/// A change merging brought: the entry of `node_id` is newer than before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Advanced {
+    pub node_id: String,
+    /// The node was not known before.
+    pub new: bool,
+    /// The node's process restarted (its generation changed).
+    pub restarted: bool,
+    pub entry: Entry,
+}
+
+/// Every entry a node knows, by node id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl View {
+    /// A view knowing only `me`.
+    pub fn new(me: Entry) -> Self {
+        let mut v = Self::default();
+        v.entries.insert(me.node_id.clone(), me);
+        v
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Takes every incoming entry larger than the one known, and says which advanced.
+    pub fn merge(&mut self, incoming: impl IntoIterator<Item = Entry>) -> Vec<Advanced> {
+        let mut advanced = Vec::new();
+        for e in incoming {
+            let (new, restarted) = match self.entries.get(&e.node_id) {
+                Some(known) if *known >= e => continue,
+                Some(known) => (false, known.generation != e.generation),
+                None => (true, false),
+            };
+            advanced.push(Advanced {
+                node_id: e.node_id.clone(),
+                new,
+                restarted,
+                entry: e.clone(),
+            });
+            self.entries.insert(e.node_id.clone(), e);
+        }
+        advanced
+    }
+
+    /// The entries a peer that sent `theirs` lacks or has older.
+    pub fn newer_than(&self, theirs: &[Entry]) -> Vec<Entry> {
+        let known: BTreeMap<&str, &Entry> =
+            theirs.iter().map(|e| (e.node_id.as_str(), e)).collect();
+        self.entries
+            .values()
+            .filter(|e| known.get(e.node_id.as_str()).is_none_or(|k| *k < *e))
+            .cloned()
+            .collect()
+    }
+
+    /// Counts `id`'s heartbeat up (this node's own entry) and returns its new value.
+    pub fn beat(&mut self, id: &str) -> u64 {
+        let e = self.entries.get_mut(id).expect("a view knows its own node");
+        e.heartbeat += 1;
+        e.heartbeat
+    }
+
+    /// Marks `id`'s own entry as stopping (and counts its heartbeat up, so that it spreads).
+    pub fn stopping(&mut self, id: &str) {
+        let e = self.entries.get_mut(id).expect("a view knows its own node");
+        e.status = Status::Stopping;
+        e.heartbeat += 1;
+    }
+}
+
+/// Why a gossiped map is not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("it is of cluster {theirs:?}, not {ours:?}")]
+    OtherCluster { ours: String, theirs: String },
+    #[error("its epoch {theirs} is not newer than {ours}")]
+    NotNewer { ours: u64, theirs: u64 },
+    #[error("it has {theirs} partitions, not {ours}: Q is fixed when a cluster is made")]
+    OtherPartitionCount { ours: u32, theirs: u32 },
+}
+
+/// Whether a node of cluster `ours_cluster` holding `current` (none yet for a node
+/// started from seeds) takes `incoming`, gossiped by a peer of `theirs_cluster`: only a
+/// map of the same cluster with a higher epoch and the same partition count.
+pub fn adopt(
+    ours_cluster: &str,
+    current: Option<&PartitionMap>,
+    theirs_cluster: &str,
+    incoming: &PartitionMap,
+) -> Result<(), Refused> {
+    if ours_cluster != theirs_cluster {
+        return Err(Refused::OtherCluster {
+            ours: ours_cluster.to_owned(),
+            theirs: theirs_cluster.to_owned(),
+        });
+    }
+    let Some(current) = current else {
+        return Ok(());
+    };
+    if incoming.epoch <= current.epoch {
+        return Err(Refused::NotNewer {
+            ours: current.epoch,
+            theirs: incoming.epoch,
+        });
+    }
+    if incoming.partitions != current.partitions {
+        return Err(Refused::OtherPartitionCount {
+            ours: current.partitions,
+            theirs: incoming.partitions,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamo_core::{planner, Member};
+    use proptest::prelude::*;
+
+    fn entry(id: &str, generation: u64, heartbeat: u64) -> Entry {
+        Entry {
+            generation,
+            heartbeat,
+            node_id: id.into(),
+            addr: format!("{id}:1"),
+            zone: None,
+            incarnation: 7,
+            status: Status::Alive,
+        }
+    }
+
+    fn view(entries: &[Entry]) -> View {
+        let mut v = View::default();
+        v.merge(entries.iter().cloned());
+        v
+    }
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        (0..4usize, 0..3u64, 0..5u64, any::<bool>()).prop_map(|(id, g, h, stopping)| {
+            let mut e = entry(["a", "b", "c", "d"][id], g, h);
+            if stopping {
+                e.status = Status::Stopping;
+            }
+            e
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative_associative_and_idempotent(
+            a in prop::collection::vec(arb_entry(), 0..8),
+            b in prop::collection::vec(arb_entry(), 0..8),
+            c in prop::collection::vec(arb_entry(), 0..8),
+        ) {
+            let ab = { let mut v = view(&a); v.merge(b.iter().cloned()); v };
+            let ba = { let mut v = view(&b); v.merge(a.iter().cloned()); v };
+            prop_assert_eq!(&ab, &ba);
+            let ab_c = { let mut v = ab.clone(); v.merge(c.iter().cloned()); v };
+            let bc = { let mut v = view(&b); v.merge(c.iter().cloned()); v };
+            let a_bc = { let mut v = view(&a); v.merge(bc.entries().cloned()); v };
+            prop_assert_eq!(&ab_c, &a_bc);
+            let mut again = ab.clone();
+            prop_assert!(again.merge(b.iter().cloned()).is_empty(), "nothing advances twice");
+            prop_assert_eq!(&again, &ab);
+        }
+
+        #[test]
+        fn a_push_pull_leaves_both_sides_equal(
+            a in prop::collection::vec(arb_entry(), 0..8),
+            b in prop::collection::vec(arb_entry(), 0..8),
+        ) {
+            let (mut va, mut vb) = (view(&a), view(&b));
+            // a pushes everything; b takes what is newer and answers with what a lacks.
+            let pushed: Vec<Entry> = va.entries().cloned().collect();
+            vb.merge(pushed.iter().cloned());
+            va.merge(vb.newer_than(&pushed));
+            prop_assert_eq!(va, vb);
+        }
+    }
+
+    #[test]
+    fn the_higher_version_wins() {
+        let mut v = view(&[entry("a", 1, 5)]);
+        assert!(v.merge([entry("a", 1, 4)]).is_empty(), "older heartbeat");
+        let adv = v.merge([entry("a", 1, 6)]);
+        assert_eq!(adv.len(), 1);
+        assert!(!adv[0].new && !adv[0].restarted);
+        // A restart: a new generation beats any heartbeat of the old one.
+        let adv = v.merge([entry("a", 2, 0)]);
+        assert!(adv[0].restarted);
+        assert_eq!(v.get("a").unwrap().version(), (2, 0));
+        assert!(v.merge([entry("a", 1, 1000)]).is_empty());
+        let adv = v.merge([entry("b", 1, 0)]);
+        assert!(adv[0].new);
+    }
+
+    #[test]
+    fn newer_than_lists_what_the_peer_lacks() {
+        let v = view(&[entry("a", 1, 5), entry("b", 1, 1), entry("c", 2, 0)]);
+        let theirs = [entry("a", 1, 5), entry("b", 1, 2)];
+        let ids: Vec<String> = v
+            .newer_than(&theirs)
+            .into_iter()
+            .map(|e| e.node_id)
+            .collect();
+        assert_eq!(ids, ["c"]);
+    }
+
+    #[test]
+    fn beat_and_stopping_advance_the_own_entry() {
+        let mut v = View::new(entry("me", 3, 0));
+        assert_eq!(v.beat("me"), 1);
+        let before = v.get("me").unwrap().clone();
+        v.stopping("me");
+        let after = v.get("me").unwrap();
+        assert!(*after > before);
+        assert_eq!(after.status, Status::Stopping);
+    }
+
+    fn map(epoch: u64, q: u32) -> PartitionMap {
+        let members: Vec<Member> = (1..=3)
+            .map(|i| Member::new(format!("n{i}"), format!("h:{i}")))
+            .collect();
+        let mut m = planner::plan(None, &members, q, 3).unwrap();
+        m.epoch = epoch;
+        m
+    }
+
+    #[test]
+    fn a_map_is_adopted_only_from_the_same_cluster_with_a_higher_epoch() {
+        let current = map(3, 64);
+        assert_eq!(adopt("c", Some(&current), "c", &map(4, 64)), Ok(()));
+        assert_eq!(adopt("c", None, "c", &map(1, 64)), Ok(()), "none yet");
+        assert!(matches!(
+            adopt("c", Some(&current), "c", &map(3, 64)),
+            Err(Refused::NotNewer { .. })
+        ));
+        assert!(matches!(
+            adopt("c", Some(&current), "c", &map(2, 64)),
+            Err(Refused::NotNewer { .. })
+        ));
+        assert!(matches!(
+            adopt("c", Some(&current), "other", &map(9, 64)),
+            Err(Refused::OtherCluster { .. })
+        ));
+        assert!(matches!(
+            adopt("c", None, "other", &map(9, 64)),
+            Err(Refused::OtherCluster { .. })
+        ));
+        assert!(matches!(
+            adopt("c", Some(&current), "c", &map(9, 128)),
+            Err(Refused::OtherPartitionCount { .. })
+        ));
+    }
+}
