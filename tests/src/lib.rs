@@ -54,6 +54,8 @@ pub struct NodeProc {
     pub http: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Set for a node started from seeds (`--seeds`) instead of the member list.
+    pub seeds: Option<String>,
     child: Option<Child>,
     stopped: bool,
 }
@@ -162,6 +164,7 @@ impl Cluster {
                     data_dir: dir.path().join(&id),
                     log: dir.path().join(format!("{id}.log")),
                     id,
+                    seeds: None,
                     child: None,
                     stopped: false,
                 }
@@ -190,12 +193,45 @@ impl Cluster {
         c
     }
 
+    /// Starts one more node, `node-<count+1>`, given only the addresses of nodes
+    /// `seeds` (`--seeds`, no `--members`): it learns the cluster by gossip and is in no
+    /// preference list. Waits until it is ready; returns its index. Not when proxied.
+    pub fn add_by_seeds(&mut self, seeds: &[usize]) -> usize {
+        assert!(!self.opts.proxied, "a seeded node is not proxied");
+        let i = self.nodes.len();
+        let id = format!("node-{}", i + 1);
+        let mut ports = free_ports(2).into_iter();
+        let seeds = seeds
+            .iter()
+            .map(|&s| self.nodes[s].grpc.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        self.nodes.push(NodeProc {
+            grpc: ports.next().expect("two ports"),
+            http: ports.next().expect("two ports"),
+            data_dir: self.dir.path().join(&id),
+            log: self.dir.path().join(format!("{id}.log")),
+            id,
+            seeds: Some(seeds),
+            child: None,
+            stopped: false,
+        });
+        for row in &mut self.links {
+            row.push(None);
+        }
+        self.links.push((0..=i).map(|_| None).collect());
+        self.spawn(i);
+        self.wait_ready(i);
+        i
+    }
+
     /// The `--members` flag value of node `i`: every node's address, or, when proxied,
-    /// the proxy through which `i` reaches it.
+    /// the proxy through which `i` reaches it. Nodes started from seeds are not members.
     pub fn members(&self, i: usize) -> String {
         self.nodes
             .iter()
             .enumerate()
+            .filter(|(_, n)| n.seeds.is_none())
             .map(|(j, n)| {
                 let addr = self.links[i][j].as_ref().map_or(n.grpc, |l| l.listen);
                 format!("{}={addr}", n.id)
@@ -250,20 +286,23 @@ impl Cluster {
             .args(["--http-listen", &n.http.to_string()])
             .args(["--data-dir", n.data_dir.to_str().expect("utf-8 path")])
             .args(["--cluster-id", "test-cluster"])
-            .args(["--cluster-secret-file", &self.secret_file()])
-            .args(["--members", &self.members(i)])
-            .args([
-                "--n",
-                &o.n.to_string(),
-                "--r",
-                &o.r.to_string(),
-                "--w",
-                &o.w.to_string(),
-            ])
-            .args(["--partitions", &o.partitions.to_string()])
-            .args(["--request-timeout-ms", &o.request_timeout_ms.to_string()])
-            .args(&o.extra)
-            .env("RUST_LOG", "info,dynamo_node=debug");
+            .args(["--cluster-secret-file", &self.secret_file()]);
+        match &n.seeds {
+            Some(seeds) => cmd.args(["--seeds", seeds]),
+            None => cmd.args(["--members", &self.members(i)]),
+        };
+        cmd.args([
+            "--n",
+            &o.n.to_string(),
+            "--r",
+            &o.r.to_string(),
+            "--w",
+            &o.w.to_string(),
+        ])
+        .args(["--partitions", &o.partitions.to_string()])
+        .args(["--request-timeout-ms", &o.request_timeout_ms.to_string()])
+        .args(&o.extra)
+        .env("RUST_LOG", "info,dynamo_node=debug");
         cmd
     }
 
