@@ -271,9 +271,7 @@ async fn sixty_four_clients_of_load_make_no_verdict_change() {
                 while Instant::now() < stop {
                     n += 1;
                     let key = format!("load-{k}-{}", n % 100).into_bytes();
-                    let ok = if n % 2 == 0 {
-                        kv.get(GetRequest { key, r: None }).await.is_ok()
-                    } else {
+                    let ok = if n % 2 == 1 {
                         let put = dynamo_proto::v1::PutRequest {
                             key,
                             value: vec![7; 100],
@@ -281,6 +279,8 @@ async fn sixty_four_clients_of_load_make_no_verdict_change() {
                             w: None,
                         };
                         kv.put(put).await.is_ok()
+                    } else {
+                        kv.get(GetRequest { key, r: None }).await.is_ok()
                     };
                     done += u64::from(ok);
                 }
