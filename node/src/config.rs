@@ -611,6 +611,48 @@ mod tests {
     }
 
     #[test]
+    fn a_node_may_start_from_seeds_instead_of_members() {
+        let secret = secret_file();
+        let base = [
+            "dynamo-node",
+            "--node-id",
+            "d",
+            "--cluster-id",
+            "test",
+            "--cluster-secret-file",
+            &secret,
+        ];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            NodeConfig::load(Args::parse_from(v))
+        };
+        let cfg = with(&["--seeds", "127.0.0.1:1,127.0.0.1:2"]).unwrap();
+        assert_eq!(cfg.seeds, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(cfg.members.is_empty());
+        assert_eq!(
+            (cfg.gossip_interval_ms, cfg.gossip_fanout),
+            (1000, 2),
+            "defaults"
+        );
+        let err = with(&[]).unwrap_err().to_string();
+        assert!(err.contains("no members and no seeds"), "{err}");
+        let err = with(&["--seeds", "nohost"]).unwrap_err().to_string();
+        assert!(err.contains("not HOST:PORT"), "{err}");
+        let err = with(&["--seeds", "h:1", "--down-after-ms", "1000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two gossip rounds"), "{err}");
+        let err = with(&["--seeds", "h:1", "--suspect-phi", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("suspect_phi"), "{err}");
+        // Members and seeds together: the members plan the map, the seeds are gossiped with.
+        let cfg = NodeConfig::load(args(&["--seeds", "127.0.0.1:9"])).unwrap();
+        assert_eq!(cfg.members.len(), 3);
+    }
+
+    #[test]
     fn the_cluster_secret_comes_from_a_file_or_the_environment() {
         let cfg = NodeConfig::load(args(&[])).unwrap();
         assert_eq!(
