@@ -98,15 +98,25 @@ impl Gossip {
 }
 
 /// Merges gossiped entries into the node's view and tells the failure detector of every
-/// heartbeat that advanced. Entries about this node itself are ignored: only it writes
-/// its own.
+/// heartbeat that advanced. Entries about this node itself are not taken (only it writes
+/// its own), but one newer than its own is outranked.
 fn absorb(node: &Node, entries: impl IntoIterator<Item = Entry>) {
     let me = &node.gossip.me;
-    let advanced = node
-        .gossip
-        .view
-        .lock()
-        .merge(entries.into_iter().filter(|e| &e.node_id != me));
+    let (mine, theirs): (Vec<Entry>, Vec<Entry>) =
+        entries.into_iter().partition(|e| &e.node_id == me);
+    let advanced = {
+        let mut view = node.gossip.view.lock();
+        for ghost in &mine {
+            if view.outrank(me, ghost) {
+                tracing::warn!(
+                    generation = ghost.generation,
+                    "gossip: peers held a newer entry of this node (an earlier process's \
+                     clock ran ahead); this process's generation now outranks it"
+                );
+            }
+        }
+        view.merge(theirs)
+    };
     for a in advanced {
         if a.new {
             tracing::info!(peer = %a.node_id, addr = %a.entry.addr, "gossip: learned of a node");

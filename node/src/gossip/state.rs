@@ -143,6 +143,20 @@ impl View {
         e.heartbeat
     }
 
+    /// Makes `id`'s own entry outrank `ghost`, an entry about this node that some peer
+    /// holds newer than the node's own: left by an earlier process whose clock ran ahead
+    /// (generations are wall-clock times). Without this, peers would take the ghost over
+    /// every heartbeat of this process, and suspect it forever. Returns whether it did.
+    pub fn outrank(&mut self, id: &str, ghost: &Entry) -> bool {
+        let e = self.entries.get_mut(id).expect("a view knows its own node");
+        if ghost.node_id != id || ghost.version() <= e.version() {
+            return false;
+        }
+        e.generation = ghost.generation + 1;
+        e.heartbeat = 0;
+        true
+    }
+
     /// Marks `id`'s own entry as stopping (and counts its heartbeat up, so that it spreads).
     pub fn stopping(&mut self, id: &str) {
         let e = self.entries.get_mut(id).expect("a view knows its own node");
@@ -299,6 +313,18 @@ mod tests {
         let after = v.get("me").unwrap();
         assert!(*after > before);
         assert_eq!(after.status, Status::Stopping);
+    }
+
+    #[test]
+    fn a_ghost_of_an_earlier_process_is_outranked() {
+        let mut v = View::new(entry("me", 100, 3));
+        assert!(!v.outrank("me", &entry("me", 100, 3)), "an echo of itself");
+        assert!(!v.outrank("me", &entry("me", 90, 50)), "an older process");
+        assert!(v.outrank("me", &entry("me", 120, 7)));
+        let mine = v.get("me").unwrap().clone();
+        assert!(mine > entry("me", 120, 7));
+        let mut peer = view(&[entry("me", 120, 7)]);
+        assert_eq!(peer.merge([mine]).len(), 1, "peers take it over the ghost");
     }
 
     fn map(epoch: u64, q: u32) -> PartitionMap {
