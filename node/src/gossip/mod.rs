@@ -24,7 +24,6 @@ pub mod peers;
 pub mod state;
 pub mod wire;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +51,6 @@ pub struct Gossip {
     seeds: Vec<String>,
     interval: Duration,
     fanout: usize,
-    rounds: AtomicU64,
 }
 
 impl Gossip {
@@ -64,7 +62,6 @@ impl Gossip {
             seeds,
             interval,
             fanout,
-            rounds: AtomicU64::new(0),
         }
     }
 
@@ -76,15 +73,6 @@ impl Gossip {
     /// The entry of node `id`, if known.
     pub fn entry(&self, id: &str) -> Option<Entry> {
         self.view.lock().get(id).cloned()
-    }
-
-    /// Rounds this node has started.
-    pub fn rounds(&self) -> u64 {
-        self.rounds.load(Ordering::Relaxed)
-    }
-
-    pub fn interval(&self) -> Duration {
-        self.interval
     }
 
     fn request(&self, cluster_id: &str, map: &PartitionMap, with_map: bool) -> GossipRequest {
@@ -247,7 +235,6 @@ async fn exchange(node: &Node, peer: &Peer) -> Result<(), PeerError> {
 
 /// One round: count the heartbeat up, exchange with the chosen peers.
 pub async fn round(node: &Node, first: bool) {
-    node.gossip.rounds.fetch_add(1, Ordering::Relaxed);
     node.gossip.view.lock().beat(node.id());
     let chosen = {
         let known = known_peers(node);

@@ -12,11 +12,10 @@ use bytes::Bytes;
 use dynamo_core::Member;
 use dynamo_proto::session::{Mux, MuxError, Reopening};
 use dynamo_proto::v1::{
-    admin_client::AdminClient, gossip_client::GossipClient, kv_client::KvClient,
-    replica_client::ReplicaClient, replica_session_request::Op,
-    replica_session_response::Result as Answer, GossipRequest, GossipResponse, NodeInfoRequest,
-    ReplicaEntry, ReplicaReadRequest, ReplicaSessionRequest, ReplicaSessionResponse,
-    ReplicaWriteRequest,
+    gossip_client::GossipClient, kv_client::KvClient, replica_client::ReplicaClient,
+    replica_session_request::Op, replica_session_response::Result as Answer, GossipRequest,
+    GossipResponse, ReplicaEntry, ReplicaReadRequest, ReplicaSessionRequest,
+    ReplicaSessionResponse, ReplicaWriteRequest,
 };
 use dynamo_proto::{cork, FORWARDED_HEADER};
 use parking_lot::Mutex;
@@ -196,13 +195,6 @@ impl Transport for GrpcTransport {
             peer.writes.call(entry, bytes, timeout)
         });
         futures::future::try_join_all(calls).await.map(|_| ())
-    }
-
-    async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError> {
-        let mut client = AdminClient::new(self.channel(&peer.addr)?);
-        deadline(timeout, client.node_info(NodeInfoRequest {}))
-            .await
-            .map(|_| ())
     }
 
     async fn gossip(

@@ -203,10 +203,6 @@ impl Transport for LoopbackTransport {
             .map_err(internal)
     }
 
-    async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError> {
-        self.reach(&peer.id, timeout).await.map(|_| ())
-    }
-
     async fn gossip(
         &self,
         addr: &str,

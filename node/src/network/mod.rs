@@ -114,8 +114,6 @@ pub trait Transport: Send + Sync + 'static {
         entries: Vec<WriteEntry>,
         timeout: Duration,
     ) -> Result<(), PeerError>;
-    /// Checks that `peer` answers.
-    async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError>;
     /// One gossip exchange with the node at `addr` (a seed may be known by address only).
     async fn gossip(
         &self,
