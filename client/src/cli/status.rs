@@ -127,10 +127,14 @@ fn to_text(s: &Status) -> String {
         .iter()
         .filter(|h| !s.map.members.iter().any(|m| m.id == h.id))
     {
+        // Known by gossip only (e.g. started from seeds): it owns and replicates nothing.
         out.push_str(&format!(
-            "  {:<12} {:<22} (known by gossip, not in the map)  {:<7} {:>20} {:>16}\n",
+            "  {:<12} {:<22} {:<8} {:>6} {:>10}  {:<7} {:>20} {:>16}  (not in the map)\n",
             h.id,
             h.addr,
+            if h.zone.is_empty() { "-" } else { &h.zone },
+            "-",
+            "-",
             h.state,
             incarnation(h),
             h.last_seen_ms
@@ -272,7 +276,7 @@ mod tests {
             "self",
             "node-9",
             "suspect",
-            "4200",
+            "4200  (not in the map)",
             "hints pending: 3",
             "for node-2",
         ] {
