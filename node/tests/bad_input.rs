@@ -56,8 +56,15 @@ async fn a_put_that_would_make_a_key_too_big_to_merge_is_refused_naming_the_limi
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("limit is 2500 bytes"), "{err:?}");
     assert!(err.message().contains("max_set_bytes"), "{err:?}");
+    // The first two puts were acknowledged by W=2 replicas; the third replica's copy may
+    // still be on its way. It lands (bounded wait), and the refused put never does.
+    let count = |node: &Node| node.store.read(b"k").unwrap().values().count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while nodes.iter().any(|n| count(n) < 2) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     for node in &nodes {
-        assert_eq!(node.store.read(b"k").unwrap().values().count(), 2);
+        assert_eq!(count(node), 2, "{}", node.id());
     }
 }
 
