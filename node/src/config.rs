@@ -123,6 +123,10 @@ pub struct NodeConfig {
     /// quotas included). Several nodes sharing a few cores each run best with fewer: every
     /// extra thread adds wake-ups that cost more CPU than it adds.
     pub runtime_threads: usize,
+    /// How often this node compares its partitions with their other replicas' Merkle
+    /// trees and joins what differs (0: never in the background; `dynamoctl repair`
+    /// still works).
+    pub anti_entropy_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -147,6 +151,7 @@ impl Default for NodeConfig {
             request_timeout_ms: 1000,
             cache_bytes: 64 << 20,
             runtime_threads: 0,
+            anti_entropy_interval_ms: 30_000,
         }
     }
 }
@@ -228,6 +233,9 @@ pub struct Args {
     /// Request runtime threads; 0 = one per available CPU.
     #[arg(long, env = "DYNAMO_RUNTIME_THREADS")]
     pub runtime_threads: Option<usize>,
+    /// Milliseconds between background anti-entropy sweeps; 0 = none.
+    #[arg(long, env = "DYNAMO_ANTI_ENTROPY_INTERVAL_MS")]
+    pub anti_entropy_interval_ms: Option<u64>,
 }
 
 /// Parses `ID=HOST:PORT[@ZONE]`.
@@ -311,7 +319,8 @@ impl NodeConfig {
             fsync_group_window_us,
             request_timeout_ms,
             cache_bytes,
-            runtime_threads
+            runtime_threads,
+            anti_entropy_interval_ms
         );
         if a.cluster_secret_file.is_some() {
             self.cluster_secret_file = a.cluster_secret_file;

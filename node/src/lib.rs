@@ -12,12 +12,14 @@
 //! - [`quorum`]: write quorum accounting;
 //! - [`read_repair`]: repairing stale replicas after a get;
 //! - [`handoff`]: hinted handoff and probing of down peers;
+//! - [`antientropy`]: Merkle-tree comparison of partition replicas, joining what differs;
 //! - [`health`]: this node's view of its peers;
 //! - [`network`]: the transport seam (gRPC in production);
 //! - [`clock`]: the clock seam;
 //! - [`service`]: the gRPC services; [`http`]: health and metrics endpoints;
 //! - [`server`]: wiring it all together; [`shutdown`]: stopping cleanly.
 
+pub mod antientropy;
 pub mod clock;
 pub mod config;
 pub mod coordinator;

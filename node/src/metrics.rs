@@ -54,6 +54,10 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     pub set_cache_hits: Counter,
     pub set_cache_misses: Counter,
+    pub anti_entropy_compared: Counter,
+    pub anti_entropy_differing: Counter,
+    pub anti_entropy_keys: Counter,
+    pub anti_entropy_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -72,6 +76,30 @@ impl Default for Metrics {
         let storage_bytes = Gauge::default();
         let set_cache_hits = Counter::default();
         let set_cache_misses = Counter::default();
+        let anti_entropy_compared = Counter::default();
+        let anti_entropy_differing = Counter::default();
+        let anti_entropy_keys = Counter::default();
+        let anti_entropy_bytes = Counter::default();
+        registry.register(
+            "anti_entropy_compared",
+            "Partition copies compared with a peer's by anti-entropy",
+            anti_entropy_compared.clone(),
+        );
+        registry.register(
+            "anti_entropy_differing",
+            "Partition copies anti-entropy found differing from a peer's",
+            anti_entropy_differing.clone(),
+        );
+        registry.register(
+            "anti_entropy_keys",
+            "Keys anti-entropy joined here or sent to a peer",
+            anti_entropy_keys.clone(),
+        );
+        registry.register(
+            "anti_entropy_bytes",
+            "Approximate bytes anti-entropy exchanged",
+            anti_entropy_bytes.clone(),
+        );
         registry.register(
             "requests",
             "Client requests coordinated, by operation and outcome",
@@ -142,6 +170,10 @@ impl Default for Metrics {
             storage_bytes,
             set_cache_hits,
             set_cache_misses,
+            anti_entropy_compared,
+            anti_entropy_differing,
+            anti_entropy_keys,
+            anti_entropy_bytes,
         }
     }
 }
@@ -165,6 +197,14 @@ impl Metrics {
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+    }
+
+    /// Counts what an anti-entropy sweep did.
+    pub fn record_anti_entropy(&self, r: &crate::antientropy::Report) {
+        self.anti_entropy_compared.inc_by(r.compared);
+        self.anti_entropy_differing.inc_by(r.differing);
+        self.anti_entropy_keys.inc_by(r.pulled + r.pushed);
+        self.anti_entropy_bytes.inc_by(r.bytes);
     }
 
     /// The text exposition.

@@ -51,6 +51,8 @@ pub struct Node {
     pub context_key: ContextKey,
     /// Wakes hinted handoff (a peer came back, or a hint was stored).
     pub handoff_wakeup: Notify,
+    /// The outcome of the last anti-entropy sweep (see [`crate::antientropy`]).
+    pub anti_entropy: parking_lot::Mutex<Option<crate::antientropy::LastSweep>>,
     /// Serializes this node's coordinations of one key (see [`crate::key_lock`]).
     pub key_locks: crate::key_lock::KeyLocks,
     pub started: Instant,
@@ -84,6 +86,7 @@ impl Node {
             clock,
             context_key,
             handoff_wakeup: Notify::new(),
+            anti_entropy: Default::default(),
             key_locks: Default::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use dynamo_core::planner;
 use dynamo_proto::v1::{
-    admin_server::AdminServer, kv_server::KvServer, replica_server::ReplicaServer,
+    admin_server::AdminServer, anti_entropy_server::AntiEntropyServer, kv_server::KvServer,
+    replica_server::ReplicaServer,
 };
 use tokio::sync::watch;
 
@@ -19,12 +20,14 @@ use crate::clock::SystemClock;
 use crate::config::{FsyncPolicy, NodeConfig};
 use crate::network::{GrpcTransport, MAX_MESSAGE_BYTES};
 use crate::node::Node;
-use crate::service::{admin::AdminService, kv::KvService, replica::ReplicaService};
+use crate::service::{
+    admin::AdminService, antientropy::AntiEntropyService, kv::KvService, replica::ReplicaService,
+};
 use crate::shutdown::{self, Background};
 use crate::storage::rocks::RocksEngine;
 use crate::storage::Engine;
 use crate::store::Store;
-use crate::{handoff, identity};
+use crate::{antientropy, handoff, identity};
 
 /// How long a stopping node waits for requests in flight before it stops its
 /// background tasks and closes its store.
@@ -94,6 +97,10 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
             ReplicaServer::new(ReplicaService::new(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AntiEntropyServer::new(AntiEntropyService::new(node.clone()))
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -110,6 +117,10 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         stopped(stop_rx.clone()),
     ));
     let handoff_task = tokio::spawn(handoff::run(node.clone()));
+    let anti_entropy_task = (cfg.anti_entropy_interval_ms > 0).then(|| {
+        let every = Duration::from_millis(cfg.anti_entropy_interval_ms);
+        tokio::spawn(antientropy::run(node.clone(), every))
+    });
     let sync_task = (cfg.fsync == FsyncPolicy::Periodic).then(|| {
         let every = Duration::from_millis(cfg.fsync_interval_ms.max(1));
         tokio::spawn(periodic_sync(node.clone(), every))
@@ -128,6 +139,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     let background = Background {
         handoff: Some(handoff_task),
         sync: sync_task,
+        anti_entropy: anti_entropy_task,
     };
     let deadline = (stopping + STOP_GRACE).into_std();
     match shutdown::finish(&node, background, deadline).await {

@@ -17,6 +17,7 @@ use dynamo_proto::v1::{DeleteResponse, PutResponse};
 use parking_lot::Mutex;
 
 use super::{Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry};
+use crate::antientropy::{self, TreeAnswer, TreeQuery};
 use crate::coordinator;
 use crate::node::Node;
 use crate::service::kv::get_response;
@@ -179,6 +180,19 @@ impl Transport for LoopbackTransport {
             .await?
             .accept(entries)
             .await
+            .map_err(internal)
+    }
+
+    async fn tree(
+        &self,
+        peer: &Member,
+        query: TreeQuery,
+        timeout: Duration,
+    ) -> Result<TreeAnswer, PeerError> {
+        let node = self.reach(&peer.id, timeout).await?;
+        tokio::task::spawn_blocking(move || antientropy::answer::answer(&node, query))
+            .await
+            .map_err(internal)?
             .map_err(internal)
     }
 

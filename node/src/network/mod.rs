@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::antientropy::{TreeAnswer, TreeQuery};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dynamo_core::codec::encode_set;
@@ -115,6 +116,13 @@ pub trait Transport: Send + Sync + 'static {
     ) -> Result<(), PeerError>;
     /// Checks that `peer` answers.
     async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError>;
+    /// Asks `peer` about its Merkle trees (see [`crate::antientropy`]).
+    async fn tree(
+        &self,
+        peer: &Member,
+        query: TreeQuery,
+        timeout: Duration,
+    ) -> Result<TreeAnswer, PeerError>;
     /// Has `peer` coordinate a client request.
     async fn forward(
         &self,

@@ -6,10 +6,11 @@ use dynamo_proto::v1::admin_server::Admin;
 use dynamo_proto::v1::{
     ClusterHealthRequest, ClusterHealthResponse, HintTarget, HintsRequest, HintsResponse,
     MapMember, MemberHealth, NodeInfoRequest, NodeInfoResponse, PartitionMapRequest,
-    PartitionMapResponse,
+    PartitionMapResponse, RepairRequest, RepairResponse,
 };
 use tonic::{Request, Response, Status};
 
+use crate::antientropy;
 use crate::config::FsyncPolicy;
 use crate::node::Node;
 
@@ -133,6 +134,32 @@ impl Admin for AdminService {
         Ok(Response::new(HintsResponse {
             pending: targets.iter().map(|t| t.pending).sum(),
             targets,
+        }))
+    }
+
+    async fn repair(
+        &self,
+        request: Request<RepairRequest>,
+    ) -> Result<Response<RepairResponse>, Status> {
+        let only = request.into_inner().partition;
+        if let Some(p) = only.filter(|&p| p >= self.node.map.partitions) {
+            return Err(Status::invalid_argument(format!(
+                "partition {p} does not exist: the cluster has {} (0..{})",
+                self.node.map.partitions, self.node.map.partitions
+            )));
+        }
+        let started = std::time::Instant::now();
+        let r = antientropy::sweep(&self.node, only, antientropy::Peers::All).await;
+        Ok(Response::new(RepairResponse {
+            node_id: self.node.id().to_owned(),
+            compared: r.compared,
+            differing: r.differing,
+            leaves: r.leaves,
+            pulled: r.pulled,
+            pushed: r.pushed,
+            bytes: r.bytes,
+            errors: r.errors,
+            duration_ms: started.elapsed().as_millis() as u64,
         }))
     }
 }
