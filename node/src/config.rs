@@ -127,6 +127,11 @@ pub struct NodeConfig {
     /// trees and joins what differs (0: never in the background; `dynamoctl repair`
     /// still works).
     pub anti_entropy_interval_ms: u64,
+    /// How long a deleted key's tombstones must have stayed unchanged before the
+    /// partition's owner may purge them (once every member vouches that no older version
+    /// is left anywhere; 0: tombstones are kept forever). Passes run every half of it,
+    /// at least every second and at most every 10 minutes.
+    pub tombstone_grace_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -152,6 +157,7 @@ impl Default for NodeConfig {
             cache_bytes: 64 << 20,
             runtime_threads: 0,
             anti_entropy_interval_ms: 30_000,
+            tombstone_grace_ms: 3_600_000,
         }
     }
 }
@@ -236,6 +242,9 @@ pub struct Args {
     /// Milliseconds between background anti-entropy sweeps; 0 = none.
     #[arg(long, env = "DYNAMO_ANTI_ENTROPY_INTERVAL_MS")]
     pub anti_entropy_interval_ms: Option<u64>,
+    /// Milliseconds a tombstone stays unchanged before it may be purged; 0 = never purge.
+    #[arg(long, env = "DYNAMO_TOMBSTONE_GRACE_MS")]
+    pub tombstone_grace_ms: Option<u64>,
 }
 
 /// Parses `ID=HOST:PORT[@ZONE]`.
@@ -320,7 +329,8 @@ impl NodeConfig {
             request_timeout_ms,
             cache_bytes,
             runtime_threads,
-            anti_entropy_interval_ms
+            anti_entropy_interval_ms,
+            tombstone_grace_ms
         );
         if a.cluster_secret_file.is_some() {
             self.cluster_secret_file = a.cluster_secret_file;

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub anti_entropy_differing: Counter,
     pub anti_entropy_keys: Counter,
     pub anti_entropy_bytes: Counter,
+    pub tombstones_purged: Counter,
+    pub fallback_copies_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -80,6 +82,18 @@ impl Default for Metrics {
         let anti_entropy_differing = Counter::default();
         let anti_entropy_keys = Counter::default();
         let anti_entropy_bytes = Counter::default();
+        let tombstones_purged = Counter::default();
+        let fallback_copies_dropped = Counter::default();
+        registry.register(
+            "tombstones_purged",
+            "Tombstones purged by this node as the partition's owner",
+            tombstones_purged.clone(),
+        );
+        registry.register(
+            "fallback_copies_dropped",
+            "Copies of keys this node does not replicate, dropped once the replicas held them",
+            fallback_copies_dropped.clone(),
+        );
         registry.register(
             "anti_entropy_compared",
             "Partition copies compared with a peer's by anti-entropy",
@@ -174,6 +188,8 @@ impl Default for Metrics {
             anti_entropy_differing,
             anti_entropy_keys,
             anti_entropy_bytes,
+            tombstones_purged,
+            fallback_copies_dropped,
         }
     }
 }
@@ -205,6 +221,12 @@ impl Metrics {
         self.anti_entropy_differing.inc_by(r.differing);
         self.anti_entropy_keys.inc_by(r.pulled + r.pushed);
         self.anti_entropy_bytes.inc_by(r.bytes);
+    }
+
+    /// Counts what a purge pass did.
+    pub fn record_purge(&self, r: &crate::antientropy::purge::PurgeReport) {
+        self.tombstones_purged.inc_by(r.purged);
+        self.fallback_copies_dropped.inc_by(r.cleaned);
     }
 
     /// The text exposition.

@@ -121,6 +121,11 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         let every = Duration::from_millis(cfg.anti_entropy_interval_ms);
         tokio::spawn(antientropy::run(node.clone(), every))
     });
+    let purge_task = (cfg.tombstone_grace_ms > 0).then(|| {
+        let grace = Duration::from_millis(cfg.tombstone_grace_ms);
+        let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        tokio::spawn(antientropy::purge::run(node.clone(), grace, every))
+    });
     let sync_task = (cfg.fsync == FsyncPolicy::Periodic).then(|| {
         let every = Duration::from_millis(cfg.fsync_interval_ms.max(1));
         tokio::spawn(periodic_sync(node.clone(), every))
@@ -140,6 +145,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         handoff: Some(handoff_task),
         sync: sync_task,
         anti_entropy: anti_entropy_task,
+        purge: purge_task,
     };
     let deadline = (stopping + STOP_GRACE).into_std();
     match shutdown::finish(&node, background, deadline).await {

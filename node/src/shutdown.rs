@@ -36,17 +36,23 @@ pub struct Background {
     /// Background anti-entropy ([`crate::antientropy::run`]): aborted (what a sweep
     /// joined so far is kept; the rest waits for the next start).
     pub anti_entropy: Option<JoinHandle<()>>,
+    /// Tombstone purging and fallback clean-up ([`crate::antientropy::purge::run`]):
+    /// aborted (each drop is conditional and atomic; a pass cut short is redone).
+    pub purge: Option<JoinHandle<()>>,
 }
 
 impl Background {
     /// Stops every task by `deadline` (aborting the ones still running then). Whether
     /// all of them ended in time.
     async fn stop(self, deadline: tokio::time::Instant) -> bool {
-        for task in [&self.handoff, &self.anti_entropy].into_iter().flatten() {
+        for task in [&self.handoff, &self.anti_entropy, &self.purge]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         let mut ended = true;
-        for mut task in [self.handoff, self.sync, self.anti_entropy]
+        for mut task in [self.handoff, self.sync, self.anti_entropy, self.purge]
             .into_iter()
             .flatten()
         {

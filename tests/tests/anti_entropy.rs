@@ -155,3 +155,91 @@ async fn dynamoctl_repair_brings_a_wiped_replica_back_and_reports_it() {
     .await
     .expect("test timed out");
 }
+
+/// The live values of `key` on every replica (R=3).
+async fn values_all(c: &Cluster, key: &str) -> Vec<String> {
+    let req = dynamo_proto::v1::GetRequest {
+        key: key.as_bytes().to_vec(),
+        r: Some(3),
+    };
+    values(&c.kv(0).get(req).await.expect("get R=3").into_inner())
+}
+
+/// How many nodes hold any copy of `key` (a tombstone included), read locally.
+async fn holders(c: &Cluster, key: &str) -> usize {
+    let mut n = 0;
+    for i in 0..3 {
+        let req = ReplicaReadRequest {
+            keys: vec![Bytes::copy_from_slice(key.as_bytes())],
+            cluster_id: "test-cluster".into(),
+        };
+        if let Ok(r) = c.replica(i).read(req).await {
+            n += usize::from(r.into_inner().sets.iter().any(|s| !s.is_empty()));
+        }
+    }
+    n
+}
+
+/// Deletes a key while node 3 is SIGKILLed (`wipe`: and its disk lost), and checks the
+/// tombstone outlives the grace period while node 3 is away, is purged everywhere once
+/// it is back, and the value never returns.
+async fn deleted_key_stays_deleted(wipe: bool) {
+    let mut c = Cluster::start(Options {
+        extra: vec![
+            "--anti-entropy-interval-ms".into(),
+            "300".into(),
+            "--tombstone-grace-ms".into(),
+            "1000".into(),
+        ],
+        ..Options::default()
+    });
+    let req = PutRequest {
+        key: b"gone".to_vec(),
+        value: b"v1".to_vec(),
+        context: Vec::new(),
+        w: Some(3),
+    };
+    let ctx = c.kv(0).put(req).await.expect("put").into_inner().context;
+    c.kill9(2);
+    delete(&c, 0, "gone", &ctx).await.expect("delete with W=2");
+    // Well past the grace: node 3 may hold anything, so the tombstones stay.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        holders(&c, "gone").await,
+        2,
+        "purged while a replica was away"
+    );
+    if wipe {
+        c.wipe(2);
+    }
+    c.restart(2);
+    let purged = eventually(Duration::from_secs(30), async || {
+        holders(&c, "gone").await == 0
+    })
+    .await;
+    assert!(
+        purged,
+        "the tombstone was never purged once every replica was back"
+    );
+    let report = dynamoctl_repair(&c, 0, false);
+    assert_eq!(report["pulled"], 0, "{report}");
+    assert!(
+        values_all(&c, "gone").await.is_empty(),
+        "the deleted value came back"
+    );
+    assert_eq!(holders(&c, "gone").await, 0);
+}
+
+#[tokio::test]
+async fn a_key_deleted_while_a_replica_was_down_stays_deleted_after_the_purge() {
+    tokio::time::timeout(TEST_TIMEOUT, deleted_key_stays_deleted(false))
+        .await
+        .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_key_deleted_while_a_replica_was_wiped_stays_deleted_after_the_purge() {
+    tokio::time::timeout(TEST_TIMEOUT, deleted_key_stays_deleted(true))
+        .await
+        .expect("test timed out");
+}

@@ -17,6 +17,7 @@
 //! (so over a round every pair of a partition's replicas is linked); on demand (the
 //! admin `Repair` call, `dynamoctl repair`) it compares with every other replica, and
 //! reports what it compared and fixed. Peers answer tree queries in [`answer`].
+//! Tombstones are purged once every replica is proven to hold them ([`purge`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::node::Node;
 
 pub mod answer;
 pub mod exchange;
+pub mod purge;
 
 /// A question about a peer's trees.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,9 +15,9 @@ use dynamo_proto::v1::tree_request::Query;
 use dynamo_proto::v1::{
     admin_client::AdminClient, anti_entropy_client::AntiEntropyClient, kv_client::KvClient,
     replica_client::ReplicaClient, replica_session_request::Op,
-    replica_session_response::Result as Answer, NodeInfoRequest, ReplicaEntry, ReplicaReadRequest,
-    ReplicaSessionRequest, ReplicaSessionResponse, ReplicaWriteRequest, TreeChildren, TreeLeafKeys,
-    TreeRequest, TreeRoots,
+    replica_session_response::Result as Answer, LeafKey, NodeInfoRequest, PurgeRequest,
+    ReplicaEntry, ReplicaReadRequest, ReplicaSessionRequest, ReplicaSessionResponse,
+    ReplicaWriteRequest, TreeChildren, TreeLeafKeys, TreeRequest, TreeRoots,
 };
 use dynamo_proto::{cork, FORWARDED_HEADER};
 use parking_lot::Mutex;
@@ -235,6 +235,28 @@ impl Transport for GrpcTransport {
         } else {
             TreeAnswer::Hashes(resp.hashes)
         })
+    }
+
+    async fn purge(
+        &self,
+        peer: &Member,
+        partition: dynamo_core::PartitionId,
+        keys: Vec<(Bytes, u64)>,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<Vec<bool>, PeerError> {
+        let mut client = AntiEntropyClient::new(self.channel(&peer.addr)?)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let req = PurgeRequest {
+            cluster_id: self.cluster_id.to_string(),
+            partition,
+            keys: keys
+                .into_iter()
+                .map(|(key, item)| LeafKey { key, item })
+                .collect(),
+            commit,
+        };
+        Ok(deadline(timeout, client.purge(req)).await?.into_inner().ok)
     }
 
     async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError> {

@@ -196,6 +196,20 @@ impl Transport for LoopbackTransport {
             .map_err(internal)
     }
 
+    async fn purge(
+        &self,
+        peer: &Member,
+        partition: dynamo_core::PartitionId,
+        keys: Vec<(Bytes, u64)>,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<Vec<bool>, PeerError> {
+        let node = self.reach(&peer.id, timeout).await?;
+        antientropy::purge::answer(&node, partition, keys, commit)
+            .await
+            .map_err(internal)
+    }
+
     async fn ping(&self, peer: &Member, timeout: Duration) -> Result<(), PeerError> {
         self.reach(&peer.id, timeout).await.map(|_| ())
     }

@@ -123,6 +123,16 @@ pub trait Transport: Send + Sync + 'static {
         query: TreeQuery,
         timeout: Duration,
     ) -> Result<TreeAnswer, PeerError>;
+    /// Sends a partition owner's purge check or purge of `keys` (with the item hashes of
+    /// its sets) to `peer` (see [`crate::antientropy::purge`]); the peer's answer per key.
+    async fn purge(
+        &self,
+        peer: &Member,
+        partition: dynamo_core::PartitionId,
+        keys: Vec<(Bytes, u64)>,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<Vec<bool>, PeerError>;
     /// Has `peer` coordinate a client request.
     async fn forward(
         &self,

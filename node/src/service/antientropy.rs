@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use dynamo_proto::v1::anti_entropy_server::AntiEntropy;
 use dynamo_proto::v1::tree_request::Query;
-use dynamo_proto::v1::{LeafKey, TreeRequest, TreeResponse};
+use dynamo_proto::v1::{LeafKey, PurgeRequest, PurgeResponse, TreeRequest, TreeResponse};
 use tonic::{Request, Response, Status};
 
 use crate::antientropy::answer::{answer, AnswerError};
-use crate::antientropy::{TreeAnswer, TreeQuery};
+use crate::antientropy::{purge, TreeAnswer, TreeQuery};
 use crate::node::Node;
 
 /// Node-to-node anti-entropy endpoint.
@@ -73,5 +73,30 @@ impl AntiEntropy for AntiEntropyService {
             Err(AnswerError::Storage(e)) => return Err(Status::internal(e.to_string())),
         };
         Ok(Response::new(resp))
+    }
+
+    async fn purge(
+        &self,
+        request: Request<PurgeRequest>,
+    ) -> Result<Response<PurgeResponse>, Status> {
+        let req = request.into_inner();
+        let node = &self.node;
+        if req.cluster_id != node.cfg.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "peer belongs to cluster {:?}, this node to {:?}",
+                req.cluster_id, node.cfg.cluster_id
+            )));
+        }
+        if req.partition >= node.map.partitions {
+            return Err(Status::invalid_argument(format!(
+                "partition {} of a cluster of {}",
+                req.partition, node.map.partitions
+            )));
+        }
+        let keys = req.keys.into_iter().map(|k| (k.key, k.item)).collect();
+        let ok = purge::answer(node, req.partition, keys, req.commit)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(PurgeResponse { ok }))
     }
 }

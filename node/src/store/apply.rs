@@ -30,8 +30,9 @@ pub(super) enum Mutation {
         /// The key's new epoch record, when this node's write minted an epoch.
         epoch: Option<EpochRecord>,
     },
-    /// Drops the local copy of a key and its epoch record.
-    Forget { key: Bytes },
+    /// Drops the local copy of a key and its epoch record (only if the stored set is
+    /// byte for byte `if_raw`, when given).
+    Forget { key: Bytes, if_raw: Option<Bytes> },
     Hint {
         target: String,
         key: Bytes,
@@ -61,6 +62,8 @@ impl Mutation {
 /// What a mutation answers once applied.
 pub(super) enum Outcome {
     Set(SiblingSet),
+    /// Whether a conditional forget dropped the key.
+    Forgot(bool),
     Done,
 }
 
@@ -133,14 +136,17 @@ pub(super) fn apply(
             }
             Ok(Outcome::Done)
         }
-        Mutation::Forget { key } => {
+        Mutation::Forget { key, if_raw } => {
             let dk = data_key(partition_of(&key, q), &key);
             let old = current(engine, cache, batch, overlay, &dk)?;
+            if if_raw.is_some_and(|want| old.as_ref() != Some(&want)) {
+                return Ok(Outcome::Forgot(false));
+            }
             overlay.toggles.push(Toggle::of(&dk, old.as_deref(), None));
             batch.delete(Cf::Epochs, dk.clone());
             overlay.data.insert(dk.clone(), batch.ops.len());
             batch.delete(Cf::Data, dk);
-            Ok(Outcome::Done)
+            Ok(Outcome::Forgot(true))
         }
         Mutation::Hint {
             target,

@@ -50,7 +50,7 @@ use dynamo_core::{Actor, CausalContext, PartitionId, SiblingSet};
 use tokio::sync::oneshot;
 
 use crate::dots::EpochRecord;
-use crate::storage::keys::{data_key, hint_prefix, split_hint_key};
+use crate::storage::keys::{data_key, hint_key, hint_prefix, split_hint_key};
 use crate::storage::{Cf, Engine, StorageError};
 pub use apply::decode_stored;
 use apply::{decode_hint, Mutation, Outcome};
@@ -374,7 +374,7 @@ impl Store {
                 set,
                 durable: durable_rx,
             }),
-            Outcome::Done => unreachable!("update returns a set"),
+            _ => unreachable!("update returns a set"),
         }
     }
 
@@ -414,7 +414,27 @@ impl Store {
     /// Drops this node's copy of `key` and its epoch record (the next write of the key
     /// here mints a new epoch).
     pub async fn forget(&self, key: Bytes) -> Result<(), StorageError> {
-        self.submit(Mutation::Forget { key }).await.map(|_| ())
+        self.forget_if(key, None).await.map(|_| ())
+    }
+
+    /// Drops this node's copy of `key` (and its epoch record) only if it is still byte
+    /// for byte `raw` (any copy, for `None`); whether it did.
+    pub async fn forget_if(&self, key: Bytes, raw: Option<Bytes>) -> Result<bool, StorageError> {
+        match self.submit(Mutation::Forget { key, if_raw: raw }).await? {
+            Outcome::Forgot(dropped) => Ok(dropped),
+            _ => Ok(true),
+        }
+    }
+
+    /// Whether this node holds a hint for `key` meant for any of `targets`.
+    pub fn holds_hint<'a>(
+        &self,
+        key: &[u8],
+        mut targets: impl Iterator<Item = &'a str>,
+    ) -> Result<bool, StorageError> {
+        targets.try_fold(false, |found, t| {
+            Ok(found || self.engine.get(Cf::Hints, &hint_key(t, key))?.is_some())
+        })
     }
 
     /// Applies `changes` as one request to the writer (one group, one reply), and answers
