@@ -132,6 +132,11 @@ pub struct NodeConfig {
     /// is left anywhere; 0: tombstones are kept forever). Passes run every half of it,
     /// at least every second and at most every 10 minutes.
     pub tombstone_grace_ms: u64,
+    /// The most bytes per second hinted handoff and anti-entropy move together; they
+    /// slow down (to 1/256 of it at least) while the p99 latency of client requests
+    /// coordinated here is above `background_p99_target_ms`.
+    pub background_bytes_per_sec: u64,
+    pub background_p99_target_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -158,6 +163,8 @@ impl Default for NodeConfig {
             runtime_threads: 0,
             anti_entropy_interval_ms: 30_000,
             tombstone_grace_ms: 3_600_000,
+            background_bytes_per_sec: 64 << 20,
+            background_p99_target_ms: 25,
         }
     }
 }
@@ -245,6 +252,12 @@ pub struct Args {
     /// Milliseconds a tombstone stays unchanged before it may be purged; 0 = never purge.
     #[arg(long, env = "DYNAMO_TOMBSTONE_GRACE_MS")]
     pub tombstone_grace_ms: Option<u64>,
+    /// Bytes per second background work (hints, anti-entropy) may move at most.
+    #[arg(long, env = "DYNAMO_BACKGROUND_BYTES_PER_SEC")]
+    pub background_bytes_per_sec: Option<u64>,
+    /// Client p99 (ms) above which background work backs off.
+    #[arg(long, env = "DYNAMO_BACKGROUND_P99_TARGET_MS")]
+    pub background_p99_target_ms: Option<u64>,
 }
 
 /// Parses `ID=HOST:PORT[@ZONE]`.
@@ -266,6 +279,16 @@ pub fn parse_member(s: &str) -> Result<Member, ConfigError> {
 }
 
 impl NodeConfig {
+    /// The background budget's settings.
+    pub fn budget(&self) -> crate::budget::BudgetConfig {
+        let max = self.background_bytes_per_sec.max(1024);
+        crate::budget::BudgetConfig {
+            max_bytes_per_sec: max,
+            min_bytes_per_sec: (max / 256).max(1024),
+            p99_target: Duration::from_millis(self.background_p99_target_ms.max(1)),
+        }
+    }
+
     /// Loads the YAML file (if any), applies the flags and validates the result.
     pub fn load(args: Args) -> Result<Self, ConfigError> {
         let mut cfg = match &args.config {
@@ -330,7 +353,9 @@ impl NodeConfig {
             cache_bytes,
             runtime_threads,
             anti_entropy_interval_ms,
-            tombstone_grace_ms
+            tombstone_grace_ms,
+            background_bytes_per_sec,
+            background_p99_target_ms
         );
         if a.cluster_secret_file.is_some() {
             self.cluster_secret_file = a.cluster_secret_file;

@@ -13,6 +13,7 @@
 //! - [`read_repair`]: repairing stale replicas after a get;
 //! - [`handoff`]: hinted handoff and probing of down peers;
 //! - [`antientropy`]: Merkle-tree comparison of partition replicas, joining what differs;
+//! - [`budget`]: the rate budget background work shares, backing off when clients wait;
 //! - [`health`]: this node's view of its peers;
 //! - [`network`]: the transport seam (gRPC in production);
 //! - [`clock`]: the clock seam;
@@ -20,6 +21,7 @@
 //! - [`server`]: wiring it all together; [`shutdown`]: stopping cleanly.
 
 pub mod antientropy;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod coordinator;

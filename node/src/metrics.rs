@@ -59,6 +59,7 @@ pub struct Metrics {
     pub anti_entropy_keys: Counter,
     pub anti_entropy_bytes: Counter,
     pub tombstones_purged: Counter,
+    pub background_rate: Gauge,
     pub fallback_copies_dropped: Counter,
 }
 
@@ -83,6 +84,13 @@ impl Default for Metrics {
         let anti_entropy_keys = Counter::default();
         let anti_entropy_bytes = Counter::default();
         let tombstones_purged = Counter::default();
+        let background_rate = Gauge::default();
+        registry.register(
+            "background_rate_bytes_per_second",
+            "The background budget's current rate (hinted handoff and anti-entropy), lowered \
+             while client p99 latency is above its target",
+            background_rate.clone(),
+        );
         let fallback_copies_dropped = Counter::default();
         registry.register(
             "tombstones_purged",
@@ -189,6 +197,7 @@ impl Default for Metrics {
             anti_entropy_keys,
             anti_entropy_bytes,
             tombstones_purged,
+            background_rate,
             fallback_copies_dropped,
         }
     }

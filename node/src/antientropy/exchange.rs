@@ -173,6 +173,8 @@ async fn partition(
 
     let fetched: Vec<Result<(Bytes, Bytes), PeerError>> = stream::iter(pull)
         .map(|key| async move {
+            // Charged before the read, at the key's size; the set is charged after.
+            node.budget.acquire(key.len() as u64).await;
             let set = node.transport.read(peer, key.clone(), CALL_TIMEOUT).await?;
             Ok((key, set))
         })
@@ -183,6 +185,7 @@ async fn partition(
     for f in fetched {
         let (key, set) = f?;
         report.bytes += (key.len() + set.len()) as u64;
+        node.budget.acquire(set.len() as u64).await;
         if !set.is_empty() {
             entries.push(WriteEntry {
                 key,
@@ -217,6 +220,8 @@ async fn partition(
             }
         }
         report.pushed += entries.len() as u64;
+        let bytes = entries.iter().map(|e| (e.key.len() + e.set.len()) as u64);
+        node.budget.acquire(bytes.sum()).await;
         node.transport.write(peer, entries, CALL_TIMEOUT).await?;
     }
     Ok(())
