@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "dynamo/v1/kv.proto",
         "dynamo/v1/admin.proto",
         "dynamo/v1/replica.proto",
+        "dynamo/v1/antientropy.proto",
         "dynamo/v1/gossip.proto",
     ];
     for f in files {
@@ -20,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".dynamo.v1.ReplicaReadRequest")
         .bytes(".dynamo.v1.ReplicaReadResponse")
         .bytes(".dynamo.v1.ReplicaEntry")
+        .bytes(".dynamo.v1.LeafKey")
         .compile_protos(&files, &["."])?;
     Ok(())
 }

@@ -30,7 +30,7 @@ use dynamo_proto::v1::{
     session_request::Op, session_response::Result as Answer, ClusterHealthRequest,
     ClusterHealthResponse, DeleteRequest, DeleteResponse, GetRequest, HintsRequest, HintsResponse,
     NodeInfoRequest, NodeInfoResponse, PartitionMapRequest, PartitionMapResponse, PutRequest,
-    PutResponse,
+    PutResponse, RepairRequest, RepairResponse,
 };
 use tonic::transport::Channel;
 
@@ -342,6 +342,19 @@ impl Client {
     pub async fn hints(&self) -> Result<HintsResponse> {
         self.call(None, true, |node| async move {
             let resp = admin(node.channel()).hints(HintsRequest {}).await?;
+            Ok(resp.into_inner())
+        })
+        .await
+    }
+
+    /// Has the node that answers compare its copies of its partitions (or of
+    /// `partition`) with every other replica's, by Merkle tree, and join what differs;
+    /// its report of what it compared and fixed.
+    pub async fn repair(&self, partition: Option<u32>) -> Result<RepairResponse> {
+        self.call(None, true, |node| async move {
+            let resp = admin(node.channel())
+                .repair(RepairRequest { partition })
+                .await?;
             Ok(resp.into_inner())
         })
         .await

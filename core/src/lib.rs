@@ -11,11 +11,13 @@
 //! - [`context`]: the opaque causal context handed to clients.
 //! - [`codec`]: the binary encoding of sibling sets and contexts.
 //! - [`limits`]: request validation (key and value sizes, quorum overrides).
+//! - [`merkle`]: the hash trees replicas compare in anti-entropy.
 
 pub mod codec;
 pub mod context;
 pub mod hash;
 pub mod limits;
+pub mod merkle;
 pub mod planner;
 pub mod ring;
 pub mod siblings;

@@ -138,6 +138,20 @@ pub struct NodeConfig {
     /// quotas included). Several nodes sharing a few cores each run best with fewer: every
     /// extra thread adds wake-ups that cost more CPU than it adds.
     pub runtime_threads: usize,
+    /// How often this node compares its partitions with their other replicas' Merkle
+    /// trees and joins what differs (0: never in the background; `dynamoctl repair`
+    /// still works).
+    pub anti_entropy_interval_ms: u64,
+    /// How long a deleted key's tombstones must have stayed unchanged before the
+    /// partition's owner may purge them (once every member vouches that no older version
+    /// is left anywhere; 0: tombstones are kept forever). Passes run every half of it,
+    /// at least every second and at most every 10 minutes.
+    pub tombstone_grace_ms: u64,
+    /// The most bytes per second hinted handoff and anti-entropy move together; they
+    /// slow down (to 1/256 of it at least) while the p99 latency of client requests
+    /// coordinated here is above `background_p99_target_ms`.
+    pub background_bytes_per_sec: u64,
+    pub background_p99_target_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -167,6 +181,10 @@ impl Default for NodeConfig {
             request_timeout_ms: 1000,
             cache_bytes: 64 << 20,
             runtime_threads: 0,
+            anti_entropy_interval_ms: 30_000,
+            tombstone_grace_ms: 3_600_000,
+            background_bytes_per_sec: 64 << 20,
+            background_p99_target_ms: 25,
         }
     }
 }
@@ -264,6 +282,18 @@ pub struct Args {
     /// Request runtime threads; 0 = one per available CPU.
     #[arg(long, env = "DYNAMO_RUNTIME_THREADS")]
     pub runtime_threads: Option<usize>,
+    /// Milliseconds between background anti-entropy sweeps; 0 = none.
+    #[arg(long, env = "DYNAMO_ANTI_ENTROPY_INTERVAL_MS")]
+    pub anti_entropy_interval_ms: Option<u64>,
+    /// Milliseconds a tombstone stays unchanged before it may be purged; 0 = never purge.
+    #[arg(long, env = "DYNAMO_TOMBSTONE_GRACE_MS")]
+    pub tombstone_grace_ms: Option<u64>,
+    /// Bytes per second background work (hints, anti-entropy) may move at most.
+    #[arg(long, env = "DYNAMO_BACKGROUND_BYTES_PER_SEC")]
+    pub background_bytes_per_sec: Option<u64>,
+    /// Client p99 (ms) above which background work backs off.
+    #[arg(long, env = "DYNAMO_BACKGROUND_P99_TARGET_MS")]
+    pub background_p99_target_ms: Option<u64>,
 }
 
 /// Parses `ID=HOST:PORT[@ZONE]`.
@@ -285,6 +315,16 @@ pub fn parse_member(s: &str) -> Result<Member, ConfigError> {
 }
 
 impl NodeConfig {
+    /// The background budget's settings.
+    pub fn budget(&self) -> crate::budget::BudgetConfig {
+        let max = self.background_bytes_per_sec.max(1024);
+        crate::budget::BudgetConfig {
+            max_bytes_per_sec: max,
+            min_bytes_per_sec: (max / 256).max(1024),
+            p99_target: Duration::from_millis(self.background_p99_target_ms.max(1)),
+        }
+    }
+
     /// Loads the YAML file (if any), applies the flags and validates the result.
     pub fn load(args: Args) -> Result<Self, ConfigError> {
         let mut cfg = match &args.config {
@@ -354,7 +394,11 @@ impl NodeConfig {
             fsync_group_window_us,
             request_timeout_ms,
             cache_bytes,
-            runtime_threads
+            runtime_threads,
+            anti_entropy_interval_ms,
+            tombstone_grace_ms,
+            background_bytes_per_sec,
+            background_p99_target_ms
         );
         if a.cluster_secret_file.is_some() {
             self.cluster_secret_file = a.cluster_secret_file;

@@ -53,6 +53,7 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
     node.metrics
         .hint_oldest_age_seconds
         .set((oldest / 1000) as i64);
+    node.metrics.background_rate.set(node.budget.rate() as i64);
     node.metrics
         .storage_bytes
         .set(node.store.engine().size_bytes() as i64);
@@ -78,11 +79,13 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
             if hints.is_empty() {
                 break;
             }
-            let entries = hints
+            let entries: Vec<WriteEntry> = hints
                 .iter()
                 // Synced on the target before it answers: the hint is deleted then.
                 .map(|h| WriteEntry::new(h.key.clone(), &h.set, None).synced())
                 .collect();
+            let bytes = entries.iter().map(|e| (e.key.len() + e.set.len()) as u64);
+            node.budget.acquire(bytes.sum()).await;
             match node.transport.write(&member, entries, node.timeout()).await {
                 Ok(()) => {
                     for h in &hints {

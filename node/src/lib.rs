@@ -12,6 +12,8 @@
 //! - [`quorum`]: write quorum accounting;
 //! - [`read_repair`]: repairing stale replicas after a get;
 //! - [`handoff`]: hinted handoff;
+//! - [`antientropy`]: Merkle-tree comparison of partition replicas, joining what differs;
+//! - [`budget`]: the rate budget background work shares, backing off when clients wait;
 //! - [`gossip`]: membership, heartbeats and the partition map spread by gossip;
 //! - [`failure_detection`]: the phi accrual failure detector (pure);
 //! - [`health`]: this node's view of its peers, the detector's verdicts;
@@ -20,6 +22,8 @@
 //! - [`service`]: the gRPC services; [`http`]: health and metrics endpoints;
 //! - [`server`]: wiring it all together; [`shutdown`]: stopping cleanly.
 
+pub mod antientropy;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod coordinator;

@@ -54,6 +54,13 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     pub set_cache_hits: Counter,
     pub set_cache_misses: Counter,
+    pub anti_entropy_compared: Counter,
+    pub anti_entropy_differing: Counter,
+    pub anti_entropy_keys: Counter,
+    pub anti_entropy_bytes: Counter,
+    pub tombstones_purged: Counter,
+    pub background_rate: Gauge,
+    pub fallback_copies_dropped: Counter,
     pub peer_state_changes: Counter,
 }
 
@@ -73,6 +80,49 @@ impl Default for Metrics {
         let storage_bytes = Gauge::default();
         let set_cache_hits = Counter::default();
         let set_cache_misses = Counter::default();
+        let anti_entropy_compared = Counter::default();
+        let anti_entropy_differing = Counter::default();
+        let anti_entropy_keys = Counter::default();
+        let anti_entropy_bytes = Counter::default();
+        let tombstones_purged = Counter::default();
+        let background_rate = Gauge::default();
+        registry.register(
+            "background_rate_bytes_per_second",
+            "The background budget's current rate (hinted handoff and anti-entropy), lowered \
+             while client p99 latency is above its target",
+            background_rate.clone(),
+        );
+        let fallback_copies_dropped = Counter::default();
+        registry.register(
+            "tombstones_purged",
+            "Tombstones purged by this node as the partition's owner",
+            tombstones_purged.clone(),
+        );
+        registry.register(
+            "fallback_copies_dropped",
+            "Copies of keys this node does not replicate, dropped once the replicas held them",
+            fallback_copies_dropped.clone(),
+        );
+        registry.register(
+            "anti_entropy_compared",
+            "Partition copies compared with a peer's by anti-entropy",
+            anti_entropy_compared.clone(),
+        );
+        registry.register(
+            "anti_entropy_differing",
+            "Partition copies anti-entropy found differing from a peer's",
+            anti_entropy_differing.clone(),
+        );
+        registry.register(
+            "anti_entropy_keys",
+            "Keys anti-entropy joined here or sent to a peer",
+            anti_entropy_keys.clone(),
+        );
+        registry.register(
+            "anti_entropy_bytes",
+            "Approximate bytes anti-entropy exchanged",
+            anti_entropy_bytes.clone(),
+        );
         let peer_state_changes = Counter::default();
         registry.register(
             "requests",
@@ -149,6 +199,13 @@ impl Default for Metrics {
             storage_bytes,
             set_cache_hits,
             set_cache_misses,
+            anti_entropy_compared,
+            anti_entropy_differing,
+            anti_entropy_keys,
+            anti_entropy_bytes,
+            tombstones_purged,
+            background_rate,
+            fallback_copies_dropped,
             peer_state_changes,
         }
     }
@@ -173,6 +230,20 @@ impl Metrics {
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+    }
+
+    /// Counts what an anti-entropy sweep did.
+    pub fn record_anti_entropy(&self, r: &crate::antientropy::Report) {
+        self.anti_entropy_compared.inc_by(r.compared);
+        self.anti_entropy_differing.inc_by(r.differing);
+        self.anti_entropy_keys.inc_by(r.pulled + r.pushed);
+        self.anti_entropy_bytes.inc_by(r.bytes);
+    }
+
+    /// Counts what a purge pass did.
+    pub fn record_purge(&self, r: &crate::antientropy::purge::PurgeReport) {
+        self.tombstones_purged.inc_by(r.purged);
+        self.fallback_copies_dropped.inc_by(r.cleaned);
     }
 
     /// The text exposition.

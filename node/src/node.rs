@@ -60,6 +60,10 @@ pub struct Node {
     pub context_key: ContextKey,
     /// Wakes hinted handoff (a peer came back, or a hint was stored).
     pub handoff_wakeup: Notify,
+    /// The rate budget of hinted handoff and anti-entropy (see [`crate::budget`]).
+    pub budget: crate::budget::Budget,
+    /// The outcome of the last anti-entropy sweep (see [`crate::antientropy`]).
+    pub anti_entropy: parking_lot::Mutex<Option<crate::antientropy::LastSweep>>,
     /// Serializes this node's coordinations of one key (see [`crate::key_lock`]).
     pub key_locks: crate::key_lock::KeyLocks,
     pub started: Instant,
@@ -80,6 +84,7 @@ impl Node {
         let actor = Actor::new(identity.node_id.clone(), identity.incarnation);
         let context_key = ContextKey::new(&cfg.cluster_id, cfg.cluster_secret.as_bytes());
         let epochs = Epochs::starting_at(identity.next_epoch);
+        let budget = crate::budget::Budget::new(cfg.budget());
         let me = Entry {
             // Grows on every start (the wall clock's milliseconds), so that peers take
             // this process's heartbeats over the last one's.
@@ -115,6 +120,8 @@ impl Node {
             clock,
             context_key,
             handoff_wakeup: Notify::new(),
+            anti_entropy: Default::default(),
+            budget,
             key_locks: Default::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),

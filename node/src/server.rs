@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use dynamo_core::{planner, PartitionMap};
 use dynamo_proto::v1::{
-    admin_server::AdminServer, gossip_server::GossipServer, kv_server::KvServer,
-    replica_server::ReplicaServer,
+    admin_server::AdminServer, anti_entropy_server::AntiEntropyServer, gossip_server::GossipServer,
+    kv_server::KvServer, replica_server::ReplicaServer,
 };
 use tokio::sync::watch;
 
@@ -22,13 +22,14 @@ use crate::gossip::state::{Entry, Status};
 use crate::network::{GrpcTransport, Transport, MAX_MESSAGE_BYTES};
 use crate::node::Node;
 use crate::service::{
-    admin::AdminService, gossip::GossipService, kv::KvService, replica::ReplicaService,
+    admin::AdminService, antientropy::AntiEntropyService, gossip::GossipService, kv::KvService,
+    replica::ReplicaService,
 };
 use crate::shutdown::{self, Background};
 use crate::storage::rocks::RocksEngine;
 use crate::storage::Engine;
 use crate::store::Store;
-use crate::{gossip, handoff, identity};
+use crate::{antientropy, gossip, handoff, identity};
 
 /// How long a stopping node waits for requests in flight before it stops its
 /// background tasks and closes its store.
@@ -100,6 +101,10 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
             ReplicaServer::new(ReplicaService::new(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AntiEntropyServer::new(AntiEntropyService::new(node.clone()))
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -117,6 +122,15 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     ));
     let handoff_task = tokio::spawn(handoff::run(node.clone()));
     let gossip_task = tokio::spawn(gossip::run(node.clone()));
+    let anti_entropy_task = (cfg.anti_entropy_interval_ms > 0).then(|| {
+        let every = Duration::from_millis(cfg.anti_entropy_interval_ms);
+        tokio::spawn(antientropy::run(node.clone(), every))
+    });
+    let purge_task = (cfg.tombstone_grace_ms > 0).then(|| {
+        let grace = Duration::from_millis(cfg.tombstone_grace_ms);
+        let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        tokio::spawn(antientropy::purge::run(node.clone(), grace, every))
+    });
     let sync_task = (cfg.fsync == FsyncPolicy::Periodic).then(|| {
         let every = Duration::from_millis(cfg.fsync_interval_ms.max(1));
         tokio::spawn(periodic_sync(node.clone(), every))
@@ -137,6 +151,8 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     let background = Background {
         handoff: Some(handoff_task),
         sync: sync_task,
+        anti_entropy: anti_entropy_task,
+        purge: purge_task,
     };
     let deadline = (stopping + STOP_GRACE).into_std();
     match shutdown::finish(&node, background, deadline).await {

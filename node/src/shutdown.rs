@@ -33,17 +33,29 @@ pub struct Background {
     /// is stopping ([`Node::stopping`]), after any sync under way, which an abort would
     /// leave running on a blocking thread.
     pub sync: Option<JoinHandle<()>>,
+    /// Background anti-entropy ([`crate::antientropy::run`]): aborted (what a sweep
+    /// joined so far is kept; the rest waits for the next start).
+    pub anti_entropy: Option<JoinHandle<()>>,
+    /// Tombstone purging and fallback clean-up ([`crate::antientropy::purge::run`]):
+    /// aborted (each drop is conditional and atomic; a pass cut short is redone).
+    pub purge: Option<JoinHandle<()>>,
 }
 
 impl Background {
     /// Stops every task by `deadline` (aborting the ones still running then). Whether
     /// all of them ended in time.
     async fn stop(self, deadline: tokio::time::Instant) -> bool {
-        if let Some(handoff) = &self.handoff {
-            handoff.abort();
+        for task in [&self.handoff, &self.anti_entropy, &self.purge]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
         let mut ended = true;
-        for mut task in [self.handoff, self.sync].into_iter().flatten() {
+        for mut task in [self.handoff, self.sync, self.anti_entropy, self.purge]
+            .into_iter()
+            .flatten()
+        {
             // A task that panicked or was aborted has ended too.
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 task.abort();

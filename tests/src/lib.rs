@@ -11,7 +11,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use dynamo_proto::v1::{
-    admin_client::AdminClient, kv_client::KvClient, replica_client::ReplicaClient,
+    admin_client::AdminClient, anti_entropy_client::AntiEntropyClient, kv_client::KvClient,
+    replica_client::ReplicaClient, tree_request::Query, TreeRequest, TreeRoots,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -90,6 +91,20 @@ pub fn node_binary() -> PathBuf {
     assert!(
         bin.exists(),
         "{} not found: run `cargo build -p dynamo-node` or set DYNAMO_NODE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The `dynamoctl` binary built beside the tests (or `DYNAMOCTL_BIN`).
+pub fn dynamoctl_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("DYNAMOCTL_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = node_binary().with_file_name("dynamoctl");
+    assert!(
+        bin.exists(),
+        "{} not found: build the workspace or set DYNAMOCTL_BIN",
         bin.display()
     );
     bin
@@ -438,6 +453,20 @@ impl Cluster {
     /// A client of node `i`'s Replica service (reads its local copy, no repair).
     pub fn replica(&self, i: usize) -> ReplicaClient<Channel> {
         ReplicaClient::new(self.endpoint(i).connect_lazy())
+    }
+
+    /// Node `i`'s Merkle root of every partition (see `dynamo_core::merkle`): equal on two
+    /// replicas of a partition iff they hold the same versions of its keys.
+    pub async fn roots(&self, i: usize) -> Result<Vec<u64>, tonic::Status> {
+        let req = TreeRequest {
+            cluster_id: "test-cluster".into(),
+            partitions: self.opts.partitions,
+            query: Some(Query::Roots(TreeRoots {
+                partitions: (0..self.opts.partitions).collect(),
+            })),
+        };
+        let mut client = AntiEntropyClient::new(self.endpoint(i).connect_lazy());
+        Ok(client.tree(req).await?.into_inner().hashes)
     }
 
     /// Where the cluster keeps its files.

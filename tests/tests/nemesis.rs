@@ -317,6 +317,7 @@ async fn acknowledged_set_adds_survive_random_kills_freezes_partitions_restarts_
         let mut c = Cluster::start(Options {
             nodes: NODES,
             proxied: true,
+            extra: vec!["--anti-entropy-interval-ms".into(), "500".into()],
             ..Options::default()
         });
         let kvs: Vec<_> = (0..NODES).map(|i| c.kv(i)).collect();
@@ -420,6 +421,21 @@ async fn acknowledged_set_adds_survive_random_kills_freezes_partitions_restarts_
         })
         .await;
         assert!(drained, "hints still pending 60 s after every node was back");
+        // Anti-entropy runs in the background: every partition's replicas converge to
+        // equal Merkle roots, with no client read (the checks below read with R=3).
+        let healed = Instant::now();
+        let converged = eventually(Duration::from_secs(60), async || {
+            replicas_converged(&c).await
+        })
+        .await;
+        assert!(
+            converged,
+            "replicas' Merkle roots still differ 60 s after the heal (seed {seed})"
+        );
+        eprintln!(
+            "nemesis: replicas converged {} ms after the hints drained",
+            healed.elapsed().as_millis()
+        );
 
         for key in (0..KEYS).map(|k| format!("set-{k}")) {
             let get = GetRequest {

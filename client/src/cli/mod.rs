@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod kv;
+mod repair;
 mod status;
 
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ pub enum Command {
     Delete(kv::DeleteArgs),
     /// Show a node's identity, the partition map, member health and pending hints.
     Status(status::StatusArgs),
+    /// Compare replicas' Merkle trees now and join what differs (anti-entropy).
+    Repair(repair::RepairArgs),
     /// Load generator: throughput and latency percentiles of gets and puts.
     Bench(bench::BenchArgs),
     /// Run a local cluster of dynamo-node processes until Ctrl-C.
@@ -59,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Put(ref args) => kv::put(&connect(&cli).await?, args).await,
         Command::Delete(ref args) => kv::delete(&connect(&cli).await?, args).await,
         Command::Status(ref args) => status::run(&cli, args).await,
+        Command::Repair(ref args) => repair::run(&cli, args).await,
         Command::Bench(ref args) => bench::run(&cli, args).await,
         Command::Cluster(ref args) => cluster::run(args).await,
     }

@@ -190,6 +190,10 @@ impl Kv for Fake {
 
 #[tonic::async_trait]
 impl Admin for Fake {
+    async fn repair(&self, _: Request<RepairRequest>) -> Result<Response<RepairResponse>, Status> {
+        Err(Status::unimplemented("no anti-entropy in this fake"))
+    }
+
     async fn node_info(
         &self,
         _: Request<NodeInfoRequest>,

@@ -11,11 +11,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dynamo_core::Member;
 use dynamo_proto::session::{Mux, MuxError, Reopening};
+use dynamo_proto::v1::tree_request::Query;
 use dynamo_proto::v1::{
-    gossip_client::GossipClient, kv_client::KvClient, replica_client::ReplicaClient,
-    replica_session_request::Op, replica_session_response::Result as Answer, GossipRequest,
-    GossipResponse, ReplicaEntry, ReplicaReadRequest, ReplicaSessionRequest,
-    ReplicaSessionResponse, ReplicaWriteRequest,
+    anti_entropy_client::AntiEntropyClient, gossip_client::GossipClient, kv_client::KvClient,
+    replica_client::ReplicaClient, replica_session_request::Op,
+    replica_session_response::Result as Answer, GossipRequest, GossipResponse, LeafKey,
+    PurgeRequest, ReplicaEntry, ReplicaReadRequest, ReplicaSessionRequest, ReplicaSessionResponse,
+    ReplicaWriteRequest, TreeChildren, TreeLeafKeys, TreeRequest, TreeRoots,
 };
 use dynamo_proto::{cork, FORWARDED_HEADER};
 use parking_lot::Mutex;
@@ -23,6 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::batch::{BatchLimits, Batcher};
 use super::{Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry};
+use crate::antientropy::{TreeAnswer, TreeQuery};
 
 /// Largest gRPC message a node sends or accepts (sibling sets of large values).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -195,6 +198,65 @@ impl Transport for GrpcTransport {
             peer.writes.call(entry, bytes, timeout)
         });
         futures::future::try_join_all(calls).await.map(|_| ())
+    }
+
+    async fn tree(
+        &self,
+        peer: &Member,
+        query: TreeQuery,
+        timeout: Duration,
+    ) -> Result<TreeAnswer, PeerError> {
+        let mut client = AntiEntropyClient::new(self.channel(&peer.addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let wants_keys = matches!(query, TreeQuery::LeafKeys { .. });
+        let req = TreeRequest {
+            cluster_id: self.cluster_id.to_string(),
+            // Not checked here: peers of one cluster share its partition count.
+            partitions: 0,
+            query: Some(match query {
+                TreeQuery::Roots(partitions) => Query::Roots(TreeRoots { partitions }),
+                TreeQuery::Children {
+                    partition,
+                    level,
+                    nodes,
+                } => Query::Children(TreeChildren {
+                    partition,
+                    level,
+                    nodes,
+                }),
+                TreeQuery::LeafKeys { partition, leaves } => {
+                    Query::LeafKeys(TreeLeafKeys { partition, leaves })
+                }
+            }),
+        };
+        let resp = deadline(timeout, client.tree(req)).await?.into_inner();
+        Ok(if wants_keys {
+            TreeAnswer::Keys(resp.keys.into_iter().map(|k| (k.key, k.item)).collect())
+        } else {
+            TreeAnswer::Hashes(resp.hashes)
+        })
+    }
+
+    async fn purge(
+        &self,
+        peer: &Member,
+        partition: dynamo_core::PartitionId,
+        keys: Vec<(Bytes, u64)>,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<Vec<bool>, PeerError> {
+        let mut client = AntiEntropyClient::new(self.channel(&peer.addr)?)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let req = PurgeRequest {
+            cluster_id: self.cluster_id.to_string(),
+            partition,
+            keys: keys
+                .into_iter()
+                .map(|(key, item)| LeafKey { key, item })
+                .collect(),
+            commit,
+        };
+        Ok(deadline(timeout, client.purge(req)).await?.into_inner().ok)
     }
 
     async fn gossip(

@@ -17,6 +17,7 @@ use dynamo_proto::v1::{DeleteResponse, GossipRequest, GossipResponse, PutRespons
 use parking_lot::Mutex;
 
 use super::{Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry};
+use crate::antientropy::{self, TreeAnswer, TreeQuery};
 use crate::coordinator;
 use crate::node::Node;
 use crate::service::kv::get_response;
@@ -199,6 +200,33 @@ impl Transport for LoopbackTransport {
         self.reach(&peer.id, timeout)
             .await?
             .accept(entries)
+            .await
+            .map_err(internal)
+    }
+
+    async fn tree(
+        &self,
+        peer: &Member,
+        query: TreeQuery,
+        timeout: Duration,
+    ) -> Result<TreeAnswer, PeerError> {
+        let node = self.reach(&peer.id, timeout).await?;
+        tokio::task::spawn_blocking(move || antientropy::answer::answer(&node, query))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    async fn purge(
+        &self,
+        peer: &Member,
+        partition: dynamo_core::PartitionId,
+        keys: Vec<(Bytes, u64)>,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<Vec<bool>, PeerError> {
+        let node = self.reach(&peer.id, timeout).await?;
+        antientropy::purge::answer(&node, partition, keys, commit)
             .await
             .map_err(internal)
     }

@@ -1,12 +1,13 @@
 //! The network seam: how a node talks to its peers.
 //!
-//! The coordinator, hinted handoff, read repair and gossip only see [`Transport`]. Production uses
-//! [`GrpcTransport`]: one long-lived HTTP/2 channel per peer (requests multiplexed over it),
+//! The coordinator, hinted handoff, read repair, anti-entropy and gossip only see
+//! [`Transport`]. Production uses [`GrpcTransport`]: one long-lived HTTP/2 channel per peer (requests multiplexed over it),
 //! TCP_NODELAY on every connection, deadlines on every call. A simulation can supply its
 //! own transport (or run this one over turmoil's simulated TCP).
 
 use std::time::Duration;
 
+use crate::antientropy::{TreeAnswer, TreeQuery};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dynamo_core::codec::encode_set;
@@ -114,6 +115,23 @@ pub trait Transport: Send + Sync + 'static {
         entries: Vec<WriteEntry>,
         timeout: Duration,
     ) -> Result<(), PeerError>;
+    /// Asks `peer` about its Merkle trees (see [`crate::antientropy`]).
+    async fn tree(
+        &self,
+        peer: &Member,
+        query: TreeQuery,
+        timeout: Duration,
+    ) -> Result<TreeAnswer, PeerError>;
+    /// Sends a partition owner's purge check or purge of `keys` (with the item hashes of
+    /// its sets) to `peer` (see [`crate::antientropy::purge`]); the peer's answer per key.
+    async fn purge(
+        &self,
+        peer: &Member,
+        partition: dynamo_core::PartitionId,
+        keys: Vec<(Bytes, u64)>,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<Vec<bool>, PeerError>;
     /// One gossip exchange with the node at `addr` (a seed may be known by address only).
     async fn gossip(
         &self,

@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
+use dynamo_core::PartitionMap;
 use dynamo_proto::v1::admin_server::Admin;
 use dynamo_proto::v1::{
     ClusterHealthRequest, ClusterHealthResponse, HintTarget, HintsRequest, HintsResponse,
     MapMember, MemberHealth, NodeInfoRequest, NodeInfoResponse, PartitionMapRequest,
-    PartitionMapResponse,
+    PartitionMapResponse, RepairRequest, RepairResponse,
 };
 use tonic::{Request, Response, Status};
 
-use dynamo_core::PartitionMap;
-
+use crate::antientropy;
 use crate::config::FsyncPolicy;
 use crate::node::Node;
 
@@ -112,6 +112,32 @@ impl Admin for AdminService {
         Ok(Response::new(HintsResponse {
             pending: targets.iter().map(|t| t.pending).sum(),
             targets,
+        }))
+    }
+
+    async fn repair(
+        &self,
+        request: Request<RepairRequest>,
+    ) -> Result<Response<RepairResponse>, Status> {
+        let only = request.into_inner().partition;
+        let q = self.node.map().partitions;
+        if let Some(p) = only.filter(|&p| p >= q) {
+            return Err(Status::invalid_argument(format!(
+                "partition {p} does not exist: the cluster has {q} (0..{q})"
+            )));
+        }
+        let started = std::time::Instant::now();
+        let r = antientropy::sweep(&self.node, only, antientropy::Peers::All).await;
+        Ok(Response::new(RepairResponse {
+            node_id: self.node.id().to_owned(),
+            compared: r.compared,
+            differing: r.differing,
+            leaves: r.leaves,
+            pulled: r.pulled,
+            pushed: r.pushed,
+            bytes: r.bytes,
+            errors: r.errors,
+            duration_ms: started.elapsed().as_millis() as u64,
         }))
     }
 }

@@ -39,9 +39,9 @@ impl KvService {
                 _ => Outcome::Internal,
             },
         };
-        self.node
-            .metrics
-            .request(op, outcome, started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.node.metrics.request(op, outcome, took.as_secs_f64());
+        self.node.budget.observe(took);
         r
     }
 }

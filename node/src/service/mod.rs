@@ -1,7 +1,9 @@
 //! gRPC services: the client API ([`kv`]), the admin API ([`admin`]), node-to-node
-//! replication ([`replica`]) and membership gossip ([`gossip`]).
+//! replication ([`replica`]), anti-entropy ([`antientropy`]) and membership gossip
+//! ([`gossip`]).
 
 pub mod admin;
+pub mod antientropy;
 pub mod gossip;
 pub mod kv;
 pub mod replica;

@@ -11,6 +11,7 @@ use dynamo_core::ring::partition_of;
 use dynamo_core::{Actor, CausalContext, SiblingSet};
 
 use super::cache::SetCache;
+use super::trees::Toggle;
 use crate::dots::EpochRecord;
 use crate::storage::keys::{data_key, hint_key};
 use crate::storage::{Batch, Cf, Engine, Op, StorageError};
@@ -29,8 +30,9 @@ pub(super) enum Mutation {
         /// The key's new epoch record, when this node's write minted an epoch.
         epoch: Option<EpochRecord>,
     },
-    /// Drops the local copy of a key and its epoch record.
-    Forget { key: Bytes },
+    /// Drops the local copy of a key and its epoch record (only if the stored set is
+    /// byte for byte `if_raw`, when given).
+    Forget { key: Bytes, if_raw: Option<Bytes> },
     Hint {
         target: String,
         key: Bytes,
@@ -60,6 +62,8 @@ impl Mutation {
 /// What a mutation answers once applied.
 pub(super) enum Outcome {
     Set(SiblingSet),
+    /// Whether a conditional forget dropped the key.
+    Forgot(bool),
     Done,
 }
 
@@ -93,6 +97,8 @@ pub(super) struct Overlay {
     /// (decoded again only if the same group touches the key twice).
     data: HashMap<Vec<u8>, usize>,
     hints: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// What the batch does to the Merkle trees, once written.
+    pub(super) toggles: Vec<Toggle>,
 }
 
 pub(super) fn apply(
@@ -111,29 +117,36 @@ pub(super) fn apply(
             value,
         } => {
             let dk = data_key(partition_of(&key, q), &key);
-            let mut set = current(engine, cache, batch, overlay, &dk)?;
+            let old = current(engine, cache, batch, overlay, &dk)?;
+            let mut set = decode_stored(old.as_deref())?;
             set.update(&context, &actor, value)
                 .map_err(|e| StorageError::Engine(e.to_string()))?;
-            stage(batch, overlay, dk, encode_set(&set));
+            stage(batch, overlay, dk, old.as_deref(), encode_set(&set));
             Ok(Outcome::Set(set))
         }
         Mutation::Join { key, set, epoch } => {
             let dk = data_key(partition_of(&key, q), &key);
-            let mut stored = current(engine, cache, batch, overlay, &dk)?;
+            let old = current(engine, cache, batch, overlay, &dk)?;
+            let mut stored = decode_stored(old.as_deref())?;
             if let Some(record) = epoch {
                 batch.put(Cf::Epochs, dk.clone(), record.encode());
             }
             if stored.absorb(&set) {
-                stage(batch, overlay, dk, encode_set(&stored));
+                stage(batch, overlay, dk, old.as_deref(), encode_set(&stored));
             }
             Ok(Outcome::Done)
         }
-        Mutation::Forget { key } => {
+        Mutation::Forget { key, if_raw } => {
             let dk = data_key(partition_of(&key, q), &key);
+            let old = current(engine, cache, batch, overlay, &dk)?;
+            if if_raw.is_some_and(|want| old.as_ref() != Some(&want)) {
+                return Ok(Outcome::Forgot(false));
+            }
+            overlay.toggles.push(Toggle::of(&dk, old.as_deref(), None));
             batch.delete(Cf::Epochs, dk.clone());
             overlay.data.insert(dk.clone(), batch.ops.len());
             batch.delete(Cf::Data, dk);
-            Ok(Outcome::Done)
+            Ok(Outcome::Forgot(true))
         }
         Mutation::Hint {
             target,
@@ -171,29 +184,36 @@ pub(super) fn apply(
     }
 }
 
-/// The set stored under `dk`: as written earlier in this batch, else as cached, else as
-/// in the engine.
+/// The encoded set stored under `dk` (`None` if absent): as written earlier in this
+/// batch, else as cached, else as in the engine.
 fn current(
     engine: &dyn Engine,
     cache: &SetCache,
     batch: &Batch,
     overlay: &Overlay,
     dk: &[u8],
-) -> Result<SiblingSet, StorageError> {
+) -> Result<Option<Bytes>, StorageError> {
     match overlay.data.get(dk).map(|&i| &batch.ops[i]) {
-        Some(Op::Put(_, _, staged)) => decode_stored(Some(staged)),
-        Some(Op::Delete(..)) => Ok(SiblingSet::new()),
+        Some(Op::Put(_, _, staged)) => Ok(Some(Bytes::copy_from_slice(staged))),
+        Some(Op::Delete(..)) => Ok(None),
         Some(_) => unreachable!("the overlay indexes puts and deletes only"),
         None => match cache.get(dk) {
-            Ok(cached) => decode_stored(Some(&cached)),
-            Err(_) => decode_stored(engine.get(Cf::Data, dk)?.as_deref()),
+            Ok(cached) => Ok(Some(cached)),
+            Err(_) => Ok(engine.get(Cf::Data, dk)?.map(Bytes::from)),
         },
     }
 }
 
-/// Adds the put of `encoded` under `dk` to the batch, and remembers it for later
-/// mutations of the same group.
-fn stage(batch: &mut Batch, overlay: &mut Overlay, dk: Vec<u8>, encoded: Vec<u8>) {
+/// Adds the put of `encoded` under `dk` (which held `old`) to the batch, and remembers it
+/// for later mutations of the same group and for the Merkle trees.
+fn stage(
+    batch: &mut Batch,
+    overlay: &mut Overlay,
+    dk: Vec<u8>,
+    old: Option<&[u8]>,
+    encoded: Vec<u8>,
+) {
+    overlay.toggles.push(Toggle::of(&dk, old, Some(&encoded)));
     overlay.data.insert(dk.clone(), batch.ops.len());
     batch.put(Cf::Data, dk, encoded);
 }

@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 use super::apply::{apply, Mutation, Outcome, Overlay};
 use super::cache::SetCache;
 use super::stopped;
+use super::trees::Trees;
 use crate::storage::{Batch, Engine, StorageError};
 
 /// Most single-key mutations the writer folds into one batch (a request over the limit
@@ -79,6 +80,7 @@ pub(super) fn writer(
     engine: Arc<dyn Engine>,
     q: u32,
     cache: &SetCache,
+    trees: &Trees,
     poisoned: &AtomicBool,
     rx: mpsc::Receiver<Request>,
     syncer: Option<mpsc::Sender<Unsynced>>,
@@ -134,6 +136,7 @@ pub(super) fn writer(
             continue;
         }
         cache.written(batch);
+        trees.apply(&overlay.toggles);
         drop(holds);
         let unsynced: Unsynced = outcomes
             .into_iter()

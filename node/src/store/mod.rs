@@ -37,6 +37,7 @@ mod cache;
 mod commit;
 mod recent;
 mod threads;
+mod trees;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -45,11 +46,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_core::ring::partition_of;
-use dynamo_core::{Actor, CausalContext, SiblingSet};
+use dynamo_core::{Actor, CausalContext, PartitionId, SiblingSet};
 use tokio::sync::oneshot;
 
 use crate::dots::EpochRecord;
-use crate::storage::keys::{data_key, hint_prefix, split_hint_key};
+use crate::storage::keys::{data_key, hint_key, hint_prefix, split_hint_key};
 use crate::storage::{Cf, Engine, StorageError};
 pub use apply::decode_stored;
 use apply::{decode_hint, Mutation, Outcome};
@@ -57,6 +58,7 @@ pub use cache::CacheStats;
 use cache::SetCache;
 use commit::{syncer, writer, Request};
 use threads::{Spawner, Threads};
+pub use trees::{for_each_in_partition, Trees};
 
 /// A hint held for another node.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,6 +125,8 @@ pub enum Change {
 pub struct Store {
     engine: Arc<dyn Engine>,
     cache: Arc<SetCache>,
+    /// A Merkle tree per partition, kept up to date by the writer.
+    trees: Arc<Trees>,
     partitions: u32,
     /// The writer's queue; taken by [`Self::close`], after which mutations are refused.
     /// Every mutation is sent under its read lock, so each one accepted is queued ahead
@@ -158,6 +162,11 @@ impl Store {
         cache_budget: usize,
     ) -> Self {
         let cache = Arc::new(SetCache::new(cache_budget));
+        // Built before the writer starts: no write changes what the scan sees.
+        let trees = Arc::new(Trees::build(&*engine, partitions).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not build the Merkle trees; anti-entropy will see every key as different");
+            Trees::empty(partitions)
+        }));
         let (tx, rx) = mpsc::channel();
         let poisoned = Arc::new(AtomicBool::new(false));
         let mut threads = Spawner::new();
@@ -171,12 +180,14 @@ impl Store {
         });
         let writer_engine = engine.clone();
         let writer_cache = cache.clone();
+        let writer_trees = trees.clone();
         let writer_poisoned = poisoned.clone();
         threads.spawn("store-writer", move || {
             writer(
                 writer_engine,
                 partitions,
                 &writer_cache,
+                &writer_trees,
                 &writer_poisoned,
                 rx,
                 syncer,
@@ -185,6 +196,7 @@ impl Store {
         Self {
             engine,
             cache,
+            trees,
             partitions,
             tx: parking_lot::RwLock::new(Some(tx)),
             threads: Arc::new(threads.started()),
@@ -219,6 +231,35 @@ impl Store {
     /// handed out, so it must not be recorded as cleanly shut down.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// The Merkle trees of this node's copies, per partition.
+    pub fn trees(&self) -> &Trees {
+        &self.trees
+    }
+
+    /// The data key and item hash of every key this node stores in `leaves` of partition
+    /// `p`'s tree (one scan of the partition), in key order.
+    pub fn leaf_items(
+        &self,
+        p: PartitionId,
+        leaves: &std::collections::BTreeSet<usize>,
+    ) -> Result<Vec<(Bytes, u64)>, StorageError> {
+        let shape = dynamo_core::merkle::Tree::new(
+            self.partitions,
+            dynamo_core::merkle::depth_for(self.partitions),
+        );
+        let mut out = Vec::new();
+        for_each_in_partition(&*self.engine, p, |dk, set| {
+            let key = &dk[4..];
+            if leaves.contains(&shape.leaf_of(key)) {
+                out.push((
+                    Bytes::copy_from_slice(key),
+                    dynamo_core::merkle::item_hash(dk, set),
+                ));
+            }
+        })?;
+        Ok(out)
     }
 
     /// The engine underneath.
@@ -333,7 +374,7 @@ impl Store {
                 set,
                 durable: durable_rx,
             }),
-            Outcome::Done => unreachable!("update returns a set"),
+            _ => unreachable!("update returns a set"),
         }
     }
 
@@ -373,7 +414,27 @@ impl Store {
     /// Drops this node's copy of `key` and its epoch record (the next write of the key
     /// here mints a new epoch).
     pub async fn forget(&self, key: Bytes) -> Result<(), StorageError> {
-        self.submit(Mutation::Forget { key }).await.map(|_| ())
+        self.forget_if(key, None).await.map(|_| ())
+    }
+
+    /// Drops this node's copy of `key` (and its epoch record) only if it is still byte
+    /// for byte `raw` (any copy, for `None`); whether it did.
+    pub async fn forget_if(&self, key: Bytes, raw: Option<Bytes>) -> Result<bool, StorageError> {
+        match self.submit(Mutation::Forget { key, if_raw: raw }).await? {
+            Outcome::Forgot(dropped) => Ok(dropped),
+            _ => Ok(true),
+        }
+    }
+
+    /// Whether this node holds a hint for `key` meant for any of `targets`.
+    pub fn holds_hint<'a>(
+        &self,
+        key: &[u8],
+        mut targets: impl Iterator<Item = &'a str>,
+    ) -> Result<bool, StorageError> {
+        targets.try_fold(false, |found, t| {
+            Ok(found || self.engine.get(Cf::Hints, &hint_key(t, key))?.is_some())
+        })
     }
 
     /// Applies `changes` as one request to the writer (one group, one reply), and answers

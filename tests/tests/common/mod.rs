@@ -56,6 +56,36 @@ pub async fn hints_pending(c: &Cluster, i: usize) -> u64 {
 /// The indices of `key`'s replicas, by the partition map node 0 serves (node ids are
 /// node-1..node-S for indices 0..S-1).
 pub async fn replicas_of(c: &Cluster, key: &str) -> Vec<usize> {
+    let ring = ring(c).await;
+    ring.preference_list(ring.partition_of(key.as_bytes()))
+        .map(|m| m.id["node-".len()..].parse::<usize>().expect("node-<i>") - 1)
+        .collect()
+}
+
+/// Whether, for every partition, its replicas have equal Merkle roots (they hold the
+/// same versions of every key), by the partition map node 0 serves. Nodes that do not
+/// answer count as not converged.
+pub async fn replicas_converged(c: &Cluster) -> bool {
+    let ring = ring(c).await;
+    let mut roots = Vec::new();
+    for i in 0..c.nodes.len() {
+        match c.roots(i).await {
+            Ok(r) => roots.push(r),
+            Err(_) => return false,
+        }
+    }
+    (0..ring.partitions).all(|p| {
+        let mut of_replicas = ring
+            .preference_list(p)
+            .map(|m| m.id["node-".len()..].parse::<usize>().expect("node-<i>") - 1)
+            .map(|i| roots[i][p as usize]);
+        let first = of_replicas.next();
+        of_replicas.all(|r| Some(r) == first)
+    })
+}
+
+/// The partition map node 0 serves.
+async fn ring(c: &Cluster) -> PartitionMap {
     let map = c
         .admin(0)
         .partition_map(PartitionMapRequest {})
@@ -67,17 +97,14 @@ pub async fn replicas_of(c: &Cluster, key: &str) -> Vec<usize> {
         .iter()
         .map(|m| Member::new(m.id.clone(), m.addr.clone()))
         .collect();
-    let ring = PartitionMap::from_indices(
+    PartitionMap::from_indices(
         map.epoch,
         map.partitions,
         map.replication,
         members,
         map.owners,
     )
-    .expect("a valid map");
-    ring.preference_list(ring.partition_of(key.as_bytes()))
-        .map(|m| m.id["node-".len()..].parse::<usize>().expect("node-<i>") - 1)
-        .collect()
+    .expect("a valid map")
 }
 
 pub async fn get(c: &Cluster, node: usize, key: &str) -> Result<GetResponse, tonic::Status> {
