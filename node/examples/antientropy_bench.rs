@@ -59,8 +59,12 @@ fn start(net: &Arc<LoopbackNet>, members: &[Member], i: usize) -> Arc<Node> {
 fn set_of(i: usize) -> SiblingSet {
     let mut s = SiblingSet::new();
     let value = format!("{i:0>100}");
-    s.update(&CausalContext::new(), &Actor::new("n1", 1).at_epoch(1 + i as u64), Some(Bytes::from(value)))
-        .unwrap();
+    s.update(
+        &CausalContext::new(),
+        &Actor::new("n1", 1).at_epoch(1 + i as u64),
+        Some(Bytes::from(value)),
+    )
+    .unwrap();
     s
 }
 
@@ -120,12 +124,18 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let keys: usize = args.next().map_or(1_000_000, |a| a.parse().expect("KEYS"));
     let runs: usize = args.next().map_or(3, |a| a.parse().expect("RUNS"));
-    println!("{keys} keys of 100 bytes, 3 replicas, Q={Q}; medians of {runs} runs; one sweep of node 3");
+    println!(
+        "{keys} keys of 100 bytes, 3 replicas, Q={Q}; medians of {runs} runs; one sweep of node 3"
+    );
     println!(
         "{:<14} {:>12} {:>10} {:>14} {:>10} {:>8}",
         "divergence", "bytes", "ms", "missing bytes", "ratio", "pulled"
     );
-    for (name, every) in [("identical", None), ("0.1% missing", Some(1000)), ("1% missing", Some(100))] {
+    for (name, every) in [
+        ("identical", None),
+        ("0.1% missing", Some(1000)),
+        ("1% missing", Some(100)),
+    ] {
         let mut all = Vec::new();
         for _ in 0..runs {
             all.push(run(keys, every).await);

@@ -74,9 +74,27 @@ pub async fn pass(node: &Arc<Node>, grace: Duration, candidates: &mut Candidates
     let mut report = PurgeReport::default();
     let now = node.clock.now_ms();
     let me = node.id().to_owned();
+    // A member believed down cannot vouch: no purge this pass (asking it would only
+    // wait out a timeout per partition).
+    let down: Vec<&str> = node
+        .map
+        .members
+        .iter()
+        .filter(|m| m.id != me && !node.health.is_up(&m.id))
+        .map(|m| m.id.as_str())
+        .collect();
+    if !down.is_empty() {
+        report.errors.push(format!(
+            "no purge while {} is believed down",
+            down.join(", ")
+        ));
+    }
     for p in 0..node.map.partitions {
         let owner = node.map.preference_list(p).next().map(|m| m.id.clone());
         if owner.as_deref() == Some(&me) {
+            if !down.is_empty() {
+                continue;
+            }
             if let Err(e) = purge_partition(node, p, grace, now, candidates, &mut report).await {
                 report.errors.push(format!("partition {p}: {e}"));
             }
@@ -268,6 +286,9 @@ async fn clean_partition(
     .map_err(|e| e.to_string())?;
     let targets: Vec<String> = node.map.members.iter().map(|m| m.id.clone()).collect();
     let replicas: Vec<Member> = node.map.preference_list(p).cloned().collect();
+    if replicas.iter().any(|m| !node.health.is_up(&m.id)) {
+        return Ok(()); // every replica must answer; later
+    }
     'keys: for (key, raw) in held {
         let hinted = node
             .store
