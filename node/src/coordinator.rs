@@ -5,9 +5,10 @@
 //! all, a put or delete is coordinated where it arrived instead (a *fallback
 //! coordinator*, as in Dynamo, so that the store stays writable): the new version goes to
 //! the healthy nodes of the extended preference list as hints, and the coordinator keeps
-//! its own copy too, which is where its next dot for the key is read from (a dot must
-//! never be handed out twice). A get still needs R replicas and fails. The coordinator
-//! then:
+//! its own copy too (with the key's epoch record, see [`crate::dots`]), which it drops
+//! once its hints are delivered and the replicas cover it
+//! ([`crate::antientropy::purge`]). A get still needs R replicas and fails. The
+//! coordinator then:
 //!
 //! - **put/delete**: validates the request (nothing is stored on bad input), makes the
 //!   new version from its stored set under the key's lock (an atomic read-modify-write,

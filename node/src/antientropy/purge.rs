@@ -76,9 +76,26 @@ pub async fn pass(node: &Arc<Node>, grace: Duration, candidates: &mut Candidates
     let me = node.id().to_owned();
     // One map for the whole pass (gossip may bring a newer one meanwhile).
     let map = node.map();
+    // A member believed down cannot vouch: no purge this pass (asking it would only
+    // wait out a timeout per partition).
+    let down: Vec<&str> = map
+        .members
+        .iter()
+        .filter(|m| m.id != me && !node.health.is_up(&m.id))
+        .map(|m| m.id.as_str())
+        .collect();
+    if !down.is_empty() {
+        report.errors.push(format!(
+            "no purge while {} is believed down",
+            down.join(", ")
+        ));
+    }
     for p in 0..map.partitions {
         let owner = map.preference_list(p).next().map(|m| m.id.clone());
         if owner.as_deref() == Some(&me) {
+            if !down.is_empty() {
+                continue;
+            }
             if let Err(e) = purge_partition(node, p, grace, now, candidates, &mut report).await {
                 report.errors.push(format!("partition {p}: {e}"));
             }
@@ -272,6 +289,9 @@ async fn clean_partition(
     let map = node.map();
     let targets: Vec<String> = map.members.iter().map(|m| m.id.clone()).collect();
     let replicas: Vec<Member> = map.preference_list(p).cloned().collect();
+    if replicas.iter().any(|m| !node.health.is_up(&m.id)) {
+        return Ok(()); // every replica must answer; later
+    }
     'keys: for (key, raw) in held {
         let hinted = node
             .store
