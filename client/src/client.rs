@@ -27,10 +27,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use dynamo_proto::v1::admin_client::AdminClient;
 use dynamo_proto::v1::{
-    session_request::Op, session_response::Result as Answer, ClusterHealthRequest,
-    ClusterHealthResponse, DeleteRequest, DeleteResponse, GetRequest, HintsRequest, HintsResponse,
-    NodeInfoRequest, NodeInfoResponse, PartitionMapRequest, PartitionMapResponse, PutRequest,
-    PutResponse, RepairRequest, RepairResponse,
+    session_request::Op, session_response::Result as Answer, AntiEntropyStateRequest,
+    AntiEntropyStateResponse, ClusterHealthRequest, ClusterHealthResponse, DeleteRequest,
+    DeleteResponse, GetRequest, HintsRequest, HintsResponse, NodeInfoRequest, NodeInfoResponse,
+    PartitionMapRequest, PartitionMapResponse, PutRequest, PutResponse, RepairRequest,
+    RepairResponse,
 };
 use tonic::transport::Channel;
 
@@ -354,6 +355,17 @@ impl Client {
         self.call(None, true, |node| async move {
             let resp = admin(node.channel())
                 .repair(RepairRequest { partition })
+                .await?;
+            Ok(resp.into_inner())
+        })
+        .await
+    }
+
+    /// Anti-entropy and purging as the node that answers runs them.
+    pub async fn anti_entropy_state(&self) -> Result<AntiEntropyStateResponse> {
+        self.call(None, true, |node| async move {
+            let resp = admin(node.channel())
+                .anti_entropy_state(AntiEntropyStateRequest {})
                 .await?;
             Ok(resp.into_inner())
         })

@@ -87,6 +87,17 @@ async fn a_wiped_replica_recovers_every_key_through_background_anti_entropy() {
         let recovered = eventually(Duration::from_secs(30), async || converged(&c).await).await;
         assert!(recovered, "node 3's Merkle roots never matched the others'");
         assert_eq!(held(&c, 2).await, KEYS);
+        let state = c
+            .admin(2)
+            .anti_entropy_state(dynamo_proto::v1::AntiEntropyStateRequest {})
+            .await
+            .expect("anti-entropy state")
+            .into_inner();
+        assert!(state.swept && state.interval_ms == 300, "{state:?}");
+        assert!(
+            state.last.is_some_and(|l| l.compared == 64),
+            "one peer per partition"
+        );
         let metrics = dynamo_tests::http_get(c.nodes[2].http, "/metrics")
             .expect("metrics")
             .1;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 use dynamo_client::proto::{
-    ClusterHealthResponse, HintsResponse, MemberHealth, NodeInfoResponse, PartitionMapResponse,
+    AntiEntropyStateResponse, ClusterHealthResponse, HintsResponse, MemberHealth, NodeInfoResponse,
+    PartitionMapResponse,
 };
 use dynamo_client::Client;
 use serde_json::json;
@@ -28,6 +29,8 @@ struct Status {
     map: PartitionMapResponse,
     health: ClusterHealthResponse,
     hints: HintsResponse,
+    /// `None` from a node that does not report it.
+    anti_entropy: Option<AntiEntropyStateResponse>,
 }
 
 /// Queries the first node that answers and prints its view.
@@ -65,11 +68,13 @@ async fn query(client: &Client) -> dynamo_client::Result<Status> {
         client.cluster_health(),
         client.hints()
     )?;
+    let anti_entropy = client.anti_entropy_state().await.ok();
     Ok(Status {
         info,
         map,
         health,
         hints,
+        anti_entropy,
     })
 }
 
@@ -147,6 +152,42 @@ fn to_text(s: &Status) -> String {
             t.node_id, t.pending, t.oldest_age_ms
         ));
     }
+    if let Some(ae) = &s.anti_entropy {
+        out.push_str(&anti_entropy_text(ae));
+    }
+    out
+}
+
+fn anti_entropy_text(ae: &AntiEntropyStateResponse) -> String {
+    let every = match ae.interval_ms {
+        0 => "off (dynamoctl repair only)".to_owned(),
+        ms => format!("every {ms} ms"),
+    };
+    let grace = match ae.tombstone_grace_ms {
+        0 => "never".to_owned(),
+        ms => format!("after {ms} ms"),
+    };
+    let mut out = format!(
+        "anti-entropy: {every}; tombstones purged {grace}; background budget {} bytes/s\n",
+        ae.background_rate_bytes_per_sec
+    );
+    match (&ae.last, ae.swept) {
+        (Some(l), true) => out.push_str(&format!(
+            "  last sweep {} ms ago: {} partition copies compared, {} differed, {} keys joined here, {} sent, {} bytes{}\n",
+            ae.last_sweep_age_ms,
+            l.compared,
+            l.differing,
+            l.pulled,
+            l.pushed,
+            l.bytes,
+            if l.errors.is_empty() {
+                String::new()
+            } else {
+                format!("; could not compare: {}", l.errors.join("; "))
+            }
+        )),
+        _ => out.push_str("  no sweep yet\n"),
+    }
     out
 }
 
@@ -199,6 +240,17 @@ fn to_json(s: &Status) -> serde_json::Value {
         },
         "health": {"node_id": s.health.node_id, "map_epoch": s.health.map_epoch, "members": health},
         "hints": {"pending": s.hints.pending, "targets": targets},
+        "anti_entropy": s.anti_entropy.as_ref().map(|ae| json!({
+            "interval_ms": ae.interval_ms,
+            "tombstone_grace_ms": ae.tombstone_grace_ms,
+            "swept": ae.swept,
+            "last_sweep_age_ms": ae.last_sweep_age_ms,
+            "last": ae.last.as_ref().map(|l| json!({
+                "compared": l.compared, "differing": l.differing, "pulled": l.pulled,
+                "pushed": l.pushed, "bytes": l.bytes, "errors": l.errors,
+            })),
+            "background_rate_bytes_per_sec": ae.background_rate_bytes_per_sec,
+        })),
     })
 }
 
@@ -264,6 +316,19 @@ mod tests {
                     oldest_age_ms: 90,
                 }],
             },
+            anti_entropy: Some(AntiEntropyStateResponse {
+                interval_ms: 30_000,
+                tombstone_grace_ms: 3_600_000,
+                swept: true,
+                last_sweep_age_ms: 1200,
+                last: Some(dynamo_client::proto::RepairResponse {
+                    compared: 32,
+                    differing: 1,
+                    pulled: 4,
+                    ..Default::default()
+                }),
+                background_rate_bytes_per_sec: 1 << 20,
+            }),
         }
     }
 
@@ -279,6 +344,8 @@ mod tests {
             "4200  (not in the map)",
             "hints pending: 3",
             "for node-2",
+            "anti-entropy: every 30000 ms",
+            "last sweep 1200 ms ago: 32 partition copies compared, 1 differed, 4 keys joined here",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }
@@ -292,5 +359,6 @@ mod tests {
         assert_eq!(v["health"]["members"][0]["state"], "self");
         assert_eq!(v["health"]["members"][1]["incarnation"], 99);
         assert_eq!(v["hints"]["targets"][0]["pending"], 3);
+        assert_eq!(v["anti_entropy"]["last"]["pulled"], 4);
     }
 }

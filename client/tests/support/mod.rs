@@ -194,6 +194,13 @@ impl Admin for Fake {
         Err(Status::unimplemented("no anti-entropy in this fake"))
     }
 
+    async fn anti_entropy_state(
+        &self,
+        _: Request<AntiEntropyStateRequest>,
+    ) -> Result<Response<AntiEntropyStateResponse>, Status> {
+        Err(Status::unimplemented("no anti-entropy in this fake"))
+    }
+
     async fn node_info(
         &self,
         _: Request<NodeInfoRequest>,

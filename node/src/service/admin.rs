@@ -6,9 +6,9 @@ use std::sync::Arc;
 use dynamo_core::PartitionMap;
 use dynamo_proto::v1::admin_server::Admin;
 use dynamo_proto::v1::{
-    ClusterHealthRequest, ClusterHealthResponse, HintTarget, HintsRequest, HintsResponse,
-    MapMember, MemberHealth, NodeInfoRequest, NodeInfoResponse, PartitionMapRequest,
-    PartitionMapResponse, RepairRequest, RepairResponse,
+    AntiEntropyStateRequest, AntiEntropyStateResponse, ClusterHealthRequest, ClusterHealthResponse,
+    HintTarget, HintsRequest, HintsResponse, MapMember, MemberHealth, NodeInfoRequest,
+    NodeInfoResponse, PartitionMapRequest, PartitionMapResponse, RepairRequest, RepairResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -138,6 +138,33 @@ impl Admin for AdminService {
             bytes: r.bytes,
             errors: r.errors,
             duration_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+
+    async fn anti_entropy_state(
+        &self,
+        _: Request<AntiEntropyStateRequest>,
+    ) -> Result<Response<AntiEntropyStateResponse>, Status> {
+        let node = &self.node;
+        let last = node.anti_entropy.lock().clone();
+        let now = node.clock.now_ms();
+        Ok(Response::new(AntiEntropyStateResponse {
+            interval_ms: node.cfg.anti_entropy_interval_ms,
+            tombstone_grace_ms: node.cfg.tombstone_grace_ms,
+            swept: last.is_some(),
+            last_sweep_age_ms: last.as_ref().map_or(0, |l| now.saturating_sub(l.at_ms)),
+            last: last.map(|l| RepairResponse {
+                node_id: node.id().to_owned(),
+                compared: l.report.compared,
+                differing: l.report.differing,
+                leaves: l.report.leaves,
+                pulled: l.report.pulled,
+                pushed: l.report.pushed,
+                bytes: l.report.bytes,
+                errors: l.report.errors,
+                duration_ms: 0,
+            }),
+            background_rate_bytes_per_sec: node.budget.rate(),
         }))
     }
 }
