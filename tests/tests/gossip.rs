@@ -95,6 +95,17 @@ async fn a_node_started_from_seeds_is_seen_by_every_node_and_serves() {
         // It coordinates requests (forwarding them to the replicas).
         put_ok(&c, joined, "seeded", "v", &[]).await;
         assert_eq!(values(&get_ok(&c, 0, "seeded").await), ["v"]);
+        // With every replica gone it does not coordinate a write itself: outside the
+        // map, a copy or hint it kept would escape tombstone purging's checks.
+        for i in 0..3 {
+            c.kill9(i);
+        }
+        let refused = put(&c, joined, "seeded-2", "v", &[]).await;
+        assert_status(
+            refused,
+            tonic::Code::Unavailable,
+            "not a member of the partition map",
+        );
     })
     .await
     .expect("test timed out");

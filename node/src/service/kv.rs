@@ -127,6 +127,20 @@ impl KvService {
                     Ok(Forwarded::Put(r)) => Ok((r.context, r.acks)),
                     Ok(Forwarded::Delete(r)) => Ok((r.context, r.acks)),
                     Ok(Forwarded::Get(_)) => Err(unexpected()),
+                    Err(ForwardError::Unreachable(why))
+                        if self.node.map().member(self.node.id()).is_none() =>
+                    {
+                        // A node outside the map (joined from seeds, no partitions yet)
+                        // keeps no copies and no hints: what it held would be outside
+                        // every check that tombstone purging makes.
+                        Err(tonic::Status::unavailable(format!(
+                            "no replica of the key could be reached, and {} is not a \
+                             member of the partition map, so it does not coordinate the \
+                             write itself: {}",
+                            self.node.id(),
+                            why.message()
+                        )))
+                    }
                     Err(ForwardError::Unreachable(why)) => {
                         // No replica saw the request: coordinate it here rather than
                         // refuse a write (see `coordinator`).
