@@ -86,26 +86,43 @@ impl Budget {
         self.bucket.lock().rate as u64
     }
 
+    /// Charges `bytes` if background work may move them now; whether it may.
+    pub fn try_acquire(&self, bytes: u64) -> bool {
+        let mut b = self.bucket.lock();
+        self.refill(&mut b, Instant::now());
+        if b.tokens >= 0.0 {
+            b.tokens -= bytes as f64;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Adjusts the rate when due and adds the tokens earned since the last refill.
+    fn refill(&self, b: &mut Bucket, now: Instant) {
+        if now.duration_since(b.adjusted) >= ADJUST_EVERY {
+            let p99 = {
+                let mut w = self.window.lock();
+                let p = (w.len() >= MIN_SAMPLES)
+                    .then(|| Duration::from_micros(w.value_at_quantile(0.99)));
+                w.reset();
+                p
+            };
+            b.rate = next_rate(b.rate, p99, &self.cfg);
+            b.adjusted = now;
+        }
+        let elapsed = now.duration_since(b.refilled).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * b.rate).min(b.rate);
+        b.refilled = now;
+    }
+
     /// Waits until background work may move `bytes` more, and charges them.
     pub async fn acquire(&self, bytes: u64) {
         loop {
             let wait = {
                 let now = Instant::now();
                 let mut b = self.bucket.lock();
-                if now.duration_since(b.adjusted) >= ADJUST_EVERY {
-                    let p99 = {
-                        let mut w = self.window.lock();
-                        let p = (w.len() >= MIN_SAMPLES)
-                            .then(|| Duration::from_micros(w.value_at_quantile(0.99)));
-                        w.reset();
-                        p
-                    };
-                    b.rate = next_rate(b.rate, p99, &self.cfg);
-                    b.adjusted = now;
-                }
-                let elapsed = now.duration_since(b.refilled).as_secs_f64();
-                b.tokens = (b.tokens + elapsed * b.rate).min(b.rate);
-                b.refilled = now;
+                self.refill(&mut b, now);
                 if b.tokens >= 0.0 {
                     b.tokens -= bytes as f64;
                     return;
@@ -157,6 +174,7 @@ mod tests {
         b.acquire(1000).await; // the initial second's worth
         b.acquire(500).await; // overdraws: the next waits
         assert!(start.elapsed() < Duration::from_millis(10));
+        assert!(!b.try_acquire(1), "in debt: a repair would be skipped");
         b.acquire(1).await;
         let waited = start.elapsed();
         assert!(

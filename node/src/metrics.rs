@@ -50,6 +50,7 @@ pub struct Metrics {
     pub hint_oldest_age_seconds: Gauge,
     pub hints_delivered: Counter,
     pub read_repairs: Counter,
+    pub read_repairs_skipped: Counter,
     pub fallback_writes: Counter,
     pub storage_bytes: Gauge,
     pub set_cache_hits: Counter,
@@ -76,6 +77,13 @@ impl Default for Metrics {
         let hint_oldest_age_seconds = Gauge::default();
         let hints_delivered = Counter::default();
         let read_repairs = Counter::default();
+        let read_repairs_skipped = Counter::default();
+        registry.register(
+            "read_repairs_skipped",
+            "Read repairs skipped because the background budget was spent (anti-entropy \
+             repairs those replicas later)",
+            read_repairs_skipped.clone(),
+        );
         let fallback_writes = Counter::default();
         let storage_bytes = Gauge::default();
         let set_cache_hits = Counter::default();
@@ -195,6 +203,7 @@ impl Default for Metrics {
             hint_oldest_age_seconds,
             hints_delivered,
             read_repairs,
+            read_repairs_skipped,
             fallback_writes,
             storage_bytes,
             set_cache_hits,

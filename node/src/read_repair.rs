@@ -101,6 +101,16 @@ pub async fn gather_and_repair(
     let mut encoded = None;
     for id in stale(&states, &merged) {
         node.metrics.read_repairs.inc();
+        // Repair is background work: it shares the budget that yields to clients. Over
+        // budget it is skipped rather than queued (anti-entropy repairs the key later):
+        // waiting repairs would pile up with every read of a stale replica.
+        if !node
+            .budget
+            .try_acquire((key.len() + merged.value_bytes()) as u64)
+        {
+            node.metrics.read_repairs_skipped.inc();
+            continue;
+        }
         if id == node.id() {
             if let Err(e) = node.store.join(key.clone(), merged.clone()).await {
                 tracing::warn!(error = %e, "local read repair failed");
