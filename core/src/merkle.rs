@@ -43,6 +43,13 @@ pub fn depth_for(partitions: u32) -> u32 {
     }
 }
 
+/// The leaf of a key with hash `key_hash` in the trees of a cluster of `partitions`
+/// partitions with `depth` levels: the hash bits just below the partition's.
+pub fn leaf_of_hash(partitions: u32, depth: u32, key_hash: u64) -> usize {
+    let below_partition = key_hash << partitions.trailing_zeros();
+    (below_partition >> (64 - FANOUT_BITS * depth)) as usize
+}
+
 /// A tree over one partition's slice of the key-hash space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tree {
@@ -84,8 +91,7 @@ impl Tree {
 
     /// The leaf of a key with hash `key_hash`: the hash bits just below the partition's.
     pub fn leaf_of_hash(&self, key_hash: u64) -> usize {
-        let below_partition = key_hash << self.partition_bits;
-        (below_partition >> (64 - FANOUT_BITS * self.depth)) as usize
+        leaf_of_hash(1 << self.partition_bits, self.depth, key_hash)
     }
 
     /// The leaf of `key`.

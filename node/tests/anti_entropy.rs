@@ -6,28 +6,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{members, start_node, Spec, Q};
+use common::{members, put_w as put, start_node, Spec, Q};
 use dynamo_node::antientropy::{self, Peers};
 use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
-use dynamo_node::service::kv::KvService;
 use dynamo_node::storage::memory::MemoryEngine;
-use dynamo_proto::v1::kv_server::Kv as _;
-use dynamo_proto::v1::PutRequest;
-use tonic::Request;
-
-async fn put(node: &Arc<Node>, key: &str, value: &str, w: u32) {
-    let req = PutRequest {
-        key: key.into(),
-        value: value.into(),
-        context: Vec::new(),
-        w: Some(w),
-    };
-    KvService::new(node.clone())
-        .put(Request::new(req))
-        .await
-        .unwrap_or_else(|s| panic!("put {key}: {s:?}"));
-}
 
 fn cluster(net: &Arc<LoopbackNet>) -> Vec<Arc<Node>> {
     let m = members(3);

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{members, start_node, Spec};
+use common::{members, put_w as put, start_node, Spec};
 use dynamo_node::antientropy::purge::{pass, Candidates, PurgeReport};
 use dynamo_node::antientropy::{self, Peers};
 use dynamo_node::handoff;
@@ -18,21 +18,6 @@ use dynamo_node::storage::memory::MemoryEngine;
 use dynamo_proto::v1::kv_server::Kv as _;
 use dynamo_proto::v1::{DeleteRequest, GetRequest, PutRequest};
 use tonic::Request;
-
-async fn put(node: &Arc<Node>, key: &str, value: &str, w: u32) -> Vec<u8> {
-    let req = PutRequest {
-        key: key.into(),
-        value: value.into(),
-        context: Vec::new(),
-        w: Some(w),
-    };
-    KvService::new(node.clone())
-        .put(Request::new(req))
-        .await
-        .unwrap_or_else(|s| panic!("put {key}: {s:?}"))
-        .into_inner()
-        .context
-}
 
 async fn delete(node: &Arc<Node>, key: &str, context: Vec<u8>) {
     let req = DeleteRequest {

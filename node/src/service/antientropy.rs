@@ -28,12 +28,7 @@ impl AntiEntropy for AntiEntropyService {
     async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
         let req = request.into_inner();
         let node = &self.node;
-        if req.cluster_id != node.cfg.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "peer belongs to cluster {:?}, this node to {:?}",
-                req.cluster_id, node.cfg.cluster_id
-            )));
-        }
+        super::check_peer_cluster(node, &req.cluster_id)?;
         if req.partitions != 0 && req.partitions != node.map().partitions {
             return Err(Status::failed_precondition(format!(
                 "peer's trees are for {} partitions, this node's for {}",
@@ -82,12 +77,7 @@ impl AntiEntropy for AntiEntropyService {
     ) -> Result<Response<PurgeResponse>, Status> {
         let req = request.into_inner();
         let node = &self.node;
-        if req.cluster_id != node.cfg.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "peer belongs to cluster {:?}, this node to {:?}",
-                req.cluster_id, node.cfg.cluster_id
-            )));
-        }
+        super::check_peer_cluster(node, &req.cluster_id)?;
         if req.partition >= node.map().partitions {
             return Err(Status::invalid_argument(format!(
                 "partition {} of a cluster of {}",

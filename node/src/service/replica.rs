@@ -25,13 +25,7 @@ impl ReplicaService {
     }
 
     fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
-        if cluster_id != self.node.cfg.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "peer belongs to cluster {cluster_id:?}, this node to {:?}",
-                self.node.cfg.cluster_id
-            )));
-        }
-        Ok(())
+        super::check_peer_cluster(&self.node, cluster_id)
     }
 }
 

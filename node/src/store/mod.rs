@@ -245,14 +245,18 @@ impl Store {
         p: PartitionId,
         leaves: &std::collections::BTreeSet<usize>,
     ) -> Result<Vec<(Bytes, u64)>, StorageError> {
-        let shape = dynamo_core::merkle::Tree::new(
-            self.partitions,
-            dynamo_core::merkle::depth_for(self.partitions),
-        );
+        let depth = dynamo_core::merkle::depth_for(self.partitions);
+        let leaf_of = |key: &[u8]| {
+            dynamo_core::merkle::leaf_of_hash(
+                self.partitions,
+                depth,
+                dynamo_core::hash::key_hash(key),
+            )
+        };
         let mut out = Vec::new();
         for_each_in_partition(&*self.engine, p, |dk, set| {
             let key = &dk[4..];
-            if leaves.contains(&shape.leaf_of(key)) {
+            if leaves.contains(&leaf_of(key)) {
                 out.push((
                     Bytes::copy_from_slice(key),
                     dynamo_core::merkle::item_hash(dk, set),

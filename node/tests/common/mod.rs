@@ -269,3 +269,19 @@ pub fn merge(into: &mut Sets, from: Sets) {
         into.entry(k).or_default().extend(e);
     }
 }
+
+/// Puts `value` blind through `node` with write quorum `w`; the returned context.
+pub async fn put_w(node: &Arc<Node>, key: &str, value: &str, w: u32) -> Vec<u8> {
+    let req = PutRequest {
+        key: key.into(),
+        value: value.into(),
+        context: Vec::new(),
+        w: Some(w),
+    };
+    KvService::new(node.clone())
+        .put(Request::new(req))
+        .await
+        .unwrap_or_else(|s| panic!("put {key}: {s:?}"))
+        .into_inner()
+        .context
+}
