@@ -5,6 +5,8 @@
 //!
 //! - [`hash`]: the key hash (xxh3-64), part of the on-disk and wire format forever.
 //! - [`ring`]: the versioned partition map and preference lists (Strategy 3).
+//! - [`map_state`]: the live maps (in force and pending), their transitions, moves and
+//!   the write quorum over two maps.
 //! - [`planner`]: the deterministic Strategy 3 planner.
 //! - [`version`]: actors, dots, version vectors and causal contexts (dotted version vectors).
 //! - [`siblings`]: sibling sets (dotted version vectors) and their join.
@@ -17,6 +19,7 @@ pub mod codec;
 pub mod context;
 pub mod hash;
 pub mod limits;
+pub mod map_state;
 pub mod merkle;
 pub mod planner;
 pub mod ring;

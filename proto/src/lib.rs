@@ -11,11 +11,14 @@
 //! - `gossip.proto`: membership gossip and failure detection input (`Gossip`: push-pull
 //!   exchanges of heartbeats and the partition map), not for clients.
 //!
+//! [`maps`] converts partition maps and map states to and from their messages.
+//!
 //! [`cork`] is the TCP connector both nodes and clients open their channels with;
 //! [`session`] holds both sides of the sessions (`Kv.Session`, `Replica.Session`): many
 //! requests multiplexed over one stream.
 
 pub mod cork;
+pub mod maps;
 pub mod session;
 
 /// Package `dynamo.v1`.
