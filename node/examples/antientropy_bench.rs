@@ -46,7 +46,7 @@ fn start(net: &Arc<LoopbackNet>, members: &[Member], i: usize) -> Arc<Node> {
     let node = Arc::new(Node::new(
         cfg,
         identity,
-        map,
+        dynamo_core::map_state::MapState::in_force(map),
         store,
         transport,
         Arc::new(SystemClock),

@@ -32,6 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dynamo_core::codec::encode_set;
 use dynamo_core::limits::{check_key, check_value, resolve_quorum, LimitError};
+use dynamo_core::map_state::{Intended, WriteQuorum};
 use dynamo_core::{Member, PartitionId, PartitionMap, SiblingSet};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -39,9 +40,9 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::dots;
 use crate::error::RequestError;
+use crate::maps::Live;
 use crate::network::{Forward, ForwardError, Forwarded, PeerError, WriteEntry};
 use crate::node::Node;
-use crate::quorum::WriteQuorum;
 use crate::read_repair;
 
 /// Where a request is coordinated.
@@ -54,7 +55,7 @@ pub enum Route {
 
 /// Decides who coordinates a request for `key`.
 pub fn route(node: &Node, key: &[u8], forwarded: bool) -> Result<Route, RequestError> {
-    let map = node.map();
+    let map = node.try_map().ok_or_else(no_map)?;
     let p = map.partition_of(key);
     if map.is_replica(p, node.id()) {
         return Ok(Route::Local);
@@ -68,6 +69,14 @@ pub fn route(node: &Node, key: &[u8], forwarded: bool) -> Result<Route, RequestE
     let mut targets: Vec<Member> = map.preference_list(p).cloned().collect();
     targets.sort_by_key(|m| !node.health.is_up(&m.id)); // healthy first, stable otherwise
     Ok(Route::Forward(targets))
+}
+
+fn no_map() -> RequestError {
+    RequestError::NoCoordinator(
+        "this node holds no partition map yet (the cluster's first map is not committed, \
+         or has not reached it)"
+            .into(),
+    )
 }
 
 /// Forwards a request to the first preference-list node that can be reached.
@@ -131,7 +140,10 @@ pub async fn write(
     if let Some(v) = &value {
         check_value(v, node.cfg.max_value_bytes)?;
     }
-    let n = node.cfg.replication.n;
+    // One snapshot of the live maps for the whole request.
+    let live = node.live();
+    let map = live.reads.clone().ok_or_else(no_map)?;
+    let n = map.replication;
     let w = resolve_quorum("w", w, node.cfg.replication.w, n)? as usize;
     let ctx = node.context_key.decode(context_bytes)?;
     if value.is_none() && ctx.is_empty() {
@@ -177,11 +189,13 @@ pub async fn write(
     // concurrent sibling it never saw must not be superseded by its next put.
     let next = set.written_context(&ctx, &dot);
 
-    let map = node.map();
     let p = map.partition_of(&key);
-    let mut quorum = WriteQuorum::new(map.preference_list(p).count(), w);
+    // The preference list of every live map: while members change, W acknowledgements
+    // are needed in the old list and W in the new one.
+    let intended = live.state.intended(p);
+    let mut quorum = WriteQuorum::new(&intended, w);
     // `None` for a fallback coordinator: its own copy keeps its dots but is no replica.
-    let me = map.preference_list(p).position(|m| m.id == node.id());
+    let me = intended.position(node.id());
     // The local write is handed to the writer before any replica sees the version (its
     // dot must never be handed out again); replication then runs alongside the local
     // write and sync, and this node counts once durable.
@@ -189,7 +203,15 @@ pub async fn write(
         .store
         .merge(key.clone(), set.clone(), epoch, Some(guard))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(replicate(node.clone(), map, key, set, encoded, tx));
+    tokio::spawn(replicate(
+        node.clone(),
+        live,
+        intended,
+        key,
+        set,
+        encoded,
+        tx,
+    ));
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(local, timer);
     let mut local_pending = true;
@@ -217,7 +239,7 @@ pub async fn write(
         }
     }
     if !quorum.reached() {
-        return Err(unavailable(quorum.acks()));
+        return Err(unavailable(quorum.weakest()));
     }
     Ok(Written {
         context: node.context_key.encode(&next),
@@ -230,16 +252,21 @@ pub async fn write(
 /// hint for any left uncovered.
 async fn replicate(
     node: Arc<Node>,
-    map: Arc<PartitionMap>,
+    live: Arc<Live>,
+    intended: Intended,
     key: Bytes,
     set: SiblingSet,
     encoded: Bytes,
     covered: mpsc::UnboundedSender<usize>,
 ) {
     let node = &*node;
-    let map = &*map;
+    // Fallbacks come from the newest map's extended preference list.
+    let map = live
+        .state
+        .newest()
+        .expect("a write is coordinated under a map");
     let p = map.partition_of(&key);
-    let pref: Vec<&Member> = map.preference_list(p).collect();
+    let pref: Vec<&Member> = intended.members.iter().collect();
     // Members written to (or tried) so far: the preference list, then fallbacks.
     let mut used: Vec<&str> = pref.iter().map(|m| m.id.as_str()).collect();
     let entry = |target: &Member, intended: usize| WriteEntry {
@@ -323,12 +350,12 @@ pub struct Read {
 /// Coordinates a get.
 pub async fn read(node: &Arc<Node>, key: Bytes, r: Option<u32>) -> Result<Read, RequestError> {
     check_key(&key)?;
-    let n = node.cfg.replication.n;
+    let map = node.try_map().ok_or_else(no_map)?;
+    let n = map.replication;
     let r = resolve_quorum("r", r, node.cfg.replication.r, n)? as usize;
     let deadline = Instant::now() + node.timeout();
     let local_raw = node.store.read_raw(&key)?.unwrap_or_default();
     let mut merged = read_repair::decode_state(&local_raw)?;
-    let map = node.map();
     let p = map.partition_of(&key);
     let others: Vec<Member> = map
         .preference_list(p)

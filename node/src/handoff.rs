@@ -69,6 +69,8 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
             continue;
         }
         let Some(member) = node.member(&target) else {
+            // The node left the cluster: its hints go to the keys' current replicas.
+            retarget(node, &target).await?;
             continue;
         };
         if !node.health.is_up(&target) {
@@ -103,6 +105,39 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
             if hints.len() < BATCH {
                 break;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Hands the hints held for `target`, a node no live map has any more, to the replicas
+/// of each key under the map in force (every replica that is up; a hint is dropped once
+/// all of them acknowledged it).
+async fn retarget(node: &Node, target: &str) -> Result<(), crate::storage::StorageError> {
+    let Some(map) = node.try_map() else {
+        return Ok(());
+    };
+    for h in node.store.hints_for(target, BATCH)? {
+        let p = map.partition_of(&h.key);
+        let mut delivered = true;
+        for m in map.preference_list(p) {
+            if m.id == node.id() {
+                node.store.join(h.key.clone(), h.set.clone()).await?;
+                continue;
+            }
+            if !node.health.is_up(&m.id) {
+                delivered = false;
+                continue;
+            }
+            let entry = WriteEntry::new(h.key.clone(), &h.set, None).synced();
+            if let Err(e) = node.transport.write(m, vec![entry], node.timeout()).await {
+                tracing::debug!(peer = %m.id, error = %e, "re-targeted hint not delivered");
+                delivered = false;
+            }
+        }
+        if delivered {
+            node.store.clear_hint(&h).await?;
+            node.metrics.hints_delivered.inc();
         }
     }
     Ok(())

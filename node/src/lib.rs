@@ -24,6 +24,7 @@
 
 pub mod antientropy;
 pub mod budget;
+pub mod change;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
@@ -36,10 +37,10 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod key_lock;
+pub mod maps;
 pub mod metrics;
 pub mod network;
 pub mod node;
-pub mod quorum;
 pub mod read_repair;
 #[cfg(feature = "rocksdb")]
 pub mod server;

@@ -63,6 +63,7 @@ pub struct Metrics {
     pub background_rate: Gauge,
     pub fallback_copies_dropped: Counter,
     pub peer_state_changes: Counter,
+    pub transfer_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -132,6 +133,7 @@ impl Default for Metrics {
             anti_entropy_bytes.clone(),
         );
         let peer_state_changes = Counter::default();
+        let transfer_bytes = Counter::default();
         registry.register(
             "requests",
             "Client requests coordinated, by operation and outcome",
@@ -194,6 +196,11 @@ impl Default for Metrics {
             "Times the failure detector changed its verdict on a peer (alive, suspect, down)",
             peer_state_changes.clone(),
         );
+        registry.register(
+            "transfer_bytes",
+            "Bytes of partitions received from old replicas in changes of members",
+            transfer_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -216,6 +223,7 @@ impl Default for Metrics {
             background_rate,
             fallback_copies_dropped,
             peer_state_changes,
+            transfer_bytes,
         }
     }
 }

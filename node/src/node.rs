@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use dynamo_core::codec::decode_set;
 use dynamo_core::context::ContextKey;
 use dynamo_core::limits::{check_key, check_value};
+use dynamo_core::map_state::MapState;
 use dynamo_core::{Actor, Member, PartitionMap, SiblingSet};
 use parking_lot::RwLock;
 use tokio::sync::Notify;
@@ -19,6 +20,7 @@ use crate::gossip::state::{Entry, Status};
 use crate::gossip::Gossip;
 use crate::health::Health;
 use crate::identity::Identity;
+use crate::maps::{InstallError, Live};
 use crate::metrics::Metrics;
 use crate::network::{Transport, WriteEntry};
 use crate::storage::StorageError;
@@ -44,10 +46,19 @@ pub struct Node {
     pub actor: Actor,
     /// The key epochs this incarnation mints.
     pub epochs: Epochs,
-    /// The partition map in force: planned at start from the configured members, or
-    /// taken from gossip (a newer epoch of the same cluster). Read it once per request
-    /// with [`Self::map`], so that one request sees one map.
-    map: RwLock<Arc<PartitionMap>>,
+    /// The live maps (see [`crate::maps`]): stored, planned at a first start from the
+    /// configured members, committed through the admin API, or taken from gossip. Read
+    /// them once per request ([`Self::live`], [`Self::map`]), so that one request sees one
+    /// state.
+    live: RwLock<Arc<Live>>,
+    /// Serializes installs of map states (each one is persisted first).
+    installing: parking_lot::Mutex<()>,
+    /// Wakes the tasks that act on a new map state (transfers, clean-up).
+    pub maps_changed: Notify,
+    /// The moves this node receives in the pending change (see [`crate::change`]).
+    pub moves: parking_lot::Mutex<crate::change::MoveBook>,
+    /// Serializes the transitions this node makes as the claimant.
+    pub transitions: tokio::sync::Mutex<()>,
     pub store: Store,
     pub transport: Arc<dyn Transport>,
     /// Who this node knows of, and their heartbeats (see [`crate::gossip`]).
@@ -76,7 +87,7 @@ impl Node {
     pub fn new(
         cfg: NodeConfig,
         identity: Identity,
-        map: PartitionMap,
+        state: MapState,
         store: Store,
         transport: Arc<dyn Transport>,
         clock: Arc<dyn Clock>,
@@ -92,9 +103,10 @@ impl Node {
             heartbeat: 0,
             node_id: identity.node_id.clone(),
             addr: cfg.advertise_addr(),
-            zone: map.member(&identity.node_id).and_then(|m| m.zone.clone()),
+            zone: state.member(&identity.node_id).and_then(|m| m.zone.clone()),
             incarnation: identity.incarnation,
             status: Status::Alive,
+            map_version: state.version,
         };
         let interval = cfg.gossip_interval();
         let gossip = Gossip::new(me, cfg.seeds.clone(), interval, cfg.gossip_fanout);
@@ -111,7 +123,11 @@ impl Node {
             identity,
             actor,
             epochs,
-            map: RwLock::new(Arc::new(map)),
+            live: RwLock::new(Arc::new(Live::new(state))),
+            installing: Default::default(),
+            maps_changed: Notify::new(),
+            moves: Default::default(),
+            transitions: Default::default(),
             store,
             transport,
             gossip,
@@ -137,19 +153,79 @@ impl Node {
         self.cfg.request_timeout()
     }
 
-    /// The partition map in force.
+    /// The live maps, as one snapshot.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().clone()
+    }
+
+    /// The map reads and routing use, if this node holds any map yet.
+    pub fn try_map(&self) -> Option<Arc<PartitionMap>> {
+        self.live.read().reads.clone()
+    }
+
+    /// The map reads and routing use. Only for code that runs once the node holds a map
+    /// (background tasks start then; request handlers check [`Self::try_map`] first).
     pub fn map(&self) -> Arc<PartitionMap> {
-        self.map.read().clone()
+        self.try_map()
+            .expect("only called once the node holds a partition map")
     }
 
-    /// Puts `map` in force (gossip checked that it is newer and of this cluster).
-    pub fn set_map(&self, map: PartitionMap) {
-        *self.map.write() = Arc::new(map);
+    /// Installs `state` if it supersedes the one held (see
+    /// [`MapState::supersedes`]): persisted first, then in force for every request that
+    /// starts after. Returns whether it was installed.
+    pub fn install(&self, state: MapState) -> Result<bool, InstallError> {
+        let _one = self.installing.lock();
+        let held = self.live();
+        if !state.supersedes(&held.state) {
+            return Ok(false);
+        }
+        if let Some(q) = state.partitions() {
+            if q != self.store.partitions() {
+                return Err(InstallError::Partitions {
+                    ours: self.store.partitions(),
+                    theirs: q,
+                });
+            }
+        }
+        crate::maps::save(&**self.store.engine(), &state)?;
+        tracing::info!(
+            version = state.version,
+            current = ?state.current.as_ref().map(|m| m.epoch),
+            pending = ?state.pending.as_ref().map(|m| m.epoch),
+            "map state installed"
+        );
+        for m in state.members() {
+            if m.id != self.id() {
+                self.health.watch(&m.id);
+            }
+        }
+        let version = state.version;
+        *self.live.write() = Arc::new(Live::new(state));
+        self.gossip.set_map_version(self.id(), version);
+        self.maps_changed.notify_waiters();
+        Ok(true)
     }
 
-    /// Looks up a member of the map.
+    /// Waits until the node holds a map.
+    pub async fn has_map(&self) {
+        loop {
+            let changed = self.maps_changed.notified();
+            if self.try_map().is_some() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Looks up a member of a live map.
     pub fn member(&self, id: &str) -> Option<Member> {
-        self.map.read().member(id).cloned()
+        self.live.read().state.member(id).cloned()
+    }
+
+    /// N of the map reads use (the configured N before the node holds a map).
+    pub fn n(&self) -> u32 {
+        self.try_map()
+            .map_or(self.cfg.replication.n, |m| m.replication)
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -217,7 +293,7 @@ impl Node {
     pub fn check_entry(&self, e: &WriteEntry) -> Result<SiblingSet, AcceptError> {
         let invalid = |why: String| AcceptError::Invalid(why);
         check_key(&e.key).map_err(|err| invalid(err.to_string()))?;
-        let n = self.cfg.replication.n as usize;
+        let n = self.n() as usize;
         let limit = self.cfg.max_set_bytes.saturating_mul(n + 1);
         if e.set.len() > limit {
             return Err(invalid(format!(

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dynamo_core::{planner, PartitionMap};
+use dynamo_core::map_state::MapState;
+use dynamo_core::planner;
 use dynamo_proto::v1::{
     admin_server::AdminServer, anti_entropy_server::AntiEntropyServer, gossip_server::GossipServer,
     kv_server::KvServer, replica_server::ReplicaServer,
@@ -29,7 +30,7 @@ use crate::shutdown::{self, Background};
 use crate::storage::rocks::RocksEngine;
 use crate::storage::Engine;
 use crate::store::Store;
-use crate::{antientropy, gossip, handoff, identity};
+use crate::{antientropy, change, gossip, handoff, identity};
 
 /// How long a stopping node waits for requests in flight before it stops its
 /// background tasks and closes its store.
@@ -57,7 +58,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         "storage open"
     );
     let transport = Arc::new(GrpcTransport::new(cfg.cluster_id.clone()));
-    let (cfg, map, learned) = initial_map(cfg, &identity, &*transport).await?;
+    let (cfg, state, learned) = initial_state(cfg, &identity, &*transport, &*engine).await?;
     let store = match cfg.fsync {
         FsyncPolicy::Always => Store::synced(
             engine.clone(),
@@ -71,7 +72,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     let node = Arc::new(Node::new(
         cfg.clone(),
         identity,
-        map,
+        state,
         store,
         transport,
         Arc::new(SystemClock),
@@ -120,25 +121,26 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         node.clone(),
         stopped(stop_rx.clone()),
     ));
-    let handoff_task = tokio::spawn(handoff::run(node.clone()));
     let gossip_task = tokio::spawn(gossip::run(node.clone()));
-    let anti_entropy_task = (cfg.anti_entropy_interval_ms > 0).then(|| {
-        let every = Duration::from_millis(cfg.anti_entropy_interval_ms);
-        tokio::spawn(antientropy::run(node.clone(), every))
-    });
-    let purge_task = (cfg.tombstone_grace_ms > 0).then(|| {
-        let grace = Duration::from_millis(cfg.tombstone_grace_ms);
-        let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
-        tokio::spawn(antientropy::purge::run(node.clone(), grace, every))
-    });
-    let sync_task = (cfg.fsync == FsyncPolicy::Periodic).then(|| {
-        let every = Duration::from_millis(cfg.fsync_interval_ms.max(1));
-        tokio::spawn(periodic_sync(node.clone(), every))
-    });
-    node.set_ready(true);
-    tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, advertise = %cfg.advertise_addr(), "node serving");
-
-    shutdown_signal().await;
+    if node.try_map().is_none() {
+        tracing::info!(
+            "serving the admin and gossip services without a partition map: waiting for \
+             the first map to be committed (dynamoctl cluster commit, or the operator)"
+        );
+    }
+    let has_map = tokio::select! {
+        _ = node.has_map() => true,
+        _ = shutdown_signal() => false,
+    };
+    let background = match has_map {
+        true => Some(start_background(&node)),
+        false => None,
+    };
+    if has_map {
+        node.set_ready(true);
+        tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, advertise = %cfg.advertise_addr(), "node serving");
+        shutdown_signal().await;
+    }
     tracing::info!("shutting down");
     let stopping = tokio::time::Instant::now();
     node.set_ready(false);
@@ -148,12 +150,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout_at(stopping + SERVE_GRACE, grpc_task).await;
     let _ = tokio::time::timeout_at(stopping + SERVE_GRACE, http_task).await;
-    let background = Background {
-        handoff: Some(handoff_task),
-        sync: sync_task,
-        anti_entropy: anti_entropy_task,
-        purge: purge_task,
-    };
+    let background = background.unwrap_or_default();
     let deadline = (stopping + STOP_GRACE).into_std();
     match shutdown::finish(&node, background, deadline).await {
         Ok(()) => {
@@ -173,31 +170,95 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     }
 }
 
-/// The configuration and the partition map a node starts with: planned from its
-/// members, or, for a node given only seeds, the one they gossip (its partition count and
-/// N then become the node's), with the entries learned on the way.
-async fn initial_map(
+/// Starts the tasks that need a partition map: hinted handoff, anti-entropy, purging,
+/// transfers and clean-up of a change of members, periodic WAL syncs.
+fn start_background(node: &Arc<Node>) -> Background {
+    let cfg = &node.cfg;
+    let handoff_task = tokio::spawn(handoff::run(node.clone()));
+    let change_task = tokio::spawn(change::run(node.clone()));
+    let anti_entropy_task = (cfg.anti_entropy_interval_ms > 0).then(|| {
+        let every = Duration::from_millis(cfg.anti_entropy_interval_ms);
+        tokio::spawn(antientropy::run(node.clone(), every))
+    });
+    let purge_task = (cfg.tombstone_grace_ms > 0).then(|| {
+        let grace = Duration::from_millis(cfg.tombstone_grace_ms);
+        let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        tokio::spawn(antientropy::purge::run(node.clone(), grace, every))
+    });
+    let sync_task = (cfg.fsync == FsyncPolicy::Periodic).then(|| {
+        let every = Duration::from_millis(cfg.fsync_interval_ms.max(1));
+        tokio::spawn(periodic_sync(node.clone(), every))
+    });
+    Background {
+        handoff: Some(handoff_task),
+        change: Some(change_task),
+        sync: sync_task,
+        anti_entropy: anti_entropy_task,
+        purge: purge_task,
+    }
+}
+
+/// The configuration and the map state a node starts with, with the gossip entries
+/// learned on the way:
+/// - the state stored by its last run, if any (its partition count becomes the node's);
+/// - else, for a node given `members`, the cluster's state if another member or a seed
+///   already has one (a node re-created with an empty volume), or else the first map,
+///   planned from the members (every member plans the same one);
+/// - else (seeds only) the state a seed gossips, or none yet: the node then serves its
+///   admin and gossip services and waits for the first map to be committed.
+async fn initial_state(
     mut cfg: NodeConfig,
     identity: &identity::Identity,
     transport: &dyn Transport,
-) -> anyhow::Result<(NodeConfig, PartitionMap, Vec<Entry>)> {
-    if !cfg.members.is_empty() {
-        let map = planner::plan(None, &cfg.members, cfg.partitions, cfg.replication.n)?;
-        return Ok((cfg, map, Vec::new()));
-    }
-    let me = Entry {
-        generation: SystemClock.now_ms(),
-        heartbeat: 0,
-        node_id: identity.node_id.clone(),
-        addr: cfg.advertise_addr(),
-        zone: None,
-        incarnation: identity.incarnation,
-        status: Status::Alive,
+    engine: &dyn Engine,
+) -> anyhow::Result<(NodeConfig, MapState, Vec<Entry>)> {
+    let (state, learned) = match crate::maps::load(engine)? {
+        Some(stored) => (stored, Vec::new()),
+        None => {
+            let me = Entry {
+                generation: SystemClock.now_ms(),
+                heartbeat: 0,
+                node_id: identity.node_id.clone(),
+                addr: cfg.advertise_addr(),
+                zone: None,
+                incarnation: identity.incarnation,
+                status: Status::Alive,
+                map_version: 0,
+            };
+            let mut ask = cfg.seeds.clone();
+            ask.extend(
+                cfg.members
+                    .iter()
+                    .filter(|m| m.id != identity.node_id)
+                    .map(|m| m.addr.clone()),
+            );
+            let rounds = if cfg.members.is_empty() { 3 } else { 1 };
+            let (found, learned) = match ask.is_empty() {
+                true => (None, Vec::new()),
+                false => {
+                    gossip::bootstrap(transport, &cfg.cluster_id, &me, &ask, Some(rounds)).await
+                }
+            };
+            let state = match found {
+                Some(state) => state,
+                None if !cfg.members.is_empty() => MapState::in_force(planner::plan(
+                    None,
+                    &cfg.members,
+                    cfg.partitions,
+                    cfg.replication.n,
+                )?),
+                None => MapState::default(),
+            };
+            if state.version > 0 {
+                crate::maps::save(engine, &state)?;
+            }
+            (state, learned)
+        }
     };
-    tracing::info!(seeds = ?cfg.seeds, "no members given: asking the seeds for the partition map");
-    let (map, learned) = gossip::bootstrap(transport, &cfg.cluster_id, &me, &cfg.seeds).await;
-    cfg.partitions = map.partitions;
-    cfg.replication.n = map.replication;
+    if let Some(map) = state.reads() {
+        cfg.partitions = map.partitions;
+        cfg.replication.n = map.replication;
+    }
     let r = cfg.replication;
     if r.r > r.n || r.w > r.n {
         anyhow::bail!(
@@ -207,7 +268,7 @@ async fn initial_map(
             r.w
         );
     }
-    Ok((cfg, map, learned))
+    Ok((cfg, state, learned))
 }
 
 /// Syncs the WAL every `every` until the node is stopping (a sync under way finishes).

@@ -39,22 +39,31 @@ pub struct Background {
     /// Tombstone purging and fallback clean-up ([`crate::antientropy::purge::run`]):
     /// aborted (each drop is conditional and atomic; a pass cut short is redone).
     pub purge: Option<JoinHandle<()>>,
+    /// Transfers and clean-up of a change of members ([`crate::change::run`]): aborted
+    /// (a transfer's progress is persisted chunk by chunk and resumes at the next start).
+    pub change: Option<JoinHandle<()>>,
 }
 
 impl Background {
     /// Stops every task by `deadline` (aborting the ones still running then). Whether
     /// all of them ended in time.
     async fn stop(self, deadline: tokio::time::Instant) -> bool {
-        for task in [&self.handoff, &self.anti_entropy, &self.purge]
+        for task in [&self.handoff, &self.anti_entropy, &self.purge, &self.change]
             .into_iter()
             .flatten()
         {
             task.abort();
         }
         let mut ended = true;
-        for mut task in [self.handoff, self.sync, self.anti_entropy, self.purge]
-            .into_iter()
-            .flatten()
+        for mut task in [
+            self.handoff,
+            self.sync,
+            self.anti_entropy,
+            self.purge,
+            self.change,
+        ]
+        .into_iter()
+        .flatten()
         {
             // A task that panicked or was aborted has ended too.
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {

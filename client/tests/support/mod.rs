@@ -201,6 +201,47 @@ impl Admin for Fake {
         Err(Status::unimplemented("no anti-entropy in this fake"))
     }
 
+    async fn maps(&self, _: Request<MapsRequest>) -> Result<Response<MapsResponse>, Status> {
+        Err(Status::unimplemented("no changes of members in this fake"))
+    }
+
+    async fn plan(&self, _: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
+        Err(Status::unimplemented("no changes of members in this fake"))
+    }
+
+    async fn commit(&self, _: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
+        Err(Status::unimplemented("no changes of members in this fake"))
+    }
+
+    async fn progress(
+        &self,
+        _: Request<ProgressRequest>,
+    ) -> Result<Response<ProgressResponse>, Status> {
+        Err(Status::unimplemented("no changes of members in this fake"))
+    }
+
+    async fn moves(&self, _: Request<MovesRequest>) -> Result<Response<MovesResponse>, Status> {
+        Err(Status::unimplemented("no changes of members in this fake"))
+    }
+
+    async fn drained(
+        &self,
+        _: Request<DrainedRequest>,
+    ) -> Result<Response<DrainedResponse>, Status> {
+        Err(Status::unimplemented("no changes of members in this fake"))
+    }
+
+    async fn finalize(
+        &self,
+        _: Request<FinalizeRequest>,
+    ) -> Result<Response<FinalizeResponse>, Status> {
+        Err(Status::unimplemented("no changes of members in this fake"))
+    }
+
+    async fn abort(&self, _: Request<AbortRequest>) -> Result<Response<AbortResponse>, Status> {
+        Err(Status::unimplemented("no changes of members in this fake"))
+    }
+
     async fn node_info(
         &self,
         _: Request<NodeInfoRequest>,

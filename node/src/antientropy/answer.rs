@@ -23,7 +23,7 @@ pub enum AnswerError {
 /// partition: a blocking call).
 pub fn answer(node: &Node, query: TreeQuery) -> Result<TreeAnswer, AnswerError> {
     let trees = node.store.trees();
-    let q = node.map().partitions;
+    let q = node.store.partitions();
     let check = |p: u32, n: usize| {
         if p >= q {
             return Err(AnswerError::Invalid(format!(

@@ -74,7 +74,16 @@ pub async fn pass(node: &Arc<Node>, grace: Duration, candidates: &mut Candidates
     let mut report = PurgeReport::default();
     let now = node.clock.now_ms();
     let me = node.id().to_owned();
-    // One map for the whole pass (gossip may bring a newer one meanwhile).
+    // One map for the whole pass (gossip may bring a newer one meanwhile). While members
+    // change, nothing is purged or cleaned up: the new replicas are still receiving
+    // their partitions, and a member's vouching covers only the map in force.
+    let live = node.live();
+    if live.state.pending.is_some() {
+        report
+            .errors
+            .push("no purge while the members of the cluster change".into());
+        return report;
+    }
     let map = node.map();
     // A member believed down cannot vouch: no purge this pass (asking it would only
     // wait out a timeout per partition).

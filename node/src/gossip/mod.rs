@@ -27,7 +27,8 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynamo_core::PartitionMap;
+use dynamo_core::map_state::MapState;
+use dynamo_proto::maps;
 use dynamo_proto::v1::{GossipRequest, GossipResponse};
 use parking_lot::Mutex;
 
@@ -70,17 +71,22 @@ impl Gossip {
         self.view.lock().entries().cloned().collect()
     }
 
+    /// Records the map-state version this node holds, for its next exchanges.
+    pub fn set_map_version(&self, me: &str, version: u64) {
+        self.view.lock().set_map_version(me, version);
+    }
+
     /// The entry of node `id`, if known.
     pub fn entry(&self, id: &str) -> Option<Entry> {
         self.view.lock().get(id).cloned()
     }
 
-    fn request(&self, cluster_id: &str, map: &PartitionMap, with_map: bool) -> GossipRequest {
+    fn request(&self, cluster_id: &str, state: &MapState, with_state: bool) -> GossipRequest {
         GossipRequest {
             cluster_id: cluster_id.to_owned(),
             entries: self.entries().iter().map(wire::entry_to_proto).collect(),
-            map_epoch: map.epoch,
-            map: with_map.then(|| wire::map_to_proto(map)),
+            state_version: state.version,
+            state: with_state.then(|| maps::state_to_proto(state)),
         }
     }
 }
@@ -130,34 +136,26 @@ fn on_change(node: &Node, c: &crate::health::Change) {
     }
 }
 
-/// Takes a gossiped map if [`state::adopt`] allows it.
-fn offer_map(node: &Node, proto: dynamo_proto::v1::GossipMap) {
-    let map = match wire::map_from_proto(proto) {
-        Ok(map) => map,
+/// Takes a gossiped map state if [`state::adopt`] allows it.
+fn offer_state(node: &Node, proto: dynamo_proto::v1::MapState) {
+    let incoming = match maps::state_from_proto(proto) {
+        Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "gossip: refused an invalid partition map");
+            tracing::warn!(error = %e, "gossip: refused an invalid map state");
             return;
         }
     };
-    let current = node.map();
+    let held = node.live();
     let cluster = &node.cfg.cluster_id;
-    // Exchanges are refused across clusters, so a map that reached us is of ours.
-    match state::adopt(cluster, Some(&current), cluster, &map) {
-        Ok(()) => {
-            tracing::info!(
-                from = current.epoch,
-                to = map.epoch,
-                "gossip: adopted a newer partition map"
-            );
-            for m in &map.members {
-                if m.id != node.id() {
-                    node.health.watch(&m.id);
-                }
-            }
-            node.set_map(map);
-        }
+    // Exchanges are refused across clusters, so a state that reached us is of ours.
+    let q = node.store.partitions();
+    match state::adopt(cluster, &held.state, q, cluster, &incoming) {
+        Ok(()) => match node.install(incoming) {
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "gossip: could not install a map state"),
+        },
         Err(state::Refused::NotNewer { .. }) => {}
-        Err(e) => tracing::warn!(error = %e, "gossip: refused a partition map"),
+        Err(e) => tracing::warn!(error = %e, "gossip: refused a map state"),
     }
 }
 
@@ -176,24 +174,24 @@ pub fn answer(node: &Node, req: GossipRequest) -> Result<GossipResponse, tonic::
         .map(wire::entry_from_proto)
         .collect();
     absorb(node, theirs.iter().cloned());
-    if let Some(map) = req.map {
-        offer_map(node, map);
+    if let Some(state) = req.state {
+        offer_state(node, state);
     }
-    let map = node.map();
+    let live = node.live();
     let entries = node.gossip.view.lock().newer_than(&theirs);
     Ok(GossipResponse {
         entries: entries.iter().map(wire::entry_to_proto).collect(),
-        map: (map.epoch > req.map_epoch).then(|| wire::map_to_proto(&map)),
-        map_wanted: req.map_epoch > map.epoch,
+        state: (live.state.version > req.state_version).then(|| maps::state_to_proto(&live.state)),
+        state_wanted: req.state_version > live.state.version,
     })
 }
 
 /// The peers this node knows: members of its map (at the address the map gives, which is
 /// how this node was told to reach them) and nodes known by gossip only.
 fn known_peers(node: &Node) -> Vec<Peer> {
-    let map = node.map();
-    let mut known: Vec<Peer> = map
-        .members
+    let live = node.live();
+    let members = live.state.members();
+    let mut known: Vec<Peer> = members
         .iter()
         .filter(|m| m.id != node.id())
         .map(|m| Peer {
@@ -202,7 +200,7 @@ fn known_peers(node: &Node) -> Vec<Peer> {
         })
         .collect();
     for e in node.gossip.view.lock().entries() {
-        if e.node_id != node.id() && map.member(&e.node_id).is_none() {
+        if e.node_id != node.id() && live.state.member(&e.node_id).is_none() {
             known.push(Peer {
                 id: Some(e.node_id.clone()),
                 addr: e.addr.clone(),
@@ -213,19 +211,19 @@ fn known_peers(node: &Node) -> Vec<Peer> {
 }
 
 /// One exchange with `peer`: push, pull, and the map whichever way it is newer.
-async fn exchange(node: &Node, peer: &Peer) -> Result<(), PeerError> {
-    let map = node.map();
-    let mut req = node.gossip.request(&node.cfg.cluster_id, &map, false);
+async fn exchange(node: &Node, peer: &Peer, push: bool) -> Result<(), PeerError> {
+    let live = node.live();
+    let mut req = node.gossip.request(&node.cfg.cluster_id, &live.state, push);
     let resp = node
         .transport
         .gossip(&peer.addr, req.clone(), EXCHANGE_TIMEOUT)
         .await?;
     absorb(node, resp.entries.into_iter().map(wire::entry_from_proto));
-    if let Some(map) = resp.map {
-        offer_map(node, map);
+    if let Some(state) = resp.state {
+        offer_state(node, state);
     }
-    if resp.map_wanted {
-        req.map = Some(wire::map_to_proto(&map));
+    if resp.state_wanted && !push {
+        req.state = Some(maps::state_to_proto(&live.state));
         node.transport
             .gossip(&peer.addr, req, EXCHANGE_TIMEOUT)
             .await?;
@@ -247,7 +245,7 @@ pub async fn round(node: &Node, first: bool) {
         )
     };
     let exchanges = chosen.iter().map(|p| async move {
-        if let Err(e) = exchange(node, p).await {
+        if let Err(e) = exchange(node, p, false).await {
             tracing::debug!(peer = ?p.id, addr = %p.addr, error = %e, "gossip exchange failed");
         }
     });
@@ -256,7 +254,7 @@ pub async fn round(node: &Node, first: bool) {
 
 /// Gossips and refreshes the failure detector's verdicts until the node is stopping.
 pub async fn run(node: Arc<Node>) {
-    for m in &node.map().members {
+    for m in node.live().state.members() {
         if m.id != node.id() {
             node.health.watch(&m.id);
         }
@@ -291,44 +289,71 @@ pub async fn run(node: Arc<Node>) {
 pub async fn farewell(node: &Node) {
     node.gossip.view.lock().stopping(node.id());
     let known = known_peers(node);
-    let exchanges = known.iter().map(|p| exchange(node, p));
+    let exchanges = known.iter().map(|p| exchange(node, p, false));
     let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, futures::future::join_all(exchanges)).await;
 }
 
-/// For a node started from seeds alone: asks the seeds, in turn and again until one
-/// answers, for the cluster's partition map. Returns it with the entries learned.
+/// Pushes this node's map state to every node it knows (after a transition it made), so
+/// that it does not wait for gossip to spread. Returns the ids of those that did not
+/// answer.
+pub async fn push_state(node: &Node) -> Vec<String> {
+    let known = known_peers(node);
+    let exchanges = known.iter().map(|p| async move {
+        match exchange(node, p, true).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::info!(peer = ?p.id, error = %e, "could not push the map state");
+                Some(p.id.clone().unwrap_or_else(|| p.addr.clone()))
+            }
+        }
+    });
+    futures::future::join_all(exchanges)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// For a node that holds no map yet: asks `seeds` for the cluster's map state, up to
+/// `rounds` times over (forever with `None`), until one answers with a map. Returns the
+/// state (if one answered) and the entries learned.
 pub async fn bootstrap(
     transport: &dyn Transport,
     cluster_id: &str,
     me: &Entry,
     seeds: &[String],
-) -> (PartitionMap, Vec<Entry>) {
+    rounds: Option<usize>,
+) -> (Option<MapState>, Vec<Entry>) {
     let req = GossipRequest {
         cluster_id: cluster_id.to_owned(),
         entries: vec![wire::entry_to_proto(me)],
-        map_epoch: 0,
-        map: None,
+        state_version: 0,
+        state: None,
     };
+    let mut learned = Vec::new();
+    let mut round = 0;
     loop {
         for seed in seeds {
             match transport.gossip(seed, req.clone(), EXCHANGE_TIMEOUT).await {
-                Ok(resp) => match resp.map.map(wire::map_from_proto) {
-                    Some(Ok(map)) => {
-                        tracing::info!(seed = %seed, epoch = map.epoch, members = map.members.len(), "joined through a seed");
-                        let entries = resp
-                            .entries
-                            .into_iter()
-                            .map(wire::entry_from_proto)
-                            .collect();
-                        return (map, entries);
+                Ok(resp) => {
+                    learned.extend(resp.entries.into_iter().map(wire::entry_from_proto));
+                    match resp.state.map(maps::state_from_proto) {
+                        Some(Ok(state)) if state.reads().is_some() => {
+                            tracing::info!(seed = %seed, version = state.version, "learned the map state from a seed");
+                            return (Some(state), learned);
+                        }
+                        Some(Ok(_)) | None => tracing::info!(seed = %seed, "seed has no map yet"),
+                        Some(Err(e)) => {
+                            tracing::warn!(seed = %seed, error = %e, "seed sent an invalid map state")
+                        }
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(seed = %seed, error = %e, "seed sent an invalid map")
-                    }
-                    None => tracing::info!(seed = %seed, "seed has no map yet"),
-                },
-                Err(e) => tracing::warn!(seed = %seed, error = %e, "seed did not answer"),
+                }
+                Err(e) => tracing::info!(seed = %seed, error = %e, "seed did not answer"),
             }
+        }
+        round += 1;
+        if rounds.is_some_and(|r| round >= r) {
+            return (None, learned);
         }
         tokio::time::sleep(BOOTSTRAP_RETRY).await;
     }

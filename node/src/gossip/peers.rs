@@ -85,6 +85,7 @@ mod tests {
             zone: None,
             incarnation: 1,
             status: Status::Alive,
+            map_version: 0,
         }
     }
 

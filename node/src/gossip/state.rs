@@ -7,11 +7,11 @@
 //! either side has; that is a join (commutative, associative, idempotent), so views that
 //! exchanged the same entries in any order and any number of times agree.
 //!
-//! A partition map travels with gossip too; [`adopt`] says when a node takes a peer's.
+//! The map state travels with gossip too; [`adopt`] says when a node takes a peer's.
 
 use std::collections::BTreeMap;
 
-use dynamo_core::PartitionMap;
+use dynamo_core::map_state::MapState;
 
 /// What a node says of itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -55,6 +55,8 @@ pub struct Entry {
     /// The node's actor incarnation.
     pub incarnation: u64,
     pub status: Status,
+    /// The version of the map state the node holds.
+    pub map_version: u64,
 }
 
 impl Entry {
@@ -157,6 +159,16 @@ impl View {
         true
     }
 
+    /// Records the map-state version `id` (this node) holds, and counts its heartbeat up
+    /// so that the change spreads.
+    pub fn set_map_version(&mut self, id: &str, version: u64) {
+        let e = self.entries.get_mut(id).expect("a view knows its own node");
+        if e.map_version != version {
+            e.map_version = version;
+            e.heartbeat += 1;
+        }
+    }
+
     /// Marks `id`'s own entry as stopping (and counts its heartbeat up, so that it spreads).
     pub fn stopping(&mut self, id: &str) {
         let e = self.entries.get_mut(id).expect("a view knows its own node");
@@ -165,25 +177,29 @@ impl View {
     }
 }
 
-/// Why a gossiped map is not taken.
+/// Why a gossiped map state is not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     #[error("it is of cluster {theirs:?}, not {ours:?}")]
     OtherCluster { ours: String, theirs: String },
-    #[error("its epoch {theirs} is not newer than {ours}")]
+    #[error("its version {theirs} does not supersede {ours}")]
     NotNewer { ours: u64, theirs: u64 },
     #[error("it has {theirs} partitions, not {ours}: Q is fixed when a cluster is made")]
     OtherPartitionCount { ours: u32, theirs: u32 },
+    #[error("it holds no map")]
+    Empty,
 }
 
-/// Whether a node of cluster `ours_cluster` holding `current` (none yet for a node
-/// started from seeds) takes `incoming`, gossiped by a peer of `theirs_cluster`: only a
-/// map of the same cluster with a higher epoch and the same partition count.
+/// Whether a node of cluster `ours_cluster` holding `current` (with `partitions` in its
+/// store) takes `incoming`, gossiped by a peer of `theirs_cluster`: only a state of the
+/// same cluster and partition count that supersedes its own (see
+/// [`MapState::supersedes`]).
 pub fn adopt(
     ours_cluster: &str,
-    current: Option<&PartitionMap>,
+    current: &MapState,
+    partitions: u32,
     theirs_cluster: &str,
-    incoming: &PartitionMap,
+    incoming: &MapState,
 ) -> Result<(), Refused> {
     if ours_cluster != theirs_cluster {
         return Err(Refused::OtherCluster {
@@ -191,19 +207,19 @@ pub fn adopt(
             theirs: theirs_cluster.to_owned(),
         });
     }
-    let Some(current) = current else {
-        return Ok(());
+    let Some(q) = incoming.partitions() else {
+        return Err(Refused::Empty);
     };
-    if incoming.epoch <= current.epoch {
+    if !incoming.supersedes(current) {
         return Err(Refused::NotNewer {
-            ours: current.epoch,
-            theirs: incoming.epoch,
+            ours: current.version,
+            theirs: incoming.version,
         });
     }
-    if incoming.partitions != current.partitions {
+    if q != partitions || incoming.live().any(|m| m.partitions != q) {
         return Err(Refused::OtherPartitionCount {
-            ours: current.partitions,
-            theirs: incoming.partitions,
+            ours: partitions,
+            theirs: q,
         });
     }
     Ok(())
@@ -224,6 +240,7 @@ mod tests {
             zone: None,
             incarnation: 7,
             status: Status::Alive,
+            map_version: 0,
         }
     }
 
@@ -327,39 +344,51 @@ mod tests {
         assert_eq!(peer.merge([mine]).len(), 1, "peers take it over the ghost");
     }
 
-    fn map(epoch: u64, q: u32) -> PartitionMap {
+    fn state(version: u64, q: u32) -> MapState {
         let members: Vec<Member> = (1..=3)
             .map(|i| Member::new(format!("n{i}"), format!("h:{i}")))
             .collect();
-        let mut m = planner::plan(None, &members, q, 3).unwrap();
-        m.epoch = epoch;
-        m
+        let mut s = MapState::in_force(planner::plan(None, &members, q, 3).unwrap());
+        s.version = version;
+        s
     }
 
     #[test]
-    fn a_map_is_adopted_only_from_the_same_cluster_with_a_higher_epoch() {
-        let current = map(3, 64);
-        assert_eq!(adopt("c", Some(&current), "c", &map(4, 64)), Ok(()));
-        assert_eq!(adopt("c", None, "c", &map(1, 64)), Ok(()), "none yet");
+    fn a_state_is_adopted_only_from_the_same_cluster_when_it_supersedes() {
+        let current = state(3, 64);
+        assert_eq!(adopt("c", &current, 64, "c", &state(4, 64)), Ok(()));
+        let none = MapState::default();
+        assert_eq!(
+            adopt("c", &none, 64, "c", &state(1, 64)),
+            Ok(()),
+            "none yet"
+        );
+        assert_eq!(
+            adopt("c", &state(1, 64), 64, "c", &none),
+            Err(Refused::Empty)
+        );
         assert!(matches!(
-            adopt("c", Some(&current), "c", &map(3, 64)),
+            adopt("c", &current, 64, "c", &state(3, 64)),
             Err(Refused::NotNewer { .. })
         ));
         assert!(matches!(
-            adopt("c", Some(&current), "c", &map(2, 64)),
+            adopt("c", &current, 64, "c", &state(2, 64)),
             Err(Refused::NotNewer { .. })
         ));
         assert!(matches!(
-            adopt("c", Some(&current), "other", &map(9, 64)),
+            adopt("c", &current, 64, "other", &state(9, 64)),
             Err(Refused::OtherCluster { .. })
         ));
         assert!(matches!(
-            adopt("c", None, "other", &map(9, 64)),
-            Err(Refused::OtherCluster { .. })
-        ));
-        assert!(matches!(
-            adopt("c", Some(&current), "c", &map(9, 128)),
+            adopt("c", &current, 64, "c", &state(9, 128)),
             Err(Refused::OtherPartitionCount { .. })
         ));
+        assert!(
+            matches!(
+                adopt("c", &none, 64, "c", &state(1, 128)),
+                Err(Refused::OtherPartitionCount { .. })
+            ),
+            "a node's store is shaped for its configured Q"
+        );
     }
 }

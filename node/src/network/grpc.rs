@@ -13,18 +13,21 @@ use dynamo_core::Member;
 use dynamo_proto::session::{Mux, MuxError, Reopening};
 use dynamo_proto::v1::tree_request::Query;
 use dynamo_proto::v1::{
-    anti_entropy_client::AntiEntropyClient, gossip_client::GossipClient, kv_client::KvClient,
-    replica_client::ReplicaClient, replica_session_request::Op,
-    replica_session_response::Result as Answer, GossipRequest, GossipResponse, LeafKey,
-    PurgeRequest, ReplicaEntry, ReplicaReadRequest, ReplicaSessionRequest, ReplicaSessionResponse,
-    ReplicaWriteRequest, TreeChildren, TreeLeafKeys, TreeRequest, TreeRoots,
+    admin_client::AdminClient, anti_entropy_client::AntiEntropyClient, gossip_client::GossipClient,
+    kv_client::KvClient, replica_client::ReplicaClient, replica_session_request::Op,
+    replica_session_response::Result as Answer, FetchRequest, FetchResponse, GossipRequest,
+    GossipResponse, LeafKey, MovesRequest, PurgeRequest, ReplicaEntry, ReplicaReadRequest,
+    ReplicaSessionRequest, ReplicaSessionResponse, ReplicaWriteRequest, TreeChildren, TreeLeafKeys,
+    TreeRequest, TreeRoots,
 };
 use dynamo_proto::{cork, FORWARDED_HEADER};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use super::batch::{BatchLimits, Batcher};
-use super::{Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry};
+use super::{
+    ChangeCall, ChangeReply, Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry,
+};
 use crate::antientropy::{TreeAnswer, TreeQuery};
 
 /// Largest gRPC message a node sends or accepts (sibling sets of large values).
@@ -267,6 +270,44 @@ impl Transport for GrpcTransport {
     ) -> Result<GossipResponse, PeerError> {
         let mut client = GossipClient::new(self.channel(addr)?);
         deadline(timeout, client.exchange(req))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn change(
+        &self,
+        addr: &str,
+        call: ChangeCall,
+        timeout: Duration,
+    ) -> Result<ChangeReply, PeerError> {
+        let mut client = AdminClient::new(self.channel(addr)?);
+        let state =
+            |s: Option<dynamo_proto::v1::MapState>| ChangeReply::State(s.unwrap_or_default());
+        match call {
+            ChangeCall::Commit(r) => deadline(timeout, client.commit(r))
+                .await
+                .map(|r| state(r.into_inner().state)),
+            ChangeCall::Finalize(r) => deadline(timeout, client.finalize(r))
+                .await
+                .map(|r| state(r.into_inner().state)),
+            ChangeCall::Abort(r) => deadline(timeout, client.abort(r))
+                .await
+                .map(|r| state(r.into_inner().state)),
+            ChangeCall::Moves => deadline(timeout, client.moves(MovesRequest {}))
+                .await
+                .map(|r| ChangeReply::Moves(r.into_inner())),
+        }
+    }
+
+    async fn fetch(
+        &self,
+        peer: &Member,
+        req: FetchRequest,
+        timeout: Duration,
+    ) -> Result<FetchResponse, PeerError> {
+        let mut client = AntiEntropyClient::new(self.channel(&peer.addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        deadline(timeout, client.fetch(req))
             .await
             .map(tonic::Response::into_inner)
     }

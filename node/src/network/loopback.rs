@@ -13,10 +13,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dynamo_core::Member;
-use dynamo_proto::v1::{DeleteResponse, GossipRequest, GossipResponse, PutResponse};
+use dynamo_proto::v1::{
+    DeleteResponse, FetchRequest, FetchResponse, GossipRequest, GossipResponse, PutResponse,
+};
 use parking_lot::Mutex;
 
-use super::{Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry};
+use super::{
+    ChangeCall, ChangeReply, Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry,
+};
 use crate::antientropy::{self, TreeAnswer, TreeQuery};
 use crate::coordinator;
 use crate::node::Node;
@@ -242,6 +246,34 @@ impl Transport for LoopbackTransport {
         })?;
         let node = self.reach(&id, timeout).await?;
         crate::gossip::answer(&node, req).map_err(PeerError::Status)
+    }
+
+    async fn change(
+        &self,
+        addr: &str,
+        call: ChangeCall,
+        timeout: Duration,
+    ) -> Result<ChangeReply, PeerError> {
+        let id = self.net.id_at(addr).ok_or_else(|| {
+            PeerError::Status(tonic::Status::unavailable(format!("nothing at {addr}")))
+        })?;
+        let node = self.reach(&id, timeout).await?;
+        crate::change::answer(&node, call)
+            .await
+            .map_err(|e| PeerError::Status(e.into()))
+    }
+
+    async fn fetch(
+        &self,
+        peer: &Member,
+        req: FetchRequest,
+        timeout: Duration,
+    ) -> Result<FetchResponse, PeerError> {
+        let node = self.reach(&peer.id, timeout).await?;
+        tokio::task::spawn_blocking(move || crate::change::transfer::answer_fetch(&node, req))
+            .await
+            .map_err(internal)?
+            .map_err(|e| PeerError::Status(e.into()))
     }
 
     async fn forward(

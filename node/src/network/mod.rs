@@ -13,7 +13,8 @@ use bytes::Bytes;
 use dynamo_core::codec::encode_set;
 use dynamo_core::{Member, SiblingSet};
 use dynamo_proto::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, GossipRequest, GossipResponse,
+    self, AbortRequest, CommitRequest, DeleteRequest, DeleteResponse, FetchRequest, FetchResponse,
+    FinalizeRequest, GetRequest, GetResponse, GossipRequest, GossipResponse, MovesResponse,
     PutRequest, PutResponse,
 };
 
@@ -101,6 +102,24 @@ pub enum Forwarded {
     Delete(DeleteResponse),
 }
 
+/// An admin call of a change of members that one node makes on another: passed on to
+/// the claimant, or asking a member for its part of the change.
+#[derive(Clone, Debug)]
+pub enum ChangeCall {
+    Commit(CommitRequest),
+    Finalize(FinalizeRequest),
+    Abort(AbortRequest),
+    Moves,
+}
+
+/// The answer to a [`ChangeCall`].
+#[derive(Clone, Debug)]
+pub enum ChangeReply {
+    /// The map state after a commit, finalize or abort.
+    State(v1::MapState),
+    Moves(MovesResponse),
+}
+
 /// How a node reaches its peers.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -139,6 +158,20 @@ pub trait Transport: Send + Sync + 'static {
         req: GossipRequest,
         timeout: Duration,
     ) -> Result<GossipResponse, PeerError>;
+    /// Makes a change-of-members admin call on the node at `addr`.
+    async fn change(
+        &self,
+        addr: &str,
+        call: ChangeCall,
+        timeout: Duration,
+    ) -> Result<ChangeReply, PeerError>;
+    /// Fetches a chunk of a partition from `peer` (a transfer, see [`crate::change`]).
+    async fn fetch(
+        &self,
+        peer: &Member,
+        req: FetchRequest,
+        timeout: Duration,
+    ) -> Result<FetchResponse, PeerError>;
     /// Has `peer` coordinate a client request.
     async fn forward(
         &self,

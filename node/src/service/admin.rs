@@ -3,16 +3,21 @@
 
 use std::sync::Arc;
 
-use dynamo_core::PartitionMap;
+use dynamo_core::map_state::MapState;
+use dynamo_proto::maps;
 use dynamo_proto::v1::admin_server::Admin;
 use dynamo_proto::v1::{
-    AntiEntropyStateRequest, AntiEntropyStateResponse, ClusterHealthRequest, ClusterHealthResponse,
-    HintTarget, HintsRequest, HintsResponse, MapMember, MemberHealth, NodeInfoRequest,
-    NodeInfoResponse, PartitionMapRequest, PartitionMapResponse, RepairRequest, RepairResponse,
+    AbortRequest, AbortResponse, AntiEntropyStateRequest, AntiEntropyStateResponse,
+    ClusterHealthRequest, ClusterHealthResponse, CommitRequest, CommitResponse, DrainedRequest,
+    DrainedResponse, FinalizeRequest, FinalizeResponse, HintTarget, HintsRequest, HintsResponse,
+    MapMember, MapsRequest, MapsResponse, MemberHealth, MovesRequest, MovesResponse,
+    NodeInfoRequest, NodeInfoResponse, PartitionMapRequest, PartitionMapResponse, PlanRequest,
+    PlanResponse, ProgressRequest, ProgressResponse, RepairRequest, RepairResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::antientropy;
+use crate::change::{self, plan};
 use crate::config::FsyncPolicy;
 use crate::node::Node;
 
@@ -41,7 +46,7 @@ impl Admin for AdminService {
             cluster_id: n.cfg.cluster_id.clone(),
             advertise: n.cfg.advertise_addr(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            n: r.n,
+            n: n.n(),
             r: r.r,
             w: r.w,
             fsync: match n.cfg.fsync {
@@ -58,7 +63,7 @@ impl Admin for AdminService {
         &self,
         _: Request<PartitionMapRequest>,
     ) -> Result<Response<PartitionMapResponse>, Status> {
-        let map = self.node.map();
+        let map = self.node.try_map().ok_or_else(no_map)?;
         let owned = map.ownership_counts();
         let members = map
             .members
@@ -86,11 +91,11 @@ impl Admin for AdminService {
         _: Request<ClusterHealthRequest>,
     ) -> Result<Response<ClusterHealthResponse>, Status> {
         let n = &self.node;
-        let map = n.map();
+        let live = n.live();
         Ok(Response::new(ClusterHealthResponse {
             node_id: n.id().to_owned(),
-            members: member_health(n, &map),
-            map_epoch: map.epoch,
+            members: member_health(n, &live.state),
+            map_epoch: live.reads.as_ref().map_or(0, |m| m.epoch),
         }))
     }
 
@@ -120,7 +125,10 @@ impl Admin for AdminService {
         request: Request<RepairRequest>,
     ) -> Result<Response<RepairResponse>, Status> {
         let only = request.into_inner().partition;
-        let q = self.node.map().partitions;
+        if self.node.try_map().is_none() {
+            return Err(no_map());
+        }
+        let q = self.node.store.partitions();
         if let Some(p) = only.filter(|&p| p >= q) {
             return Err(Status::invalid_argument(format!(
                 "partition {p} does not exist: the cluster has {q} (0..{q})"
@@ -138,6 +146,93 @@ impl Admin for AdminService {
             bytes: r.bytes,
             errors: r.errors,
             duration_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+
+    async fn maps(&self, _: Request<MapsRequest>) -> Result<Response<MapsResponse>, Status> {
+        let live = self.node.live();
+        Ok(Response::new(MapsResponse {
+            node_id: self.node.id().to_owned(),
+            state: Some(maps::state_to_proto(&live.state)),
+        }))
+    }
+
+    async fn plan(&self, request: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
+        let req = request.into_inner();
+        let node = self.node.clone();
+        // It scans a partition for its estimates.
+        tokio::task::spawn_blocking(move || plan::preview(&node, req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(Response::new)
+    }
+
+    async fn commit(
+        &self,
+        request: Request<CommitRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        let req = request.into_inner();
+        let map = req
+            .map
+            .ok_or_else(|| Status::invalid_argument("commit without a map"))?;
+        let map = maps::map_from_proto(map)
+            .map_err(|e| Status::invalid_argument(format!("invalid map: {e}")))?;
+        let state = change::commit(&self.node, map, req.forwarded).await?;
+        Ok(Response::new(CommitResponse {
+            state: Some(maps::state_to_proto(&state)),
+        }))
+    }
+
+    async fn progress(
+        &self,
+        request: Request<ProgressRequest>,
+    ) -> Result<Response<ProgressResponse>, Status> {
+        let epoch = request.into_inner().epoch;
+        let pending = self.node.live().state.pending.as_ref().map(|m| m.epoch);
+        if epoch != 0 && pending != Some(epoch) {
+            return Err(Status::aborted(format!(
+                "map epoch conflict: epoch {epoch} is not pending (pending: {})",
+                pending.map_or("none".to_owned(), |e| e.to_string())
+            )));
+        }
+        Ok(Response::new(change::progress::cluster(&self.node).await))
+    }
+
+    async fn moves(&self, _: Request<MovesRequest>) -> Result<Response<MovesResponse>, Status> {
+        Ok(Response::new(change::progress::local(&self.node)))
+    }
+
+    async fn drained(
+        &self,
+        request: Request<DrainedRequest>,
+    ) -> Result<Response<DrainedResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let (drained, reason) = match change::progress::drained(&self.node, &id).await {
+            Ok(()) => (true, String::new()),
+            Err(why) => (false, why),
+        };
+        Ok(Response::new(DrainedResponse { drained, reason }))
+    }
+
+    async fn finalize(
+        &self,
+        request: Request<FinalizeRequest>,
+    ) -> Result<Response<FinalizeResponse>, Status> {
+        let req = request.into_inner();
+        let state = change::finalize(&self.node, req.epoch, req.forwarded).await?;
+        Ok(Response::new(FinalizeResponse {
+            state: Some(maps::state_to_proto(&state)),
+        }))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<AbortRequest>,
+    ) -> Result<Response<AbortResponse>, Status> {
+        let req = request.into_inner();
+        let state = change::abort(&self.node, req.epoch, req.forwarded).await?;
+        Ok(Response::new(AbortResponse {
+            state: Some(maps::state_to_proto(&state)),
         }))
     }
 
@@ -169,21 +264,28 @@ impl Admin for AdminService {
     }
 }
 
+fn no_map() -> Status {
+    Status::unavailable(
+        "this node holds no partition map yet: commit the cluster's first map \
+         (dynamoctl cluster commit, or the operator does)",
+    )
+}
+
 /// Every node this one knows of, from its map or by gossip, as its failure detector sees
 /// it: members of the map first (in id order), then nodes known by gossip only.
-fn member_health(n: &Node, map: &PartitionMap) -> Vec<MemberHealth> {
+fn member_health(n: &Node, state: &MapState) -> Vec<MemberHealth> {
     let entries = n.gossip.entries();
-    let mut ids: Vec<&str> = map.members.iter().map(|m| m.id.as_str()).collect();
+    let mut ids: Vec<&str> = state.members().iter().map(|m| m.id.as_str()).collect();
     ids.extend(
         entries
             .iter()
             .map(|e| e.node_id.as_str())
-            .filter(|id| map.member(id).is_none()),
+            .filter(|id| state.member(id).is_none()),
     );
     ids.into_iter()
         .map(|id| {
             let entry = entries.iter().find(|e| e.node_id == id);
-            let member = map.member(id);
+            let member = state.member(id);
             let view = n.health.view(id);
             let state = if id == n.id() {
                 "self"

@@ -4,11 +4,14 @@ use std::sync::Arc;
 
 use dynamo_proto::v1::anti_entropy_server::AntiEntropy;
 use dynamo_proto::v1::tree_request::Query;
-use dynamo_proto::v1::{LeafKey, PurgeRequest, PurgeResponse, TreeRequest, TreeResponse};
+use dynamo_proto::v1::{
+    FetchRequest, FetchResponse, LeafKey, PurgeRequest, PurgeResponse, TreeRequest, TreeResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::antientropy::answer::{answer, AnswerError};
 use crate::antientropy::{purge, TreeAnswer, TreeQuery};
+use crate::change::transfer;
 use crate::node::Node;
 
 /// Node-to-node anti-entropy endpoint.
@@ -29,11 +32,11 @@ impl AntiEntropy for AntiEntropyService {
         let req = request.into_inner();
         let node = &self.node;
         super::check_peer_cluster(node, &req.cluster_id)?;
-        if req.partitions != 0 && req.partitions != node.map().partitions {
+        let q = node.store.partitions();
+        if req.partitions != 0 && req.partitions != q {
             return Err(Status::failed_precondition(format!(
-                "peer's trees are for {} partitions, this node's for {}",
+                "peer's trees are for {} partitions, this node's for {q}",
                 req.partitions,
-                node.map().partitions
             )));
         }
         let query = match req.query {
@@ -71,6 +74,20 @@ impl AntiEntropy for AntiEntropyService {
         Ok(Response::new(resp))
     }
 
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let req = request.into_inner();
+        super::check_peer_cluster(&self.node, &req.cluster_id)?;
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || transfer::answer_fetch(&node, req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
     async fn purge(
         &self,
         request: Request<PurgeRequest>,
@@ -78,11 +95,14 @@ impl AntiEntropy for AntiEntropyService {
         let req = request.into_inner();
         let node = &self.node;
         super::check_peer_cluster(node, &req.cluster_id)?;
-        if req.partition >= node.map().partitions {
+        if node.try_map().is_none() {
+            return Err(Status::unavailable("this node holds no partition map yet"));
+        }
+        let q = node.store.partitions();
+        if req.partition >= q {
             return Err(Status::invalid_argument(format!(
-                "partition {} of a cluster of {}",
+                "partition {} of a cluster of {q}",
                 req.partition,
-                node.map().partitions
             )));
         }
         let keys = req.keys.into_iter().map(|k| (k.key, k.item)).collect();

@@ -119,6 +119,9 @@ pub enum Change {
         set: SiblingSet,
         now_ms: u64,
     },
+    /// Drop this node's copy of `key` and its epoch record, if it is still byte for byte
+    /// `if_raw` (whatever it is, for `None`).
+    Forget { key: Bytes, if_raw: Option<Bytes> },
 }
 
 /// Sibling sets and hints of one node.
@@ -229,6 +232,11 @@ impl Store {
 
     /// Whether a write or sync failed: the node's state on disk may lack versions it
     /// handed out, so it must not be recorded as cleanly shut down.
+    /// The partition count Q the store's trees are shaped for.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
     }
@@ -464,6 +472,7 @@ impl Store {
                     set,
                     now_ms,
                 },
+                Change::Forget { key, if_raw } => Mutation::Forget { key, if_raw },
             })
             .collect();
         self.submit(Mutation::All(mutations)).await.map(|_| ())

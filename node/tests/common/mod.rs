@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynamo_core::map_state::MapState;
 use dynamo_core::{planner, Member};
 use dynamo_node::clock::SystemClock;
 use dynamo_node::config::{NodeConfig, Replication};
@@ -70,9 +71,24 @@ pub fn start_node(
     engine: Arc<dyn Engine>,
     spec: &Spec,
 ) -> Arc<Node> {
+    let map = planner::plan(None, members, Q, spec.n).unwrap();
+    start_node_with(net, members, i, engine, spec, MapState::in_force(map))
+}
+
+/// Starts member `i` as [`start_node`] does, holding `state` (unless its engine holds a
+/// map state already, as a restarted node would).
+pub fn start_node_with(
+    net: &Arc<LoopbackNet>,
+    members: &[Member],
+    i: usize,
+    engine: Arc<dyn Engine>,
+    spec: &Spec,
+    state: MapState,
+) -> Arc<Node> {
     let m = &members[i];
     let cfg = NodeConfig {
         node_id: m.id.clone(),
+        advertise: Some(m.addr.clone()),
         cluster_id: "test-cluster".into(),
         cluster_secret: "test-cluster-secret-0123456789".into(),
         members: members.to_vec(),
@@ -90,7 +106,7 @@ pub fn start_node(
     };
     cfg.validate().unwrap();
     let identity = identity::open(&*engine, &m.id, &cfg.cluster_id).unwrap();
-    let map = planner::plan(None, members, Q, spec.n).unwrap();
+    let state = dynamo_node::maps::load(&*engine).unwrap().unwrap_or(state);
     let store = match spec.sync_window {
         None => Store::new(engine, Q, false),
         Some(window) => Store::synced(engine, Q, window),
@@ -99,7 +115,7 @@ pub fn start_node(
     let node = Arc::new(Node::new(
         cfg,
         identity,
-        map,
+        state,
         store,
         transport,
         Arc::new(SystemClock),

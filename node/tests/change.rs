@@ -1,0 +1,260 @@
+//! Changing members of a running in-process cluster (loopback transport, gossip, the
+//! change tasks) under a set-workload writer: 3→4 then 4→3, and an aborted change.
+//! Every acknowledged element must be on the replicas of the final map, and every node
+//! must hold only the partitions it replicates.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{elements, members, start_node, start_node_with, Chain, Outcome, Spec, Q};
+use dynamo_core::map_state::MapState;
+use dynamo_core::{planner, Member, PartitionMap};
+use dynamo_node::network::loopback::LoopbackNet;
+use dynamo_node::node::Node;
+use dynamo_node::service::kv::KvService;
+use dynamo_node::storage::memory::MemoryEngine;
+use dynamo_node::{change, gossip, handoff};
+use dynamo_proto::v1::kv_server::Kv as _;
+use dynamo_proto::v1::GetRequest;
+use tonic::Request;
+
+const KEYS: usize = 40;
+
+fn spec() -> Spec {
+    Spec {
+        gossip_interval_ms: 100,
+        request_timeout_ms: 1000,
+        ..Spec::default()
+    }
+}
+
+fn run_tasks(n: &Arc<Node>) {
+    tokio::spawn(gossip::run(n.clone()));
+    tokio::spawn(change::run(n.clone()));
+    tokio::spawn(handoff::run(n.clone()));
+}
+
+/// A writer chaining puts on returned contexts over every key, through the nodes in
+/// turn, until `stop`.
+async fn writer(nodes: Vec<Arc<Node>>, stop: Arc<AtomicBool>, tag: &'static str) -> Outcome {
+    let mut out = Outcome::default();
+    let mut chain = Chain::default();
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("k{}", i % KEYS);
+        let element = format!("{tag}{i}");
+        let (value, ctx) = chain.next(&key, &element);
+        let kv = KvService::new(nodes[i % nodes.len()].clone());
+        if let Some(ctx) = out.put(&kv, key.clone(), element, value, ctx).await {
+            chain.returned(&key, ctx);
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    out
+}
+
+async fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Commits `map` through `via` (passed on to the claimant), waits for every move, then
+/// finalizes it (retrying while moves are left).
+async fn change_to(via: &Arc<Node>, map: PartitionMap) -> MapState {
+    let epoch = map.epoch;
+    let committed = change::commit(via, map, false).await.expect("commit");
+    assert_eq!(committed.pending.as_ref().map(|m| m.epoch), Some(epoch));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match change::finalize(via, epoch, false).await {
+            Ok(state) => return state,
+            Err(change::ChangeError::NotReady(why)) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not finalized in time: {why}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("finalize: {e}"),
+        }
+    }
+}
+
+/// Every acknowledged element is on every replica of the final map (after the clean-up
+/// dropped what non-replicas held).
+async fn check(nodes: &[Arc<Node>], outcome: &Outcome, map: &PartitionMap) {
+    for k in 0..KEYS {
+        let key = format!("k{k}");
+        let p = map.partition_of(key.as_bytes());
+        for m in map.preference_list(p) {
+            let node = nodes.iter().find(|n| n.id() == m.id).unwrap();
+            let set = node.store.read(key.as_bytes()).unwrap();
+            let stored: BTreeSet<String> = set
+                .values()
+                .flat_map(|v| {
+                    String::from_utf8_lossy(v)
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .filter(|e| !e.is_empty())
+                .collect();
+            outcome.check(&key, &stored);
+        }
+        let read = KvService::new(nodes[0].clone())
+            .get(Request::new(GetRequest {
+                key: key.clone().into_bytes(),
+                r: None,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        outcome.check(&key, &elements(&read));
+    }
+}
+
+fn holds(node: &Node, p: u32) -> bool {
+    node.store.trees().root(p) != Some(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_and_in_under_a_writer_loses_nothing() {
+    let net = LoopbackNet::new();
+    let all: Vec<Member> = members(4);
+    let spec = spec();
+    let mut nodes: Vec<Arc<Node>> = (0..3)
+        .map(|i| start_node(&net, &all[..3], i, Arc::new(MemoryEngine::new()), &spec))
+        .collect();
+    // The fourth starts with no map: it learns the pending one when it is committed.
+    nodes.push(start_node_with(
+        &net,
+        &all,
+        3,
+        Arc::new(MemoryEngine::new()),
+        &spec,
+        MapState::default(),
+    ));
+    for n in &nodes {
+        run_tasks(n);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(writer(nodes[..3].to_vec(), stop.clone(), "a"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 3 → 4, committed through a node that is not the claimant.
+    let old = nodes[0].map();
+    let grown = planner::plan(Some(&old), &all, Q, 3).unwrap();
+    let state = change_to(&nodes[2], grown.clone()).await;
+    assert_eq!(state.current.as_ref(), Some(&grown));
+    wait_for("every node holds epoch 2", 10, || {
+        nodes
+            .iter()
+            .all(|n| n.try_map().is_some_and(|m| m.epoch == 2))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 4 → 3: n2 leaves.
+    let rest: Vec<Member> = all.iter().filter(|m| m.id != "n2").cloned().collect();
+    let shrunk = planner::plan(Some(&grown), &rest, Q, 3).unwrap();
+    let drained = change::progress::drained(&nodes[0], "n2").await;
+    assert!(drained.is_err(), "n2 is a member of the map in force");
+    let state = change_to(&nodes[3], shrunk.clone()).await;
+    assert_eq!(state.current.as_ref(), Some(&shrunk));
+    change::progress::drained(&nodes[0], "n2")
+        .await
+        .expect("n2 is drained once its partitions moved");
+    stop.store(true, Ordering::Relaxed);
+    let outcome = w.await.unwrap();
+    let acked: usize = outcome.acked.values().map(BTreeSet::len).sum();
+    assert!(acked > 100, "the writer got {acked} puts acknowledged");
+
+    wait_for("every node holds epoch 3", 10, || {
+        nodes
+            .iter()
+            .all(|n| n.try_map().is_some_and(|m| m.epoch == 3))
+    })
+    .await;
+    // Clean-up: every node ends holding exactly the partitions it replicates.
+    wait_for("non-replicas drop their partitions", 20, || {
+        nodes
+            .iter()
+            .all(|n| (0..Q).all(|p| shrunk.is_replica(p, n.id()) || !holds(n, p)))
+    })
+    .await;
+    let live: Vec<Arc<Node>> = nodes.iter().filter(|n| n.id() != "n2").cloned().collect();
+    check(&live, &outcome, &shrunk).await;
+    eprintln!("3→4→3 under a writer: {acked} acknowledged elements, none lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_change_loses_nothing_and_racing_commits_have_one_winner() {
+    let net = LoopbackNet::new();
+    let all: Vec<Member> = members(5);
+    let spec = spec();
+    let mut nodes: Vec<Arc<Node>> = (0..3)
+        .map(|i| start_node(&net, &all[..3], i, Arc::new(MemoryEngine::new()), &spec))
+        .collect();
+    for i in 3..5 {
+        nodes.push(start_node_with(
+            &net,
+            &all,
+            i,
+            Arc::new(MemoryEngine::new()),
+            &spec,
+            MapState::default(),
+        ));
+    }
+    for n in &nodes {
+        run_tasks(n);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(writer(nodes[..3].to_vec(), stop.clone(), "b"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = nodes[0].map();
+    let to4 = planner::plan(Some(&old), &all[..4], Q, 3).unwrap();
+    let to5 = planner::plan(Some(&old), &all, Q, 3).unwrap();
+    assert_eq!((to4.epoch, to5.epoch), (2, 2));
+    // Two committers race on epoch 2 through different nodes: one wins, the other is told.
+    let (a, b) = tokio::join!(
+        change::commit(&nodes[1], to4.clone(), false),
+        change::commit(&nodes[2], to5.clone(), false)
+    );
+    let winner = match (a, b) {
+        (Ok(_), Err(change::ChangeError::Conflict(_))) => to4.clone(),
+        (Err(change::ChangeError::Conflict(_)), Ok(_)) => to5.clone(),
+        (a, b) => panic!("expected one winner and one conflict: {a:?} {b:?}"),
+    };
+    wait_for("every node holds the winner as pending", 10, || {
+        nodes
+            .iter()
+            .filter(|n| winner.member(n.id()).is_some())
+            .all(|n| n.live().state.pending.as_ref() == Some(&winner))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(
+        change::abort(&nodes[4], 2, false).await,
+        Err(change::ChangeError::Unavailable(_)) | Ok(_)
+    ));
+    change::abort(&nodes[3], 2, false).await.expect("abort");
+    wait_for("every node dropped the pending map", 10, || {
+        nodes
+            .iter()
+            .filter(|n| winner.member(n.id()).is_some())
+            .all(|n| n.live().state.pending.is_none())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcome = w.await.unwrap();
+    check(&nodes[..3], &outcome, &old).await;
+}
