@@ -27,11 +27,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use dynamo_proto::v1::admin_client::AdminClient;
 use dynamo_proto::v1::{
-    session_request::Op, session_response::Result as Answer, AntiEntropyStateRequest,
-    AntiEntropyStateResponse, ClusterHealthRequest, ClusterHealthResponse, DeleteRequest,
-    DeleteResponse, GetRequest, HintsRequest, HintsResponse, NodeInfoRequest, NodeInfoResponse,
-    PartitionMapRequest, PartitionMapResponse, PutRequest, PutResponse, RepairRequest,
-    RepairResponse,
+    session_request::Op, session_response::Result as Answer, AbortRequest, AbortResponse,
+    AntiEntropyStateRequest, AntiEntropyStateResponse, ClusterHealthRequest, ClusterHealthResponse,
+    CommitRequest, CommitResponse, DeleteRequest, DeleteResponse, FinalizeRequest,
+    FinalizeResponse, GetRequest, GossipMap, GossipMember, HintsRequest, HintsResponse,
+    MapsRequest, MapsResponse, NodeInfoRequest, NodeInfoResponse, PartitionMapRequest,
+    PartitionMapResponse, PlanRequest, PlanResponse, ProgressRequest, ProgressResponse, PutRequest,
+    PutResponse, RepairRequest, RepairResponse,
 };
 use tonic::transport::Channel;
 
@@ -357,6 +359,75 @@ impl Client {
                 .repair(RepairRequest { partition })
                 .await?;
             Ok(resp.into_inner())
+        })
+        .await
+    }
+
+    /// The live partition maps (in force and pending) of the node that answers.
+    pub async fn maps(&self) -> Result<MapsResponse> {
+        self.call(None, true, |node| async move {
+            Ok(admin(node.channel())
+                .maps(MapsRequest {})
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// A preview of the map for `members` (the newest map's members if empty).
+    pub async fn plan(&self, members: Vec<GossipMember>) -> Result<PlanResponse> {
+        self.call(None, true, |node| {
+            let req = PlanRequest {
+                members: members.clone(),
+                partitions: 0,
+                replication: 0,
+            };
+            async move { Ok(admin(node.channel()).plan(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Makes `map` the pending map (idempotent; ABORTED when another one won).
+    pub async fn commit(&self, map: GossipMap) -> Result<CommitResponse> {
+        self.call(None, true, |node| {
+            let req = CommitRequest {
+                map: Some(map.clone()),
+                forwarded: false,
+            };
+            async move { Ok(admin(node.channel()).commit(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// The progress of the pending change over the cluster.
+    pub async fn progress(&self) -> Result<ProgressResponse> {
+        self.call(None, true, |node| async move {
+            let req = ProgressRequest { epoch: 0 };
+            Ok(admin(node.channel()).progress(req).await?.into_inner())
+        })
+        .await
+    }
+
+    /// Puts pending `epoch` in force (FAILED_PRECONDITION while moves are left).
+    pub async fn finalize(&self, epoch: u64) -> Result<FinalizeResponse> {
+        self.call(None, true, |node| async move {
+            let req = FinalizeRequest {
+                epoch,
+                forwarded: false,
+            };
+            Ok(admin(node.channel()).finalize(req).await?.into_inner())
+        })
+        .await
+    }
+
+    /// Drops pending `epoch`.
+    pub async fn abort(&self, epoch: u64) -> Result<AbortResponse> {
+        self.call(None, true, |node| async move {
+            let req = AbortRequest {
+                epoch,
+                forwarded: false,
+            };
+            Ok(admin(node.channel()).abort(req).await?.into_inner())
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! Command-line arguments of `dynamoctl` and the dispatch to each subcommand.
 
 mod bench;
+mod change;
 mod cluster;
 mod kv;
 mod repair;
@@ -53,6 +54,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run a local cluster of dynamo-node processes until Ctrl-C.
     Cluster(cluster::ClusterArgs),
+    /// Change the members of a running cluster: plan, apply (commit, move, finalize),
+    /// status, finalize, abort.
+    Change(change::ChangeArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -65,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Repair(ref args) => repair::run(&cli, args).await,
         Command::Bench(ref args) => bench::run(&cli, args).await,
         Command::Cluster(ref args) => cluster::run(args).await,
+        Command::Change(ref args) => change::run(&cli, args).await,
     }
 }
 
