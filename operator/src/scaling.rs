@@ -507,6 +507,7 @@ mod tests {
                 ..Default::default()
             },
             maps: MapState {
+                version: u64::from(map_nodes > 0),
                 current,
                 pending: None,
             },

@@ -48,7 +48,7 @@ impl ConfigMapAdmin {
     }
 
     async fn write(&self, state: &MapState) -> Result<(), AdminError> {
-        let mut data = BTreeMap::new();
+        let mut data = BTreeMap::from([("version".to_string(), state.version.to_string())]);
         for (key, map) in [("current", &state.current), ("pending", &state.pending)] {
             if let Some(m) = map {
                 data.insert(
@@ -111,6 +111,10 @@ impl ClusterAdmin for ConfigMapAdmin {
         };
         let data = cm.data.unwrap_or_default();
         Ok(MapState {
+            version: data
+                .get("version")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             current: parse(&data, "current")?,
             pending: parse(&data, "pending")?,
         })
@@ -129,6 +133,7 @@ impl ClusterAdmin for ConfigMapAdmin {
             None => {}
         }
         state.pending = Some(map.clone());
+        state.version += 1;
         self.write(&state).await
     }
 
@@ -155,6 +160,7 @@ impl ClusterAdmin for ConfigMapAdmin {
         match &state.pending {
             Some(p) if p.epoch == epoch => {
                 state.current = state.pending.take();
+                state.version += 1;
                 self.write(&state).await
             }
             _ if state.current.as_ref().is_some_and(|c| c.epoch == epoch) => Ok(()),
@@ -168,6 +174,7 @@ impl ClusterAdmin for ConfigMapAdmin {
         let mut state = self.maps().await?;
         if state.pending.as_ref().is_some_and(|p| p.epoch == epoch) {
             state.pending = None;
+            state.version += 1;
             self.write(&state).await?;
         }
         Ok(())

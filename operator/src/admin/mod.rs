@@ -17,6 +17,7 @@ pub mod memory;
 use std::collections::BTreeSet;
 use std::future::Future;
 
+pub use dynamo_core::map_state::MapState;
 use dynamo_core::ring::{MapError, Member, NodeId, PartitionMap};
 
 /// Why an admin call failed.
@@ -42,15 +43,6 @@ impl AdminError {
             Self::Plan(_) => "PlanFailed",
         }
     }
-}
-
-/// The live map versions.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MapState {
-    /// The map in force (None before the first commit is finalized).
-    pub current: Option<PartitionMap>,
-    /// The committed map being moved to, if a change is in progress.
-    pub pending: Option<PartitionMap>,
 }
 
 /// Progress of a pending map change.
