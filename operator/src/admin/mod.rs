@@ -7,12 +7,15 @@
 //! one. `abort` drops a pending version, which is always safe: the old version stayed live
 //! and complete the whole time.
 //!
-//! The nodes' own admin service (plan/commit/transfer over gRPC) comes in a later issue.
-//! Until then the core is tested against [`memory::MemoryAdmin`], an in-memory model of
-//! the nodes that really tracks which node holds which partition.
+//! Implementations: [`nodes::NodeAdmin`], over the nodes' gRPC Admin API (what the
+//! operator runs with); [`memory::MemoryAdmin`], an in-memory model of the nodes that
+//! really tracks which node holds which partition (what the orchestration core is tested
+//! against); [`fake_nodes`] serves that model over real gRPC to test `NodeAdmin`.
 
 pub mod configmap;
+pub mod fake_nodes;
 pub mod memory;
+pub mod nodes;
 
 use std::collections::BTreeSet;
 use std::future::Future;
