@@ -12,7 +12,6 @@
 //! really tracks which node holds which partition (what the orchestration core is tested
 //! against); [`fake_nodes`] serves that model over real gRPC to test `NodeAdmin`.
 
-pub mod configmap;
 pub mod fake_nodes;
 pub mod memory;
 pub mod nodes;

@@ -57,19 +57,47 @@ impl NodeAddresses for Vec<String> {
     }
 }
 
-/// The pods of a cluster's StatefulSet, as `<pod>.<cluster>-peers.<ns>.svc:<grpc port>`
-/// (the headless Service publishes not-ready addresses, so a node without a map yet
-/// resolves), lowest ordinal first.
+/// `host:port` of the node of a pod ordinal.
+type AddressOf = dyn Fn(&Names, u32) -> String + Send + Sync;
+
+/// How the operator reaches the node of a pod ordinal.
+#[derive(Clone)]
+pub struct PodAddressing(Arc<AddressOf>);
+
+impl PodAddressing {
+    /// Any other way (tests: fake nodes on loopback).
+    pub fn new(f: impl Fn(&Names, u32) -> String + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+/// The pod's stable DNS name, `<pod>.<cluster>-peers.<ns>.svc:<grpc port>`: the headless
+/// Service publishes not-ready addresses, so a node without a map yet resolves.
+impl Default for PodAddressing {
+    fn default() -> Self {
+        Self::new(Names::peer_addr)
+    }
+}
+
+impl std::fmt::Debug for PodAddressing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PodAddressing")
+    }
+}
+
+/// The nodes of the pods of a cluster's StatefulSet that exist now, lowest ordinal first.
 pub struct PodAddresses {
     pods: Api<Pod>,
     names: Names,
+    addressing: PodAddressing,
 }
 
 impl PodAddresses {
-    pub fn new(client: kube::Client, names: &Names) -> Self {
+    pub fn new(client: kube::Client, names: &Names, addressing: PodAddressing) -> Self {
         Self {
             pods: Api::namespaced(client, &names.namespace),
             names: names.clone(),
+            addressing,
         }
     }
 }
@@ -90,7 +118,7 @@ impl NodeAddresses for PodAddresses {
         ordinals.sort_unstable();
         Ok(ordinals
             .into_iter()
-            .map(|o| self.names.peer_addr(o))
+            .map(|o| (self.addressing.0)(&self.names, o))
             .collect())
     }
 }
