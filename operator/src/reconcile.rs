@@ -24,7 +24,6 @@ use crate::admin::memory::MemoryAdmin;
 use crate::admin::nodes::{Channels, NodeAdmin, PodAddresses, PodAddressing};
 use crate::admin::ClusterAdmin;
 use crate::crd::DynamoCluster;
-use crate::desired::configmap::ordinal_members;
 use crate::desired::{self, selector_string, Names, MANAGER};
 use crate::kube_workloads::{api_error, KubeWorkloads};
 use crate::metrics::Metrics;
@@ -165,12 +164,7 @@ pub async fn reconcile_cluster<A: ClusterAdmin>(
     client: kube::Client,
 ) -> Result<Requeue, Error> {
     let names = Names::of(dc);
-    let maps = admin.maps().await.map_err(OrchestrateError::from)?;
-    let members = match &maps.current {
-        Some(m) => m.members.clone(),
-        None => ordinal_members(&names, intent.replicas.max(0) as u32),
-    };
-    let d = desired::build(dc, 0, &members);
+    let d = desired::build(dc, 0);
     let ns = &names.namespace;
     ensure_secret(&Api::<Secret>::namespaced(client.clone(), ns), dc).await?;
     apply_object(

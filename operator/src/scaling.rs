@@ -26,8 +26,7 @@ use dynamo_core::ring::{NodeId, PartitionMap};
 
 use crate::admin::{MapState, MoveProgress};
 use crate::crd::{Direction, PvcPolicy, ScalingOperation, Step};
-use crate::desired::configmap::ordinal_members;
-use crate::desired::Names;
+use crate::desired::{ordinal_members, Names};
 
 /// What the user asked for, from the validated spec.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -341,6 +341,7 @@ async fn spec_update_rolls_the_template_without_touching_replicas() {
 #[tokio::test]
 async fn scale_3_to_5_through_the_scale_subresource() {
     let e = running(3).await;
+    let config_before = e.api.get("configmaps", "default", "kv-config").unwrap();
     e.scale(5).await;
     e.settle().await;
     assert_eq!((e.sts_replicas(), e.map_nodes()), (5, 5));
@@ -352,10 +353,10 @@ async fn scale_3_to_5_through_the_scale_subresource() {
     let scale = e.clusters().get_scale("kv").await.unwrap();
     assert_eq!(scale.status.unwrap().replicas, 5);
     let cm = e.api.get("configmaps", "default", "kv-config").unwrap();
-    assert!(cm["data"]["node.yaml"]
-        .as_str()
-        .unwrap()
-        .contains("kv-4.kv-peers.default.svc:7100"));
+    assert_eq!(
+        cm["data"], config_before["data"],
+        "nodes start from seeds: a scale does not rewrite their file"
+    );
 }
 
 #[tokio::test]
@@ -603,6 +604,32 @@ async fn over_the_nodes_admin_api_a_scale_in_waits_for_an_undrained_node() {
     assert_eq!((e.sts_replicas(), e.map_nodes()), (5, 5));
     assert_eq!(e.dc().status.unwrap().phase, Phase::Available);
     assert!(e.admin.log().contains(&"abort 2".to_string()));
+}
+
+#[tokio::test]
+async fn with_no_node_answering_a_spec_change_still_reaches_the_pod_template() {
+    let e = env_over_grpc().await;
+    e.create(json!({"replicas": 3}));
+    e.settle().await;
+    let nodes = e.nodes.as_ref().unwrap();
+    nodes.fail("maps", tonic::Code::Unavailable, "crash-looping");
+    e.clusters()
+        .patch(
+            "kv",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"image": "dynamo-node:fixed"}})),
+        )
+        .await
+        .unwrap();
+    assert!(!e.pass().await, "the pass fails: the nodes cannot be asked");
+    let sts = e.api.get("statefulsets", "default", "kv").unwrap();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "dynamo-node:fixed"
+    );
+    assert_eq!(sts["spec"]["replicas"], 3);
+    nodes.heal("maps");
+    e.settle().await;
 }
 
 #[tokio::test]
