@@ -281,7 +281,8 @@ impl ClusterAdmin for MemoryAdmin {
 
     async fn abort(&self, epoch: u64) -> Result<(), AdminError> {
         let mut s = self.state.lock();
-        if s.pending.as_ref().is_some_and(|p| p.epoch == epoch) {
+        // As on the nodes, the first map cannot be aborted: it is the only one.
+        if s.current.is_some() && s.pending.as_ref().is_some_and(|p| p.epoch == epoch) {
             s.pending = None;
             s.version += 1;
             s.drop_unneeded();
