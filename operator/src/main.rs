@@ -109,7 +109,10 @@ async fn main() -> anyhow::Result<()> {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter(&args.identity)),
         metrics,
-        admin: AdminSource::ConfigMap,
+        admin: AdminSource::Nodes {
+            channels: Default::default(),
+            addressing: Default::default(),
+        },
     });
     let ns = &args.watch_namespace;
     let controller = Controller::new(

@@ -20,11 +20,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::admin::configmap::ConfigMapAdmin;
 use crate::admin::memory::MemoryAdmin;
+use crate::admin::nodes::{Channels, NodeAdmin, PodAddresses, PodAddressing};
 use crate::admin::ClusterAdmin;
 use crate::crd::DynamoCluster;
-use crate::desired::configmap::ordinal_members;
 use crate::desired::{self, selector_string, Names, MANAGER};
 use crate::kube_workloads::{api_error, KubeWorkloads};
 use crate::metrics::Metrics;
@@ -39,8 +38,12 @@ pub const FINALIZER: &str = "dynamokv.io/finalizer";
 /// Which admin side the reconciler drives.
 #[derive(Clone, Debug)]
 pub enum AdminSource {
-    /// Real nodes: map versions in a ConfigMap (see [`crate::admin::configmap`]).
-    ConfigMap,
+    /// The nodes' gRPC Admin API (see [`crate::admin::nodes`]), at the nodes of the
+    /// cluster's pods, over channels kept across reconciles.
+    Nodes {
+        channels: Channels,
+        addressing: PodAddressing,
+    },
     /// The in-memory model of the nodes (tests and simulations).
     Memory(MemoryAdmin),
 }
@@ -129,8 +132,13 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Requeue, Error> {
         }
     };
     match &ctx.admin {
-        AdminSource::ConfigMap => {
-            let admin = ConfigMapAdmin::new(ctx.client.clone(), dc);
+        AdminSource::Nodes {
+            channels,
+            addressing,
+        } => {
+            let names = Names::of(dc);
+            let pods = PodAddresses::new(ctx.client.clone(), &names, addressing.clone());
+            let admin = NodeAdmin::new(pods, channels.clone());
             reconcile_cluster(dc, &intent, &workloads, &admin, ctx.client.clone()).await
         }
         AdminSource::Memory(admin) => {
@@ -156,12 +164,7 @@ pub async fn reconcile_cluster<A: ClusterAdmin>(
     client: kube::Client,
 ) -> Result<Requeue, Error> {
     let names = Names::of(dc);
-    let maps = admin.maps().await.map_err(OrchestrateError::from)?;
-    let members = match &maps.current {
-        Some(m) => m.members.clone(),
-        None => ordinal_members(&names, intent.replicas.max(0) as u32),
-    };
-    let d = desired::build(dc, 0, &members);
+    let d = desired::build(dc, 0);
     let ns = &names.namespace;
     ensure_secret(&Api::<Secret>::namespaced(client.clone(), ns), dc).await?;
     apply_object(
@@ -181,7 +184,21 @@ pub async fn reconcile_cluster<A: ClusterAdmin>(
     .await?;
     apply_object(&Api::<PodDisruptionBudget>::namespaced(client, ns), &d.pdb).await?;
 
-    let (observed, decision) = orchestrate::step(w, admin, &names, intent).await?;
+    let (observed, decision) = match orchestrate::step(w, admin, &names, intent).await {
+        Ok(done) => done,
+        Err(e @ OrchestrateError::Admin(_)) => {
+            // No node answers (all down: a bad image, say): still roll the pod template at
+            // the replicas in force, so that a fixed spec reaches the pods.
+            let view = w.observe().await.map_err(OrchestrateError::from)?;
+            if let Some(sts) = view.statefulset {
+                w.apply_statefulset(sts.replicas, None)
+                    .await
+                    .map_err(OrchestrateError::from)?;
+            }
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Keep the pod template current (image, resources, ...) at the replicas in force.
     if let (Some(sts), false) = (
         &observed.workloads.statefulset,

@@ -7,7 +7,8 @@
 //! re-reads the recorded step and re-derives the same action.
 //!
 //! - Scale-out: Provisioning (grow the StatefulSet, wait for the pods to be ready and
-//!   reachable) → Committing (plan with the Strategy 3 planner, commit) → Moving (wait
+//!   reachable; for the first map, which no node holds yet and so no node is ready
+//!   without, only for them to exist and be reachable) → Committing (plan with the Strategy 3 planner, commit) → Moving (wait
 //!   until moves are done and every node synced) → Finalizing (retire the old map) → done.
 //! - Scale-in: Committing (plan without the highest ordinals) → Moving (also wait until
 //!   the departing nodes are drained: hold nothing the others lack) → Finalizing →
@@ -16,7 +17,8 @@
 //! - A change of `spec.replicas` while an operation runs: before Finalizing the pending
 //!   map is aborted (the old map stayed live and complete, so nothing is lost) and the
 //!   operation cleared; from Finalizing on, the operation finishes first. Then a new
-//!   operation starts from the committed map. Neither way can wedge.
+//!   operation starts from the committed map. Neither way can wedge. The first map of a
+//!   new cluster is never aborted (it is the only map): its operation finishes first.
 //! - Refusals (no operation starts): `spec.replicas` below N, a changed partition count,
 //!   or an unhealthy cluster.
 
@@ -26,8 +28,7 @@ use dynamo_core::ring::{NodeId, PartitionMap};
 
 use crate::admin::{MapState, MoveProgress};
 use crate::crd::{Direction, PvcPolicy, ScalingOperation, Step};
-use crate::desired::configmap::ordinal_members;
-use crate::desired::Names;
+use crate::desired::{ordinal_members, Names};
 
 /// What the user asked for, from the validated spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +206,19 @@ impl Observed {
         }
         Ok(i.replicas as u32)
     }
+    /// Whether no map exists yet. The nodes then hold none, so none is ready (a node is
+    /// ready once it holds a map): being reachable through the admin side is what counts.
+    fn first_map(&self) -> bool {
+        self.maps.current.is_none() && self.maps.pending.is_none()
+    }
+    /// Node ids of ordinals `0..count` whose pod does not exist or that are not reachable.
+    fn unreachable(&self, count: u32) -> Vec<String> {
+        (0..count)
+            .map(|o| (o, self.names.pod(o)))
+            .filter(|(o, id)| !self.workloads.pods.contains_key(o) || !self.reachable.contains(id))
+            .map(|(_, id)| id)
+            .collect()
+    }
     /// Node ids of ordinals `0..count` that are not ready or not reachable.
     fn not_ready(&self, count: u32) -> Vec<String> {
         (0..count)
@@ -257,6 +271,17 @@ pub fn decide(o: &Observed) -> Decision {
 fn idle(o: &Observed) -> Decision {
     let count = o.map_count();
     if let Some(p) = &o.maps.pending {
+        if o.maps.current.is_none() {
+            // A first map without a recorded operation (status lost): it cannot be
+            // aborted (it is the only map), so finish it.
+            return Decision::act(Action::Record(Some(ScalingOperation {
+                direction: Direction::ScaleOut,
+                from: 0,
+                to: p.members.len() as i32,
+                step: Step::Moving,
+                target_epoch: Some(p.epoch as i64),
+            })));
+        }
         // A pending map without a recorded operation was never ours to finish.
         return Decision::act(Action::Abort(p.epoch));
     }
@@ -317,6 +342,8 @@ fn interrupted(o: &Observed, op: &ScalingOperation, requested: Option<u32>) -> O
     }
     let target = op.target_epoch.map(|e| e as u64);
     match (&o.maps.pending, target) {
+        // The first map cannot be aborted (it is the only one): finish, then scale again.
+        (Some(_), _) if o.maps.current.is_none() => None,
         (Some(p), Some(t)) if p.epoch == t => Some(Decision::act(Action::Abort(t))),
         // Already finalized (a crash between finalize and recording it): finish instead.
         _ if target.is_some() && o.maps.current.as_ref().map(|c| c.epoch) == target => None,
@@ -350,11 +377,14 @@ fn provisioning(o: &Observed, op: &ScalingOperation) -> Decision {
             expected_resource_version: None,
         });
     }
-    let not_ready = o.not_ready(to);
-    if !not_ready.is_empty() {
+    let (missing, state) = match o.first_map() {
+        true => (o.unreachable(to), "reachable"),
+        false => (o.not_ready(to), "ready"),
+    };
+    if !missing.is_empty() {
         return Decision::wait(format!(
-            "waiting for nodes to be ready: {}",
-            not_ready.join(", ")
+            "waiting for nodes to be {state}: {}",
+            missing.join(", ")
         ));
     }
     let next = ScalingOperation {
@@ -507,6 +537,7 @@ mod tests {
                 ..Default::default()
             },
             maps: MapState {
+                version: u64::from(map_nodes > 0),
                 current,
                 pending: None,
             },
@@ -596,6 +627,69 @@ mod tests {
         );
         o.intent.pvc_policy = PvcPolicy::Retain;
         assert_eq!(decide(&o).action, Action::Record(None));
+    }
+
+    fn scale_out_from_zero(step: Step) -> ScalingOperation {
+        ScalingOperation {
+            direction: Direction::ScaleOut,
+            from: 0,
+            to: 3,
+            step,
+            target_epoch: (step > Step::Provisioning).then_some(1),
+        }
+    }
+
+    #[test]
+    fn the_first_map_waits_for_pods_to_be_reachable_not_ready() {
+        // No node holds a map yet, so none is ready; every pod exists and answers.
+        let mut o = observed(3, 0, 3);
+        o.workloads.pods = (0..3).map(|ord| (ord, false)).collect();
+        o.workloads.operation = Some(scale_out_from_zero(Step::Provisioning));
+        let d = decide(&o);
+        assert_eq!(
+            d.action,
+            Action::Record(Some(scale_out_from_zero(Step::Committing)))
+        );
+        o.reachable.remove("kv-1");
+        o.workloads.pods.remove(&2);
+        let d = decide(&o);
+        assert_eq!(d.action, Action::Nothing);
+        assert_eq!(
+            d.waiting.as_deref(),
+            Some("waiting for nodes to be reachable: kv-1, kv-2")
+        );
+        // Once a map is in force, a scale-out still waits for the new pods to be ready.
+        let mut o = observed(5, 3, 5);
+        o.workloads.pods.insert(4, false);
+        o.workloads.operation = Some(ScalingOperation {
+            direction: Direction::ScaleOut,
+            from: 3,
+            to: 5,
+            step: Step::Provisioning,
+            target_epoch: None,
+        });
+        let d = decide(&o);
+        assert_eq!(
+            d.waiting.as_deref(),
+            Some("waiting for nodes to be ready: kv-4")
+        );
+    }
+
+    #[test]
+    fn a_pending_first_map_is_finished_never_aborted() {
+        let mut o = observed(4, 0, 3);
+        o.maps.pending = Some(o.plan(3).unwrap());
+        o.workloads.operation = Some(scale_out_from_zero(Step::Moving));
+        o.intent.replicas = 3;
+        o.workloads.operation.as_mut().unwrap().to = 4; // a first scale-out to 4, now 3
+        assert_ne!(decide(&o).action, Action::Abort(1));
+        o.workloads.operation = None;
+        let d = decide(&o);
+        assert_eq!(
+            d.action,
+            Action::Record(Some(scale_out_from_zero(Step::Moving))),
+            "a first map pending without an operation is adopted"
+        );
     }
 
     fn ids(k: u32) -> BTreeSet<NodeId> {

@@ -103,9 +103,13 @@ impl World {
     }
 
     /// One round of the StatefulSet controller, the kubelet and the nodes: pods above
-    /// the replicas terminate then go; missing pods (and claims) are created, then become
-    /// ready; the admin side sees ready pods as up and moves `moves` partition replicas.
+    /// the replicas terminate then go; missing pods (and claims) are created, then come
+    /// up; the admin side reaches the pods that are up and moves `moves` partition
+    /// replicas. A pod is ready only once a map exists (as a node's `/readyz`), so the
+    /// first map is committed over reachable, unready nodes.
     pub fn tick(&self, moves: usize) {
+        let maps = self.admin.snapshot();
+        let has_map = maps.current.is_some() || maps.pending.is_some();
         let mut s = self.state.lock();
         let replicas = s.sts.unwrap_or(0);
         s.pods
@@ -115,9 +119,15 @@ impl World {
             if o >= replicas {
                 *pod = (false, true);
             } else {
-                pod.0 = !st.broken.contains(&o);
+                pod.0 = !st.broken.contains(&o) && has_map;
             }
         }
+        let up: Vec<NodeId> = st
+            .pods
+            .iter()
+            .filter(|(o, p)| !p.1 && !st.broken.contains(o))
+            .map(|(&o, _)| self.names.pod(o))
+            .collect();
         for o in 0..replicas {
             if let Entry::Vacant(pod) = st.pods.entry(o) {
                 pod.insert((false, false));
@@ -127,12 +137,6 @@ impl World {
                 }
             }
         }
-        let up: Vec<NodeId> = s
-            .pods
-            .iter()
-            .filter(|(_, p)| p.0)
-            .map(|(&o, _)| self.names.pod(o))
-            .collect();
         drop(s);
         self.admin.set_up(up);
         self.admin.tick(moves);

@@ -161,10 +161,7 @@ mod tests {
         let members: Vec<Member> = (0..nodes)
             .map(|i| Member::new(format!("kv-{i}"), "a:1"))
             .collect();
-        MapState {
-            current: Some(plan(None, &members, 16, 3).unwrap()),
-            pending: None,
-        }
+        MapState::in_force(plan(None, &members, 16, 3).unwrap())
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use dynamo_operator::crd::{Fsync, PvcPolicy};
-use dynamo_operator::desired::{build, configmap::ordinal_members, Names};
+use dynamo_operator::desired::build;
 use dynamo_operator::testing::cluster;
 
 fn check(name: &str, actual: String) {
@@ -26,8 +26,7 @@ fn check(name: &str, actual: String) {
 #[test]
 fn default_cluster_objects() {
     let dc = cluster("demo", 3);
-    let members = ordinal_members(&Names::of(&dc), 3);
-    check("default-cluster.yaml", build(&dc, 3, &members).to_yaml());
+    check("default-cluster.yaml", build(&dc, 3).to_yaml());
 }
 
 #[test]
@@ -44,6 +43,5 @@ fn customised_cluster_objects() {
         }))
         .unwrap(),
     );
-    let members = ordinal_members(&Names::of(&dc), 5);
-    check("custom-cluster.yaml", build(&dc, 5, &members).to_yaml());
+    check("custom-cluster.yaml", build(&dc, 5).to_yaml());
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynamo_operator::admin::fake_nodes::FakeNodes;
 use dynamo_operator::admin::memory::MemoryAdmin;
+use dynamo_operator::admin::nodes::PodAddressing;
 use dynamo_operator::crd::{DynamoCluster, Phase};
 use dynamo_operator::fake_api::FakeApi;
 use dynamo_operator::metrics::Metrics;
@@ -26,6 +28,8 @@ struct Env {
     claims: std::sync::Mutex<BTreeSet<String>>,
     /// Partition replicas the nodes move per round.
     moves: usize,
+    /// The fake nodes the operator talks gRPC to, with `AdminSource::Nodes`.
+    nodes: Option<FakeNodes>,
 }
 
 fn recorder(api: &FakeApi) -> Recorder {
@@ -36,12 +40,8 @@ fn recorder(api: &FakeApi) -> Recorder {
     Recorder::new(api.client(), reporter)
 }
 
-fn env_with(admin: AdminSource) -> Env {
+fn env_with(admin: AdminSource, memory: MemoryAdmin) -> Env {
     let api = FakeApi::new();
-    let memory = match &admin {
-        AdminSource::Memory(m) => m.clone(),
-        AdminSource::ConfigMap => MemoryAdmin::new(),
-    };
     let ctx = Arc::new(Context {
         client: api.client(),
         recorder: recorder(&api),
@@ -54,11 +54,28 @@ fn env_with(admin: AdminSource) -> Env {
         ctx,
         claims: Default::default(),
         moves: 24,
+        nodes: None,
     }
 }
 
 fn env() -> Env {
-    env_with(AdminSource::Memory(MemoryAdmin::new()))
+    let memory = MemoryAdmin::new();
+    env_with(AdminSource::Memory(memory.clone()), memory)
+}
+
+/// The operator as it runs: over the nodes' gRPC Admin API, here fake nodes on loopback
+/// (one per ordinal, answering while their pod is ready) over the in-memory model.
+async fn env_over_grpc() -> Env {
+    let memory = MemoryAdmin::new();
+    let nodes = FakeNodes::start(memory.clone(), (0..6).map(|o| format!("kv-{o}"))).await;
+    let addrs = nodes.addresses();
+    let admin = AdminSource::Nodes {
+        channels: Default::default(),
+        addressing: PodAddressing::new(move |_, o| addrs[o as usize].clone()),
+    };
+    let mut e = env_with(admin, memory);
+    e.nodes = Some(nodes);
+    e
 }
 
 impl Env {
@@ -207,6 +224,7 @@ impl Env {
             ctx,
             claims: std::sync::Mutex::new(self.claims.lock().unwrap().clone()),
             moves: self.moves,
+            nodes: None,
         }
     }
 
@@ -323,6 +341,7 @@ async fn spec_update_rolls_the_template_without_touching_replicas() {
 #[tokio::test]
 async fn scale_3_to_5_through_the_scale_subresource() {
     let e = running(3).await;
+    let config_before = e.api.get("configmaps", "default", "kv-config").unwrap();
     e.scale(5).await;
     e.settle().await;
     assert_eq!((e.sts_replicas(), e.map_nodes()), (5, 5));
@@ -334,10 +353,10 @@ async fn scale_3_to_5_through_the_scale_subresource() {
     let scale = e.clusters().get_scale("kv").await.unwrap();
     assert_eq!(scale.status.unwrap().replicas, 5);
     let cm = e.api.get("configmaps", "default", "kv-config").unwrap();
-    assert!(cm["data"]["node.yaml"]
-        .as_str()
-        .unwrap()
-        .contains("kv-4.kv-peers.default.svc:7100"));
+    assert_eq!(
+        cm["data"], config_before["data"],
+        "nodes start from seeds: a scale does not rewrite their file"
+    );
 }
 
 #[tokio::test]
@@ -526,20 +545,40 @@ async fn operator_killed_at_every_write_of_a_scale_in_resumes_to_the_same_end() 
 }
 
 #[tokio::test]
-async fn with_real_nodes_a_scale_in_waits_instead_of_dropping_data() {
-    // The ConfigMap admin side (used against real nodes until they can hand data off)
-    // never reports a node drained: the scale-in must stop before any shrink or delete.
-    let e = env_with(AdminSource::ConfigMap);
-    e.create(json!({"replicas": 4}));
+async fn over_the_nodes_admin_api_a_cluster_is_created_then_scaled_out_and_in() {
+    let e = env_over_grpc().await;
+    e.create(json!({"replicas": 3}));
     e.settle().await;
-    assert!(e
-        .api
-        .get("configmaps", "default", "kv-partition-map")
-        .unwrap()["data"]["current"]
-        .is_string());
+    assert_eq!((e.sts_replicas(), e.map_nodes()), (3, 3));
     e.scale(5).await;
     e.settle().await;
-    assert_eq!(e.sts_replicas(), 5, "scale-out works without data movement");
+    assert_eq!((e.sts_replicas(), e.map_nodes()), (5, 5));
+    e.scale(3).await;
+    e.settle().await;
+    assert_eq!((e.sts_replicas(), e.map_nodes()), (3, 3));
+    assert_eq!(e.names("persistentvolumeclaims").len(), 3);
+    assert_eq!(
+        e.admin.log(),
+        [
+            "commit 1",
+            "finalize 1",
+            "commit 2",
+            "finalize 2",
+            "commit 3",
+            "finalize 3"
+        ]
+    );
+    let calls = e.nodes.as_ref().unwrap().transitions();
+    assert!(calls.iter().any(|(_, c)| c == "drained kv-4"), "{calls:?}");
+}
+
+#[tokio::test]
+async fn over_the_nodes_admin_api_a_scale_in_waits_for_an_undrained_node() {
+    let e = env_over_grpc().await;
+    e.create(json!({"replicas": 5}));
+    e.settle().await;
+    // kv-4 holds hints it cannot deliver in time: it is not drained.
+    e.admin.add_hints("kv-4", 1000);
     e.scale(3).await;
     for _ in 0..40 {
         e.pass().await;
@@ -555,15 +594,42 @@ async fn with_real_nodes_a_scale_in_waits_instead_of_dropping_data() {
     assert!(
         progressing
             .message
-            .contains("waiting for departing nodes to drain"),
+            .contains("waiting for departing nodes to drain: kv-4"),
         "{}",
         progressing.message
     );
     // Scaling back up aborts the pending change safely.
     e.scale(5).await;
     e.settle().await;
-    assert_eq!(e.sts_replicas(), 5);
+    assert_eq!((e.sts_replicas(), e.map_nodes()), (5, 5));
     assert_eq!(e.dc().status.unwrap().phase, Phase::Available);
+    assert!(e.admin.log().contains(&"abort 2".to_string()));
+}
+
+#[tokio::test]
+async fn with_no_node_answering_a_spec_change_still_reaches_the_pod_template() {
+    let e = env_over_grpc().await;
+    e.create(json!({"replicas": 3}));
+    e.settle().await;
+    let nodes = e.nodes.as_ref().unwrap();
+    nodes.fail("maps", tonic::Code::Unavailable, "crash-looping");
+    e.clusters()
+        .patch(
+            "kv",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"image": "dynamo-node:fixed"}})),
+        )
+        .await
+        .unwrap();
+    assert!(!e.pass().await, "the pass fails: the nodes cannot be asked");
+    let sts = e.api.get("statefulsets", "default", "kv").unwrap();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "dynamo-node:fixed"
+    );
+    assert_eq!(sts["spec"]["replicas"], 3);
+    nodes.heal("maps");
+    e.settle().await;
 }
 
 #[tokio::test]

@@ -18,6 +18,8 @@ use super::{AdminError, ClusterAdmin, MapState, MoveProgress};
 
 #[derive(Default, Debug, Clone)]
 struct State {
+    /// Counted up by every commit, finalize and abort, as the nodes' map state version is.
+    version: u64,
     current: Option<PartitionMap>,
     pending: Option<PartitionMap>,
     /// Moves the pending map needed when it was committed.
@@ -181,6 +183,7 @@ impl MemoryAdmin {
     pub fn snapshot(&self) -> MapState {
         let s = self.state.lock();
         MapState {
+            version: s.version,
             current: s.current.clone(),
             pending: s.pending.clone(),
         }
@@ -222,6 +225,7 @@ impl ClusterAdmin for MemoryAdmin {
             }
         }
         s.pending = Some(map.clone());
+        s.version += 1;
         s.moves_total = s.missing().len() as u32;
         s.log.push(format!("commit {}", map.epoch));
         Ok(())
@@ -263,6 +267,7 @@ impl ClusterAdmin for MemoryAdmin {
                     )));
                 }
                 s.current = s.pending.take();
+                s.version += 1;
                 s.drop_unneeded();
                 s.log.push(format!("finalize {epoch}"));
                 Ok(())
@@ -276,8 +281,10 @@ impl ClusterAdmin for MemoryAdmin {
 
     async fn abort(&self, epoch: u64) -> Result<(), AdminError> {
         let mut s = self.state.lock();
-        if s.pending.as_ref().is_some_and(|p| p.epoch == epoch) {
+        // As on the nodes, the first map cannot be aborted: it is the only one.
+        if s.current.is_some() && s.pending.as_ref().is_some_and(|p| p.epoch == epoch) {
             s.pending = None;
+            s.version += 1;
             s.drop_unneeded();
             s.log.push(format!("abort {epoch}"));
         }

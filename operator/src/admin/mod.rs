@@ -7,16 +7,19 @@
 //! one. `abort` drops a pending version, which is always safe: the old version stayed live
 //! and complete the whole time.
 //!
-//! The nodes' own admin service (plan/commit/transfer over gRPC) comes in a later issue.
-//! Until then the core is tested against [`memory::MemoryAdmin`], an in-memory model of
-//! the nodes that really tracks which node holds which partition.
+//! Implementations: [`nodes::NodeAdmin`], over the nodes' gRPC Admin API (what the
+//! operator runs with); [`memory::MemoryAdmin`], an in-memory model of the nodes that
+//! really tracks which node holds which partition (what the orchestration core is tested
+//! against); [`fake_nodes`] serves that model over real gRPC to test `NodeAdmin`.
 
-pub mod configmap;
+pub mod fake_nodes;
 pub mod memory;
+pub mod nodes;
 
 use std::collections::BTreeSet;
 use std::future::Future;
 
+pub use dynamo_core::map_state::MapState;
 use dynamo_core::ring::{MapError, Member, NodeId, PartitionMap};
 
 /// Why an admin call failed.
@@ -42,15 +45,6 @@ impl AdminError {
             Self::Plan(_) => "PlanFailed",
         }
     }
-}
-
-/// The live map versions.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MapState {
-    /// The map in force (None before the first commit is finalized).
-    pub current: Option<PartitionMap>,
-    /// The committed map being moved to, if a change is in progress.
-    pub pending: Option<PartitionMap>,
 }
 
 /// Progress of a pending map change.

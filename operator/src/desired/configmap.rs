@@ -1,14 +1,16 @@
 //! The ConfigMap holding each node's `node.yaml` (read with `--config`).
 //!
 //! One file for all pods: the per-pod parts (node id, advertised address) come from the
-//! environment (`DYNAMO_NODE_ID`, `DYNAMO_ADVERTISE`). `members` lists the nodes of the
-//! committed partition map, so a node that restarts knows the cluster it belongs to.
-//! The pod template carries no hash of this file: a scale changes `members`, and must not
-//! restart every node (the rolling-restart-on-every-change complaint about cass-operator).
+//! environment (`DYNAMO_NODE_ID`, `DYNAMO_ADVERTISE`). The file lists no members: every
+//! node starts from `seeds`, the headless peer Service (which publishes not-ready
+//! addresses, so it resolves to every pod, mapless ones included), and learns the cluster
+//! and its partition map by gossip; the map itself is committed by the operator through
+//! the nodes' Admin API. So a scale does not rewrite this file, and the pod template
+//! carries no hash of it: a change to it must not restart every node (the
+//! rolling-restart-on-every-change complaint about cass-operator).
 
 use std::collections::BTreeMap;
 
-use dynamo_core::ring::Member;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Serialize;
 
@@ -24,7 +26,8 @@ pub struct NodeFile {
     pub data_dir: String,
     pub partitions: u32,
     pub replication: ReplicationFile,
-    pub members: Vec<Member>,
+    /// `host:port` of nodes to join the cluster through.
+    pub seeds: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_value_bytes: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,8 +44,8 @@ pub struct ReplicationFile {
     pub w: i32,
 }
 
-/// The node file of `dc` with `members`.
-pub fn node_file(dc: &DynamoCluster, members: &[Member]) -> NodeFile {
+/// The node file of `dc`.
+pub fn node_file(dc: &DynamoCluster) -> NodeFile {
     let names = Names::of(dc);
     let s = &dc.spec;
     NodeFile {
@@ -56,24 +59,17 @@ pub fn node_file(dc: &DynamoCluster, members: &[Member]) -> NodeFile {
             r: s.replication.r,
             w: s.replication.w,
         },
-        members: members.to_vec(),
+        seeds: vec![names.seed_addr()],
         max_value_bytes: s.config.max_value_bytes,
         fsync: s.config.fsync,
         request_timeout_ms: s.config.request_timeout_ms,
     }
 }
 
-/// Members for ordinals `0..count`, with their stable peer addresses.
-pub fn ordinal_members(names: &Names, count: u32) -> Vec<Member> {
-    (0..count)
-        .map(|o| Member::new(names.pod(o), names.peer_addr(o)))
-        .collect()
-}
-
-/// The ConfigMap of `dc` with `members`.
-pub fn configmap(dc: &DynamoCluster, members: &[Member]) -> ConfigMap {
+/// The ConfigMap of `dc`.
+pub fn configmap(dc: &DynamoCluster) -> ConfigMap {
     let names = Names::of(dc);
-    let yaml = serde_yaml::to_string(&node_file(dc, members)).expect("node file serializes");
+    let yaml = serde_yaml::to_string(&node_file(dc)).expect("node file serializes");
     ConfigMap {
         metadata: owned_meta(dc, names.configmap()),
         data: Some(BTreeMap::from([("node.yaml".to_string(), yaml)])),
@@ -87,11 +83,10 @@ mod tests {
     use crate::testing::cluster;
 
     #[test]
-    fn node_yaml_has_cluster_settings_and_members() {
+    fn node_yaml_has_cluster_settings_and_seeds_but_no_members() {
         let mut dc = cluster("kv", 3);
         dc.spec.config.fsync = Some(Fsync::Always);
-        let members = ordinal_members(&Names::of(&dc), 3);
-        let cm = configmap(&dc, &members);
+        let cm = configmap(&dc);
         assert_eq!(cm.metadata.name.as_deref(), Some("kv-config"));
         let yaml: serde_yaml::Value = serde_yaml::from_str(&cm.data.unwrap()["node.yaml"]).unwrap();
         assert_eq!(yaml["cluster_id"], "default/kv");
@@ -99,8 +94,11 @@ mod tests {
         assert_eq!(yaml["replication"]["n"], 3);
         assert_eq!(yaml["fsync"], "always");
         assert_eq!(yaml["listen"], "0.0.0.0:7100");
-        assert_eq!(yaml["members"][2]["id"], "kv-2");
-        assert_eq!(yaml["members"][2]["addr"], "kv-2.kv-peers.default.svc:7100");
+        assert_eq!(yaml["seeds"][0], "kv-peers.default.svc:7100");
+        assert!(
+            yaml.get("members").is_none(),
+            "nodes start from seeds: a scale does not rewrite the file"
+        );
         assert!(
             yaml.get("max_value_bytes").is_none(),
             "unset options are left to the node's defaults"

@@ -93,10 +93,23 @@ impl Names {
             self.namespace
         )
     }
+    /// The seed nodes join through: the headless peer Service, which resolves to every
+    /// pod, ready or not.
+    pub fn seed_addr(&self) -> String {
+        format!("{}.{}.svc:{GRPC_PORT}", self.peer_service(), self.namespace)
+    }
     /// Identity of the cluster given to nodes (`<namespace>/<name>`).
     pub fn cluster_id(&self) -> String {
         format!("{}/{}", self.namespace, self.cluster)
     }
+}
+
+/// Members for ordinals `0..count`, with their stable peer addresses (the node ids and
+/// addresses of a partition map).
+pub fn ordinal_members(names: &Names, count: u32) -> Vec<dynamo_core::ring::Member> {
+    (0..count)
+        .map(|o| dynamo_core::ring::Member::new(names.pod(o), names.peer_addr(o)))
+        .collect()
 }
 
 /// Labels that select a cluster's pods (a stable subset of [`labels`]).
@@ -168,6 +181,7 @@ mod tests {
         assert_eq!(n.ordinal_of("kvx-1"), None);
         assert_eq!(n.ordinal_of("kv-+1"), None);
         assert_eq!(n.peer_addr(0), "kv-0.kv-peers.ns.svc:7100");
+        assert_eq!(n.seed_addr(), "kv-peers.ns.svc:7100");
     }
 }
 
@@ -181,11 +195,11 @@ pub struct Desired {
     pub statefulset: k8s_openapi::api::apps::v1::StatefulSet,
 }
 
-/// Builds every owned object of `dc`, with the StatefulSet at `replicas` and the node
-/// file listing `members`. Both come from the scaling state machine.
-pub fn build(dc: &DynamoCluster, replicas: i32, members: &[dynamo_core::ring::Member]) -> Desired {
+/// Builds every owned object of `dc`, with the StatefulSet at `replicas` (which the
+/// scaling state machine decides).
+pub fn build(dc: &DynamoCluster, replicas: i32) -> Desired {
     Desired {
-        configmap: configmap::configmap(dc, members),
+        configmap: configmap::configmap(dc),
         peer_service: services::peer_service(dc),
         client_service: services::client_service(dc),
         pdb: pdb::pdb(dc),
