@@ -334,7 +334,13 @@ impl<S: NodeAddresses> ClusterAdmin for NodeAdmin<S> {
         let map = map_to_proto(map);
         self.ask_one("commit", |mut c| {
             let map = map.clone();
-            async move { c.commit(CommitRequest { map: Some(map) }).await }
+            async move {
+                c.commit(CommitRequest {
+                    map: Some(map),
+                    forwarded: false,
+                })
+                .await
+            }
         })
         .await
         .map(|_| ())
@@ -375,7 +381,11 @@ impl<S: NodeAddresses> ClusterAdmin for NodeAdmin<S> {
 
     async fn finalize(&self, epoch: u64) -> Result<(), AdminError> {
         self.ask_one("finalize", |mut c| async move {
-            c.finalize(FinalizeRequest { epoch }).await
+            c.finalize(FinalizeRequest {
+                epoch,
+                forwarded: false,
+            })
+            .await
         })
         .await
         .map(|_| ())
@@ -383,7 +393,11 @@ impl<S: NodeAddresses> ClusterAdmin for NodeAdmin<S> {
 
     async fn abort(&self, epoch: u64) -> Result<(), AdminError> {
         self.ask_one("abort", |mut c| async move {
-            c.abort(AbortRequest { epoch }).await
+            c.abort(AbortRequest {
+                epoch,
+                forwarded: false,
+            })
+            .await
         })
         .await
         .map(|_| ())
