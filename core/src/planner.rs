@@ -32,7 +32,7 @@ pub fn plan(
     let s = members.len();
     let owners = match current.filter(|c| c.partitions == partitions) {
         None => (0..partitions).map(|p| p % s as u32).collect(),
-        Some(cur) => rebalance(cur, &members),
+        Some(cur) => rebalance(cur, &members, replication),
     };
     let epoch = current.map_or(1, |c| c.epoch + 1);
     PartitionMap::from_indices(epoch, partitions, replication, members, owners)
@@ -40,7 +40,15 @@ pub fn plan(
 
 /// Moves the fewest partitions that make `current`'s ownership balanced over `members`
 /// (sorted by id). Returns owner indices into `members`.
-fn rebalance(current: &PartitionMap, members: &[Member]) -> Vec<u32> {
+///
+/// Which partitions move matters too: a member is in the preference lists of its own
+/// partitions and of the N-1 before each, so a member whose partitions are spread around
+/// the ring is in about N times as many lists as it owns partitions, while one whose
+/// partitions are adjacent is in far fewer (and its neighbours carry its replicas). So
+/// an over-target member releases partitions spread evenly over the ones it owns, and
+/// each released partition goes to an under-target member that owns none of the
+/// partitions within N-1 of it, where one can.
+fn rebalance(current: &PartitionMap, members: &[Member], replication: u32) -> Vec<u32> {
     let q = current.partitions as usize;
     let s = members.len();
     // Map each partition's current owner to its index in the new member list.
@@ -58,26 +66,48 @@ fn rebalance(current: &PartitionMap, members: &[Member]) -> Vec<u32> {
     }
     let targets = targets(&counts, q);
 
-    // Release the surplus of over-target members: their highest partitions.
-    for p in (0..q).rev() {
-        if let Some(o) = owners[p] {
-            if counts[o] > targets[o] {
-                counts[o] -= 1;
-                owners[p] = None;
-            }
-        }
+    // Release the surplus of over-target members, spread evenly around the ring: for
+    // each of R evenly spaced points, the nearest partition whose owner still has surplus.
+    let mut surplus: Vec<usize> = (0..s)
+        .map(|m| counts[m].saturating_sub(targets[m]))
+        .collect();
+    let releases: usize = surplus.iter().sum();
+    for j in 0..releases {
+        let point = (2 * j + 1) * q / (2 * releases);
+        let found = (0..q).find_map(|d| {
+            [(point + d) % q, (point + q - d % q) % q]
+                .into_iter()
+                .find(|&p| owners[p].is_some_and(|o| surplus[o] > 0))
+        });
+        let p = found.expect("a member with surplus owns a partition");
+        let o = owners[p].take().expect("owned");
+        surplus[o] -= 1;
+        counts[o] -= 1;
     }
-    // Hand released and orphaned partitions to under-target members, round-robin in id
-    // order so that a new member's partitions are spread around the ring.
+    // Hand released and orphaned partitions to under-target members: the next one in
+    // round-robin id order that owns no partition near it, else the next one at all.
+    let reach = (replication as usize).saturating_sub(1).min(q / 2);
     let mut next = 0usize;
-    for owner in owners.iter_mut().filter(|o| o.is_none()) {
-        while counts[next % s] >= targets[next % s] {
-            next += 1;
+    for p in 0..q {
+        if owners[p].is_some() {
+            continue;
         }
-        let m = next % s;
+        let near = |m: usize, owners: &[Option<usize>]| {
+            (1..=reach)
+                .any(|d| owners[(p + d) % q] == Some(m) || owners[(p + q - d) % q] == Some(m))
+        };
+        let open: Vec<usize> = (0..s)
+            .map(|i| (next + i) % s)
+            .filter(|&m| counts[m] < targets[m])
+            .collect();
+        let m = open
+            .iter()
+            .copied()
+            .find(|&m| !near(m, &owners))
+            .unwrap_or(open[0]);
         counts[m] += 1;
-        *owner = Some(m);
-        next += 1;
+        owners[p] = Some(m);
+        next = m + 1;
     }
     owners
         .into_iter()
@@ -125,6 +155,23 @@ mod tests {
             assert!(
                 c == q / s || c == q.div_ceil(s),
                 "{id} owns {c} of {q} over {s}"
+            );
+        }
+    }
+
+    /// Every member is in about its share of preference lists (Q·N/S), not only owns
+    /// its share of partitions: a member whose partitions are adjacent on the ring is in
+    /// few lists, and the others carry its replicas.
+    fn assert_replicas_balanced(map: &PartitionMap) {
+        let s = map.member_count();
+        let share = map.partitions as f64 * map.replication.min(s as u32) as f64 / s as f64;
+        for m in &map.members {
+            let held = map.replicated_by(&m.id).count() as f64;
+            assert!(
+                (0.75 * share..=1.25 * share).contains(&held),
+                "{} is in {held} preference lists; its share is {share:.1} (Q={}, S={s})",
+                m.id,
+                map.partitions
             );
         }
     }
@@ -202,6 +249,16 @@ mod tests {
         }
 
         #[test]
+        fn replicas_stay_balanced_after_changes(s in 3usize..10, add in 1usize..3, q in 6u32..=9) {
+            let q = 1u32 << q;
+            let old = plan(None, &members(0..s), q, 3).unwrap();
+            for to in [s + add, s - 1] {
+                let new = plan(Some(&old), &members(0..to), q, 3).unwrap();
+                assert_replicas_balanced(&new);
+            }
+        }
+
+        #[test]
         fn deterministic(s in 1usize..10, add in 0usize..4) {
             let a = plan(None, &members(0..s), 256, 3).unwrap();
             let b1 = plan(Some(&a), &members(0..s + add), 256, 3).unwrap();
@@ -216,6 +273,7 @@ mod tests {
                 map = plan(Some(&map), &members(0..s), 256, 3).unwrap();
                 assert_balanced(&map);
                 assert_distinct(&map);
+                assert_replicas_balanced(&map);
             }
         }
     }

@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn the_planner_moves_at_most_a_little_over_the_minimum() {
+    fn the_planner_moves_at_most_five_percent_over_the_minimum() {
         for (from, to) in [(3, 4), (4, 5), (4, 3), (5, 3), (3, 6)] {
             let old = planner::plan(None, &members(from), 256, 3).unwrap();
             let new = planner::plan(Some(&old), &members(to), 256, 3).unwrap();
@@ -145,9 +145,10 @@ mod tests {
                 .moves()
                 .len() as u64;
             let min = minimum_moves(&old, &new);
+            eprintln!("{from}->{to}: {moved} replica moves, minimum {min}");
             assert!(min > 0);
             assert!(
-                moved as f64 <= min as f64 * 1.6,
+                moved as f64 <= min as f64 * 1.05,
                 "{from}->{to}: {moved} moves, minimum {min}"
             );
         }
