@@ -264,8 +264,8 @@ impl MapState {
 
     /// The replicas a write of partition `p` goes to: the old list, then the members of
     /// the new list that are not in it, with the lists they count for.
-    pub fn intended(&self, p: PartitionId) -> Intended {
-        let mut members: Vec<Member> = Vec::new();
+    pub fn intended(&self, p: PartitionId) -> Intended<'_> {
+        let mut members: Vec<&Member> = Vec::new();
         let mut lists = Vec::new();
         for map in self.live() {
             let mut list = Vec::new();
@@ -273,7 +273,7 @@ impl MapState {
                 let i = match members.iter().position(|x| x.id == m.id) {
                     Some(i) => i,
                     None => {
-                        members.push(m.clone());
+                        members.push(m);
                         members.len() - 1
                     }
                 };
@@ -288,12 +288,12 @@ impl MapState {
 /// The intended replicas of a write: one entry per distinct node, and for each live map
 /// the positions of its preference list among them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Intended {
-    pub members: Vec<Member>,
+pub struct Intended<'a> {
+    pub members: Vec<&'a Member>,
     pub lists: Vec<Vec<usize>>,
 }
 
-impl Intended {
+impl Intended<'_> {
     /// The position of node `id`, if it is intended.
     pub fn position(&self, id: &str) -> Option<usize> {
         self.members.iter().position(|m| m.id == id)
@@ -312,7 +312,7 @@ pub struct WriteQuorum {
 
 impl WriteQuorum {
     /// A write meant for `intended`, W = `needed`.
-    pub fn new(intended: &Intended, needed: usize) -> Self {
+    pub fn new(intended: &Intended<'_>, needed: usize) -> Self {
         Self {
             lists: intended.lists.clone(),
             needed,

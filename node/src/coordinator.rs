@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dynamo_core::codec::encode_set;
 use dynamo_core::limits::{check_key, check_value, resolve_quorum, LimitError};
-use dynamo_core::map_state::{Intended, WriteQuorum};
+use dynamo_core::map_state::WriteQuorum;
 use dynamo_core::{Member, PartitionId, PartitionMap, SiblingSet};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -192,10 +192,11 @@ pub async fn write(
     let p = map.partition_of(&key);
     // The preference list of every live map: while members change, W acknowledgements
     // are needed in the old list and W in the new one.
-    let intended = live.state.intended(p);
-    let mut quorum = WriteQuorum::new(&intended, w);
-    // `None` for a fallback coordinator: its own copy keeps its dots but is no replica.
-    let me = intended.position(node.id());
+    let (mut quorum, me) = {
+        let intended = live.state.intended(p);
+        // `None` for a fallback coordinator: its own copy keeps its dots but is no replica.
+        (WriteQuorum::new(&intended, w), intended.position(node.id()))
+    };
     // The local write is handed to the writer before any replica sees the version (its
     // dot must never be handed out again); replication then runs alongside the local
     // write and sync, and this node counts once durable.
@@ -203,15 +204,7 @@ pub async fn write(
         .store
         .merge(key.clone(), set.clone(), epoch, Some(guard))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(replicate(
-        node.clone(),
-        live,
-        intended,
-        key,
-        set,
-        encoded,
-        tx,
-    ));
+    tokio::spawn(replicate(node.clone(), live, key, set, encoded, tx));
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(local, timer);
     let mut local_pending = true;
@@ -253,7 +246,6 @@ pub async fn write(
 async fn replicate(
     node: Arc<Node>,
     live: Arc<Live>,
-    intended: Intended,
     key: Bytes,
     set: SiblingSet,
     encoded: Bytes,
@@ -266,7 +258,8 @@ async fn replicate(
         .newest()
         .expect("a write is coordinated under a map");
     let p = map.partition_of(&key);
-    let pref: Vec<&Member> = intended.members.iter().collect();
+    // The same intended replicas, in the same order, as the quorum counts.
+    let pref: Vec<&Member> = live.state.intended(p).members;
     // Members written to (or tried) so far: the preference list, then fallbacks.
     let mut used: Vec<&str> = pref.iter().map(|m| m.id.as_str()).collect();
     let entry = |target: &Member, intended: usize| WriteEntry {

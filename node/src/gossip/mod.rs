@@ -5,12 +5,13 @@
 //! Once a round (`gossip_interval_ms`, 1 s by default) it counts its own heartbeat up and
 //! exchanges with `gossip_fanout` random peers ([`peers::choose`]): it pushes all its
 //! entries (an entry is about as small as a digest of it would be) and pulls back the
-//! ones the peer has newer. The map's epoch rides along: the side with the older map gets
-//! the newer one, and takes it only if it is of the same cluster with a higher epoch
-//! ([`state::adopt`]). Every heartbeat seen to advance is an arrival for the failure
+//! ones the peer has newer. The map state's version rides along: the side with the older
+//! state gets the newer one, and installs it only if it is of the same cluster with a
+//! higher version ([`state::adopt`]); a node that made a transition pushes it to every
+//! node at once ([`push_state`]). Every heartbeat seen to advance is an arrival for the failure
 //! detector ([`crate::health`]), whose verdicts decide which replicas coordinators skip
 //! and when hints are delivered. Membership stays explicit: gossip tells who is alive and
-//! spreads a committed map, it never moves a partition by itself.
+//! spreads committed map states, it never moves a partition by itself.
 //!
 //! A node may start from `seeds` (addresses) alone: [`bootstrap`] asks them until one
 //! answers with a map. A (re)started node's first round talks to every node and seed it
