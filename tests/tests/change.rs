@@ -1,0 +1,330 @@
+//! Changing the members of a cluster of real node processes under writers: 3 → 4 (the
+//! new node started from a seed) with the destination `kill -9`ed mid-transfer, then
+//! 4 → 3 with the leaving source and a coordinator `kill -9`ed mid-transfer. Every
+//! acknowledged element must be readable at the end, nothing never written may appear,
+//! every node must agree on the final map, and every node must hold exactly the
+//! partitions it replicates.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use dynamo_proto::maps;
+use dynamo_proto::v1::admin_client::AdminClient;
+use dynamo_proto::v1::kv_client::KvClient;
+use dynamo_proto::v1::{
+    CommitRequest, DrainedRequest, FinalizeRequest, GetRequest, GossipMember, MapsRequest,
+    MovesRequest, PlanRequest, ProgressRequest, PutRequest,
+};
+use dynamo_tests::{eventually, Cluster, Options};
+use tonic::transport::Channel;
+
+const KEYS: usize = 24;
+/// Keys written before the changes, so that there is data to move.
+const PRELOAD: usize = 1500;
+
+/// What a writer saw: elements acknowledged and tried, per key.
+#[derive(Default)]
+struct Seen {
+    acked: BTreeMap<String, BTreeSet<String>>,
+    tried: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A writer of the set workload through `clients` in turn: `chained` puts each key's
+/// own elements with the context its previous put returned (no reads); otherwise it
+/// reads, adds its element to the union, and writes back.
+async fn writer(
+    clients: Vec<KvClient<Channel>>,
+    chained: bool,
+    tag: String,
+    stop: Arc<AtomicBool>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut chain: BTreeMap<String, (Vec<u8>, BTreeSet<String>)> = BTreeMap::new();
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("ch-{}", i % KEYS);
+        let element = format!("{tag}{i}");
+        let mut kv = clients[i % clients.len()].clone();
+        i += 1;
+        let (value, context) = if chained {
+            let (ctx, mine) = chain.entry(key.clone()).or_default();
+            mine.insert(element.clone());
+            (
+                mine.iter().cloned().collect::<Vec<_>>().join(","),
+                ctx.clone(),
+            )
+        } else {
+            let read = kv
+                .get(GetRequest {
+                    key: key.clone().into_bytes(),
+                    r: None,
+                })
+                .await;
+            let Ok(read) = read else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let read = read.into_inner();
+            let mut set = elements(&read);
+            set.insert(element.clone());
+            (set.into_iter().collect::<Vec<_>>().join(","), read.context)
+        };
+        seen.tried
+            .entry(key.clone())
+            .or_default()
+            .insert(element.clone());
+        let put = kv
+            .put(PutRequest {
+                key: key.clone().into_bytes(),
+                value: value.into_bytes(),
+                context,
+                w: None,
+            })
+            .await;
+        match put {
+            Ok(r) => {
+                seen.acked.entry(key.clone()).or_default().insert(element);
+                if chained {
+                    chain.get_mut(&key).expect("chained key").0 = r.into_inner().context;
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    seen
+}
+
+fn member(c: &Cluster, i: usize) -> GossipMember {
+    GossipMember {
+        id: c.nodes[i].id.clone(),
+        addr: c.nodes[i].grpc.to_string(),
+        zone: String::new(),
+    }
+}
+
+/// Plans and commits the map of `members` through node `via`; returns its epoch.
+async fn commit(admin: &mut AdminClient<Channel>, members: Vec<GossipMember>) -> u64 {
+    let plan = admin
+        .plan(PlanRequest {
+            members,
+            partitions: 0,
+            replication: 0,
+        })
+        .await
+        .expect("plan")
+        .into_inner();
+    let map = plan.map.expect("a planned map");
+    let epoch = map.epoch;
+    assert!(!plan.moves.is_empty(), "the change moves partitions");
+    admin
+        .commit(CommitRequest {
+            map: Some(map),
+            forwarded: false,
+        })
+        .await
+        .expect("commit");
+    epoch
+}
+
+/// Finalizes `epoch` through node `via`, retrying while moves are left.
+async fn finalize(c: &Cluster, via: usize, epoch: u64) {
+    let done = eventually(Duration::from_secs(60), async || {
+        c.admin(via)
+            .finalize(FinalizeRequest {
+                epoch,
+                forwarded: false,
+            })
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(done, "epoch {epoch} was not finalized within 60 s");
+}
+
+/// Moves node `i` receives that are not done yet.
+async fn moves_left(c: &Cluster, i: usize) -> usize {
+    let r = c
+        .admin(i)
+        .moves(MovesRequest {})
+        .await
+        .expect("moves")
+        .into_inner();
+    r.moves.iter().filter(|m| m.state != "done").count()
+}
+
+/// Moves of the pending change not done yet, as node `via` sees the cluster.
+async fn progress_left(c: &Cluster, via: usize) -> u32 {
+    let r = c
+        .admin(via)
+        .progress(ProgressRequest { epoch: 0 })
+        .await
+        .expect("progress")
+        .into_inner();
+    r.pending
+}
+
+/// Whether node `i`'s pending map is `epoch`.
+async fn pending_is(c: &Cluster, i: usize, epoch: u64) -> bool {
+    let Ok(r) = c.admin(i).maps(MapsRequest {}).await else {
+        return false;
+    };
+    r.into_inner()
+        .state
+        .and_then(|s| s.pending)
+        .is_some_and(|m| m.epoch == epoch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_and_in_with_kills_mid_transfer_loses_nothing() {
+    tokio::time::timeout(TEST_TIMEOUT * 2, async {
+        let mut c = Cluster::start(Options {
+            // Transfers slow enough (with the keys preloaded below) that the kills land
+            // while partitions are still moving.
+            extra: [
+                "--gossip-interval-ms",
+                "200",
+                "--background-bytes-per-sec",
+                "40000",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Options::default()
+        });
+        for i in 0..PRELOAD {
+            put_ok(&c, i % 3, &format!("pre-{i}"), &"x".repeat(100), &[]).await;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        // Writers through nodes 1 and 3 (indices 0 and 2): node-2 leaves later.
+        let clients = vec![c.kv(0), c.kv(2)];
+        let writers = vec![
+            tokio::spawn(writer(clients.clone(), true, "c".into(), stop.clone())),
+            tokio::spawn(writer(clients.clone(), false, "r".into(), stop.clone())),
+        ];
+        tokio::time::sleep(Duration::from_millis(800)).await;
+
+        // 3 → 4: node-4 starts from a seed, the change is committed through node-2 (not
+        // the claimant), and node-4 is killed while it receives its partitions.
+        let new = c.add_by_seeds(&[0]);
+        let members: Vec<GossipMember> = (0..4).map(|i| member(&c, i)).collect();
+        let epoch = commit(&mut c.admin(1), members).await;
+        assert_eq!(epoch, 2);
+        assert!(
+            eventually(Duration::from_secs(10), async || pending_is(&c, new, 2).await).await,
+            "node-4 learns the pending map"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(moves_left(&c, new).await > 0, "node-4 is still receiving");
+        c.kill9(new);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.restart(new);
+        finalize(&c, 2, epoch).await;
+
+        // 4 → 3: node-2 leaves; it (a source) and node-1 (the claimant, a coordinator
+        // of the writers) are killed while the moves run.
+        let members: Vec<GossipMember> = [0, 2, 3].iter().map(|&i| member(&c, i)).collect();
+        let epoch = commit(&mut c.admin(3), members).await;
+        assert_eq!(epoch, 3);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let left = progress_left(&c, 3).await;
+        assert!(left > 0, "moves are still running");
+        c.kill9(1);
+        c.kill9(0);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        c.restart(0);
+        c.restart(1);
+        finalize(&c, 3, epoch).await;
+        let drained = c
+            .admin(0)
+            .drained(DrainedRequest {
+                node_id: "node-2".into(),
+            })
+            .await
+            .expect("drained")
+            .into_inner();
+        assert!(drained.drained, "node-2 is drained: {}", drained.reason);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut seen = Seen::default();
+        for w in writers {
+            let s = w.await.expect("writer");
+            for (k, e) in s.acked {
+                seen.acked.entry(k).or_default().extend(e);
+            }
+            for (k, e) in s.tried {
+                seen.tried.entry(k).or_default().extend(e);
+            }
+        }
+        let acked: usize = seen.acked.values().map(BTreeSet::len).sum();
+        assert!(acked > 50, "only {acked} puts were acknowledged");
+
+        // Every member agrees on the final map.
+        for i in [0, 2, 3] {
+            let state = c.admin(i).maps(MapsRequest {}).await.expect("maps").into_inner();
+            let state = maps::state_from_proto(state.state.expect("a state")).expect("valid");
+            assert!(state.pending.is_none(), "node {i} still has a pending map");
+            let map = state.current.expect("a map in force");
+            assert_eq!(map.epoch, 3, "node {i}");
+            let ids: Vec<&str> = map.members.iter().map(|m| m.id.as_str()).collect();
+            assert_eq!(ids, ["node-1", "node-3", "node-4"], "node {i}");
+        }
+        // Every acknowledged element is there, nothing else.
+        for k in 0..KEYS {
+            let key = format!("ch-{k}");
+            let got = elements(&get_ok(&c, 3, &key).await);
+            let none = BTreeSet::new();
+            let lost: Vec<_> = seen.acked.get(&key).unwrap_or(&none).difference(&got).collect();
+            assert!(lost.is_empty(), "{key}: acknowledged elements lost: {lost:?}");
+            let invented: Vec<_> = got.difference(seen.tried.get(&key).unwrap_or(&none)).collect();
+            assert!(invented.is_empty(), "{key}: never written: {invented:?}");
+        }
+        // Replicas converge, and each node ends holding exactly its partitions.
+        assert!(
+            eventually(Duration::from_secs(30), async || replicas_converged_of(&c, &[0, 2, 3]).await)
+                .await,
+            "every node holds exactly the partitions it replicates"
+        );
+        eprintln!("3→4→3 with kill -9 of destination, source and coordinator: {acked} acknowledged elements, none lost");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Whether, on nodes `live`, every partition's replicas have equal Merkle roots and
+/// every node holds nothing (root 0) of the partitions it does not replicate.
+async fn replicas_converged_of(c: &Cluster, live: &[usize]) -> bool {
+    let Ok(state) = c.admin(live[0]).maps(MapsRequest {}).await else {
+        return false;
+    };
+    let Some(map) = state
+        .into_inner()
+        .state
+        .and_then(|s| s.current)
+        .and_then(|m| maps::map_from_proto(m).ok())
+    else {
+        return false;
+    };
+    let mut roots = BTreeMap::new();
+    for &i in live {
+        match c.roots(i).await {
+            Ok(r) => roots.insert(c.nodes[i].id.clone(), r),
+            Err(_) => return false,
+        };
+    }
+    (0..map.partitions).all(|p| {
+        let of: Vec<u64> = map
+            .preference_list(p)
+            .map(|m| roots[&m.id][p as usize])
+            .collect();
+        let others_empty = roots
+            .iter()
+            .filter(|(id, _)| !map.is_replica(p, id))
+            .all(|(_, r)| r[p as usize] == 0);
+        of.windows(2).all(|w| w[0] == w[1]) && others_empty
+    })
+}
