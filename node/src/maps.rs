@@ -51,6 +51,19 @@ impl Live {
     }
 }
 
+/// Why a peer's request made under map epoch `sender_epoch` (the newest it holds; 0:
+/// not said) must be refused by a node holding `held`: the node's map in force is newer,
+/// so the sender's preference lists are finalized away.
+pub fn stale_request(held: &MapState, sender_epoch: u64) -> Option<String> {
+    let current = held.current.as_ref()?.epoch;
+    (sender_epoch != 0 && sender_epoch < current).then(|| {
+        format!(
+            "request made under partition map epoch {sender_epoch}, but epoch {current} is in \
+             force here; the sender learns it by gossip"
+        )
+    })
+}
+
 /// Why a map state was not installed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -80,6 +93,16 @@ mod tests {
         let new = planner::plan(Some(&old), &members[..2], 32, 2).unwrap();
         let state = MapState::in_force(old).commit(new).unwrap().unwrap();
         save(&engine, &state).unwrap();
-        assert_eq!(load(&engine).unwrap(), Some(state));
+        assert_eq!(load(&engine).unwrap(), Some(state.clone()));
+        // In force: epoch 1, pending 2. Senders that know epoch 1 or newer are served.
+        assert_eq!(stale_request(&state, 1), None);
+        assert_eq!(stale_request(&state, 2), None);
+        assert_eq!(stale_request(&state, 0), None, "not said");
+        let done = state.finalize(2).unwrap().unwrap();
+        assert!(stale_request(&done, 1)
+            .unwrap()
+            .contains("epoch 2 is in force"));
+        assert_eq!(stale_request(&done, 2), None);
+        assert_eq!(stale_request(&MapState::default(), 1), None);
     }
 }

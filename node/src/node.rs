@@ -123,7 +123,10 @@ impl Node {
             identity,
             actor,
             epochs,
-            live: RwLock::new(Arc::new(Live::new(state))),
+            live: {
+                transport.set_map_epoch(state.newest().map_or(0, |m| m.epoch));
+                RwLock::new(Arc::new(Live::new(state)))
+            },
             installing: Default::default(),
             maps_changed: Notify::new(),
             moves: Default::default(),
@@ -200,6 +203,8 @@ impl Node {
             }
         }
         let version = state.version;
+        self.transport
+            .set_map_epoch(state.newest().map_or(0, |m| m.epoch));
         *self.live.write() = Arc::new(Live::new(state));
         self.gossip.set_map_version(self.id(), version);
         self.maps_changed.notify_waiters();

@@ -39,6 +39,7 @@ async fn held(c: &Cluster, i: usize) -> usize {
     let req = ReplicaReadRequest {
         keys: keys().into_iter().map(Bytes::from).collect(),
         cluster_id: "test-cluster".into(),
+        map_epoch: 0,
     };
     let sets = c
         .replica(i)
@@ -183,6 +184,7 @@ async fn holders(c: &Cluster, key: &str) -> usize {
         let req = ReplicaReadRequest {
             keys: vec![Bytes::copy_from_slice(key.as_bytes())],
             cluster_id: "test-cluster".into(),
+            map_epoch: 0,
         };
         if let Ok(r) = c.replica(i).read(req).await {
             n += usize::from(r.into_inner().sets.iter().any(|s| !s.is_empty()));

@@ -18,10 +18,11 @@ use dynamo_proto::v1::admin_client::AdminClient;
 use dynamo_proto::v1::kv_client::KvClient;
 use dynamo_proto::v1::{
     CommitRequest, DrainedRequest, FinalizeRequest, GetRequest, GossipMember, MapsRequest,
-    MovesRequest, PlanRequest, ProgressRequest, PutRequest,
+    MovesRequest, PlanRequest, ProgressRequest, PutRequest, ReplicaReadRequest,
 };
 use dynamo_tests::{eventually, Cluster, Options};
 use tonic::transport::Channel;
+use tonic::Code;
 
 const KEYS: usize = 24;
 /// Keys written before the changes, so that there is data to move.
@@ -289,6 +290,16 @@ async fn scale_out_and_in_with_kills_mid_transfer_loses_nothing() {
                 .await,
             "every node holds exactly the partitions it replicates"
         );
+        // A replica request made under a map finalized away is refused; one under the
+        // map in force is served.
+        let read = |map_epoch| ReplicaReadRequest {
+            keys: vec![b"ch-0".to_vec().into()],
+            cluster_id: "test-cluster".into(),
+            map_epoch,
+        };
+        let refused = c.replica(0).read(read(2)).await;
+        assert_status(refused, Code::FailedPrecondition, "epoch 3 is in force");
+        c.replica(0).read(read(3)).await.expect("served under epoch 3");
         eprintln!("3→4→3 with kill -9 of destination, source and coordinator: {acked} acknowledged elements, none lost");
     })
     .await

@@ -214,6 +214,7 @@ async fn assert_dots_unique(c: &Cluster, keys: &[String]) {
         let read = ReplicaReadRequest {
             keys: keys.iter().map(|k| k.clone().into_bytes().into()).collect(),
             cluster_id: "test-cluster".into(),
+            map_epoch: 0,
         };
         let sets = c
             .replica(i)

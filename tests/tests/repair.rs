@@ -16,6 +16,7 @@ async fn local_values(c: &Cluster, i: usize, key: &str) -> Vec<String> {
     let req = ReplicaReadRequest {
         keys: vec![Bytes::copy_from_slice(key.as_bytes())],
         cluster_id: "test-cluster".into(),
+        map_epoch: 0,
     };
     let set = c
         .replica(i)
@@ -100,6 +101,7 @@ async fn read_repair_fixes_a_stale_replica() {
             let req = ReplicaWriteRequest {
                 entries: vec![entry],
                 cluster_id: "test-cluster".into(),
+                map_epoch: 0,
             };
             c.replica(i).write(req).await.expect("replica write");
         }

@@ -4,6 +4,7 @@
 //! (reopened when it closes; see `dynamo_proto::session`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// [`Transport`] over gRPC.
 pub struct GrpcTransport {
     cluster_id: Arc<str>,
+    /// The newest map epoch this node holds, sent with every replica request.
+    map_epoch: Arc<AtomicU64>,
     limits: BatchLimits,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
 }
@@ -69,7 +72,12 @@ struct Peer {
 }
 
 impl Peer {
-    fn connect(addr: &str, cluster_id: Arc<str>, limits: BatchLimits) -> Result<Self, PeerError> {
+    fn connect(
+        addr: &str,
+        cluster_id: Arc<str>,
+        map_epoch: Arc<AtomicU64>,
+        limits: BatchLimits,
+    ) -> Result<Self, PeerError> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|_| PeerError::BadAddress(addr.to_owned()))?
             .tcp_nodelay(true)
@@ -91,12 +99,14 @@ impl Peer {
             Mux::open(move |requests| async move { client.session(requests).await })
         }));
         let reads = {
-            let (session, cluster_id) = (session.clone(), cluster_id.clone());
+            let (session, cluster_id, map_epoch) =
+                (session.clone(), cluster_id.clone(), map_epoch.clone());
             Batcher::spawn(limits, move |keys: Vec<Bytes>, timeout| {
                 let session = session.clone();
                 let req = ReplicaReadRequest {
                     keys,
                     cluster_id: cluster_id.to_string(),
+                    map_epoch: map_epoch.load(Ordering::Relaxed),
                 };
                 async move {
                     match call(&session, Op::Read(req), timeout).await? {
@@ -112,6 +122,7 @@ impl Peer {
             let req = ReplicaWriteRequest {
                 entries,
                 cluster_id: cluster_id.to_string(),
+                map_epoch: map_epoch.load(Ordering::Relaxed),
             };
             async move {
                 match call(&session, Op::Write(req), timeout).await? {
@@ -136,6 +147,7 @@ impl GrpcTransport {
     pub fn with_limits(cluster_id: String, limits: BatchLimits) -> Self {
         Self {
             cluster_id: cluster_id.into(),
+            map_epoch: Arc::default(),
             limits,
             peers: Mutex::new(HashMap::new()),
         }
@@ -146,7 +158,12 @@ impl GrpcTransport {
         if let Some(p) = peers.get(addr) {
             return Ok(p.clone());
         }
-        let peer = Arc::new(Peer::connect(addr, self.cluster_id.clone(), self.limits)?);
+        let peer = Arc::new(Peer::connect(
+            addr,
+            self.cluster_id.clone(),
+            self.map_epoch.clone(),
+            self.limits,
+        )?);
         peers.insert(addr.to_owned(), peer.clone());
         Ok(peer)
     }
@@ -272,6 +289,10 @@ impl Transport for GrpcTransport {
         deadline(timeout, client.exchange(req))
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    fn set_map_epoch(&self, epoch: u64) {
+        self.map_epoch.store(epoch, Ordering::Relaxed);
     }
 
     async fn change(

@@ -158,6 +158,9 @@ pub trait Transport: Send + Sync + 'static {
         req: GossipRequest,
         timeout: Duration,
     ) -> Result<GossipResponse, PeerError>;
+    /// Records the newest map epoch this node holds, for the replica requests it sends
+    /// from now on (see `ReplicaWriteRequest.map_epoch`).
+    fn set_map_epoch(&self, _epoch: u64) {}
     /// Makes a change-of-members admin call on the node at `addr`.
     async fn change(
         &self,

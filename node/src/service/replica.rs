@@ -24,8 +24,14 @@ impl ReplicaService {
         Self { node }
     }
 
-    fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
-        super::check_peer_cluster(&self.node, cluster_id)
+    /// Refuses a peer of another cluster, or one whose request was made under a map
+    /// that is finalized away here (see [`crate::maps::stale_request`]).
+    fn check_peer(&self, cluster_id: &str, map_epoch: u64) -> Result<(), Status> {
+        super::check_peer_cluster(&self.node, cluster_id)?;
+        match crate::maps::stale_request(&self.node.live().state, map_epoch) {
+            Some(why) => Err(Status::failed_precondition(why)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -35,7 +41,7 @@ fn storage(e: crate::storage::StorageError) -> Status {
 
 impl ReplicaService {
     fn read_keys(&self, req: ReplicaReadRequest) -> Result<ReplicaReadResponse, Status> {
-        self.check_cluster(&req.cluster_id)?;
+        self.check_peer(&req.cluster_id, req.map_epoch)?;
         let sets = req
             .keys
             .iter()
@@ -49,7 +55,7 @@ impl ReplicaService {
         &self,
         req: ReplicaWriteRequest,
     ) -> Result<ReplicaWriteResponse, Status> {
-        self.check_cluster(&req.cluster_id)?;
+        self.check_peer(&req.cluster_id, req.map_epoch)?;
         let entries = req
             .entries
             .into_iter()
