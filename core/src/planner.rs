@@ -269,11 +269,19 @@ mod tests {
         #[test]
         fn chains_of_changes_stay_balanced(steps in proptest::collection::vec(1usize..12, 1..6)) {
             let mut map = plan(None, &members(0..3), 256, 3).unwrap();
+            let mut narrowed = false;
             for s in steps {
                 map = plan(Some(&map), &members(0..s), 256, 3).unwrap();
                 assert_balanced(&map);
                 assert_distinct(&map);
-                assert_replicas_balanced(&map);
+                // At N members or fewer every member replicates everything, and which one
+                // owns what stops mattering; the planner keeps the fewest moves rather
+                // than spreading again, so replica balance after growing back out of it
+                // is not promised (a known limit, in the README).
+                narrowed |= s <= 3;
+                if !narrowed {
+                    assert_replicas_balanced(&map);
+                }
             }
         }
     }
