@@ -513,10 +513,7 @@ mod tests {
     use super::*;
 
     fn observed(replicas: i32, map_nodes: u32, pods: u32) -> Observed {
-        let names = Names {
-            cluster: "kv".into(),
-            namespace: "ns".into(),
-        };
+        let names = Names::new("kv", "ns");
         let current = (map_nodes > 0).then(|| {
             dynamo_core::planner::plan(None, &ordinal_members(&names, map_nodes), 64, 3).unwrap()
         });

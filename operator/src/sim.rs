@@ -73,10 +73,7 @@ impl World {
     /// An empty namespace with cluster `name` and no objects yet.
     pub fn new(name: &str) -> Self {
         Self {
-            names: Names {
-                cluster: name.into(),
-                namespace: "default".into(),
-            },
+            names: Names::new(name, "default"),
             admin: MemoryAdmin::new(),
             state: Arc::default(),
             faults: Arc::default(),

@@ -35,19 +35,45 @@ pub const DATA_VOLUME: &str = "data";
 /// Value of `app.kubernetes.io/managed-by` on every owned object.
 pub const MANAGER: &str = "dynamo-operator";
 
+/// How peers, clients and the operator reach the node of an ordinal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PeerAddressing {
+    /// `<pod>.<peer service>.<namespace>.svc:7100`: stable DNS through the headless
+    /// Service (what runs on Kubernetes).
+    #[default]
+    ClusterDns,
+    /// `<host>:<base_port + ordinal>`: node processes on one host, for the local
+    /// stand-in of the Kubernetes side (tests, a control plane whose pods are not real).
+    HostPorts { host: String, base_port: u16 },
+}
+
 /// Names of the objects owned by one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
     pub cluster: String,
     pub namespace: String,
+    pub addressing: PeerAddressing,
 }
 
 impl Names {
     pub fn of(dc: &DynamoCluster) -> Self {
+        Self::new(
+            &dc.name_any(),
+            &dc.namespace().unwrap_or_else(|| "default".into()),
+        )
+    }
+    /// Names of cluster `cluster` in `namespace`, reached through cluster DNS.
+    pub fn new(cluster: &str, namespace: &str) -> Self {
         Self {
-            cluster: dc.name_any(),
-            namespace: dc.namespace().unwrap_or_else(|| "default".into()),
+            cluster: cluster.into(),
+            namespace: namespace.into(),
+            addressing: PeerAddressing::ClusterDns,
         }
+    }
+    /// The same names with nodes reached as `addressing` says.
+    pub fn with_addressing(mut self, addressing: PeerAddressing) -> Self {
+        self.addressing = addressing;
+        self
     }
     pub fn statefulset(&self) -> String {
         self.cluster.clone()
@@ -84,19 +110,30 @@ impl Names {
     pub fn ordinal_of_pvc(&self, pvc_name: &str) -> Option<u32> {
         self.ordinal_of(pvc_name.strip_prefix(DATA_VOLUME)?.strip_prefix('-')?)
     }
-    /// The gRPC address peers use for an ordinal (stable DNS through the headless Service).
+    /// The gRPC address peers use for an ordinal (stable DNS through the headless
+    /// Service, unless [`PeerAddressing`] says otherwise).
     pub fn peer_addr(&self, ordinal: u32) -> String {
-        format!(
-            "{}.{}.{}.svc:{GRPC_PORT}",
-            self.pod(ordinal),
-            self.peer_service(),
-            self.namespace
-        )
+        match &self.addressing {
+            PeerAddressing::ClusterDns => format!(
+                "{}.{}.{}.svc:{GRPC_PORT}",
+                self.pod(ordinal),
+                self.peer_service(),
+                self.namespace
+            ),
+            PeerAddressing::HostPorts { host, base_port } => {
+                format!("{host}:{}", u32::from(*base_port) + ordinal)
+            }
+        }
     }
     /// The seed nodes join through: the headless peer Service, which resolves to every
-    /// pod, ready or not.
+    /// pod, ready or not (ordinal 0 when nodes are reached by host ports).
     pub fn seed_addr(&self) -> String {
-        format!("{}.{}.svc:{GRPC_PORT}", self.peer_service(), self.namespace)
+        match &self.addressing {
+            PeerAddressing::ClusterDns => {
+                format!("{}.{}.svc:{GRPC_PORT}", self.peer_service(), self.namespace)
+            }
+            PeerAddressing::HostPorts { .. } => self.peer_addr(0),
+        }
     }
     /// Identity of the cluster given to nodes (`<namespace>/<name>`).
     pub fn cluster_id(&self) -> String {
@@ -171,10 +208,7 @@ mod tests {
 
     #[test]
     fn ordinals_round_trip_through_names() {
-        let n = Names {
-            cluster: "kv".into(),
-            namespace: "ns".into(),
-        };
+        let n = Names::new("kv", "ns");
         assert_eq!(n.ordinal_of(&n.pod(7)), Some(7));
         assert_eq!(n.ordinal_of_pvc(&n.pvc(3)), Some(3));
         assert_eq!(n.ordinal_of("kv-peers"), None);
@@ -182,6 +216,12 @@ mod tests {
         assert_eq!(n.ordinal_of("kv-+1"), None);
         assert_eq!(n.peer_addr(0), "kv-0.kv-peers.ns.svc:7100");
         assert_eq!(n.seed_addr(), "kv-peers.ns.svc:7100");
+        let local = n.with_addressing(PeerAddressing::HostPorts {
+            host: "127.0.0.1".into(),
+            base_port: 7300,
+        });
+        assert_eq!(local.peer_addr(2), "127.0.0.1:7302");
+        assert_eq!(local.seed_addr(), "127.0.0.1:7300");
     }
 }
 
