@@ -16,6 +16,7 @@ use dynamo_proto::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+pub mod local_k8s;
 pub mod proxy;
 
 /// Settings of a test cluster.
@@ -143,6 +144,25 @@ fn free_ports(count: usize) -> Vec<SocketAddr> {
     held.iter()
         .map(|l| l.local_addr().expect("local addr"))
         .collect()
+}
+
+/// `count` consecutive free loopback ports (the gRPC ports of ordinals 0..count when
+/// nodes are reached as `host:base+ordinal`); returns the first. From the same walk as
+/// [`free_ports`], so the two never hand out one port twice in a process.
+pub fn free_port_block(count: usize) -> u16 {
+    for _ in 0..200 {
+        let base = free_ports(1)[0].port();
+        if u32::from(base) + count as u32 >= 32_000 {
+            continue;
+        }
+        let held: Vec<TcpListener> = (0..count as u16)
+            .filter_map(|k| TcpListener::bind(("127.0.0.1", base + k)).ok())
+            .collect();
+        if held.len() == count {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free loopback ports");
 }
 
 /// Waits up to `limit` for `child` to exit; past it, SIGKILLs and reaps it and returns

@@ -7,99 +7,25 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::set_writer::{writer, Seen, KEYS};
 use common::*;
 use dynamo_proto::maps;
 use dynamo_proto::v1::admin_client::AdminClient;
-use dynamo_proto::v1::kv_client::KvClient;
 use dynamo_proto::v1::{
-    CommitRequest, DrainedRequest, FinalizeRequest, GetRequest, GossipMember, MapsRequest,
-    MovesRequest, PlanRequest, ProgressRequest, PutRequest, ReplicaReadRequest,
+    CommitRequest, DrainedRequest, FinalizeRequest, GossipMember, MapsRequest, MovesRequest,
+    PlanRequest, ProgressRequest, ReplicaReadRequest,
 };
 use dynamo_tests::{eventually, Cluster, Options};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const KEYS: usize = 24;
 /// Keys written before the changes, so that there is data to move.
 const PRELOAD: usize = 1500;
-
-/// What a writer saw: elements acknowledged and tried, per key.
-#[derive(Default)]
-struct Seen {
-    acked: BTreeMap<String, BTreeSet<String>>,
-    tried: BTreeMap<String, BTreeSet<String>>,
-}
-
-/// A writer of the set workload through `clients` in turn: `chained` puts each key's
-/// own elements with the context its previous put returned (no reads); otherwise it
-/// reads, adds its element to the union, and writes back.
-async fn writer(
-    clients: Vec<KvClient<Channel>>,
-    chained: bool,
-    tag: String,
-    stop: Arc<AtomicBool>,
-) -> Seen {
-    let mut seen = Seen::default();
-    let mut chain: BTreeMap<String, (Vec<u8>, BTreeSet<String>)> = BTreeMap::new();
-    let mut i = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        let key = format!("ch-{}", i % KEYS);
-        let element = format!("{tag}{i}");
-        let mut kv = clients[i % clients.len()].clone();
-        i += 1;
-        let (value, context) = if chained {
-            let (ctx, mine) = chain.entry(key.clone()).or_default();
-            mine.insert(element.clone());
-            (
-                mine.iter().cloned().collect::<Vec<_>>().join(","),
-                ctx.clone(),
-            )
-        } else {
-            let read = kv
-                .get(GetRequest {
-                    key: key.clone().into_bytes(),
-                    r: None,
-                })
-                .await;
-            let Ok(read) = read else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            let read = read.into_inner();
-            let mut set = elements(&read);
-            set.insert(element.clone());
-            (set.into_iter().collect::<Vec<_>>().join(","), read.context)
-        };
-        seen.tried
-            .entry(key.clone())
-            .or_default()
-            .insert(element.clone());
-        let put = kv
-            .put(PutRequest {
-                key: key.clone().into_bytes(),
-                value: value.into_bytes(),
-                context,
-                w: None,
-            })
-            .await;
-        match put {
-            Ok(r) => {
-                seen.acked.entry(key.clone()).or_default().insert(element);
-                if chained {
-                    chain.get_mut(&key).expect("chained key").0 = r.into_inner().context;
-                }
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
-    seen
-}
 
 fn member(c: &Cluster, i: usize) -> GossipMember {
     GossipMember {
@@ -253,15 +179,9 @@ async fn scale_out_and_in_with_kills_mid_transfer_loses_nothing() {
         stop.store(true, Ordering::Relaxed);
         let mut seen = Seen::default();
         for w in writers {
-            let s = w.await.expect("writer");
-            for (k, e) in s.acked {
-                seen.acked.entry(k).or_default().extend(e);
-            }
-            for (k, e) in s.tried {
-                seen.tried.entry(k).or_default().extend(e);
-            }
+            seen.merge(w.await.expect("writer"));
         }
-        let acked: usize = seen.acked.values().map(BTreeSet::len).sum();
+        let acked = seen.acked_count();
         assert!(acked > 50, "only {acked} puts were acknowledged");
 
         // Every member agrees on the final map.
@@ -277,12 +197,7 @@ async fn scale_out_and_in_with_kills_mid_transfer_loses_nothing() {
         // Every acknowledged element is there, nothing else.
         for k in 0..KEYS {
             let key = format!("ch-{k}");
-            let got = elements(&get_ok(&c, 3, &key).await);
-            let none = BTreeSet::new();
-            let lost: Vec<_> = seen.acked.get(&key).unwrap_or(&none).difference(&got).collect();
-            assert!(lost.is_empty(), "{key}: acknowledged elements lost: {lost:?}");
-            let invented: Vec<_> = got.difference(seen.tried.get(&key).unwrap_or(&none)).collect();
-            assert!(invented.is_empty(), "{key}: never written: {invented:?}");
+            seen.check(&key, &elements(&get_ok(&c, 3, &key).await));
         }
         // Replicas converge, and each node ends holding exactly its partitions.
         assert!(

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod set_writer;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
