@@ -73,13 +73,29 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
             retarget(node, &target).await?;
             continue;
         };
-        if !node.health.is_up(&target) {
-            continue;
-        }
         loop {
-            let hints = node.store.hints_for(&target, BATCH)?;
-            if hints.is_empty() {
-                break;
+            let all = node.store.hints_for(&target, BATCH)?;
+            let fetched = all.len();
+            // A hint for a key whose partition the newest map moves away from the target
+            // (made by a coordinator that did not know of the change yet) goes to the
+            // key's replicas under that map instead, which the partition is moving to.
+            let newest = node.live().state.newest().cloned();
+            let (hints, elsewhere): (Vec<_>, Vec<_>) = all.into_iter().partition(|h| {
+                newest
+                    .as_ref()
+                    .is_none_or(|m| m.is_replica(m.partition_of(&h.key), &target))
+            });
+            let mut cleared = 0;
+            if let Some(map) = &newest {
+                for h in &elsewhere {
+                    cleared += usize::from(retarget_hint(node, h, map).await?);
+                }
+            }
+            if hints.is_empty() || !node.health.is_up(&target) {
+                if fetched < BATCH || cleared == 0 {
+                    break;
+                }
+                continue;
             }
             let entries: Vec<WriteEntry> = hints
                 .iter()
@@ -102,7 +118,7 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
                     break;
                 }
             }
-            if hints.len() < BATCH {
+            if fetched < BATCH {
                 break;
             }
         }
@@ -118,27 +134,38 @@ async fn retarget(node: &Node, target: &str) -> Result<(), crate::storage::Stora
         return Ok(());
     };
     for h in node.store.hints_for(target, BATCH)? {
-        let p = map.partition_of(&h.key);
-        let mut delivered = true;
-        for m in map.preference_list(p) {
-            if m.id == node.id() {
-                node.store.join(h.key.clone(), h.set.clone()).await?;
-                continue;
-            }
-            if !node.health.is_up(&m.id) {
-                delivered = false;
-                continue;
-            }
-            let entry = WriteEntry::new(h.key.clone(), &h.set, None).synced();
-            if let Err(e) = node.transport.write(m, vec![entry], node.timeout()).await {
-                tracing::debug!(peer = %m.id, error = %e, "re-targeted hint not delivered");
-                delivered = false;
-            }
-        }
-        if delivered {
-            node.store.clear_hint(&h).await?;
-            node.metrics.hints_delivered.inc();
-        }
+        retarget_hint(node, &h, &map).await?;
     }
     Ok(())
+}
+
+/// Hands one hint to the replicas of its key under `map` (every replica that is up);
+/// clears it once all of them acknowledged it, and says whether it did.
+async fn retarget_hint(
+    node: &Node,
+    h: &crate::store::Hint,
+    map: &dynamo_core::PartitionMap,
+) -> Result<bool, crate::storage::StorageError> {
+    let p = map.partition_of(&h.key);
+    let mut delivered = true;
+    for m in map.preference_list(p) {
+        if m.id == node.id() {
+            node.store.join(h.key.clone(), h.set.clone()).await?;
+            continue;
+        }
+        if !node.health.is_up(&m.id) {
+            delivered = false;
+            continue;
+        }
+        let entry = WriteEntry::new(h.key.clone(), &h.set, None).synced();
+        if let Err(e) = node.transport.write(m, vec![entry], node.timeout()).await {
+            tracing::debug!(peer = %m.id, error = %e, "re-targeted hint not delivered");
+            delivered = false;
+        }
+    }
+    if delivered {
+        node.store.clear_hint(h).await?;
+        node.metrics.hints_delivered.inc();
+    }
+    Ok(delivered)
 }

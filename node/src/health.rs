@@ -89,6 +89,15 @@ impl Health {
             .is_none_or(|p| p.verdict == Verdict::Alive)
     }
 
+    /// Whether the failure detector holds `peer` down (not merely suspect). A change of
+    /// members does not wait for a down member to learn it (see `change::lagging`).
+    pub fn is_down(&self, peer: &str) -> bool {
+        self.peers
+            .lock()
+            .get(peer)
+            .is_some_and(|p| p.verdict == Verdict::Down)
+    }
+
     /// Begins watching `peer` as if it had just been heard from, unless already watched.
     pub fn watch(&self, peer: &str) {
         let now = self.now_ms();

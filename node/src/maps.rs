@@ -64,6 +64,28 @@ pub fn stale_request(held: &MapState, sender_epoch: u64) -> Option<String> {
     })
 }
 
+/// Why a peer's write of `key` made under map epoch `sender_epoch` (the newest it holds;
+/// 0: not said) must be refused by node `me` holding `held`: a change is pending that
+/// the sender does not know of, and `me` is a replica of the key's partition that the
+/// pending map drops. A sender that missed the commit (it was down or cut off while it
+/// spread) writes to the old preference list only; with its writes refused where they
+/// would leave with the partition, the W acknowledgements it needs come from replicas
+/// that stay, so the write is on W replicas of the pending map too.
+pub fn stale_write(held: &MapState, sender_epoch: u64, me: &str, key: &[u8]) -> Option<String> {
+    let (current, pending) = (held.current.as_ref()?, held.pending.as_ref()?);
+    if sender_epoch == 0 || sender_epoch >= pending.epoch {
+        return None;
+    }
+    let p = current.partition_of(key);
+    (current.is_replica(p, me) && !pending.is_replica(p, me)).then(|| {
+        format!(
+            "write made under partition map epoch {sender_epoch}, but epoch {} is pending and \
+             moves partition {p} away from this node; the sender learns it by gossip",
+            pending.epoch
+        )
+    })
+}
+
 /// Why a map state was not installed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -104,5 +126,43 @@ mod tests {
             .contains("epoch 2 is in force"));
         assert_eq!(stale_request(&done, 2), None);
         assert_eq!(stale_request(&MapState::default(), 1), None);
+    }
+
+    #[test]
+    fn a_write_from_a_sender_that_missed_the_pending_map_is_refused_where_it_would_leave() {
+        let members = |ids: &[&str]| -> Vec<Member> {
+            ids.iter()
+                .map(|id| Member::new(*id, format!("{id}:1")))
+                .collect()
+        };
+        let old = dynamo_core::planner::plan(None, &members(&["a", "b", "c", "d"]), 16, 3).unwrap();
+        let new =
+            dynamo_core::planner::plan(Some(&old), &members(&["a", "b", "c"]), 16, 3).unwrap();
+        let state = MapState::in_force(old.clone())
+            .commit(new.clone())
+            .unwrap()
+            .unwrap();
+        // A key of a partition that d replicates now and not under the pending map.
+        let key = (0..10_000)
+            .map(|i| format!("k{i}").into_bytes())
+            .find(|k| old.is_replica(old.partition_of(k), "d"))
+            .unwrap();
+        let p = old.partition_of(&key);
+        assert!(!new.is_replica(p, "d"));
+        let why = stale_write(&state, old.epoch, "d", &key).expect("refused on d");
+        assert!(
+            why.contains(&format!("epoch {} is pending", new.epoch)),
+            "{why}"
+        );
+        // Senders that know the pending map, or do not say, are served; so are the
+        // replicas that stay, and any node once nothing is pending.
+        assert_eq!(stale_write(&state, new.epoch, "d", &key), None);
+        assert_eq!(stale_write(&state, 0, "d", &key), None);
+        let staying = old
+            .preference_list(p)
+            .find(|m| new.is_replica(p, &m.id))
+            .unwrap();
+        assert_eq!(stale_write(&state, old.epoch, &staying.id, &key), None);
+        assert_eq!(stale_write(&MapState::in_force(old), 1, "d", &key), None);
     }
 }

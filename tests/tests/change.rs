@@ -254,3 +254,101 @@ async fn replicas_converged_of(c: &Cluster, live: &[usize]) -> bool {
         of.windows(2).all(|w| w[0] == w[1]) && others_empty
     })
 }
+
+/// A change finishes while a member is dead (the failure detector holds it down): a node
+/// down for a whole scale-out catches up when it returns, and a dead node is removed
+/// (its partitions streamed from the other old replicas). Under writers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_finishes_without_a_dead_member_which_catches_up_when_back() {
+    tokio::time::timeout(TEST_TIMEOUT * 2, async {
+        let mut c = Cluster::start(Options {
+            nodes: 4,
+            extra: [
+                "--gossip-interval-ms",
+                "200",
+                "--down-after-ms",
+                "1500",
+                "--anti-entropy-interval-ms",
+                "1000",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Options::default()
+        });
+        for i in 0..600 {
+            put_ok(&c, i % 4, &format!("pre-{i}"), &"x".repeat(100), &[]).await;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        // Through node-1 (the claimant) and node-3, which stay up throughout.
+        let clients = vec![c.kv(0), c.kv(2)];
+        let writers = vec![
+            tokio::spawn(writer(clients.clone(), true, "c".into(), stop.clone())),
+            tokio::spawn(writer(clients.clone(), false, "r".into(), stop.clone())),
+        ];
+        // node-2 dies; 4 → 5 is committed and finalized while it is down.
+        c.kill9(1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let new = c.add_by_seeds(&[0]);
+        let members: Vec<GossipMember> = (0..5).map(|i| member(&c, i)).collect();
+        let epoch = commit(&mut c.admin(0), members).await;
+        finalize(&c, 0, epoch).await;
+        assert!(
+            c.admin(1).maps(MapsRequest {}).await.is_err(),
+            "node-2 stayed down through the change"
+        );
+        // node-2 comes back: it learns the map in force and catches up.
+        c.restart(1);
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                let Ok(r) = c.admin(1).maps(MapsRequest {}).await else {
+                    return false;
+                };
+                r.into_inner()
+                    .state
+                    .and_then(|s| s.current)
+                    .is_some_and(|m| m.epoch == epoch)
+            })
+            .await,
+            "node-2 learns epoch {epoch}"
+        );
+
+        // node-4 dies for good and is removed: its partitions come from the others.
+        c.kill9(3);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let members: Vec<GossipMember> = [0, 1, 2, new].iter().map(|&i| member(&c, i)).collect();
+        let epoch = commit(&mut c.admin(0), members).await;
+        finalize(&c, 0, epoch).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut seen = Seen::default();
+        for w in writers {
+            seen.merge(w.await.expect("writer"));
+        }
+        let acked = seen.acked_count();
+        assert!(acked > 50, "only {acked} puts were acknowledged");
+        for k in 0..KEYS {
+            let key = format!("ch-{k}");
+            seen.check(&key, &elements(&get_ok(&c, 1, &key).await));
+        }
+        for i in (0..600).step_by(5) {
+            assert_eq!(
+                values(&get_ok(&c, 4, &format!("pre-{i}")).await).len(),
+                1,
+                "pre-{i}"
+            );
+        }
+        // node-2 holds exactly its partitions, equal to their other replicas.
+        let live = [0, 1, 2, new];
+        assert!(
+            eventually(Duration::from_secs(40), async || replicas_converged_of(
+                &c, &live
+            )
+            .await)
+            .await,
+            "the returned node caught up and every node holds exactly its partitions"
+        );
+        eprintln!("changes with a dead member: {acked} acknowledged elements, none lost");
+    })
+    .await
+    .expect("test timed out");
+}

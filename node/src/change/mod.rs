@@ -179,7 +179,8 @@ pub async fn finalize(
         return Ok(held);
     };
     let progress = progress::cluster(node).await;
-    if let Some(why) = progress::not_final(&held, &progress) {
+    let down = |id: &str| node.health.is_down(id);
+    if let Some(why) = progress::not_final(&held, &progress, &down) {
         return Err(ChangeError::NotReady(why));
     }
     install_and_push(node, next).await
@@ -302,12 +303,18 @@ pub async fn run(node: Arc<Node>) {
 }
 
 /// Whether every member of the live maps holds map-state `version` or newer, as gossip
-/// last told this node; the ones that do not, if any.
+/// last told this node; the ones that do not, if any. Members the failure detector holds
+/// down are not waited for, so that a change can finish while a node is dead (or remove
+/// it): one that comes back learns the state by gossip, and until it does, the replicas
+/// that a pending map moves away refuse its writes ([`crate::maps::stale_write`]) and
+/// every replica refuses its requests once that map is in force
+/// ([`crate::maps::stale_request`]).
 pub fn lagging(node: &Node, state: &MapState) -> Vec<String> {
     state
         .members()
         .into_iter()
         .filter(|m| m.id != node.id())
+        .filter(|m| !node.health.is_down(&m.id))
         .filter(|m| {
             node.gossip
                 .entry(&m.id)

@@ -118,12 +118,23 @@ pub async fn cluster(node: &Arc<Node>) -> ProgressResponse {
 }
 
 /// Why `state`'s pending map may not be put in force yet, given the cluster's
-/// `progress`; None when it may.
-pub fn not_final(state: &MapState, progress: &ProgressResponse) -> Option<String> {
-    if !progress.unreachable.is_empty() {
+/// `progress`; None when it may. Members for which `down` holds (the failure detector's
+/// verdict) are not waited for: see [`super::lagging`].
+pub fn not_final(
+    state: &MapState,
+    progress: &ProgressResponse,
+    down: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    let unreachable: Vec<&str> = progress
+        .unreachable
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !down(id))
+        .collect();
+    if !unreachable.is_empty() {
         return Some(format!(
-            "{} did not report; every member must hold the pending map",
-            progress.unreachable.join(", ")
+            "{} did not report; every member that is not down must hold the pending map",
+            unreachable.join(", ")
         ));
     }
     let synced: BTreeSet<&str> = progress.synced.iter().map(String::as_str).collect();
@@ -131,7 +142,7 @@ pub fn not_final(state: &MapState, progress: &ProgressResponse) -> Option<String
         .members()
         .into_iter()
         .map(|m| m.id.as_str())
-        .filter(|id| !synced.contains(id))
+        .filter(|id| !synced.contains(id) && !down(id))
         .collect();
     if !lagging.is_empty() {
         return Some(format!(

@@ -198,6 +198,28 @@ fn sources(node: &Node, mv: &Move) -> Vec<Member> {
         .collect()
 }
 
+/// Why move `mv` cannot be made from the `up` old replicas that are up (this node left
+/// out): none is, or the replica it replaces is not (`from_up`) and fewer than
+/// N − W + 1 others are.
+/// A write acknowledged under the old map is on W of its N replicas, so any N − W + 1
+/// of them hold every such write between them, and verifying against all of those is
+/// as good as verifying against the one replaced (which lets a change remove a dead
+/// node). Writes acknowledged by fallbacks reach the new replicas as hints.
+fn enough_sources(mv: &Move, from_up: bool, up: usize, n: u32, w: u32) -> Option<String> {
+    let needed = (n.saturating_sub(w) + 1) as usize;
+    match &mv.from {
+        _ if up == 0 => Some(format!(
+            "no old replica of partition {} is up",
+            mv.partition
+        )),
+        Some(from) if !from_up && up < needed => Some(format!(
+            "{from}, the replica it replaces, is not up, and only {up} of the other old \
+             replicas are (need {needed})"
+        )),
+        _ => None,
+    }
+}
+
 /// Streams and verifies one move.
 async fn one(
     node: &Arc<Node>,
@@ -206,17 +228,15 @@ async fn one(
     progress: &mut Progress,
 ) -> Result<(), String> {
     let all = sources(node, mv);
-    if let Some(from) = &mv.from {
-        if !node.health.is_up(from) {
-            return Err(format!(
-                "waiting for {from}, the replica it replaces, to be up"
-            ));
-        }
-    }
     let up: Vec<Member> = all
-        .into_iter()
+        .iter()
         .filter(|m| node.health.is_up(&m.id))
+        .cloned()
         .collect();
+    let from_up = mv.from.as_ref().is_none_or(|f| node.health.is_up(f));
+    if let Some(why) = enough_sources(mv, from_up, up.len(), node.n(), node.cfg.replication.w) {
+        return Err(why);
+    }
     let Some(source) = up.first() else {
         return Err(format!(
             "no old replica of partition {} is up",
@@ -352,6 +372,29 @@ pub fn answer_fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, Cha
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryEngine;
+
+    #[test]
+    fn a_move_goes_on_without_the_replaced_replica_when_enough_others_are_up() {
+        let mv = Move {
+            partition: 7,
+            to: "d".into(),
+            from: Some("c".into()),
+            sources: vec!["a".into(), "b".into(), "c".into()],
+        };
+        // N=3, W=2: the replaced replica up is enough; without it, both others are needed.
+        assert_eq!(enough_sources(&mv, true, 1, 3, 2), None);
+        assert_eq!(enough_sources(&mv, false, 2, 3, 2), None);
+        let why = enough_sources(&mv, false, 1, 3, 2).unwrap();
+        assert!(
+            why.contains("c, the replica it replaces, is not up") && why.contains("need 2"),
+            "{why}"
+        );
+        // W=1: every old replica may hold a write alone, so all are needed.
+        assert!(enough_sources(&mv, false, 2, 3, 1).is_some());
+        assert!(enough_sources(&mv, true, 0, 3, 2)
+            .unwrap()
+            .contains("no old replica"));
+    }
 
     #[test]
     fn progress_is_kept_per_change_and_old_changes_are_forgotten() {

@@ -25,7 +25,9 @@ impl ReplicaService {
     }
 
     /// Refuses a peer of another cluster, or one whose request was made under a map
-    /// that is finalized away here (see [`crate::maps::stale_request`]).
+    /// that is finalized away here (see [`crate::maps::stale_request`]). Writes are also
+    /// refused where they would leave with a partition the sender does not know is
+    /// moving ([`crate::maps::stale_write`]).
     fn check_peer(&self, cluster_id: &str, map_epoch: u64) -> Result<(), Status> {
         super::check_peer_cluster(&self.node, cluster_id)?;
         match crate::maps::stale_request(&self.node.live().state, map_epoch) {
@@ -56,6 +58,15 @@ impl ReplicaService {
         req: ReplicaWriteRequest,
     ) -> Result<ReplicaWriteResponse, Status> {
         self.check_peer(&req.cluster_id, req.map_epoch)?;
+        let held = self.node.live().state.clone();
+        if let Some(why) = req
+            .entries
+            .iter()
+            .filter(|e| e.hint_for.is_empty())
+            .find_map(|e| crate::maps::stale_write(&held, req.map_epoch, self.node.id(), &e.key))
+        {
+            return Err(Status::failed_precondition(why));
+        }
         let entries = req
             .entries
             .into_iter()

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Rebalance benchmark: what a change of members costs on a loaded local cluster.
+#
+# A 3-node cluster (N=3 R=2 W=2, Q=256, fsync periodic) is filled with REB_KEYS keys of
+# 100 bytes and its peak measured (closed loop, 64 workers, 50/50 gets and puts). Then,
+# REB_REPS times:
+#   1. baseline: an open-loop run at half of that peak, nothing moving;
+#   2. 3 → 4: a fresh node started from a seed, `dynamoctl change apply --add` (plan,
+#      commit, move, finalize) while the same open-loop load runs;
+#   3. 4 → 3: that node removed the same way under the same load, then stopped.
+# For each change it records the partition replicas moved against the Strategy 3
+# minimum (from the plan), the bytes the new replicas received (the nodes'
+# dynamo_transfer_bytes counters), the time from commit to finalize (polled every
+# 0.5 s), and the load's p99/p99.9 while it ran. The load runs for REB_LOAD from the
+# commit; a change that finishes earlier is reported as such (its window also holds
+# quiet time). Prints a markdown table of medians; raw lines go to the output dir.
+# Every process it starts is stopped on exit, failure or Ctrl-C.
+#
+# Environment (all optional):
+#   REB_KEYS=1000000   keys;   REB_REPS=3   repetitions;   REB_LOAD=20s   load per run
+#   REB_BASE_PORT=7400 gRPC ports base+1..; HTTP ports REB_HTTP_BASE_PORT=7480
+#   BENCH_NO_BUILD=1   skip the cargo build;  BENCH_OUT=target/bench  results parent
+#   TMPDIR             parent of the data directories;  CARGO_TARGET_DIR  binaries
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+KEYS=${REB_KEYS:-1000000}
+REPS=${REB_REPS:-3}
+LOAD=${REB_LOAD:-20s}
+BASE_PORT=${REB_BASE_PORT:-7400}
+HTTP_BASE_PORT=${REB_HTTP_BASE_PORT:-7480}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT="${BENCH_OUT:-$ROOT/target/bench}/rebalance-$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+DATA=$(mktemp -d "${TMPDIR:-/tmp}/dynamo-rebalance.XXXXXX")
+CLUSTER_PID=""
+EXTRA_PID=""
+
+log() { echo "[rebalance $(date -u +%H:%M:%S)] $*" >&2; }
+
+cleanup() {
+    local code=$?
+    trap - EXIT INT TERM
+    [[ -n "$EXTRA_PID" ]] && kill -KILL "$EXTRA_PID" 2>/dev/null || true
+    if [[ -n "$CLUSTER_PID" ]] && kill -0 "$CLUSTER_PID" 2>/dev/null; then
+        kill -TERM "$CLUSTER_PID" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            kill -0 "$CLUSTER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        pkill -KILL -P "$CLUSTER_PID" 2>/dev/null || true
+        kill -KILL "$CLUSTER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$DATA"
+    [[ $code -ne 0 ]] && log "failed (exit $code); logs in $OUT"
+    exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release -p dynamo-node -p dynamo-client)
+fi
+CTL="$TARGET/release/dynamoctl"
+NODE_BIN="$TARGET/release/dynamo-node"
+ADDRS=$(seq -s, -f "127.0.0.1:%g" $((BASE_PORT + 1)) $((BASE_PORT + 3)))
+ctl() { "$CTL" --addr "$ADDRS" "$@"; }
+
+log "starting a 3-node cluster in $DATA"
+"$CTL" cluster --nodes 3 --wipe --data-dir "$DATA" --base-port "$BASE_PORT" \
+    --http-base-port "$HTTP_BASE_PORT" --node-bin "$NODE_BIN" --ready-timeout 120s \
+    >"$OUT/cluster.log" 2>&1 &
+CLUSTER_PID=$!
+for _ in $(seq 1 1200); do
+    grep -q "is ready:" "$OUT/cluster.log" && break
+    kill -0 "$CLUSTER_PID" 2>/dev/null || { tail -n 20 "$OUT/cluster.log" >&2; exit 1; }
+    sleep 0.1
+done
+grep -q "is ready:" "$OUT/cluster.log" || { log "cluster not ready"; exit 1; }
+SECRET=$(ls "$DATA"/*secret* | head -n 1)
+
+bench() { ctl bench --quiet --keys "$KEYS" --value-size 100 --concurrency 64 "$@"; }
+
+log "filling $KEYS keys"
+t0=$(date +%s)
+bench --prefill --ops 0 >/dev/null
+log "filled in $(($(date +%s) - t0)) s"
+PEAK=$(bench --json --read-ratio 0.5 --duration 10s | python3 -c 'import json,sys; print(json.load(sys.stdin)["ops_per_sec"])')
+RATE=$(python3 -c "print(int($PEAK / 2))")
+log "peak $PEAK ops/s; load at $RATE ops/s"
+
+# Sum of the nodes' transfer_bytes counters (HTTP ports of node-1..3 and the extra node).
+transferred() {
+    local total=0 port v
+    for port in $((HTTP_BASE_PORT + 1)) $((HTTP_BASE_PORT + 2)) $((HTTP_BASE_PORT + 3)) $((HTTP_BASE_PORT + 4)); do
+        v=$(curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null \
+            | awk '/^dynamo_transfer_bytes_total / {print $2}') || true
+        total=$(python3 -c "print(int($total + ${v:-0}))")
+    done
+    echo "$total"
+}
+
+# One change under load: $1 = name, then `change apply` arguments. Appends a line.
+change_under_load() {
+    local name=$1 rep=$2 b0 b1
+    shift 2
+    b0=$(transferred)
+    bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" >"$OUT/load-$name-$rep.json" &
+    local load_pid=$!
+    ctl change apply "$@" >"$OUT/change-$name-$rep.log" 2>&1
+    wait "$load_pid"
+    b1=$(transferred)
+    python3 - "$name" "$rep" "$OUT/change-$name-$rep.log" "$OUT/load-$name-$rep.json" \
+        "$((b1 - b0))" "$LOAD" >>"$RESULTS" <<'EOF'
+import json, re, sys
+name, rep, log, load, moved_bytes, window = sys.argv[1:]
+text = open(log).read()
+m = re.search(r"(\d+) partition replicas move \(fewest possible: (\d+)\)", text)
+t = re.search(r"is in force after ([\d.]+) s", text)
+print(json.dumps({"run": name, "rep": int(rep), "moves": int(m.group(1)),
+                  "minimum": int(m.group(2)), "seconds": float(t.group(1)),
+                  "bytes": int(moved_bytes), "window_s": float(window.rstrip("s")),
+                  "load": json.load(open(load))}))
+EOF
+}
+
+for rep in $(seq 1 "$REPS"); do
+    log "rep $rep: baseline load"
+    bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" >"$OUT/load-baseline-$rep.json"
+    python3 -c "import json,sys; print(json.dumps({'run':'baseline','rep':$rep,'load':json.load(open('$OUT/load-baseline-$rep.json'))}))" >>"$RESULTS"
+
+    id="node-x$rep"
+    log "rep $rep: 3 -> 4 (adding $id)"
+    "$NODE_BIN" --node-id "$id" --listen "127.0.0.1:$((BASE_PORT + 4))" \
+        --http-listen "127.0.0.1:$((HTTP_BASE_PORT + 4))" --data-dir "$DATA/$id" \
+        --cluster-id local --cluster-secret-file "$SECRET" --partitions 256 \
+        --seeds "127.0.0.1:$((BASE_PORT + 1))" >"$OUT/$id.log" 2>&1 &
+    EXTRA_PID=$!
+    for _ in $(seq 1 300); do
+        curl -sf "http://127.0.0.1:$((HTTP_BASE_PORT + 4))/readyz" >/dev/null && break
+        sleep 0.1
+    done
+    change_under_load scale-out "$rep" --add "$id=127.0.0.1:$((BASE_PORT + 4))"
+    log "rep $rep: 4 -> 3 (removing $id)"
+    change_under_load scale-in "$rep" --remove "$id"
+    kill -TERM "$EXTRA_PID"
+    wait "$EXTRA_PID" 2>/dev/null || true
+    EXTRA_PID=""
+    rm -rf "${DATA:?}/$id"
+done
+
+python3 - "$RESULTS" "$PEAK" "$KEYS" <<'EOF' | tee "$OUT/summary.md"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+def lat(run, p):
+    return med([r["load"]["latency_us"][p] / 1000 for r in rows if r["run"] == run])
+print(f"{sys.argv[3]} keys of 100 bytes, peak {float(sys.argv[2]):.0f} ops/s, load at half; medians of {len([r for r in rows if r['run']=='baseline'])} runs\n")
+print("| run | replicas moved (minimum) | bytes moved | time s | MB/s | ops/s | errors | p99 ms | p99.9 ms | p99 vs baseline |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+base99 = lat("baseline", "p99")
+for run in ["baseline", "scale-out", "scale-in"]:
+    rs = [r for r in rows if r["run"] == run]
+    if not rs:
+        continue
+    ops = med([r["load"]["ops_per_sec"] for r in rs])
+    errs = med([r["load"]["errors"] for r in rs])
+    p99, p999 = lat(run, "p99"), lat(run, "p999")
+    if run == "baseline":
+        print(f"| {run} | - | - | - | - | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | 1.00x |")
+        continue
+    moves, minimum = med([r["moves"] for r in rs]), med([r["minimum"] for r in rs])
+    secs, by = med([r["seconds"] for r in rs]), med([r["bytes"] for r in rs])
+    mbs = med([r["bytes"] / 1e6 / r["seconds"] for r in rs])
+    print(f"| {run} | {moves:.0f} ({minimum:.0f}) | {by/1e6:.1f} MB | {secs:.1f} | {mbs:.1f} | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | {p99/base99:.2f}x |")
+short = [r for r in rows if "seconds" in r and r["seconds"] < r["window_s"]]
+if short:
+    print(f"\n{len(short)} change(s) finished inside the load window: their latency window also holds quiet time.")
+EOF
+log "results in $OUT"
