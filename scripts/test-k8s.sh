@@ -103,21 +103,6 @@ scripts/k8s/control-plane.sh start "$STATE" "$CP_BIN"
 export KUBECONFIG="$STATE/admin.kubeconfig"
 echo "control plane up after $((SECONDS - suite_start))s"
 
-# Volumes: the StatefulSet's claims bind to these (no provisioner runs here); the scheduler
-# places a pod only once its claim is bound.
-for i in $(seq 0 9); do
-  k apply -f - >/dev/null <<YAML
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: local-$i}
-spec:
-  capacity: {storage: 100Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: {path: /nonexistent/dynamo-k8s-suite/local-$i}
-YAML
-done
-
 mkdir -p "$STATE/kubelet"
 "$BIN/kwok-kubelet" --bin-dir "$BIN" --work-dir "$STATE/kubelet" \
   --api-server "https://127.0.0.1:$API_PORT" --ca-file "$STATE/ca.crt" \

@@ -26,6 +26,7 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 have_all() {
   local b
   for b in "${BINARIES[@]}"; do [ -x "$OUT/$b" ] || return 1; done
+  [ -d "$OUT/kwok-stages" ]
 }
 if have_all; then
   echo "build-control-plane: cached in $OUT" >&2
@@ -61,11 +62,16 @@ mkdir -p "$CACHE/bin" "$GOMODCACHE" "$GOCACHE"
 
 start=$(date +%s)
 work="$CACHE/work-$STAMP"
-rm -rf "$work" "$OUT.partial"
-mkdir -p "$work" "$OUT.partial"
-trap 'rm -rf "$work" "$OUT.partial"' EXIT
+rm -rf "$work"
+mkdir -p "$work"
+# Binaries of an earlier, interrupted build are kept.
+if [ -d "$OUT" ]; then mv "$OUT" "$OUT.partial"; else mkdir -p "$OUT.partial"; fi
+trap 'rm -rf "$work"' EXIT
 
 # --- etcd --------------------------------------------------------------------------------
+built() { [ -x "$OUT.partial/$1" ]; }
+
+if ! built etcd; then
 log "etcd v$ETCD_VERSION"
 mkdir -p "$work/etcd"
 (
@@ -75,8 +81,10 @@ mkdir -p "$work/etcd"
   go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >&2
   go build -trimpath -o "$OUT.partial/etcd" go.etcd.io/etcd/server/v3
 )
+fi
 
 # --- kube-apiserver, kube-controller-manager, kube-scheduler -------------------------
+if ! built kube-apiserver || ! built kube-controller-manager || ! built kube-scheduler; then
 log "kubernetes v$K8S_VERSION"
 mkdir -p "$work/k8s"
 (
@@ -115,6 +123,7 @@ GO
     go build -trimpath -ldflags "$ldflags" -o "$OUT.partial/$cmd" "k8s.io/kubernetes/cmd/$cmd"
   done
 )
+fi
 
 # --- kwok --------------------------------------------------------------------------------
 log "kwok v$KWOK_VERSION"
@@ -123,10 +132,22 @@ mkdir -p "$work/kwok"
   cd "$work/kwok"
   go mod init dynamo.local/kwok >/dev/null 2>&1
   go get "sigs.k8s.io/kwok@v$KWOK_VERSION" >&2
-  go build -trimpath -ldflags "-s -w" -o "$OUT.partial/kwok" sigs.k8s.io/kwok/cmd/kwok
+  built kwok ||
+    go build -trimpath -ldflags "-s -w" -o "$OUT.partial/kwok" sigs.k8s.io/kwok/cmd/kwok
+  # kwok runs no stage unless given some: keep the module's own (fast node, pod and
+  # volume stages) beside the binary; control-plane.sh picks from them.
+  src="$(go list -m -f '{{.Dir}}' "sigs.k8s.io/kwok")/kustomize/stage"
+  rm -rf "$OUT.partial/kwok-stages"
+  mkdir -p "$OUT.partial/kwok-stages"
+  cp "$src"/node/fast/node-initialize.yaml \
+    "$src"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    "$src"/pod/fast/pod-*.yaml "$src"/volume/fast/{storage-class,pv-*,pvc-*}.yaml \
+    "$OUT.partial/kwok-stages/"
 )
 
 mv "$OUT.partial" "$OUT"
+# The compiled packages are not needed to run: drop them (GBs); the module cache stays.
+rm -rf "$GOCACHE"
 secs=$(( $(date +%s) - start ))
-log "cold build of the control plane took ${secs}s ($((secs / 60))m$((secs % 60))s) into $OUT"
+log "build of the control plane took ${secs}s ($((secs / 60))m$((secs % 60))s) into $OUT"
 echo "$OUT"

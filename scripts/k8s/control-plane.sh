@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts or stops a local Kubernetes control plane built by build-control-plane.sh:
 # etcd, kube-apiserver (RBAC, service-account tokens), kube-controller-manager,
-# kube-scheduler and kwok (one fake Node, `kwok-node-0`, whose pods it moves to Running),
+# kube-scheduler and kwok (one fake Node, `kwok-node-0`, whose pods it moves to Running;
+# the default StorageClass `kwok-volume`, whose claims it provisions),
 # all on 127.0.0.1 only, with certificates generated into the state directory.
 #
 #   control-plane.sh start STATE_DIR BIN_DIR   # returns once the API server is ready
@@ -114,7 +115,7 @@ wait_for() { # what seconds command...
   until "$@" >/dev/null 2>&1; do
     if [ "$SECONDS" -ge "$deadline" ]; then
       echo "control-plane: $what not up within ${secs}s; see $STATE/logs" >&2
-      tail -20 "$STATE/logs/"*.log >&2 || true
+      for f in "$STATE"/logs/*.log; do echo "== $f" >&2; tail -n 20 "$f" >&2; done
       return 1
     fi
     sleep 0.3
@@ -163,7 +164,18 @@ launch kube-scheduler "$BIN/kube-scheduler" \
   --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
   --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false --v 1
-launch kwok "$BIN/kwok" --kubeconfig "$STATE/admin.kubeconfig" \
+# kwok's own fast stages (copied from its module by build-control-plane.sh), except that
+# pods start not ready (kwok-pod-ready.yaml); its StorageClass is applied below.
+HERE="$(cd "$(dirname "$0")" && pwd)"
+for f in "$BIN"/kwok-stages/*.yaml; do
+  case "$(basename "$f")" in
+    pod-ready.yaml) cat "$HERE/kwok-pod-ready.yaml" ;;
+    storage-class.yaml) continue ;;
+    *) cat "$f" ;;
+  esac
+  echo "---"
+done > "$STATE/kwok.yaml"
+launch kwok "$BIN/kwok" --kubeconfig "$STATE/admin.kubeconfig" --config "$STATE/kwok.yaml" \
   --manage-all-nodes=false \
   --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
   --server-address "127.0.0.1:$KWOK_PORT"
@@ -191,5 +203,7 @@ status:
   allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
   capacity: {cpu: "32", memory: 256Gi, pods: "110"}
 YAML
+# kwok provisions the claims of this default StorageClass (its volume stages).
+"$KUBECTL" apply -f "$BIN/kwok-stages/storage-class.yaml" >/dev/null
 wait_for "node kwok-node-0 Ready" 60 "$KUBECTL" wait --for=condition=Ready node/kwok-node-0 --timeout=1s
 echo "control-plane: up at https://127.0.0.1:$API_PORT (KUBECONFIG=$STATE/admin.kubeconfig)" >&2
