@@ -162,7 +162,7 @@ bad_spec() {
 apiVersion: dynamokv.io/v1alpha1
 kind: DynamoCluster
 metadata: {name: bad, namespace: default}
-spec: {replicas: 3, replication: {n: 3, r: 4, w: 2}}
+spec: {replicas: 3, replication: {"n": 3, r: 4, w: 2}}
 YAML
 }
 check "CEL: r > n is refused at creation with the documented message" \
