@@ -96,13 +96,17 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let leading = Arc::new(AtomicBool::new(false));
 
     let listener = tokio::net::TcpListener::bind(&args.http_listen).await?;
     let app = router(Health {
         ready: ready.clone(),
+        leading: leading.clone(),
         metrics: metrics.clone(),
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
+    // Ready as soon as it serves, standby or not (see `http`).
+    ready.store(true, Ordering::Relaxed);
 
     let lock = LeaseLock {
         api: Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
@@ -148,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::debug!("reconcile: {e}");
         }
     });
-    ready.store(true, Ordering::Relaxed);
+    leading.store(true, Ordering::Relaxed);
     if args.leader_election {
         tokio::select! {
             _ = controller => {}
