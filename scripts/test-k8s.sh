@@ -189,6 +189,12 @@ moved_to_new_nodes() {
 must "scale-out: Available with 5 ready nodes and a new map (epoch 2)" \
   wait_until 300 dc_is Available 5 5 2
 check "scale-out: partitions moved to the new nodes" moved_to_new_nodes
+received_partitions() { # real transfers into the new nodes' stores
+  local n; n="$(cat "$STATE"/kubelet/logs/default_demo-[34].log | grep -c 'partition received' || true)"
+  [ "$n" -gt 0 ] || { echo "no partition transfer logged by demo-3 or demo-4"; return 1; }
+  echo "$n partitions received"
+}
+check "scale-out: the new nodes received their partitions from the old ones" received_partitions
 
 must "kubectl scale dynamocluster/demo --replicas=3" k scale dynamocluster/demo --replicas=3
 must "scale-in: Available with 3 ready nodes and a new map (epoch 3)" \
@@ -200,6 +206,12 @@ no_departed_claims() {
 check "scale-in: the departed nodes' claims are deleted (onScaleIn: Delete)" \
   wait_until 60 no_departed_claims
 check "scale-in: the StatefulSet is back at 3 pods" wait_until 60 pods_running 3
+only_remaining_nodes_in_map() {
+  local m; m="$(jp dyn/demo '{.status.partitionsPerNode}')"
+  contains "$m" '"demo-0"' && contains "$m" '"demo-2"' && ! grep -q 'demo-[34]' <<<"$m" ||
+    { echo "partitionsPerNode: $m"; return 1; }
+}
+check "scale-in: the map holds only demo-0..2" only_remaining_nodes_in_map
 
 touch "$STATE/stop-writer"
 wait "$writer_pid" || true
@@ -246,14 +258,26 @@ gone() { ! k get "$@" >/dev/null 2>&1 || { echo "$* still exists"; return 1; }; 
 check "deleting the cluster removes its StatefulSet, Services and Secret" \
   wait_until 60 bash -c "! kubectl get statefulset/demo service/demo service/demo-peers secret/demo-secret configmap/demo-config 2>/dev/null | grep -q ."
 check "deleting the cluster keeps the data claims" no_departed_claims
+deleted_event() {
+  contains "$(k get events --field-selector reason=Deleted -o jsonpath='{.items[*].message}')" \
+    "its data volumes (data-demo-N) are kept"
+}
+check "the finalizer's Event says the claims are kept" wait_until 30 deleted_event
 
 # --- helm uninstall ----------------------------------------------------------------------
 must "helm uninstall" helm uninstall dynamo-operator --namespace dynamo-system --wait --timeout 60s
 check "helm uninstall: the Deployment and RBAC are gone" \
   bash -c "! kubectl get -n dynamo-system deployment/dynamo-operator 2>/dev/null | grep -q . && ! kubectl get clusterrole dynamo-operator 2>/dev/null | grep -q ."
 check "helm uninstall: the CRD is kept (crds.keep)" k get crd dynamoclusters.dynamokv.io
-check "helm uninstall: the operator processes stopped" \
-  wait_until 30 bash -c "! grep -q 'started dynamo-system/' <(tail -n0 /dev/null) && [ -z \"\$(kubectl get pods -n dynamo-system -o name)\" ]"
+operator_processes_stopped() { # every operator process kwok-kubelet started has exited
+  local log="$STATE/logs/kwok-kubelet.log" pod left=0
+  for pod in $(sed -nE 's#^kwok-kubelet: started dynamo-system/([^ ]+) .*#\1#p' "$log"); do
+    grep -q "^kwok-kubelet: dynamo-system/$pod exited" "$log" || { echo "$pod still runs"; left=1; }
+  done
+  [ "$left" -eq 0 ]
+}
+check "helm uninstall: every operator process stopped with its pod" \
+  wait_until 30 operator_processes_stopped
 
 forbidden() {
   if grep -il "forbidden" "$STATE"/kubelet/logs/dynamo-system_*.log; then return 1; fi

@@ -99,7 +99,8 @@ mod tests {
 
     #[test]
     fn yaml11_booleans_are_quoted_where_they_stand_alone() {
-        let yaml = "n:\n  default:\n    n: 3\n  required:\n  - n\n  - r\n  x: no\n  d: 'n: x'\n- - y\n";
+        let yaml =
+            "n:\n  default:\n    n: 3\n  required:\n  - n\n  - r\n  x: no\n  d: 'n: x'\n- - y\n";
         let q = quote_yaml11_booleans(yaml);
         assert_eq!(
             q,

@@ -36,7 +36,10 @@ pub fn router(health: Health) -> Router {
         .route(
             "/readyz",
             get(|State(h): State<Health>| async move {
-                match (h.ready.load(Ordering::Relaxed), h.leading.load(Ordering::Relaxed)) {
+                match (
+                    h.ready.load(Ordering::Relaxed),
+                    h.leading.load(Ordering::Relaxed),
+                ) {
                     (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
                     (true, true) => (StatusCode::OK, "ready: leading"),
                     (true, false) => (StatusCode::OK, "ready: standing by for the lease"),

@@ -254,7 +254,14 @@ mod tests {
                 base_port: 7300
             })
         );
-        for bad in ["", "host-ports=", "host-ports=:7300", "host-ports=h:x", "dns", "host-ports=h"] {
+        for bad in [
+            "",
+            "host-ports=",
+            "host-ports=:7300",
+            "host-ports=h:x",
+            "dns",
+            "host-ports=h",
+        ] {
             assert!(bad.parse::<PeerAddressing>().is_err(), "{bad:?}");
         }
     }

@@ -174,11 +174,9 @@ impl Mapper {
                     })
                     .collect(),
             ),
-            Value::Mapping(m) => Value::Mapping(
-                m.into_iter()
-                    .map(|(k, v)| (k, self.map_yaml(v)))
-                    .collect(),
-            ),
+            Value::Mapping(m) => {
+                Value::Mapping(m.into_iter().map(|(k, v)| (k, self.map_yaml(v))).collect())
+            }
             other => other,
         }
     }
@@ -196,17 +194,21 @@ fn expand(s: &str, vars: &[(String, String)]) -> String {
 pub async fn launch(i: Inputs<'_>) -> Result<Launch> {
     let pod = i.pod;
     let ns = pod.namespace().unwrap_or_else(|| "default".into());
-    let spec = pod.spec.as_ref().ok_or_else(|| anyhow!("pod without spec"))?;
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| anyhow!("pod without spec"))?;
     let c: &Container = spec
         .containers
         .first()
         .ok_or_else(|| anyhow!("pod without containers"))?;
     let image = c.image.clone().unwrap_or_default();
     let kind = Kind::of(&image).ok_or_else(|| anyhow!("no program for image {image}"))?;
-    let pod_dir = i
-        .work_dir
-        .join("pods")
-        .join(format!("{ns}_{}_{}", pod.name_any(), pod.uid().unwrap_or_default()));
+    let pod_dir = i.work_dir.join("pods").join(format!(
+        "{ns}_{}_{}",
+        pod.name_any(),
+        pod.uid().unwrap_or_default()
+    ));
     std::fs::create_dir_all(&pod_dir)?;
 
     let (ordinal_based, own_offset) = match kind {
@@ -267,9 +269,11 @@ pub async fn launch(i: Inputs<'_>) -> Result<Launch> {
                 .get(&pvc.claim_name)
                 .await
                 .with_context(|| format!("claim {}", pvc.claim_name))?;
-            i.work_dir
-                .join("volumes")
-                .join(format!("{}-{}", pvc.claim_name, obj.uid().unwrap_or_default()))
+            i.work_dir.join("volumes").join(format!(
+                "{}-{}",
+                pvc.claim_name,
+                obj.uid().unwrap_or_default()
+            ))
         } else {
             pod_dir.join(format!("volume-{}", v.name))
         };
@@ -345,7 +349,10 @@ pub async fn launch(i: Inputs<'_>) -> Result<Launch> {
             crate::token::kubeconfig(i.api_server, i.ca_file, &ns, &token),
         )?;
         env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
-        if !env.iter().any(|(k, _)| k == "DYNAMO_OPERATOR_PEER_ADDRESSING") {
+        if !env
+            .iter()
+            .any(|(k, _)| k == "DYNAMO_OPERATOR_PEER_ADDRESSING")
+        {
             env.push((
                 "DYNAMO_OPERATOR_PEER_ADDRESSING".into(),
                 format!("host-ports=127.0.0.1:{}", i.ports.node_grpc),
@@ -360,12 +367,13 @@ pub async fn launch(i: Inputs<'_>) -> Result<Launch> {
         .and_then(|h| {
             let port = match &h.port {
                 k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => *n,
-                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => c
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref() == Some(name))?
-                    .container_port,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => {
+                    c.ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(name))?
+                        .container_port
+                }
             };
             let p = m.port(port, own_offset)?;
             Some(format!(

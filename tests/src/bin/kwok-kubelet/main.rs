@@ -211,8 +211,16 @@ async fn main() -> Result<()> {
                 .and_then(|q| q.metadata.deletion_grace_period_seconds)
                 .unwrap_or(10)
                 .max(0) as u64;
-            eprintln!("kwok-kubelet: stopping {}/{} (its pod is gone)", p.ns, p.name);
-            stopping.push(terminate(p.child, format!("{}/{}", p.ns, p.name), p.slots, grace));
+            eprintln!(
+                "kwok-kubelet: stopping {}/{} (its pod is gone)",
+                p.ns, p.name
+            );
+            stopping.push(terminate(
+                p.child,
+                format!("{}/{}", p.ns, p.name),
+                p.slots,
+                grace,
+            ));
         }
         stopping.retain_mut(|s| match s.child.try_wait() {
             Ok(Some(status)) => {
@@ -232,7 +240,10 @@ async fn main() -> Result<()> {
             .iter_mut()
             .filter_map(|(uid, p)| {
                 let status = p.child.try_wait().ok().flatten()?;
-                eprintln!("kwok-kubelet: {}/{} exited ({status}); restarting", p.ns, p.name);
+                eprintln!(
+                    "kwok-kubelet: {}/{} exited ({status}); restarting",
+                    p.ns, p.name
+                );
                 Some(uid.clone())
             })
             .collect();
@@ -357,7 +368,12 @@ async fn main() -> Result<()> {
 
     eprintln!("kwok-kubelet: stopping every process");
     for (_, p) in std::mem::take(&mut procs) {
-        stopping.push(terminate(p.child, format!("{}/{}", p.ns, p.name), p.slots, 10));
+        stopping.push(terminate(
+            p.child,
+            format!("{}/{}", p.ns, p.name),
+            p.slots,
+            10,
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for mut s in stopping {
