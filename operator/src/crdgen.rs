@@ -100,11 +100,11 @@ mod tests {
     #[test]
     fn yaml11_booleans_are_quoted_where_they_stand_alone() {
         let yaml =
-            "n:\n  default:\n    n: 3\n  required:\n  - n\n  - r\n  x: no\n  d: 'n: x'\n- - y\n";
+            "n:\n  default:\n    n: 3\n  required:\n  - n\n  - r\n  x: no\n  d: 'n: x'\n  z:\n  - - y\n";
         let q = quote_yaml11_booleans(yaml);
         assert_eq!(
             q,
-            "\"n\":\n  default:\n    \"n\": 3\n  required:\n  - \"n\"\n  - r\n  x: \"no\"\n  d: 'n: x'\n- - \"y\"\n"
+            "\"n\":\n  default:\n    \"n\": 3\n  required:\n  - \"n\"\n  - r\n  x: \"no\"\n  d: 'n: x'\n  z:\n  - - \"y\"\n"
         );
         let a: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
         let b: serde_yaml::Value = serde_yaml::from_str(&q).unwrap();

@@ -6,7 +6,8 @@
 //! to the pod for the operator. It reports each process's readiness probe as the pod's
 //! Ready condition, restarts a process that exits while its pod runs, and stops it
 //! (SIGTERM, then SIGKILL after the pod's grace period, at most 10 s) when its pod is
-//! deleted. On SIGTERM or SIGINT it stops every process it started, then exits.
+//! deleted. On SIGTERM or SIGINT it stops every process it started, then exits; if it is
+//! killed, the kernel kills them (parent-death signal).
 //!
 //! Polls the pods of its Node every 300 ms: simple, and fast enough for tests.
 
@@ -301,7 +302,16 @@ async fn main() -> Result<()> {
                 .create(true)
                 .append(true)
                 .open(&log)?;
-            let child = Command::new(&l.program)
+            let mut cmd = Command::new(&l.program);
+            // SAFETY: prctl(2) only, between fork and exec: the process is killed if this
+            // one dies (even by SIGKILL), so no pod process outlives the suite.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let child = cmd
                 .args(&l.args)
                 .env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
