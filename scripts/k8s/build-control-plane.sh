@@ -11,7 +11,9 @@
 # into $DYNAMO_K8S_CACHE/bin/<stamp>/ (default cache /var/tmp/dynamo-k8s, which also holds
 # GOMODCACHE and GOCACHE). Prints the directory holding the binaries on its last line.
 # A build already in the cache is reused as is; a cold build is timed and reported.
-# Installs what it needs on a fresh Debian machine (as root): Go, openssl.
+# Installs what it needs on a fresh Debian machine (as root): openssl, git, and Go: the
+# system Go if it is 1.26 or newer, else Go 1.27.3 from the module proxy (also forced by
+# DYNAMO_K8S_FETCH_GO=1).
 set -euo pipefail
 
 K8S_VERSION=1.35.4       # kube-apiserver, -controller-manager, -scheduler (staging v0.35.4)
@@ -48,11 +50,20 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq >&2
   apt-get install -y -qq "${need_apt[@]}" >&2
 fi
-# The modules need Go >= 1.26; an older go command fetches that toolchain as a module.
+# The modules need Go >= 1.26. An older go command (Debian's is 1.19, too old even to
+# switch toolchains itself) fetches Go 1.27.3 as the module golang.org/toolchain from the
+# module proxy, the one way to get a newer Go on these machines.
 go_minor="$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')"
-if [ "$go_minor" -lt 26 ]; then
-  export GOTOOLCHAIN=go1.27.3
-  log "system Go is $(go env GOVERSION); using toolchain $GOTOOLCHAIN"
+if [ "$go_minor" -lt 26 ] || [ -n "${DYNAMO_K8S_FETCH_GO:-}" ]; then
+  log "system Go is $(go env GOVERSION); fetching go1.27.3 from the module proxy"
+  toolchain="$(GOMODCACHE="$CACHE/gomod" GOFLAGS= GOTOOLCHAIN=local \
+    go mod download -json golang.org/toolchain@v0.0.1-go1.27.3.linux-amd64 |
+    sed -nE 's/^\s*"Dir": "(.*)",?$/\1/p')"
+  # The module's files come without exec bits (the go command sets them when it switches).
+  chmod -R u+w "$toolchain"
+  find "$toolchain/bin" "$toolchain/pkg/tool" -type f -exec chmod +x {} +
+  export PATH="$toolchain/bin:$PATH" GOTOOLCHAIN=local
+  log "using $(go env GOVERSION)"
 fi
 
 export GOMODCACHE="$CACHE/gomod" GOCACHE="$CACHE/gocache" GOFLAGS=-mod=mod CGO_ENABLED=0
