@@ -44,6 +44,7 @@ need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v go >/dev/null || need_apt+=(golang-go)
 command -v git >/dev/null || need_apt+=(git)
+command -v curl >/dev/null || need_apt+=(curl)   # control-plane.sh polls health with it
 if [ "${#need_apt[@]}" -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
