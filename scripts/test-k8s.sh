@@ -180,7 +180,8 @@ sleep 3
 
 must "kubectl scale dynamocluster/demo --replicas=5 goes through /scale" \
   k scale dynamocluster/demo --replicas=5
-check "the scale set spec.replicas" wait_until 10 test "$(jp dyn/demo '{.spec.replicas}')" = 5
+replicas_are() { [ "$(jp dyn/demo '{.spec.replicas}')" = "$1" ]; }
+check "the scale set spec.replicas" wait_until 10 replicas_are 5
 partitions_of() { jp dyn/demo "{.status.partitionsPerNode.$1}"; }
 moved_to_new_nodes() {
   local p3 p4; p3="$(partitions_of demo-3)" p4="$(partitions_of demo-4)"
