@@ -4,7 +4,8 @@
 //! with the arguments, environment, ConfigMap files and claims its spec gives it, every
 //! address mapped to a loopback port (see `launch.rs`), and a ServiceAccount token bound
 //! to the pod for the operator. It reports each process's readiness probe as the pod's
-//! Ready condition, restarts a process that exits while its pod runs, and stops it
+//! Ready condition, restarts a process that exits while its pod runs (after its restart
+//! count in seconds, at most 10), and stops it
 //! (SIGTERM, then SIGKILL after the pod's grace period, at most 10 s) when its pod is
 //! deleted. On SIGTERM or SIGINT it stops every process it started, then exits; if it is
 //! killed, the kernel kills them (parent-death signal).
@@ -174,7 +175,7 @@ async fn main() -> Result<()> {
     let mut procs: BTreeMap<String, Proc> = BTreeMap::new(); // by pod UID
     let mut stopping: Vec<Stopping> = vec![];
     let mut failed_launch: BTreeMap<String, String> = BTreeMap::new();
-    let mut restarts: BTreeMap<String, u32> = BTreeMap::new(); // by pod UID
+    let mut restarts: BTreeMap<String, (u32, Instant)> = BTreeMap::new(); // by pod UID
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let lp = ListParams::default().fields(&format!("spec.nodeName={}", args.node));
     eprintln!("kwok-kubelet: running the pods of node {}", args.node);
@@ -250,7 +251,8 @@ async fn main() -> Result<()> {
             .collect();
         for uid in exited {
             procs.remove(&uid);
-            *restarts.entry(uid).or_default() += 1;
+            let r = restarts.entry(uid).or_insert((0, Instant::now()));
+            *r = (r.0 + 1, Instant::now());
         }
         restarts.retain(|uid, _| wanted.contains_key(uid));
 
@@ -263,6 +265,13 @@ async fn main() -> Result<()> {
         for (uid, pod) in &wanted {
             if procs.contains_key(uid) {
                 continue;
+            }
+            // Back off like a kubelet: a process that keeps exiting waits its restart
+            // count in seconds (at most 10) before the next start.
+            if let Some((n, at)) = restarts.get(uid) {
+                if at.elapsed() < Duration::from_secs(u64::from(*n).min(10)) {
+                    continue;
+                }
             }
             let kind = pod_kind(pod).expect("filtered");
             let slot = (0..64)
@@ -327,7 +336,7 @@ async fn main() -> Result<()> {
                         "kwok-kubelet: started {ns}/{} (pid {}, restarts {}): {} {}",
                         pod.name_any(),
                         child.id().unwrap_or(0),
-                        restarts.get(uid).copied().unwrap_or(0),
+                        restarts.get(uid).map_or(0, |r| r.0),
                         l.program.display(),
                         l.args.join(" ")
                     );
