@@ -5,7 +5,7 @@ CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
 NODES ?= 3
 
-.PHONY: setup build cluster test test-rust test-chart lint generate bench
+.PHONY: setup build cluster test test-rust test-chart test-k8s lint generate bench
 
 setup:
 	@scripts/setup.sh
@@ -17,8 +17,10 @@ build: setup
 cluster: build
 	$(CARGO_TARGET_DIR)/release/dynamoctl cluster --nodes $(NODES)
 
-## Every test: Rust unit, property and process tests, then the Helm chart checks.
-test: setup test-rust test-chart
+## Every test: Rust unit, property and process tests, the Helm chart checks, then the
+## operator and chart against a real Kubernetes control plane (built once from source into
+## $${DYNAMO_K8S_CACHE:-/var/tmp/dynamo-k8s}, reused after).
+test: setup test-rust test-chart test-k8s
 
 # Always the whole workspace: a different package selection can unify features differently
 # and rebuild RocksDB from scratch.
@@ -27,6 +29,9 @@ test-rust:
 
 test-chart:
 	scripts/test-chart.sh
+
+test-k8s:
+	scripts/test-k8s.sh
 
 lint: setup
 	cargo fmt --all -- --check

@@ -130,5 +130,14 @@ for f in "$OUT"/rendered-*.yaml examples/*.yaml operator/tests/snapshots/*.yaml;
 done
 check_fails "an invalid DynamoCluster is rejected by the CRD schema" "$PY" "$OUT/validate.py" "$OUT/bad-cluster.yaml"
 
+# kubectl and Helm read YAML 1.1, where a bare y/n/yes/no/on/off is a boolean: a key
+# `n:` (replication.n) arrives as "false". Every manifest must quote such words. (The
+# operator snapshots are not read by kubectl: the operator sends JSON.)
+bare_yaml11_booleans() {
+  ! grep -nEH '^[[:space:]-]*(y|Y|n|N|yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)(:([[:space:]]|$)|[[:space:]]*$)' \
+    examples/*.yaml crds/*.yaml "$CHART"/templates/*.yaml
+}
+check "no bare YAML 1.1 boolean word as a key or item in examples, CRD and chart" bare_yaml11_booleans
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,5 +1,13 @@
-//! The operator's own HTTP endpoints: `/healthz` (liveness), `/readyz` (ready once this
-//! replica leads and its controller runs) and `/metrics` (Prometheus).
+//! The operator's own HTTP endpoints: `/healthz` (liveness), `/readyz` and `/metrics`
+//! (Prometheus).
+//!
+//! `/readyz` is ready once the process is up (its API client made, the endpoints served),
+//! whether it leads or stands by; its body says which. Readiness must not wait for the
+//! Lease: a Deployment counts only ready pods as available, so a standby that is never
+//! ready keeps a two-replica Deployment unavailable (`helm install --wait` and
+//! `kubectl rollout status` never finish), and a rolling update (one surge pod, none
+//! unavailable) wedges: the new pod waits for the Lease the old pod holds, and the old pod
+//! is removed only once the new one is ready. Found against a real API server.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,7 +22,10 @@ use crate::metrics::Metrics;
 /// What the endpoints report.
 #[derive(Clone)]
 pub struct Health {
+    /// The process is up.
     pub ready: Arc<AtomicBool>,
+    /// This replica holds the Lease (or runs without leader election).
+    pub leading: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -25,10 +36,13 @@ pub fn router(health: Health) -> Router {
         .route(
             "/readyz",
             get(|State(h): State<Health>| async move {
-                if h.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not leading yet")
+                match (
+                    h.ready.load(Ordering::Relaxed),
+                    h.leading.load(Ordering::Relaxed),
+                ) {
+                    (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
+                    (true, true) => (StatusCode::OK, "ready: leading"),
+                    (true, false) => (StatusCode::OK, "ready: standing by for the lease"),
                 }
             }),
         )
@@ -60,9 +74,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readiness_follows_leadership_and_metrics_are_served() {
+    async fn ready_once_up_whether_leading_or_standing_by() {
         let health = Health {
             ready: Arc::default(),
+            leading: Arc::default(),
             metrics: Arc::new(Metrics::default()),
         };
         assert_eq!(
@@ -74,10 +89,13 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         health.ready.store(true, Ordering::Relaxed);
-        assert_eq!(
-            get(router(health.clone()), "/readyz").await.0,
-            StatusCode::OK
-        );
+        let (code, text) = get(router(health.clone()), "/readyz").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(text.contains("standing by"), "{text}");
+        health.leading.store(true, Ordering::Relaxed);
+        let (code, text) = get(router(health.clone()), "/readyz").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(text.contains("leading"), "{text}");
         let (code, text) = get(router(health), "/metrics").await;
         assert_eq!(code, StatusCode::OK);
         assert!(text.contains("dynamo_operator_reconciles_total"), "{text}");

@@ -17,6 +17,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 
 use dynamo_operator::crd::DynamoCluster;
+use dynamo_operator::desired::PeerAddressing;
 use dynamo_operator::http::{router, Health};
 use dynamo_operator::leader::LeaseLock;
 use dynamo_operator::metrics::Metrics;
@@ -47,6 +48,16 @@ struct Args {
     /// This replica's identity (the pod name).
     #[arg(long, env = "POD_NAME", default_value = "dynamo-operator")]
     identity: String,
+    /// How the operator and the partition maps address the nodes: `cluster-dns` (the pods'
+    /// names through the headless Service, what runs on Kubernetes) or
+    /// `host-ports=HOST:BASE_PORT` (ordinal i at HOST:BASE_PORT+i: only for tests and local
+    /// stand-ins whose node processes run on one host instead of in pods).
+    #[arg(
+        long,
+        env = "DYNAMO_OPERATOR_PEER_ADDRESSING",
+        default_value = "cluster-dns"
+    )]
+    peer_addressing: PeerAddressing,
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "DYNAMO_OPERATOR_LOG", default_value = "info")]
     log: String,
@@ -85,13 +96,17 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let leading = Arc::new(AtomicBool::new(false));
 
     let listener = tokio::net::TcpListener::bind(&args.http_listen).await?;
     let app = router(Health {
         ready: ready.clone(),
+        leading: leading.clone(),
         metrics: metrics.clone(),
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
+    // Ready as soon as it serves, standby or not (see `http`).
+    ready.store(true, Ordering::Relaxed);
 
     let lock = LeaseLock {
         api: Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
@@ -112,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         admin: AdminSource::Nodes {
             channels: Default::default(),
             addressing: Default::default(),
+            peers: args.peer_addressing.clone(),
         },
     });
     let ns = &args.watch_namespace;
@@ -136,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::debug!("reconcile: {e}");
         }
     });
-    ready.store(true, Ordering::Relaxed);
+    leading.store(true, Ordering::Relaxed);
     if args.leader_election {
         tokio::select! {
             _ = controller => {}

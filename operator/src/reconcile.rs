@@ -24,7 +24,7 @@ use crate::admin::memory::MemoryAdmin;
 use crate::admin::nodes::{Channels, NodeAdmin, PodAddresses, PodAddressing};
 use crate::admin::ClusterAdmin;
 use crate::crd::DynamoCluster;
-use crate::desired::{self, selector_string, Names, MANAGER};
+use crate::desired::{self, selector_string, Names, PeerAddressing, MANAGER};
 use crate::kube_workloads::{api_error, KubeWorkloads};
 use crate::metrics::Metrics;
 use crate::orchestrate::{self, EventType, OrchestrateError, Workloads};
@@ -43,6 +43,9 @@ pub enum AdminSource {
     Nodes {
         channels: Channels,
         addressing: PodAddressing,
+        /// The member addresses maps are planned with (and, through [`Names`], what
+        /// `addressing` resolves by default): cluster DNS in Kubernetes.
+        peers: PeerAddressing,
     },
     /// The in-memory model of the nodes (tests and simulations).
     Memory(MemoryAdmin),
@@ -135,14 +138,16 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Requeue, Error> {
         AdminSource::Nodes {
             channels,
             addressing,
+            peers,
         } => {
-            let names = Names::of(dc);
+            let names = Names::of(dc).with_addressing(peers.clone());
             let pods = PodAddresses::new(ctx.client.clone(), &names, addressing.clone());
             let admin = NodeAdmin::new(pods, channels.clone());
-            reconcile_cluster(dc, &intent, &workloads, &admin, ctx.client.clone()).await
+            reconcile_cluster(dc, &names, &intent, &workloads, &admin, ctx.client.clone()).await
         }
         AdminSource::Memory(admin) => {
-            reconcile_cluster(dc, &intent, &workloads, admin, ctx.client.clone()).await
+            let names = Names::of(dc);
+            reconcile_cluster(dc, &names, &intent, &workloads, admin, ctx.client.clone()).await
         }
     }
 }
@@ -156,14 +161,16 @@ fn base_inputs(dc: &DynamoCluster) -> StatusInputs {
 }
 
 /// One reconcile of a valid cluster against any admin side.
+///
+/// `names` are the cluster's, with the addressing the partition maps' members get.
 pub async fn reconcile_cluster<A: ClusterAdmin>(
     dc: &DynamoCluster,
+    names: &Names,
     intent: &Intent,
     w: &KubeWorkloads,
     admin: &A,
     client: kube::Client,
 ) -> Result<Requeue, Error> {
-    let names = Names::of(dc);
     let d = desired::build(dc, 0);
     let ns = &names.namespace;
     ensure_secret(&Api::<Secret>::namespaced(client.clone(), ns), dc).await?;
@@ -184,7 +191,7 @@ pub async fn reconcile_cluster<A: ClusterAdmin>(
     .await?;
     apply_object(&Api::<PodDisruptionBudget>::namespaced(client, ns), &d.pdb).await?;
 
-    let (observed, decision) = match orchestrate::step(w, admin, &names, intent).await {
+    let (observed, decision) = match orchestrate::step(w, admin, names, intent).await {
         Ok(done) => done,
         Err(e @ OrchestrateError::Admin(_)) => {
             // No node answers (all down: a bad image, say): still roll the pod template at

@@ -72,6 +72,7 @@ async fn env_over_grpc() -> Env {
     let admin = AdminSource::Nodes {
         channels: Default::default(),
         addressing: PodAddressing::new(move |_, o| addrs[o as usize].clone()),
+        peers: Default::default(),
     };
     let mut e = env_with(admin, memory);
     e.nodes = Some(nodes);

@@ -47,6 +47,26 @@ pub enum PeerAddressing {
     HostPorts { host: String, base_port: u16 },
 }
 
+/// `cluster-dns`, or `host-ports=HOST:BASE_PORT` (the operator's `--peer-addressing`).
+impl std::str::FromStr for PeerAddressing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "cluster-dns" {
+            return Ok(Self::ClusterDns);
+        }
+        let bad = || format!("{s:?}: expected cluster-dns or host-ports=HOST:BASE_PORT");
+        let hp = s.strip_prefix("host-ports=").ok_or_else(bad)?;
+        let (host, port) = hp.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self::HostPorts {
+            host: host.into(),
+            base_port: port.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// Names of the objects owned by one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
@@ -222,6 +242,28 @@ mod tests {
         });
         assert_eq!(local.peer_addr(2), "127.0.0.1:7302");
         assert_eq!(local.seed_addr(), "127.0.0.1:7300");
+    }
+
+    #[test]
+    fn peer_addressing_parses_from_the_flag() {
+        assert_eq!("cluster-dns".parse(), Ok(PeerAddressing::ClusterDns));
+        assert_eq!(
+            "host-ports=127.0.0.1:7300".parse(),
+            Ok(PeerAddressing::HostPorts {
+                host: "127.0.0.1".into(),
+                base_port: 7300
+            })
+        );
+        for bad in [
+            "",
+            "host-ports=",
+            "host-ports=:7300",
+            "host-ports=h:x",
+            "dns",
+            "host-ports=h",
+        ] {
+            assert!(bad.parse::<PeerAddressing>().is_err(), "{bad:?}");
+        }
     }
 }
 
