@@ -80,6 +80,11 @@ impl Tree {
         self.depth
     }
 
+    /// Makes every hash 0 again (the tree of an empty partition).
+    pub fn clear(&mut self) {
+        self.levels.iter_mut().for_each(|level| level.fill(0));
+    }
+
     /// Number of leaves.
     pub fn leaves(&self) -> usize {
         self.levels[self.depth as usize].len()

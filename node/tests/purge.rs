@@ -163,6 +163,17 @@ async fn a_fallback_drops_its_copy_once_the_replicas_hold_it() {
         .put(Request::new(req))
         .await;
     assert!(nodes[3].store.read_raw(key.as_bytes()).unwrap().is_some());
+    // The put returned at its one acknowledgement; the hints for the replicas may still
+    // be on their way to the store.
+    let hinted = || -> usize {
+        let summary = nodes[3].store.hint_summary().unwrap();
+        summary.iter().map(|(_, n, _)| *n as usize).sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hinted() < replicas.len() {
+        assert!(std::time::Instant::now() < deadline, "hints never stored");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     for r in &replicas {
         back(&net, r);
     }

@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use dynamo_core::codec::{decode_set, encode_set};
 use dynamo_core::ring::partition_of;
-use dynamo_core::{Actor, CausalContext, SiblingSet};
+use dynamo_core::{Actor, CausalContext, PartitionId, SiblingSet};
 
 use super::cache::SetCache;
 use super::trees::Toggle;
 use crate::dots::EpochRecord;
-use crate::storage::keys::{data_key, hint_key};
+use crate::storage::keys::{data_key, hint_key, partition_range};
 use crate::storage::{Batch, Cf, Engine, Op, StorageError};
 
 /// A change to the store, applied by the writer thread.
@@ -44,6 +44,10 @@ pub(super) enum Mutation {
         key: Bytes,
         raw: Vec<u8>,
     },
+    /// Drops every key of a partition with its epoch records: two range deletes. The
+    /// writer applies it in a group of its own, so no other mutation of the group reads
+    /// around it.
+    DropPartition(PartitionId),
     /// Several mutations answered together (stops at the first error; the earlier ones
     /// stay staged).
     All(Vec<Mutation>),
@@ -56,6 +60,11 @@ impl Mutation {
             Mutation::All(ms) => ms.len().max(1),
             _ => 1,
         }
+    }
+
+    /// Whether the writer must apply this mutation in a group of its own.
+    pub(super) fn is_alone(&self) -> bool {
+        matches!(self, Mutation::DropPartition(_))
     }
 }
 
@@ -99,6 +108,8 @@ pub(super) struct Overlay {
     hints: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// What the batch does to the Merkle trees, once written.
     pub(super) toggles: Vec<Toggle>,
+    /// Partitions the batch empties (their trees are reset before `toggles` apply).
+    pub(super) emptied: Vec<PartitionId>,
 }
 
 pub(super) fn apply(
@@ -165,6 +176,13 @@ pub(super) fn apply(
             let raw = encode_hint(created, &joined);
             batch.put(Cf::Hints, hk.clone(), raw.clone());
             overlay.hints.insert(hk, Some(raw));
+            Ok(Outcome::Done)
+        }
+        Mutation::DropPartition(p) => {
+            let (from, to) = partition_range(p);
+            batch.delete_range(Cf::Data, from.clone(), to.clone());
+            batch.delete_range(Cf::Epochs, from, to);
+            overlay.emptied.push(p);
             Ok(Outcome::Done)
         }
         Mutation::All(ms) => {

@@ -88,10 +88,11 @@ pub(super) fn writer(
     let mut carried = None;
     while let Some(first) = carried.take().or_else(|| rx.recv().ok()) {
         let mut weight = first.mutation.weight();
+        let alone = first.mutation.is_alone();
         let mut group = vec![first];
-        while weight < MAX_GROUP {
+        while weight < MAX_GROUP && !alone {
             match rx.try_recv() {
-                Ok(r) if weight + r.mutation.weight() > MAX_GROUP => {
+                Ok(r) if r.mutation.is_alone() || weight + r.mutation.weight() > MAX_GROUP => {
                     carried = Some(r);
                     break;
                 }
@@ -136,6 +137,9 @@ pub(super) fn writer(
             continue;
         }
         cache.written(batch);
+        for &p in &overlay.emptied {
+            trees.reset(p);
+        }
         trees.apply(&overlay.toggles);
         drop(holds);
         let unsynced: Unsynced = outcomes

@@ -423,6 +423,13 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Drops this node's copies of every key of partition `p`, with their epoch records
+    /// (the next write of such a key here mints a new epoch), in one atomic batch of two
+    /// range deletes applied between the writer's other groups.
+    pub async fn drop_partition(&self, p: PartitionId) -> Result<(), StorageError> {
+        self.submit(Mutation::DropPartition(p)).await.map(|_| ())
+    }
+
     /// Drops this node's copy of `key` and its epoch record (the next write of the key
     /// here mints a new epoch).
     pub async fn forget(&self, key: Bytes) -> Result<(), StorageError> {
@@ -947,5 +954,64 @@ mod tests {
         assert_eq!(s.hint_summary().unwrap(), vec![("t".to_owned(), 1, 5)]);
         s.clear_hint(&now[0]).await.unwrap();
         assert!(s.hints_for("t", 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropping_a_partition_empties_it_alone_between_the_writes_around_it() {
+        let s = store();
+        let keys: Vec<String> = (0..400).map(|i| format!("key{i}")).collect();
+        let p = partition_of(keys[0].as_bytes(), 16);
+        let in_p = |k: &String| partition_of(k.as_bytes(), 16) == p;
+        let mut queued = Vec::new();
+        for k in &keys {
+            let record = EpochRecord {
+                incarnation: 1,
+                epoch: 7,
+            };
+            let mut set = SiblingSet::new();
+            set.update(&CausalContext::new(), &Actor::new("x", 1), value(k))
+                .unwrap();
+            // Queued in order without waiting: the drop lands among pending writes.
+            queued.push(
+                s.merge(Bytes::from(k.clone()), set, Some(record), None)
+                    .unwrap(),
+            );
+        }
+        let late = keys.iter().find(|k| in_p(k)).unwrap().clone();
+        let dropped = s.drop_partition(p);
+        let again = blind(&s, &late, "after");
+        let (dropped, again) = tokio::join!(dropped, again);
+        dropped.unwrap();
+        again.durable().await.unwrap();
+        for q in queued {
+            q.await.unwrap();
+        }
+
+        for k in &keys {
+            let (set, epoch) = (
+                s.read(k.as_bytes()).unwrap(),
+                s.epoch_of(k.as_bytes()).unwrap(),
+            );
+            if *k == late {
+                let values: Vec<_> = set.values().cloned().collect();
+                assert_eq!(
+                    values,
+                    ["after"],
+                    "a write queued after the drop is kept alone"
+                );
+                assert_eq!(epoch, None, "its epoch record went with the partition");
+            } else if in_p(k) {
+                assert!(set.is_empty(), "{k} of the dropped partition is gone");
+                assert!(in_engine(&**s.engine(), k.as_bytes()).is_empty());
+                assert_eq!(epoch, None);
+            } else {
+                assert_eq!(set.values().count(), 1, "{k} of another partition stays");
+                assert!(epoch.is_some());
+            }
+        }
+        let rebuilt = trees::Trees::build(&**s.engine(), 16).unwrap();
+        for q in 0..16 {
+            assert_eq!(s.trees().tree(q), rebuilt.tree(q), "partition {q}'s tree");
+        }
     }
 }

@@ -76,6 +76,13 @@ impl Trees {
         }
     }
 
+    /// Empties partition `p`'s tree (the writer has dropped the partition's keys).
+    pub(super) fn reset(&self, p: PartitionId) {
+        if let Some(tree) = self.trees.get(p as usize) {
+            tree.lock().clear();
+        }
+    }
+
     /// Partition `p`'s tree as it is now.
     pub fn tree(&self, p: PartitionId) -> Option<Tree> {
         Some(self.trees.get(p as usize)?.lock().clone())
