@@ -211,6 +211,7 @@ pub async fn write(
     let mut replicas_pending = true;
     while !quorum.reached() && (local_pending || replicas_pending) {
         tokio::select! {
+            biased;
             durable = &mut local, if local_pending => {
                 local_pending = false;
                 match durable {

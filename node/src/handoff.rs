@@ -24,6 +24,7 @@ const BATCH: usize = 128;
 pub async fn run(node: Arc<Node>) {
     loop {
         tokio::select! {
+            biased;
             _ = node.handoff_wakeup.notified() => {}
             _ = tokio::time::sleep(PERIOD) => {}
         }

@@ -127,7 +127,7 @@ pub fn mark_clean_shutdown(engine: &dyn Engine, next_epoch: u64) -> Result<(), S
 /// A random incarnation different from `previous` and from 0.
 fn fresh_incarnation(previous: u64) -> u64 {
     loop {
-        let inc: u64 = rand::random::<u64>() >> 1;
+        let inc: u64 = crate::determinism::random_u64() >> 1;
         if inc != 0 && inc != previous {
             return inc;
         }

@@ -28,6 +28,7 @@ pub mod change;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
+pub mod determinism;
 pub mod dots;
 pub mod error;
 pub mod failure_detection;

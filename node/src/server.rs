@@ -129,6 +129,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         );
     }
     let has_map = tokio::select! {
+        biased;
         _ = node.has_map() => true,
         _ = shutdown_signal() => false,
     };
@@ -278,11 +279,12 @@ async fn periodic_sync(node: Arc<Node>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
+            biased;
             _ = tick.tick() => {}
             _ = &mut stopping => return,
         }
         let engine = node.store.engine().clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || engine.sync()).await {
+        if let Ok(Err(e)) = crate::determinism::blocking(move || engine.sync()).await {
             tracing::error!(error = %e, "periodic WAL sync failed");
         }
     }
@@ -292,6 +294,7 @@ async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
+        biased;
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }

@@ -120,7 +120,7 @@ pub async fn finish(
     let engine = node.store.engine().clone();
     // Read after the close: an epoch minted since cannot be in any write.
     let next_epoch = node.epochs.next();
-    tokio::task::spawn_blocking(move || identity::mark_clean_shutdown(&*engine, next_epoch))
+    crate::determinism::blocking(move || identity::mark_clean_shutdown(&*engine, next_epoch))
         .await
         .map_err(|_| StorageError::Engine("marking the clean shutdown panicked".into()))??;
     Ok(())

@@ -150,7 +150,7 @@ async fn partition(
     let leaves: BTreeSet<usize> = frontier.iter().map(|&l| l as usize).collect();
     let store_node = node.clone();
     let mine_items: BTreeMap<Bytes, u64> =
-        tokio::task::spawn_blocking(move || store_node.store.leaf_items(p, &leaves))
+        crate::determinism::blocking(move || store_node.store.leaf_items(p, &leaves))
             .await
             .map_err(|e| PeerError::Corrupt(format!("leaf scan panicked: {e}")))?
             .map_err(|e| PeerError::Status(tonic::Status::internal(e.to_string())))?

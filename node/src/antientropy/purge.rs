@@ -138,7 +138,7 @@ async fn purge_partition(
     report: &mut PurgeReport,
 ) -> Result<(), String> {
     let scan = node.clone();
-    let found = tokio::task::spawn_blocking(move || tombstoned(&scan, p))
+    let found = crate::determinism::blocking(move || tombstoned(&scan, p))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -280,7 +280,7 @@ async fn clean_partition(
     report: &mut PurgeReport,
 ) -> Result<(), String> {
     let scan = node.clone();
-    let held: Vec<(Bytes, Bytes)> = tokio::task::spawn_blocking(move || {
+    let held: Vec<(Bytes, Bytes)> = crate::determinism::blocking(move || {
         let mut out = Vec::new();
         for_each_in_partition(&**scan.store.engine(), p, |dk, set| {
             if out.len() < MAX_PER_PARTITION {

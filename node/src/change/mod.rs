@@ -296,6 +296,7 @@ pub async fn run(node: Arc<Node>) {
         transfer::step(&node).await;
         cleanup::step(&node).await;
         tokio::select! {
+            biased;
             _ = changed => {}
             _ = tokio::time::sleep(PERIOD) => {}
         }

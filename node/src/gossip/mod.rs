@@ -32,6 +32,7 @@ use dynamo_core::map_state::MapState;
 use dynamo_proto::maps;
 use dynamo_proto::v1::{GossipRequest, GossipResponse};
 use parking_lot::Mutex;
+use rand::SeedableRng;
 
 use crate::failure_detection::Verdict;
 use crate::network::{PeerError, Transport};
@@ -242,7 +243,7 @@ pub async fn round(node: &Node, first: bool) {
             &node.gossip.seeds,
             node.gossip.fanout,
             first,
-            &mut rand::rng(),
+            &mut rand::rngs::StdRng::seed_from_u64(crate::determinism::random_u64()),
         )
     };
     let exchanges = chosen.iter().map(|p| async move {
@@ -269,6 +270,7 @@ pub async fn run(node: Arc<Node>) {
     let mut first = true;
     loop {
         tokio::select! {
+            biased;
             _ = &mut stopping => return,
             _ = rounds.tick() => {
                 // A round runs beside the refreshes: a slow peer must not stall verdicts.

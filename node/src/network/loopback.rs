@@ -35,6 +35,28 @@ pub struct LoopbackNet {
     cut: Mutex<HashSet<(String, String)>>,
     /// How long every call takes to reach its node.
     latency: Mutex<Duration>,
+    /// What happens to each call, if a simulation decides it (see [`Faults`]).
+    faults: Mutex<Option<Arc<dyn Faults>>>,
+}
+
+/// What happens to one call from a node to another.
+#[derive(Clone, Debug, Default)]
+pub struct Delivery {
+    /// How long the request takes to arrive.
+    pub delay: Duration,
+    /// The request is lost: the caller waits out its timeout.
+    pub lose_request: bool,
+    /// The call runs, but its reply is lost: the caller waits out its timeout.
+    pub lose_reply: bool,
+    /// The request arrives once more, this long after the first (replica writes only).
+    pub duplicate: Option<Duration>,
+}
+
+/// Decides the fate of every call on a [`LoopbackNet`] (a deterministic simulation's
+/// network: delays, loss, duplication, one-way partitions), and sees each one.
+pub trait Faults: Send + Sync {
+    /// The fate of a call of `method` from node `from` to node `to`.
+    fn deliver(&self, from: &str, to: &str, method: &'static str) -> Delivery;
 }
 
 /// Why a call did not reach its node.
@@ -93,6 +115,18 @@ impl LoopbackNet {
     /// Heals every partition.
     pub fn heal(&self) {
         self.cut.lock().clear();
+    }
+
+    /// Lets `faults` decide the fate of every later call.
+    pub fn set_faults(&self, faults: Arc<dyn Faults>) {
+        *self.faults.lock() = Some(faults);
+    }
+
+    fn delivery(&self, from: &str, to: &str, method: &'static str) -> Delivery {
+        match &*self.faults.lock() {
+            Some(f) => f.deliver(from, to, method),
+            None => Delivery::default(),
+        }
     }
 
     /// Makes every call take `latency` to reach its node (none at first).
@@ -163,13 +197,22 @@ impl LoopbackTransport {
     }
 
     /// The node `to`, or the error a call to it ends with (after `timeout` when the
-    /// call is dropped by a partition).
-    async fn reach(&self, to: &str, timeout: Duration) -> Result<Arc<Node>, PeerError> {
-        let latency = *self.net.latency.lock();
+    /// call is dropped by a partition or lost).
+    async fn reach(
+        &self,
+        to: &str,
+        timeout: Duration,
+        delivery: &Delivery,
+    ) -> Result<Arc<Node>, PeerError> {
+        let latency = *self.net.latency.lock() + delivery.delay;
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
         match self.net.reach(&self.from, to) {
+            Ok(_) if delivery.lose_request => {
+                tokio::time::sleep(timeout).await;
+                Err(PeerError::Timeout(timeout))
+            }
             Ok(node) => Ok(node),
             Err(Unreached::Refused(e)) => Err(e),
             Err(Unreached::Dropped) => {
@@ -177,6 +220,35 @@ impl LoopbackTransport {
                 Err(PeerError::Timeout(timeout))
             }
         }
+    }
+
+    /// Runs `f` on node `to` as a call of `method` would reach it, with the fate the
+    /// network gives the call.
+    async fn call<T, Fut>(
+        &self,
+        to: &str,
+        method: &'static str,
+        timeout: Duration,
+        f: impl FnOnce(Arc<Node>) -> Fut,
+    ) -> Result<T, PeerError>
+    where
+        Fut: std::future::Future<Output = Result<T, PeerError>>,
+    {
+        let delivery = self.net.delivery(&self.from, to, method);
+        let node = self.reach(to, timeout, &delivery).await?;
+        let answer = f(node).await;
+        if delivery.lose_reply {
+            tokio::time::sleep(timeout).await;
+            return Err(PeerError::Timeout(timeout));
+        }
+        answer
+    }
+
+    /// The id of the node at `addr`.
+    fn id_at(&self, addr: &str) -> Result<String, PeerError> {
+        self.net.id_at(addr).ok_or_else(|| {
+            PeerError::Status(tonic::Status::unavailable(format!("nothing at {addr}")))
+        })
     }
 }
 
@@ -191,8 +263,14 @@ fn internal(e: impl std::fmt::Display) -> PeerError {
 #[async_trait]
 impl Transport for LoopbackTransport {
     async fn read(&self, peer: &Member, key: Bytes, timeout: Duration) -> Result<Bytes, PeerError> {
-        let stored = self.reach(&peer.id, timeout).await?.store.read_raw(&key);
-        Ok(stored.map_err(internal)?.unwrap_or_default())
+        self.call(&peer.id, "read", timeout, |node| async move {
+            Ok(node
+                .store
+                .read_raw(&key)
+                .map_err(internal)?
+                .unwrap_or_default())
+        })
+        .await
     }
 
     async fn write(
@@ -201,11 +279,22 @@ impl Transport for LoopbackTransport {
         entries: Vec<WriteEntry>,
         timeout: Duration,
     ) -> Result<(), PeerError> {
-        self.reach(&peer.id, timeout)
-            .await?
-            .accept(entries)
-            .await
-            .map_err(internal)
+        let delivery = self.net.delivery(&self.from, &peer.id, "write");
+        let node = self.reach(&peer.id, timeout, &delivery).await?;
+        if let Some(after) = delivery.duplicate {
+            // The same request arrives again later; joins are idempotent.
+            let (again, twin) = (node.clone(), entries.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = again.accept(twin).await;
+            });
+        }
+        let answer = node.accept(entries).await.map_err(internal);
+        if delivery.lose_reply {
+            tokio::time::sleep(timeout).await;
+            return Err(PeerError::Timeout(timeout));
+        }
+        answer
     }
 
     async fn tree(
@@ -214,11 +303,13 @@ impl Transport for LoopbackTransport {
         query: TreeQuery,
         timeout: Duration,
     ) -> Result<TreeAnswer, PeerError> {
-        let node = self.reach(&peer.id, timeout).await?;
-        tokio::task::spawn_blocking(move || antientropy::answer::answer(&node, query))
-            .await
-            .map_err(internal)?
-            .map_err(internal)
+        self.call(&peer.id, "tree", timeout, |node| async move {
+            crate::determinism::blocking(move || antientropy::answer::answer(&node, query))
+                .await
+                .map_err(internal)?
+                .map_err(internal)
+        })
+        .await
     }
 
     async fn purge(
@@ -229,10 +320,12 @@ impl Transport for LoopbackTransport {
         commit: bool,
         timeout: Duration,
     ) -> Result<Vec<bool>, PeerError> {
-        let node = self.reach(&peer.id, timeout).await?;
-        antientropy::purge::answer(&node, partition, keys, commit)
-            .await
-            .map_err(internal)
+        self.call(&peer.id, "purge", timeout, |node| async move {
+            antientropy::purge::answer(&node, partition, keys, commit)
+                .await
+                .map_err(internal)
+        })
+        .await
     }
 
     async fn gossip(
@@ -241,11 +334,11 @@ impl Transport for LoopbackTransport {
         req: GossipRequest,
         timeout: Duration,
     ) -> Result<GossipResponse, PeerError> {
-        let id = self.net.id_at(addr).ok_or_else(|| {
-            PeerError::Status(tonic::Status::unavailable(format!("nothing at {addr}")))
-        })?;
-        let node = self.reach(&id, timeout).await?;
-        crate::gossip::answer(&node, req).map_err(PeerError::Status)
+        let id = self.id_at(addr)?;
+        self.call(&id, "gossip", timeout, |node| async move {
+            crate::gossip::answer(&node, req).map_err(PeerError::Status)
+        })
+        .await
     }
 
     async fn change(
@@ -254,13 +347,13 @@ impl Transport for LoopbackTransport {
         call: ChangeCall,
         timeout: Duration,
     ) -> Result<ChangeReply, PeerError> {
-        let id = self.net.id_at(addr).ok_or_else(|| {
-            PeerError::Status(tonic::Status::unavailable(format!("nothing at {addr}")))
-        })?;
-        let node = self.reach(&id, timeout).await?;
-        crate::change::answer(&node, call)
-            .await
-            .map_err(|e| PeerError::Status(e.into()))
+        let id = self.id_at(addr)?;
+        self.call(&id, "change", timeout, |node| async move {
+            crate::change::answer(&node, call)
+                .await
+                .map_err(|e| PeerError::Status(e.into()))
+        })
+        .await
     }
 
     async fn fetch(
@@ -269,11 +362,13 @@ impl Transport for LoopbackTransport {
         req: FetchRequest,
         timeout: Duration,
     ) -> Result<FetchResponse, PeerError> {
-        let node = self.reach(&peer.id, timeout).await?;
-        tokio::task::spawn_blocking(move || crate::change::transfer::answer_fetch(&node, req))
-            .await
-            .map_err(internal)?
-            .map_err(|e| PeerError::Status(e.into()))
+        self.call(&peer.id, "fetch", timeout, |node| async move {
+            crate::determinism::blocking(move || crate::change::transfer::answer_fetch(&node, req))
+                .await
+                .map_err(internal)?
+                .map_err(|e| PeerError::Status(e.into()))
+        })
+        .await
     }
 
     async fn forward(
@@ -285,13 +380,19 @@ impl Transport for LoopbackTransport {
         let timed_out = || ForwardError::TimedOut(status(PeerError::Timeout(timeout)));
         // As over gRPC, the timeout covers the trip there: a coordinator that does not
         // answer in time may have seen the request.
+        let delivery = self.net.delivery(&self.from, &peer.id, "forward");
         let call = async {
-            let node = match self.reach(&peer.id, timeout).await {
+            let node = match self.reach(&peer.id, timeout, &delivery).await {
                 Ok(node) => node,
                 Err(PeerError::Timeout(_)) => return Err(timed_out()),
                 Err(e) => return Err(ForwardError::Unreachable(status(e))),
             };
-            coordinate(&node, req).await.map_err(ForwardError::Failed)
+            let answer = coordinate(&node, req).await.map_err(ForwardError::Failed);
+            if delivery.lose_reply {
+                tokio::time::sleep(timeout).await;
+                return Err(timed_out());
+            }
+            answer
         };
         tokio::time::timeout(timeout, call)
             .await

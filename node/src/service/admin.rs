@@ -161,7 +161,7 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let node = self.node.clone();
         // It scans a partition for its estimates.
-        tokio::task::spawn_blocking(move || plan::preview(&node, req))
+        crate::determinism::blocking(move || plan::preview(&node, req))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map(Response::new)

@@ -53,7 +53,7 @@ impl AntiEntropy for AntiEntropyService {
             None => return Err(Status::invalid_argument("tree request without a query")),
         };
         let node = node.clone();
-        let answered = tokio::task::spawn_blocking(move || answer(&node, query))
+        let answered = crate::determinism::blocking(move || answer(&node, query))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let resp = match answered {
@@ -81,7 +81,7 @@ impl AntiEntropy for AntiEntropyService {
         let req = request.into_inner();
         super::check_peer_cluster(&self.node, &req.cluster_id)?;
         let node = self.node.clone();
-        tokio::task::spawn_blocking(move || transfer::answer_fetch(&node, req))
+        crate::determinism::blocking(move || transfer::answer_fetch(&node, req))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map(Response::new)

@@ -75,13 +75,18 @@ pub(super) fn poison_error() -> StorageError {
     )
 }
 
+/// What the writer shares with [`write_group`]: the engine and what it keeps beside it.
+pub(super) struct Writer {
+    pub engine: Arc<dyn Engine>,
+    pub q: u32,
+    pub cache: Arc<SetCache>,
+    pub trees: Arc<Trees>,
+    pub poisoned: Arc<AtomicBool>,
+}
+
 /// The writer thread's loop. It records every set it writes in `cache` before answering.
 pub(super) fn writer(
-    engine: Arc<dyn Engine>,
-    q: u32,
-    cache: &SetCache,
-    trees: &Trees,
-    poisoned: &AtomicBool,
+    w: &Writer,
     rx: mpsc::Receiver<Request>,
     syncer: Option<mpsc::Sender<Unsynced>>,
 ) {
@@ -103,56 +108,9 @@ pub(super) fn writer(
                 Err(_) => break,
             }
         }
-        if poisoned.load(Ordering::Acquire) {
-            for r in group {
-                let _ = r.applied.map(|a| a.send(Err(poison_error())));
-                let _ = r.durable.send(Err(poison_error()));
-            }
+        let Some(unsynced) = write_group(w, group) else {
             continue;
-        }
-        let mut batch = Batch::default();
-        let mut overlay = Overlay::default();
-        let mut outcomes = Vec::with_capacity(group.len());
-        // Released once the group is applied (or has failed), whatever the outcome.
-        let mut holds = Vec::new();
-        for r in group {
-            let result = apply(&*engine, cache, q, r.mutation, &mut batch, &mut overlay);
-            outcomes.push((r.applied, r.durable, result));
-            holds.extend(r.hold);
-        }
-        // Synced by the syncer when there is one; otherwise durable once written.
-        let written = if batch.is_empty() {
-            Ok(())
-        } else {
-            engine.write(&batch, false)
         };
-        if let Err(e) = written {
-            tracing::error!(error = %e, "storage write failed; refusing further writes");
-            poisoned.store(true, Ordering::Release);
-            cache.clear();
-            for (applied, durable, _) in outcomes {
-                let _ = applied.map(|a| a.send(Err(e.clone())));
-                let _ = durable.send(Err(e.clone()));
-            }
-            continue;
-        }
-        cache.written(batch);
-        for &p in &overlay.emptied {
-            trees.reset(p);
-        }
-        trees.apply(&overlay.toggles);
-        drop(holds);
-        let unsynced: Unsynced = outcomes
-            .into_iter()
-            .map(|(applied, durable, result)| match applied {
-                Some(a) => {
-                    let done = result.as_ref().map(|_| Outcome::Done).map_err(Clone::clone);
-                    let _ = a.send(result);
-                    (durable, done)
-                }
-                None => (durable, result),
-            })
-            .collect();
         match &syncer {
             Some(s) => {
                 if let Err(mpsc::SendError(unsynced)) = s.send(unsynced) {
@@ -168,6 +126,104 @@ pub(super) fn writer(
             }
         }
     }
+}
+
+/// The inline writer of a simulation (see [`crate::determinism`]): applies `request` at
+/// once on the caller's thread and, for a synced store, syncs before it answers.
+pub(super) fn write_inline(w: &Writer, request: Request, synced: bool) {
+    let Some(unsynced) = write_group(w, vec![request]) else {
+        return;
+    };
+    let sync = if synced && !unsynced.is_empty() {
+        sync_once(&*w.engine, &w.poisoned)
+    } else {
+        Ok(())
+    };
+    for (durable, result) in unsynced {
+        let _ = durable.send(match &sync {
+            Ok(()) => result,
+            Err(e) => Err(e.clone()),
+        });
+    }
+}
+
+/// Applies `group` as one unsynced engine batch and answers the mutations that asked to
+/// hear when applied. Returns the durable replies still to send, or `None` when the
+/// group failed (or the store is poisoned): every reply is sent then.
+fn write_group(w: &Writer, group: Vec<Request>) -> Option<Unsynced> {
+    if w.poisoned.load(Ordering::Acquire) {
+        for r in group {
+            let _ = r.applied.map(|a| a.send(Err(poison_error())));
+            let _ = r.durable.send(Err(poison_error()));
+        }
+        return None;
+    }
+    let mut batch = Batch::default();
+    let mut overlay = Overlay::default();
+    let mut outcomes = Vec::with_capacity(group.len());
+    // Released once the group is applied (or has failed), whatever the outcome.
+    let mut holds = Vec::new();
+    for r in group {
+        let result = apply(
+            &*w.engine,
+            &w.cache,
+            w.q,
+            r.mutation,
+            &mut batch,
+            &mut overlay,
+        );
+        outcomes.push((r.applied, r.durable, result));
+        holds.extend(r.hold);
+    }
+    // Synced by the syncer when there is one; otherwise durable once written.
+    let written = if batch.is_empty() {
+        Ok(())
+    } else {
+        w.engine.write(&batch, false)
+    };
+    if let Err(e) = written {
+        tracing::error!(error = %e, "storage write failed; refusing further writes");
+        w.poisoned.store(true, Ordering::Release);
+        w.cache.clear();
+        for (applied, durable, _) in outcomes {
+            let _ = applied.map(|a| a.send(Err(e.clone())));
+            let _ = durable.send(Err(e.clone()));
+        }
+        return None;
+    }
+    w.cache.written(batch);
+    for &p in &overlay.emptied {
+        w.trees.reset(p);
+    }
+    w.trees.apply(&overlay.toggles);
+    drop(holds);
+    Some(
+        outcomes
+            .into_iter()
+            .map(|(applied, durable, result)| match applied {
+                Some(a) => {
+                    let done = result.as_ref().map(|_| Outcome::Done).map_err(Clone::clone);
+                    let _ = a.send(result);
+                    (durable, done)
+                }
+                None => (durable, result),
+            })
+            .collect(),
+    )
+}
+
+/// Syncs the WAL, poisoning the store if that fails (or if it already is).
+fn sync_once(engine: &dyn Engine, poisoned: &AtomicBool) -> Result<(), StorageError> {
+    let synced = if poisoned.load(Ordering::Acquire) {
+        Err(poison_error())
+    } else {
+        engine.sync()
+    };
+    if let Err(e) = &synced {
+        tracing::error!(error = %e, "WAL sync failed; refusing further writes");
+        poisoned.store(true, Ordering::Release);
+    }
+    synced
 }
 
 /// The soonest a sync starts after the previous one began, once as many writes are
@@ -242,15 +298,7 @@ pub(super) fn syncer(
             }
         }
         pacer.started(Instant::now(), pending);
-        let synced = if poisoned.load(Ordering::Acquire) {
-            Err(poison_error())
-        } else {
-            engine.sync()
-        };
-        if let Err(e) = &synced {
-            tracing::error!(error = %e, "WAL sync failed; refusing further writes");
-            poisoned.store(true, Ordering::Release);
-        }
+        let synced = sync_once(engine, poisoned);
         for (durable, result) in groups.into_iter().flatten() {
             let _ = durable.send(match &synced {
                 Ok(()) => result,

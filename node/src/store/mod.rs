@@ -124,6 +124,13 @@ pub enum Change {
     Forget { key: Bytes, if_raw: Option<Bytes> },
 }
 
+/// Where the store sends its mutations: the writer thread, or (in a simulation, see
+/// [`crate::determinism`]) the writer run inline by the sender.
+enum Sink {
+    Thread(mpsc::Sender<Request>),
+    Inline(Box<commit::Writer>),
+}
+
 /// Sibling sets and hints of one node.
 pub struct Store {
     engine: Arc<dyn Engine>,
@@ -134,7 +141,7 @@ pub struct Store {
     /// The writer's queue; taken by [`Self::close`], after which mutations are refused.
     /// Every mutation is sent under its read lock, so each one accepted is queued ahead
     /// of the end of the queue, and the writer applies it before it ends.
-    tx: parking_lot::RwLock<Option<mpsc::Sender<Request>>>,
+    tx: parking_lot::RwLock<Option<Sink>>,
     /// The writer and the syncer, joined by [`Self::close`] or the store's drop.
     threads: Arc<Threads>,
     poisoned: Arc<AtomicBool>,
@@ -156,6 +163,39 @@ impl Store {
         Self::open(engine, partitions, Some(window), CACHE_GENERATION_BYTES)
     }
 
+    /// A store whose writer runs inline, on the thread of whoever sends a mutation, and
+    /// syncs each write at once when `sync_writes`: for a deterministic simulation, where
+    /// no other thread may decide the order of events.
+    pub fn inline(engine: Arc<dyn Engine>, partitions: u32, sync_writes: bool) -> Self {
+        let writer = Self::writer(&engine, partitions, CACHE_GENERATION_BYTES);
+        Self {
+            engine,
+            cache: writer.cache.clone(),
+            trees: writer.trees.clone(),
+            partitions,
+            poisoned: writer.poisoned.clone(),
+            tx: parking_lot::RwLock::new(Some(Sink::Inline(Box::new(writer)))),
+            threads: Arc::new(Spawner::new().started()),
+            synced: sync_writes,
+        }
+    }
+
+    /// The writer's state over `engine`, its Merkle trees built by a scan.
+    fn writer(engine: &Arc<dyn Engine>, partitions: u32, cache_budget: usize) -> commit::Writer {
+        // Built before the writer starts: no write changes what the scan sees.
+        let trees = Arc::new(Trees::build(&**engine, partitions).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not build the Merkle trees; anti-entropy will see every key as different");
+            Trees::empty(partitions)
+        }));
+        commit::Writer {
+            engine: engine.clone(),
+            q: partitions,
+            cache: Arc::new(SetCache::new(cache_budget)),
+            trees,
+            poisoned: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     /// Starts the threads. `sync`: the group window when writes are synced; `cache_budget`:
     /// the bytes of one generation of the cache of sets.
     fn open(
@@ -164,14 +204,13 @@ impl Store {
         sync: Option<Duration>,
         cache_budget: usize,
     ) -> Self {
-        let cache = Arc::new(SetCache::new(cache_budget));
-        // Built before the writer starts: no write changes what the scan sees.
-        let trees = Arc::new(Trees::build(&*engine, partitions).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "could not build the Merkle trees; anti-entropy will see every key as different");
-            Trees::empty(partitions)
-        }));
+        let writer_state = Self::writer(&engine, partitions, cache_budget);
+        let (cache, trees, poisoned) = (
+            writer_state.cache.clone(),
+            writer_state.trees.clone(),
+            writer_state.poisoned.clone(),
+        );
         let (tx, rx) = mpsc::channel();
-        let poisoned = Arc::new(AtomicBool::new(false));
         let mut threads = Spawner::new();
         let syncer = sync.map(|window| {
             let (sync_tx, sync_rx) = mpsc::channel();
@@ -181,27 +220,13 @@ impl Store {
             });
             sync_tx
         });
-        let writer_engine = engine.clone();
-        let writer_cache = cache.clone();
-        let writer_trees = trees.clone();
-        let writer_poisoned = poisoned.clone();
-        threads.spawn("store-writer", move || {
-            writer(
-                writer_engine,
-                partitions,
-                &writer_cache,
-                &writer_trees,
-                &writer_poisoned,
-                rx,
-                syncer,
-            )
-        });
+        threads.spawn("store-writer", move || writer(&writer_state, rx, syncer));
         Self {
             engine,
             cache,
             trees,
             partitions,
-            tx: parking_lot::RwLock::new(Some(tx)),
+            tx: parking_lot::RwLock::new(Some(Sink::Thread(tx))),
             threads: Arc::new(threads.started()),
             poisoned,
             synced: sync.is_some(),
@@ -218,7 +243,7 @@ impl Store {
             return Err(commit::poison_error());
         }
         let (engine, poisoned) = (self.engine.clone(), self.poisoned.clone());
-        tokio::task::spawn_blocking(move || {
+        crate::determinism::blocking(move || {
             let synced = engine.sync();
             if let Err(e) = &synced {
                 tracing::error!(error = %e, "WAL sync failed; refusing further writes");
@@ -327,7 +352,13 @@ impl Store {
         let tx = tx.as_ref().ok_or_else(|| {
             StorageError::Engine("the store is closed: the node is stopping".into())
         })?;
-        tx.send(request).map_err(|_| stopped())
+        match tx {
+            Sink::Thread(tx) => tx.send(request).map_err(|_| stopped()),
+            Sink::Inline(w) => {
+                commit::write_inline(w, request, self.synced);
+                Ok(())
+            }
+        }
     }
 
     async fn submit(&self, mutation: Mutation) -> Result<Outcome, StorageError> {
@@ -351,7 +382,7 @@ impl Store {
         // The writer ends once it has drained the queue.
         drop(self.tx.write().take());
         let threads = self.threads.clone();
-        let ended = tokio::task::spawn_blocking(move || threads.wait(Some(deadline.into_std())))
+        let ended = crate::determinism::blocking(move || threads.wait(Some(deadline.into_std())))
             .await
             .unwrap_or(false);
         ended && !self.is_poisoned()

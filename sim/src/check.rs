@@ -1,0 +1,116 @@
+//! The checker: what the clients saw against a final dump of every replica, once every
+//! fault has healed and the cluster has had time to converge.
+//!
+//! - no acknowledged element is lost, and no element appears that no client tried;
+//! - one dot carries the same bytes wherever it is (a reused dot loses a version
+//!   silently on every join);
+//! - every replica of a key holds the same siblings, and the replicas of a partition the
+//!   same Merkle root;
+//! - no hint is left.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::cluster::{Cluster, Q};
+
+/// A replica's siblings of one key: each dot with its value (`None`: a tombstone).
+type Siblings = Vec<(String, Option<bytes::Bytes>)>;
+use crate::workload::History;
+
+/// Every violation found, each a sentence naming what broke.
+pub fn check(cluster: &Cluster, history: &History) -> Vec<String> {
+    let mut violations = Vec::new();
+    let nodes: Vec<_> = cluster.running().map(|p| p.node.clone()).collect();
+    if nodes.len() != cluster.machines.len() {
+        violations.push("not every node runs at the end".to_owned());
+        return violations;
+    }
+    let keys: BTreeSet<&String> = history.tried.keys().collect();
+    let none = BTreeSet::new();
+    let mut dots: BTreeMap<String, (String, Option<bytes::Bytes>)> = BTreeMap::new();
+    for key in keys {
+        let mut held = BTreeSet::new();
+        let mut by_replica: Vec<(String, Siblings)> = Vec::new();
+        for node in &nodes {
+            let set = match node.store.read(key.as_bytes()) {
+                Ok(set) => set,
+                Err(e) => {
+                    violations.push(format!("{}: reading {key}: {e}", node.id()));
+                    continue;
+                }
+            };
+            let mut siblings = Vec::new();
+            for s in set.siblings() {
+                let dot = s.dot.to_string();
+                match dots.get(&dot) {
+                    Some((first, v)) if v != &s.value => violations.push(format!(
+                        "{key}: dot {dot} carries different bytes on {first} and {}",
+                        node.id()
+                    )),
+                    Some(_) => {}
+                    None => {
+                        dots.insert(dot.clone(), (node.id().to_owned(), s.value.clone()));
+                    }
+                }
+                if let Some(v) = &s.value {
+                    held.extend(
+                        String::from_utf8_lossy(v)
+                            .split(',')
+                            .filter(|e| !e.is_empty())
+                            .map(str::to_owned),
+                    );
+                }
+                siblings.push((dot, s.value.clone()));
+            }
+            siblings.sort();
+            let map = node.map();
+            if map.is_replica(map.partition_of(key.as_bytes()), node.id()) {
+                by_replica.push((node.id().to_owned(), siblings));
+            }
+        }
+        let lost: Vec<_> = history
+            .acked
+            .get(key)
+            .unwrap_or(&none)
+            .difference(&held)
+            .collect();
+        if !lost.is_empty() {
+            violations.push(format!("{key}: acknowledged elements lost: {lost:?}"));
+        }
+        let phantom: Vec<_> = held
+            .difference(history.tried.get(key).unwrap_or(&none))
+            .collect();
+        if !phantom.is_empty() {
+            violations.push(format!("{key}: elements no client tried: {phantom:?}"));
+        }
+        if let Some((first, siblings)) = by_replica.first() {
+            for (other, theirs) in &by_replica[1..] {
+                if theirs != siblings {
+                    violations.push(format!(
+                        "{key}: replicas {first} and {other} differ after quiescence"
+                    ));
+                }
+            }
+        }
+    }
+    for p in 0..Q {
+        let mut roots = BTreeMap::new();
+        for node in &nodes {
+            if node.map().is_replica(p, node.id()) {
+                let root = node.store.trees().tree(p).map(|t| t.root());
+                roots.insert(node.id().to_owned(), root);
+            }
+        }
+        let distinct: BTreeSet<_> = roots.values().collect();
+        if distinct.len() > 1 {
+            violations.push(format!("partition {p}: Merkle roots differ: {roots:?}"));
+        }
+    }
+    for node in &nodes {
+        match node.store.hint_summary() {
+            Ok(s) if s.is_empty() => {}
+            Ok(s) => violations.push(format!("{}: hints left at quiescence: {s:?}", node.id())),
+            Err(e) => violations.push(format!("{}: hint summary: {e}", node.id())),
+        }
+    }
+    violations
+}

@@ -1,0 +1,191 @@
+//! The simulated cluster: real nodes (coordinator, store, hinted handoff, read repair,
+//! gossip, anti-entropy, transfers) on the loopback transport, each on a simulated disk,
+//! with their background tasks, that the nemesis crashes, powers off, wipes and restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_core::map_state::MapState;
+use dynamo_core::{planner, Member};
+use dynamo_node::clock::Clock;
+use dynamo_node::config::{NodeConfig, Replication};
+use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
+use dynamo_node::node::Node;
+use dynamo_node::service::kv::KvService;
+use dynamo_node::storage::memory::MemoryEngine;
+use dynamo_node::store::Store;
+use dynamo_node::{antientropy, change, gossip, handoff, identity};
+use tokio::task::JoinHandle;
+
+use crate::disk::Life;
+
+/// Partitions of the simulated cluster.
+pub const Q: u32 = 16;
+
+/// Wall-clock time in a simulation: a fixed start plus simulated time elapsed.
+pub struct SimClock {
+    start: tokio::time::Instant,
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        1_800_000_000_000 + self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// A running node process.
+pub struct Process {
+    pub node: Arc<Node>,
+    pub kv: Arc<KvService>,
+    life: Arc<Life>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// One member's machine: its disk, and its process when it runs.
+pub struct Machine {
+    pub member: Member,
+    pub disk: Arc<MemoryEngine>,
+    pub process: Option<Process>,
+}
+
+pub struct Cluster {
+    pub net: Arc<LoopbackNet>,
+    pub machines: Vec<Machine>,
+    start: tokio::time::Instant,
+    first_map: MapState,
+}
+
+impl Cluster {
+    /// `nodes` members, each started on an empty disk, under one first map.
+    pub fn start(net: Arc<LoopbackNet>, nodes: usize, start: tokio::time::Instant) -> Self {
+        let members: Vec<Member> = (1..=nodes)
+            .map(|i| Member::new(format!("n{i}"), format!("sim:{i}")))
+            .collect();
+        let map = planner::plan(None, &members, Q, 3).expect("a first map");
+        let mut c = Self {
+            net,
+            machines: members
+                .into_iter()
+                .map(|member| Machine {
+                    member,
+                    disk: Arc::new(MemoryEngine::new()),
+                    process: None,
+                })
+                .collect(),
+            start,
+            first_map: MapState::in_force(map),
+        };
+        for i in 0..nodes {
+            c.boot(i);
+        }
+        c
+    }
+
+    fn config(&self, i: usize) -> NodeConfig {
+        let members: Vec<Member> = self.machines.iter().map(|m| m.member.clone()).collect();
+        NodeConfig {
+            node_id: members[i].id.clone(),
+            advertise: Some(members[i].addr.clone()),
+            cluster_id: "sim".into(),
+            cluster_secret: "sim-cluster-secret-0123456789abcdef".into(),
+            members,
+            replication: Replication { n: 3, r: 2, w: 2 },
+            partitions: Q,
+            request_timeout_ms: 500,
+            gossip_interval_ms: 500,
+            anti_entropy_interval_ms: 3_000,
+            ..NodeConfig::default()
+        }
+    }
+
+    /// Starts machine `i`'s process on its disk, as the node binary would.
+    pub fn boot(&mut self, i: usize) {
+        if self.machines[i].process.is_some() {
+            return;
+        }
+        let cfg = self.config(i);
+        cfg.validate().expect("a valid simulated node config");
+        let life = Life::new(self.machines[i].disk.clone());
+        let engine: Arc<dyn dynamo_node::storage::Engine> = life.clone();
+        let identity = identity::open(&*engine, &cfg.node_id, &cfg.cluster_id)
+            .expect("the identity opens on a live disk");
+        // A wiped node learns the state the others hold, as it would from its seeds.
+        let state = dynamo_node::maps::load(&*engine)
+            .expect("the map state loads")
+            .or_else(|| self.newest_state())
+            .unwrap_or_else(|| self.first_map.clone());
+        let store = Store::inline(engine, Q, true);
+        let transport = Arc::new(LoopbackTransport::new(
+            self.net.clone(),
+            cfg.node_id.clone(),
+        ));
+        let node = Arc::new(Node::new(
+            cfg,
+            identity,
+            state,
+            store,
+            transport,
+            Arc::new(SimClock { start: self.start }),
+        ));
+        self.net.register(&node);
+        let every = Duration::from_millis(node.cfg.anti_entropy_interval_ms);
+        let tasks = vec![
+            tokio::spawn(gossip::run(node.clone())),
+            tokio::spawn(handoff::run(node.clone())),
+            tokio::spawn(change::run(node.clone())),
+            tokio::spawn(antientropy::run(node.clone(), every)),
+        ];
+        node.set_ready(true);
+        self.machines[i].process = Some(Process {
+            kv: Arc::new(KvService::new(node.clone())),
+            node,
+            life,
+            tasks,
+        });
+    }
+
+    /// The newest map state any running node holds.
+    fn newest_state(&self) -> Option<MapState> {
+        self.running()
+            .map(|p| p.node.live().state.clone())
+            .max_by_key(|s| s.version)
+    }
+
+    /// Kills machine `i`'s process (`power_loss`: and loses what its disk had not synced).
+    pub fn kill(&mut self, i: usize, power_loss: bool) {
+        if let Some(p) = self.machines[i].process.take() {
+            p.life.end(power_loss);
+            for t in &p.tasks {
+                t.abort();
+            }
+            self.net.set_down(&self.machines[i].member.id, true);
+        }
+    }
+
+    /// Kills machine `i` and gives it an empty disk.
+    pub fn wipe(&mut self, i: usize) {
+        self.kill(i, true);
+        self.machines[i].disk = Arc::new(MemoryEngine::new());
+    }
+
+    /// Starts machine `i` again.
+    pub fn restart(&mut self, i: usize) {
+        self.net.set_down(&self.machines[i].member.id, false);
+        self.boot(i);
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Process> {
+        self.machines.iter().filter_map(|m| m.process.as_ref())
+    }
+
+    /// The indexes of running machines.
+    pub fn up(&self) -> Vec<usize> {
+        (0..self.machines.len())
+            .filter(|&i| self.machines[i].process.is_some())
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.machines.iter().map(|m| m.member.id.clone()).collect()
+    }
+}

@@ -1,0 +1,169 @@
+//! The clients: each keeps a set per key in the key's siblings (a value is a
+//! comma-separated list of elements, every element written once), in one of three ways:
+//! read-modify-write, chaining puts on the contexts puts return (never reading), and blind
+//! writes without a context. Every element tried and every element acknowledged is
+//! recorded for the checker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_node::determinism::with_rng;
+use dynamo_node::service::kv::KvService;
+use dynamo_proto::v1::kv_server::Kv as _;
+use dynamo_proto::v1::{GetRequest, GetResponse, PutRequest};
+use parking_lot::Mutex;
+use rand::Rng;
+use tonic::Request;
+
+use crate::cluster::Cluster;
+use crate::trace::{now_ms, Trace};
+
+/// Elements per key.
+pub type Sets = BTreeMap<String, BTreeSet<String>>;
+
+/// What the clients saw.
+#[derive(Default, Debug)]
+pub struct History {
+    /// Every element a put tried to add, acknowledged or not.
+    pub tried: Sets,
+    /// Elements whose put was acknowledged.
+    pub acked: Sets,
+    pub ops: u64,
+    pub failed: u64,
+}
+
+/// How a client writes.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    ReadModifyWrite,
+    Chain,
+    Blind,
+}
+
+/// The union of the comma-separated elements of every live sibling.
+pub fn elements(r: &GetResponse) -> BTreeSet<String> {
+    r.siblings
+        .iter()
+        .filter(|s| !s.tombstone)
+        .flat_map(|s| {
+            String::from_utf8_lossy(&s.value)
+                .split(',')
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub struct Client {
+    pub id: usize,
+    pub kind: Kind,
+    pub keys: Vec<String>,
+    pub cluster: Arc<Mutex<Cluster>>,
+    pub history: Arc<Mutex<History>>,
+    pub trace: Arc<Trace>,
+    pub start: tokio::time::Instant,
+    pub until: tokio::time::Instant,
+}
+
+impl Client {
+    /// A coordinator: a running node chosen at random (none while all are down).
+    fn coordinator(&self) -> Option<Arc<KvService>> {
+        let c = self.cluster.lock();
+        let up = c.up();
+        if up.is_empty() {
+            return None;
+        }
+        let i = up[with_rng(|r| r.random_range(0..up.len()))];
+        c.machines[i].process.as_ref().map(|p| p.kv.clone())
+    }
+
+    pub async fn run(self) {
+        // Chain clients: per key, the context the last acknowledged put returned and
+        // every element this client put on the key.
+        let mut chains: BTreeMap<String, (Vec<u8>, BTreeSet<String>)> = BTreeMap::new();
+        let mut n = 0u64;
+        while tokio::time::Instant::now() < self.until {
+            let think = with_rng(|r| r.random_range(1..30));
+            tokio::time::sleep(Duration::from_millis(think)).await;
+            let Some(kv) = self.coordinator() else {
+                continue;
+            };
+            let key = self.keys[with_rng(|r| r.random_range(0..self.keys.len()))].clone();
+            n += 1;
+            let element = format!("c{}-{n}", self.id);
+            let (value, context) = match self.kind {
+                Kind::ReadModifyWrite => {
+                    let get = GetRequest {
+                        key: key.clone().into_bytes(),
+                        r: None,
+                    };
+                    match kv.get(Request::new(get)).await {
+                        Ok(read) => {
+                            let read = read.into_inner();
+                            let mut set = elements(&read);
+                            set.insert(element.clone());
+                            (join(&set), read.context)
+                        }
+                        Err(e) => {
+                            self.note(&key, "get", Err(e.code()));
+                            continue;
+                        }
+                    }
+                }
+                Kind::Chain => {
+                    let (context, mine) = chains.entry(key.clone()).or_default();
+                    mine.insert(element.clone());
+                    (join(mine), context.clone())
+                }
+                Kind::Blind => (element.clone(), Vec::new()),
+            };
+            self.history
+                .lock()
+                .tried
+                .entry(key.clone())
+                .or_default()
+                .insert(element.clone());
+            let put = PutRequest {
+                key: key.clone().into_bytes(),
+                value: value.into_bytes(),
+                context,
+                w: None,
+            };
+            match kv.put(Request::new(put)).await {
+                Ok(r) => {
+                    self.history
+                        .lock()
+                        .acked
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(element);
+                    if let Some(chain) = chains.get_mut(&key) {
+                        chain.0 = r.into_inner().context;
+                    }
+                    self.note(&key, "put", Ok(()));
+                }
+                Err(e) => self.note(&key, "put", Err(e.code())),
+            }
+        }
+    }
+
+    fn note(&self, key: &str, op: &str, result: Result<(), tonic::Code>) {
+        let mut h = self.history.lock();
+        h.ops += 1;
+        h.failed += u64::from(result.is_err());
+        drop(h);
+        self.trace.record((
+            now_ms(self.start),
+            self.id,
+            key,
+            op,
+            result.map_err(|c| c as i32),
+        ));
+    }
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    set.iter().cloned().collect::<Vec<_>>().join(",")
+}
