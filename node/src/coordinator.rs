@@ -187,7 +187,10 @@ pub async fn write(
     }
     // The client's next context covers what it saw plus its own write, nothing else: a
     // concurrent sibling it never saw must not be superseded by its next put.
-    let next = set.written_context(&ctx, &dot);
+    let next = match crate::determinism::sabotaged(crate::determinism::Sabotage::WideContext) {
+        false => set.written_context(&ctx, &dot),
+        true => set.context().clone(),
+    };
 
     let p = map.partition_of(&key);
     // The preference list of every live map: while members change, W acknowledgements

@@ -5,6 +5,9 @@
 //!
 //! Outside a simulation (no [`enter`] on this thread) nothing changes: the thread's
 //! random generator, and `spawn_blocking`.
+//!
+//! A simulation can also break the node on purpose ([`Sabotage`]), to prove that its
+//! checker finds what each bug would do.
 
 use std::cell::RefCell;
 
@@ -13,6 +16,28 @@ use rand::{Rng, SeedableRng};
 
 thread_local! {
     static SIMULATED: RefCell<Option<StdRng>> = const { RefCell::new(None) };
+    static SABOTAGE: RefCell<Vec<Sabotage>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A bug a simulation plants in the node, to show that its checker catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// A node on an empty disk always takes incarnation 1, so after a wipe it hands out
+    /// again the dots of writes it made before.
+    ReusedDots,
+    /// A put returns a context covering the whole stored set, not only what the client
+    /// saw plus its own write: its next put supersedes siblings it never saw.
+    WideContext,
+}
+
+/// Plants `bugs` in the nodes this thread runs (none outside a simulation).
+pub fn sabotage(bugs: &[Sabotage]) {
+    SABOTAGE.with(|s| *s.borrow_mut() = bugs.to_vec());
+}
+
+/// Whether `bug` is planted on this thread.
+pub fn sabotaged(bug: Sabotage) -> bool {
+    SABOTAGE.with(|s| s.borrow().contains(&bug))
 }
 
 /// Makes this thread simulated, drawing from a generator seeded with `seed`, until
@@ -21,9 +46,10 @@ pub fn enter(seed: u64) {
     SIMULATED.with(|s| *s.borrow_mut() = Some(StdRng::seed_from_u64(seed)));
 }
 
-/// Ends [`enter`].
+/// Ends [`enter`], and any [`sabotage`].
 pub fn leave() {
     SIMULATED.with(|s| *s.borrow_mut() = None);
+    sabotage(&[]);
 }
 
 /// Whether this thread runs a simulation.

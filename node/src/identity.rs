@@ -76,6 +76,9 @@ pub fn open(
     let (incarnation, new_incarnation) = match stored_inc {
         Some(inc) if clean => (inc, false),
         Some(inc) => (fresh_incarnation(inc), true),
+        None if crate::determinism::sabotaged(crate::determinism::Sabotage::ReusedDots) => {
+            (1, true)
+        }
         None => (fresh_incarnation(0), true),
     };
     // A kept incarnation goes on minting where its clean stop left off. (A store from

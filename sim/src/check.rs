@@ -26,8 +26,9 @@ pub fn check(cluster: &Cluster, history: &History) -> Vec<String> {
     }
     let keys: BTreeSet<&String> = history.tried.keys().collect();
     let none = BTreeSet::new();
-    let mut dots: BTreeMap<String, (String, Option<bytes::Bytes>)> = BTreeMap::new();
     for key in keys {
+        // Dots are per key: the same dot in two keys is two writes.
+        let mut dots: BTreeMap<String, (String, Option<bytes::Bytes>)> = BTreeMap::new();
         let mut held = BTreeSet::new();
         let mut by_replica: Vec<(String, Siblings)> = Vec::new();
         for node in &nodes {
@@ -74,13 +75,21 @@ pub fn check(cluster: &Cluster, history: &History) -> Vec<String> {
             .difference(&held)
             .collect();
         if !lost.is_empty() {
-            violations.push(format!("{key}: acknowledged elements lost: {lost:?}"));
+            violations.push(format!(
+                "{key}: {} acknowledged elements lost, e.g. {:?}",
+                lost.len(),
+                &lost[..lost.len().min(5)]
+            ));
         }
         let phantom: Vec<_> = held
             .difference(history.tried.get(key).unwrap_or(&none))
             .collect();
         if !phantom.is_empty() {
-            violations.push(format!("{key}: elements no client tried: {phantom:?}"));
+            violations.push(format!(
+                "{key}: {} elements no client tried, e.g. {:?}",
+                phantom.len(),
+                &phantom[..phantom.len().min(5)]
+            ));
         }
         if let Some((first, siblings)) = by_replica.first() {
             for (other, theirs) in &by_replica[1..] {

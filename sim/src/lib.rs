@@ -32,7 +32,7 @@ pub mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynamo_node::determinism::{self, with_rng};
+use dynamo_node::determinism::{self, with_rng, Sabotage};
 use dynamo_node::network::loopback::LoopbackNet;
 use parking_lot::Mutex;
 use rand::Rng;
@@ -56,6 +56,8 @@ pub struct Config {
     pub settle: Duration,
     /// Whether the nemesis runs.
     pub faults: bool,
+    /// Bugs planted in the nodes (to show the checker finds them).
+    pub sabotage: Vec<Sabotage>,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             chaos: Duration::from_secs(60),
             settle: Duration::from_secs(60),
             faults: true,
+            sabotage: Vec::new(),
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct Report {
 /// Runs the simulation of `seed` on this thread.
 pub fn run(seed: u64, cfg: &Config) -> Report {
     determinism::enter(seed);
+    determinism::sabotage(&cfg.sabotage);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)

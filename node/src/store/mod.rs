@@ -1045,4 +1045,42 @@ mod tests {
             assert_eq!(s.trees().tree(q), rebuilt.tree(q), "partition {q}'s tree");
         }
     }
+
+    #[tokio::test]
+    async fn a_partition_dropped_and_received_again_keeps_a_true_tree() {
+        dropped_and_received(store()).await;
+        #[cfg(feature = "rocksdb")]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let rocks = crate::storage::rocks::RocksEngine::open(dir.path(), 8 << 20).unwrap();
+            dropped_and_received(Store::new(Arc::new(rocks), 16, false)).await;
+        }
+    }
+
+    async fn dropped_and_received(s: Store) {
+        let keys: Vec<String> = (0..300).map(|i| format!("key{i}")).collect();
+        let p = partition_of(keys[0].as_bytes(), 16);
+        let joins = |tag: &str| -> Vec<Change> {
+            keys.iter()
+                .map(|k| {
+                    let mut set = SiblingSet::new();
+                    set.update(&CausalContext::new(), &Actor::new(tag, 1), value(k))
+                        .unwrap();
+                    Change::Join {
+                        key: Bytes::from(k.clone()),
+                        set,
+                    }
+                })
+                .collect()
+        };
+        s.apply_all(joins("a")).await.unwrap();
+        s.drop_partition(p).await.unwrap();
+        // Received back (a transfer's chunk), with versions it held before and new ones.
+        s.apply_all(joins("a")).await.unwrap();
+        s.apply_all(joins("b")).await.unwrap();
+        let rebuilt = trees::Trees::build(&**s.engine(), 16).unwrap();
+        for q in 0..16 {
+            assert_eq!(s.trees().tree(q), rebuilt.tree(q), "partition {q}'s tree");
+        }
+    }
 }

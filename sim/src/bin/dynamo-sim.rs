@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use dynamo_node::determinism::Sabotage;
 use dynamo_sim::{run, Config};
 
 #[derive(Parser)]
@@ -26,12 +27,26 @@ struct Args {
     /// Simulated seconds of faults per seed.
     #[arg(long, default_value_t = 60)]
     chaos_secs: u64,
+    /// Plant a bug in the nodes, to see the checker find it: reused-dots, wide-context.
+    #[arg(long, value_parser = parse_sabotage)]
+    sabotage: Vec<Sabotage>,
+}
+
+fn parse_sabotage(s: &str) -> Result<Sabotage, String> {
+    match s {
+        "reused-dots" => Ok(Sabotage::ReusedDots),
+        "wide-context" => Ok(Sabotage::WideContext),
+        other => Err(format!(
+            "no such sabotage {other:?} (reused-dots, wide-context)"
+        )),
+    }
 }
 
 fn main() {
     let args = Args::parse();
     let cfg = Config {
         chaos: Duration::from_secs(args.chaos_secs),
+        sabotage: args.sabotage.clone(),
         ..Config::default()
     };
     if let Some(seed) = args.seed {
