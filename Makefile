@@ -5,7 +5,7 @@ CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
 NODES ?= 3
 
-.PHONY: setup build cluster test test-rust test-chart test-k8s lint generate bench
+.PHONY: setup build cluster test test-rust test-chart test-k8s lint generate bench sim
 
 setup:
 	@scripts/setup.sh
@@ -44,3 +44,9 @@ generate:
 ## Throughput and latency of a local 3-node cluster (see client/bench/run.sh).
 bench: setup
 	client/bench/run.sh
+
+## Soak the deterministic simulation: $(SEEDS) seeds from $(FROM) on every core (see sim/).
+SEEDS ?= 1000
+FROM ?= 1
+sim:
+	cargo run --release -p dynamo-sim -- --seeds $(SEEDS) --from $(FROM)

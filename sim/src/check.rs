@@ -20,9 +20,37 @@ use crate::workload::History;
 pub fn check(cluster: &Cluster, history: &History) -> Vec<String> {
     let mut violations = Vec::new();
     let nodes: Vec<_> = cluster.running().map(|p| p.node.clone()).collect();
-    if nodes.len() != cluster.machines.len() {
-        violations.push("not every node runs at the end".to_owned());
+    let members = cluster.machines.iter().filter(|m| !m.retired).count();
+    if nodes.len() != members {
+        violations.push(format!("{} of {members} nodes run at the end", nodes.len()));
         return violations;
+    }
+    // Every node holds the same state, with no change left pending, and only the
+    // partitions it replicates.
+    let states: BTreeSet<u64> = nodes.iter().map(|n| n.live().state.version).collect();
+    if states.len() > 1 {
+        violations.push(format!(
+            "nodes disagree on the map state: versions {states:?}"
+        ));
+    }
+    for node in &nodes {
+        let state = node.live().state.clone();
+        if let Some(p) = &state.pending {
+            violations.push(format!(
+                "{}: change to epoch {} still pending",
+                node.id(),
+                p.epoch
+            ));
+        }
+        let map = node.map();
+        for p in 0..Q {
+            if !map.is_replica(p, node.id()) && node.store.trees().root(p) != Some(0) {
+                violations.push(format!(
+                    "{}: still holds partition {p}, which it does not replicate",
+                    node.id()
+                ));
+            }
+        }
     }
     let keys: BTreeSet<&String> = history.tried.keys().collect();
     let none = BTreeSet::new();

@@ -46,6 +46,8 @@ pub struct Machine {
     pub member: Member,
     pub disk: Arc<MemoryEngine>,
     pub process: Option<Process>,
+    /// Removed from the cluster by a finished change, and stopped for good.
+    pub retired: bool,
 }
 
 pub struct Cluster {
@@ -70,6 +72,7 @@ impl Cluster {
                     member,
                     disk: Arc::new(MemoryEngine::new()),
                     process: None,
+                    retired: false,
                 })
                 .collect(),
             start,
@@ -98,9 +101,41 @@ impl Cluster {
         }
     }
 
+    /// A new machine with an empty disk, started (it learns the map from the others);
+    /// its index. It takes the address of a retired machine, if there is one.
+    pub fn add_machine(&mut self) -> usize {
+        let k = self.machines.len() + 1;
+        // A retired machine's address is taken again, as a re-created pod's would be.
+        let in_use = |addr: &str| {
+            self.machines
+                .iter()
+                .any(|m| !m.retired && m.member.addr == addr)
+        };
+        let addr = self
+            .machines
+            .iter()
+            .find(|m| m.retired && !in_use(&m.member.addr))
+            .map_or_else(|| format!("sim:{k}"), |m| m.member.addr.clone());
+        self.machines.push(Machine {
+            member: Member::new(format!("n{k}"), addr),
+            disk: Arc::new(MemoryEngine::new()),
+            process: None,
+            retired: false,
+        });
+        let i = self.machines.len() - 1;
+        self.boot(i);
+        i
+    }
+
+    /// Stops machine `i` for good: a finished change removed it.
+    pub fn retire(&mut self, i: usize) {
+        self.kill(i, false);
+        self.machines[i].retired = true;
+    }
+
     /// Starts machine `i`'s process on its disk, as the node binary would.
     pub fn boot(&mut self, i: usize) {
-        if self.machines[i].process.is_some() {
+        if self.machines[i].process.is_some() || self.machines[i].retired {
             return;
         }
         let cfg = self.config(i);
@@ -145,7 +180,7 @@ impl Cluster {
     }
 
     /// The newest map state any running node holds.
-    fn newest_state(&self) -> Option<MapState> {
+    pub fn newest_state(&self) -> Option<MapState> {
         self.running()
             .map(|p| p.node.live().state.clone())
             .max_by_key(|s| s.version)
@@ -168,14 +203,22 @@ impl Cluster {
         self.machines[i].disk = Arc::new(MemoryEngine::new());
     }
 
-    /// Starts machine `i` again.
+    /// Starts machine `i` again (unless retired).
     pub fn restart(&mut self, i: usize) {
+        if self.machines[i].retired {
+            return;
+        }
         self.net.set_down(&self.machines[i].member.id, false);
         self.boot(i);
     }
 
     pub fn running(&self) -> impl Iterator<Item = &Process> {
         self.machines.iter().filter_map(|m| m.process.as_ref())
+    }
+
+    /// The index of the machine of node `id`.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.machines.iter().position(|m| m.member.id == id)
     }
 
     /// The indexes of running machines.
@@ -185,7 +228,12 @@ impl Cluster {
             .collect()
     }
 
+    /// The ids of the machines not retired.
     pub fn ids(&self) -> Vec<String> {
-        self.machines.iter().map(|m| m.member.id.clone()).collect()
+        self.machines
+            .iter()
+            .filter(|m| !m.retired)
+            .map(|m| m.member.id.clone())
+            .collect()
     }
 }

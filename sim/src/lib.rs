@@ -22,6 +22,7 @@
 //! restarts, the cluster gets [`Config::settle`] of quiet, and [`check::check`] compares
 //! a dump of every replica with what the clients saw.
 
+pub mod change;
 pub mod check;
 pub mod cluster;
 pub mod disk;
@@ -56,6 +57,8 @@ pub struct Config {
     pub settle: Duration,
     /// Whether the nemesis runs.
     pub faults: bool,
+    /// Whether members change (a node added, or one removed) while faults happen.
+    pub changes: bool,
     /// Bugs planted in the nodes (to show the checker finds them).
     pub sabotage: Vec<Sabotage>,
 }
@@ -69,6 +72,7 @@ impl Default for Config {
             chaos: Duration::from_secs(60),
             settle: Duration::from_secs(60),
             faults: true,
+            changes: true,
             sabotage: Vec::new(),
         }
     }
@@ -139,6 +143,10 @@ async fn world(seed: u64, cfg: Config) -> Report {
             clients.push(tokio::spawn(client.run()));
         }
     }
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let committer = cfg
+        .changes
+        .then(|| tokio::spawn(change::committer(cluster.clone(), until, changes.clone())));
     let mut faults = Vec::new();
     if cfg.faults {
         nemesis(&cluster, &net, until, &mut faults).await;
@@ -155,7 +163,13 @@ async fn world(seed: u64, cfg: Config) -> Report {
             c.restart(i);
         }
     }
-    tokio::time::sleep(cfg.settle).await;
+    // A change under way finishes once the faults are gone (within the settling time).
+    let settled = tokio::time::Instant::now() + cfg.settle;
+    if let Some(committer) = committer {
+        let _ = tokio::time::timeout_at(settled, committer).await;
+    }
+    faults.extend(changes.lock().drain(..));
+    tokio::time::sleep_until(settled).await;
     let violations = {
         let c = cluster.lock();
         check::check(&c, &history.lock())
@@ -192,6 +206,7 @@ async fn nemesis(
         let n = ids.len();
         let pick = with_rng(|r| r.random_range(0..8));
         let victim = with_rng(|r| r.random_range(0..n));
+        let machine = c.index_of(&ids[victim]).expect("a machine per id");
         let fault = match pick {
             0 => {
                 net.heal();
@@ -219,21 +234,21 @@ async fn nemesis(
                 "storm: delays, loss, duplicates".to_owned()
             }
             3 => {
-                c.kill(victim, false);
+                c.kill(machine, false);
                 format!("kill {}", ids[victim])
             }
             4 => {
-                c.kill(victim, true);
+                c.kill(machine, true);
                 format!("power loss {}", ids[victim])
             }
             5 if with_rng(|r| r.random_bool(0.3)) => {
-                c.wipe(victim);
+                c.wipe(machine);
                 format!("wipe {}", ids[victim])
             }
             _ => {
                 net.heal();
                 net.set_weather(Weather::CALM);
-                for i in 0..n {
+                for i in 0..c.machines.len() {
                     c.restart(i);
                 }
                 "heal; restart all".to_owned()
