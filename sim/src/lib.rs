@@ -197,6 +197,7 @@ async fn nemesis(
     log: &mut Vec<String>,
 ) {
     let start = tokio::time::Instant::now();
+    let mut wiped = false;
     while tokio::time::Instant::now() < until {
         let pause = with_rng(|r| r.random_range(1_000..5_000));
         tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -241,7 +242,10 @@ async fn nemesis(
                 c.kill(machine, true);
                 format!("power loss {}", ids[victim])
             }
-            5 if with_rng(|r| r.random_bool(0.3)) => {
+            // One wipe per run: a second one before the first wiped replica is repaired
+            // could take every copy of a write, which no store survives.
+            5 if !wiped && with_rng(|r| r.random_bool(0.3)) => {
+                wiped = true;
                 c.wipe(machine);
                 format!("wipe {}", ids[victim])
             }

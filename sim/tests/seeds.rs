@@ -84,8 +84,8 @@ fn the_checker_finds_planted_bugs() {
         );
     }
     // A node on a wiped disk taking incarnation 1 again reuses its old dots: it needs a
-    // wipe and a blind write coordinated there; seeds 21, 77 and 239 are the ones of
-    // seeds 1-300 that have both (77: one dot with two values). Without the bug the
+    // wipe and a blind write coordinated there; seeds 21, 77, 123 and 239 are the ones
+    // of seeds 1-300 that have both (77: one dot with two values). Without the bug the
     // same seed is clean.
     let reused = Config {
         sabotage: vec![Sabotage::ReusedDots],
