@@ -264,6 +264,13 @@ deleted_event() {
 }
 check "the finalizer's Event says the claims are kept" wait_until 30 deleted_event
 
+# Checked before the uninstall: helm deletes the RBAC and the Deployment together, and an
+# operator still running in that moment is rightly refused (a CI run saw exactly that).
+forbidden() {
+  if grep -il "forbidden" "$STATE"/kubelet/logs/dynamo-system_*.log; then return 1; fi
+}
+check "the operator was never refused by RBAC (no 'forbidden' in its logs)" forbidden
+
 # --- helm uninstall ----------------------------------------------------------------------
 must "helm uninstall" helm uninstall dynamo-operator --namespace dynamo-system --wait --timeout 60s
 check "helm uninstall: the Deployment and RBAC are gone" \
@@ -278,10 +285,5 @@ operator_processes_stopped() { # every operator process kwok-kubelet started has
 }
 check "helm uninstall: every operator process stopped with its pod" \
   wait_until 30 operator_processes_stopped
-
-forbidden() {
-  if grep -il "forbidden" "$STATE"/kubelet/logs/dynamo-system_*.log; then return 1; fi
-}
-check "the operator was never refused by RBAC (no 'forbidden' in its logs)" forbidden
 
 finish
