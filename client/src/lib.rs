@@ -18,6 +18,7 @@
 //! - [`error`]: [`Error`], which keeps the gRPC status code and message.
 //! - [`bench`]: the load generator behind `dynamoctl bench`.
 //! - [`local_cluster`]: the launcher behind `dynamoctl cluster`.
+//! - [`set_workload`]: the set-of-elements workload the tests and the simulator share.
 
 pub mod bench;
 pub mod client;
@@ -27,6 +28,7 @@ pub mod local_cluster;
 mod pool;
 mod routing;
 mod session;
+pub mod set_workload;
 
 pub use client::{Client, ClientConfig, GetResult, Sibling, WriteResult};
 pub use context::Context;

@@ -32,10 +32,10 @@ use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
 use dynamo_node::service::kv::KvService;
 use dynamo_node::storage::memory::MemoryEngine;
-use dynamo_node::storage::{Batch, Cf, Engine, Entries, StorageError};
+use dynamo_node::storage::power::PowerCycle;
 use dynamo_proto::v1::kv_server::Kv;
 use dynamo_proto::v1::GetRequest;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Request;
@@ -44,64 +44,6 @@ const NODES: usize = 5;
 const KEYS: usize = 6;
 const CLIENTS: usize = 6;
 const CHAOS: Duration = Duration::from_secs(6);
-
-/// One power cycle's view of a node's disk: once the power is cut, the process that used
-/// it can no longer touch it (it is dead), while the disk itself goes on to the next start.
-struct PowerCycle {
-    disk: Arc<MemoryEngine>,
-    cut: RwLock<bool>,
-}
-
-impl PowerCycle {
-    fn new(disk: Arc<MemoryEngine>) -> Arc<Self> {
-        Arc::new(Self {
-            disk,
-            cut: RwLock::new(false),
-        })
-    }
-
-    /// Cuts the power: waits out the disk operations under way, fences off later ones and
-    /// drops every write not yet synced.
-    fn cut(&self) {
-        *self.cut.write() = true;
-        self.disk.crash();
-    }
-
-    fn alive<T>(
-        &self,
-        f: impl FnOnce(&MemoryEngine) -> Result<T, StorageError>,
-    ) -> Result<T, StorageError> {
-        let cut = self.cut.read();
-        if *cut {
-            return Err(StorageError::Engine("the power is off".into()));
-        }
-        f(&self.disk)
-    }
-}
-
-impl Engine for PowerCycle {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.alive(|d| d.get(cf, key))
-    }
-    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StorageError> {
-        self.alive(|d| d.write(batch, sync))
-    }
-    fn scan(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        start: &[u8],
-        limit: usize,
-    ) -> Result<Entries, StorageError> {
-        self.alive(|d| d.scan(cf, prefix, start, limit))
-    }
-    fn sync(&self) -> Result<(), StorageError> {
-        self.alive(|d| d.sync())
-    }
-    fn size_bytes(&self) -> u64 {
-        self.disk.size_bytes()
-    }
-}
 
 /// A running node: its client-facing service, its disk for this power cycle and its
 /// handoff loop.
@@ -162,7 +104,7 @@ impl Cluster {
         };
         self.net.set_down(&self.members[i].id, true);
         r.handoff.abort();
-        r.power.cut();
+        r.power.end(true);
     }
 
     fn kv(&self, i: usize) -> Option<Arc<KvService>> {

@@ -9,15 +9,14 @@ use dynamo_core::map_state::MapState;
 use dynamo_core::{planner, Member};
 use dynamo_node::clock::Clock;
 use dynamo_node::config::{NodeConfig, Replication};
-use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
+use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
 use dynamo_node::service::kv::KvService;
 use dynamo_node::storage::memory::MemoryEngine;
+use dynamo_node::storage::power::PowerCycle;
 use dynamo_node::store::Store;
-use dynamo_node::{antientropy, change, gossip, handoff, identity};
+use dynamo_node::{antientropy, change, gossip, handoff};
 use tokio::task::JoinHandle;
-
-use crate::disk::Life;
 
 /// Partitions of the simulated cluster.
 pub const Q: u32 = 16;
@@ -37,7 +36,7 @@ impl Clock for SimClock {
 pub struct Process {
     pub node: Arc<Node>,
     pub kv: Arc<KvService>,
-    life: Arc<Life>,
+    power: Arc<PowerCycle>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -138,31 +137,22 @@ impl Cluster {
         if self.machines[i].process.is_some() || self.machines[i].retired {
             return;
         }
-        let cfg = self.config(i);
-        cfg.validate().expect("a valid simulated node config");
-        let life = Life::new(self.machines[i].disk.clone());
-        let engine: Arc<dyn dynamo_node::storage::Engine> = life.clone();
-        let identity = identity::open(&*engine, &cfg.node_id, &cfg.cluster_id)
-            .expect("the identity opens on a live disk");
+        let power = PowerCycle::new(self.machines[i].disk.clone());
         // A wiped node learns the state the others hold, as it would from its seeds.
-        let state = dynamo_node::maps::load(&*engine)
-            .expect("the map state loads")
-            .or_else(|| self.newest_state())
-            .unwrap_or_else(|| self.first_map.clone());
-        let store = Store::inline(engine, Q, true);
-        let transport = Arc::new(LoopbackTransport::new(
-            self.net.clone(),
-            cfg.node_id.clone(),
-        ));
-        let node = Arc::new(Node::new(
-            cfg,
-            identity,
-            state,
-            store,
-            transport,
-            Arc::new(SimClock { start: self.start }),
-        ));
-        self.net.register(&node);
+        let learned = || {
+            self.newest_state()
+                .unwrap_or_else(|| self.first_map.clone())
+        };
+        let node = self
+            .net
+            .start_node(
+                self.config(i),
+                power.clone(),
+                |engine| Store::inline(engine, Q, true),
+                Arc::new(SimClock { start: self.start }),
+                learned,
+            )
+            .expect("a simulated node starts on a live disk");
         let every = Duration::from_millis(node.cfg.anti_entropy_interval_ms);
         let tasks = vec![
             tokio::spawn(gossip::run(node.clone())),
@@ -174,7 +164,7 @@ impl Cluster {
         self.machines[i].process = Some(Process {
             kv: Arc::new(KvService::new(node.clone())),
             node,
-            life,
+            power,
             tasks,
         });
     }
@@ -189,7 +179,7 @@ impl Cluster {
     /// Kills machine `i`'s process (`power_loss`: and loses what its disk had not synced).
     pub fn kill(&mut self, i: usize, power_loss: bool) {
         if let Some(p) = self.machines[i].process.take() {
-            p.life.end(power_loss);
+            p.power.end(power_loss);
             for t in &p.tasks {
                 t.abort();
             }

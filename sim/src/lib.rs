@@ -25,7 +25,6 @@
 pub mod change;
 pub mod check;
 pub mod cluster;
-pub mod disk;
 pub mod net;
 pub mod trace;
 pub mod workload;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use dynamo_node::determinism::with_rng;
 use dynamo_node::service::kv::KvService;
 use dynamo_proto::v1::kv_server::Kv as _;
-use dynamo_proto::v1::{GetRequest, GetResponse, PutRequest};
+use dynamo_proto::v1::{GetRequest, PutRequest};
 use parking_lot::Mutex;
 use rand::Rng;
 use tonic::Request;
@@ -41,20 +41,7 @@ pub enum Kind {
     Blind,
 }
 
-/// The union of the comma-separated elements of every live sibling.
-pub fn elements(r: &GetResponse) -> BTreeSet<String> {
-    r.siblings
-        .iter()
-        .filter(|s| !s.tombstone)
-        .flat_map(|s| {
-            String::from_utf8_lossy(&s.value)
-                .split(',')
-                .filter(|e| !e.is_empty())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
+pub use dynamo_client::set_workload::elements;
 
 pub struct Client {
     pub id: usize,

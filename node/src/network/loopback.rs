@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use dynamo_core::map_state::MapState;
 use dynamo_core::Member;
 use dynamo_proto::v1::{
     DeleteResponse, FetchRequest, FetchResponse, GossipRequest, GossipResponse, PutResponse,
@@ -22,9 +23,14 @@ use super::{
     ChangeCall, ChangeReply, Forward, ForwardError, Forwarded, PeerError, Transport, WriteEntry,
 };
 use crate::antientropy::{self, TreeAnswer, TreeQuery};
+use crate::clock::Clock;
+use crate::config::NodeConfig;
 use crate::coordinator;
+use crate::identity;
 use crate::node::Node;
 use crate::service::kv::get_response;
+use crate::storage::Engine;
+use crate::store::Store;
 
 /// The nodes of one in-process cluster.
 #[derive(Default)]
@@ -85,6 +91,37 @@ impl LoopbackNet {
         self.nodes
             .lock()
             .insert(node.id().to_owned(), Arc::downgrade(node));
+    }
+
+    /// Starts a node on this network as the node binary starts one on a real network:
+    /// its identity opened on `engine` (a new incarnation unless its last stop was
+    /// clean), the map state the engine holds (else `state()`, what a new node learns
+    /// from its seeds), its store made by `store`, and reachable under its id.
+    pub fn start_node(
+        self: &Arc<Self>,
+        cfg: NodeConfig,
+        engine: Arc<dyn Engine>,
+        store: impl FnOnce(Arc<dyn Engine>) -> Store,
+        clock: Arc<dyn Clock>,
+        state: impl FnOnce() -> MapState,
+    ) -> anyhow::Result<Arc<Node>> {
+        cfg.validate()?;
+        let identity = identity::open(&*engine, &cfg.node_id, &cfg.cluster_id)?;
+        let state = match crate::maps::load(&*engine)? {
+            Some(stored) => stored,
+            None => state(),
+        };
+        let transport = Arc::new(LoopbackTransport::new(self.clone(), cfg.node_id.clone()));
+        let node = Arc::new(Node::new(
+            cfg,
+            identity,
+            state,
+            store(engine),
+            transport,
+            clock,
+        ));
+        self.register(&node);
+        Ok(node)
     }
 
     /// Takes `id` down (true) or brings it back (false).

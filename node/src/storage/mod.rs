@@ -5,7 +5,8 @@
 //! metadata and key epochs. Two engines implement it: [`rocks::RocksEngine`] (production) and
 //! [`memory::MemoryEngine`] (tests and simulation; it can drop unsynced writes on a
 //! simulated crash). One conformance suite ([`conformance`]) runs against both.
-//! [`faulty::FaultyEngine`] wraps the memory engine with injectable disk faults.
+//! [`faulty::FaultyEngine`] wraps the memory engine with injectable disk faults, and
+//! [`power::PowerCycle`] is one process's life on it (fenced off once the process dies).
 //!
 //! Engines are blocking; the node calls them from its writer thread or from blocking
 //! sections, never while holding an async lock.
@@ -13,6 +14,7 @@
 pub mod faulty;
 pub mod keys;
 pub mod memory;
+pub mod power;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 

@@ -12,8 +12,7 @@ use dynamo_core::map_state::MapState;
 use dynamo_core::{planner, Member};
 use dynamo_node::clock::SystemClock;
 use dynamo_node::config::{NodeConfig, Replication};
-use dynamo_node::identity;
-use dynamo_node::network::loopback::{LoopbackNet, LoopbackTransport};
+use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
 use dynamo_node::service::kv::KvService;
 use dynamo_node::storage::Engine;
@@ -104,52 +103,16 @@ pub fn start_node_with(
         gossip_interval_ms: spec.gossip_interval_ms,
         ..NodeConfig::default()
     };
-    cfg.validate().unwrap();
-    let identity = identity::open(&*engine, &m.id, &cfg.cluster_id).unwrap();
-    let state = dynamo_node::maps::load(&*engine).unwrap().unwrap_or(state);
-    let store = match spec.sync_window {
+    let store = |engine| match spec.sync_window {
         None => Store::new(engine, Q, false),
         Some(window) => Store::synced(engine, Q, window),
     };
-    let transport = Arc::new(LoopbackTransport::new(net.clone(), m.id.clone()));
-    let node = Arc::new(Node::new(
-        cfg,
-        identity,
-        state,
-        store,
-        transport,
-        Arc::new(SystemClock),
-    ));
-    net.register(&node);
-    node
+    net.start_node(cfg, engine, store, Arc::new(SystemClock), || state)
+        .unwrap()
 }
 
-/// The live siblings' values, sorted.
-pub fn values(r: &GetResponse) -> Vec<String> {
-    let mut v: Vec<String> = r
-        .siblings
-        .iter()
-        .filter(|s| !s.tombstone)
-        .map(|s| String::from_utf8_lossy(&s.value).into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-/// The union of the comma-separated elements of every live sibling.
-pub fn elements(r: &GetResponse) -> BTreeSet<String> {
-    r.siblings
-        .iter()
-        .filter(|s| !s.tombstone)
-        .flat_map(|s| {
-            String::from_utf8_lossy(&s.value)
-                .split(',')
-                .filter(|e| !e.is_empty())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use dynamo_client::set_workload::{elements, values};
 
 /// The value and context of a put that adds `element` to the set `read` holds: the
 /// union of its siblings plus `element`, superseding what `read` saw.

@@ -4,7 +4,6 @@
 
 pub mod set_writer;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dynamo_core::{Member, PartitionMap};
@@ -17,33 +16,8 @@ use tonic::Code;
 /// Upper bound of every test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Live values of a get, sorted.
-pub fn values(r: &GetResponse) -> Vec<String> {
-    let mut v: Vec<String> = r
-        .siblings
-        .iter()
-        .filter(|s| !s.tombstone)
-        .map(|s| String::from_utf8_lossy(&s.value).into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-/// The union of the comma-separated elements of every live sibling (the set workload of
-/// the nemesis and partition tests).
-pub fn elements(r: &GetResponse) -> BTreeSet<String> {
-    elements_of(r.siblings.iter().filter(|s| !s.tombstone).map(|s| &s.value))
-}
-
-/// The union of the comma-separated elements of `values`.
-pub fn elements_of<V: AsRef<[u8]>>(values: impl IntoIterator<Item = V>) -> BTreeSet<String> {
-    let mut set = BTreeSet::new();
-    for v in values {
-        let text = String::from_utf8_lossy(v.as_ref());
-        set.extend(text.split(',').filter(|e| !e.is_empty()).map(str::to_owned));
-    }
-    set
-}
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use dynamo_client::set_workload::{elements, elements_of, values};
 
 /// Hints node `i` holds for other nodes.
 pub async fn hints_pending(c: &Cluster, i: usize) -> u64 {
