@@ -4,22 +4,18 @@
 //! new epoch, see [`crate::dots`], so no dot is ever issued twice).
 //!
 //! Waiting for every member means that no coordinator still reads under the old map
-//! from this node when its copy goes. A key written here meanwhile (by a coordinator
-//! that had not seen the finalize yet) is dropped only if unchanged since it was read;
-//! a later pass takes it.
+//! from this node when its copy goes. A partition goes in one store batch of two range
+//! deletes (data and epoch records; on RocksDB one point delete per key, see
+//! `storage::rocks`), applied between the writer's other groups, with its Merkle tree
+//! emptied. A write that lands here later can only come from a coordinator
+//! that still held the pending map (one holding only the old map is refused, see
+//! [`crate::maps::stale_request`]): it needed W acknowledgements among the new replicas
+//! as well, so the copy here is spare, and the next pass drops it.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::transfer;
 use crate::node::Node;
-use crate::storage::keys::partition_range;
-use crate::storage::Cf;
-use crate::store::Change;
-
-/// Keys dropped in one store request.
-const DROP_BATCH: usize = 256;
 
 /// Drops what this node no longer replicates, if the time has come.
 pub async fn step(node: &Arc<Node>) {
@@ -41,48 +37,12 @@ pub async fn step(node: &Arc<Node>) {
         if node.live().state.version != state.version {
             return;
         }
-        match drop_partition(node, p).await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(
-                    partition = p,
-                    keys = n,
-                    "dropped a partition this node no longer replicates"
-                )
-            }
+        match node.store.drop_partition(p).await {
+            Ok(()) => tracing::info!(
+                partition = p,
+                "dropped a partition this node no longer replicates"
+            ),
             Err(e) => tracing::warn!(partition = p, error = %e, "could not drop a partition"),
-        }
-    }
-}
-
-/// Drops this node's copies of partition `p`'s keys, each only if unchanged since read.
-async fn drop_partition(node: &Arc<Node>, p: u32) -> Result<u64, crate::storage::StorageError> {
-    let (prefix, _) = partition_range(p);
-    let mut start = prefix.clone();
-    let mut dropped = 0;
-    loop {
-        let page = node
-            .store
-            .engine()
-            .scan(Cf::Data, &prefix, &start, DROP_BATCH)?;
-        let full = page.len() == DROP_BATCH;
-        if let Some((last, _)) = page.last() {
-            start = last.clone();
-            start.push(0);
-        }
-        let changes: Vec<Change> = page
-            .into_iter()
-            .map(|(dk, raw)| Change::Forget {
-                key: Bytes::copy_from_slice(&dk[4..]),
-                if_raw: Some(Bytes::from(raw)),
-            })
-            .collect();
-        dropped += changes.len() as u64;
-        if !changes.is_empty() {
-            node.store.apply_all(changes).await?;
-        }
-        if !full {
-            return Ok(dropped);
         }
     }
 }

@@ -100,6 +100,25 @@ impl RocksEngine {
         })
     }
 
+    /// Every stored key of `cf` in `[from, to)`.
+    fn keys_in(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut opts = ReadOptions::default();
+        opts.set_total_order_seek(true);
+        let mut keys = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(cf),
+            opts,
+            IteratorMode::From(from, Direction::Forward),
+        ) {
+            let (k, _) = item.map_err(err)?;
+            if &*k >= to {
+                break;
+            }
+            keys.push(k.into_vec());
+        }
+        Ok(keys)
+    }
+
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(cf.name())
@@ -116,11 +135,29 @@ impl Engine for RocksEngine {
 
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), StorageError> {
         let mut wb = WriteBatch::default();
-        for op in &batch.ops {
+        for (i, op) in batch.ops.iter().enumerate() {
             match op {
                 Op::Put(cf, k, v) => wb.put_cf(self.cf(*cf), k, v),
                 Op::Delete(cf, k) => wb.delete_cf(self.cf(*cf), k),
-                Op::DeleteRange(cf, from, to) => wb.delete_range_cf(self.cf(*cf), from, to),
+                // Not RocksDB's DeleteRange: with in-place updates (see `cf_options`) a
+                // later put of a key the memtable held before the range tombstone
+                // overwrites that entry under its old sequence number, which the
+                // tombstone covers, and the put is lost (found by the operator test: a
+                // partition dropped and later received again came back empty). So one
+                // point delete per key in the range: every key stored, and every key
+                // put earlier in this batch.
+                Op::DeleteRange(cf, from, to) => {
+                    let mut keys = self.keys_in(*cf, from, to)?;
+                    keys.extend(batch.ops[..i].iter().filter_map(|op| match op {
+                        Op::Put(c, k, _) if c == cf && k >= from && k < to => Some(k.clone()),
+                        _ => None,
+                    }));
+                    keys.sort_unstable();
+                    keys.dedup();
+                    for k in keys {
+                        wb.delete_cf(self.cf(*cf), k);
+                    }
+                }
             }
         }
         let mut wo = WriteOptions::default();
