@@ -2,6 +2,8 @@
 //! fault has healed and the cluster has had time to converge.
 //!
 //! - no acknowledged element is lost, and no element appears that no client tried;
+//! - no element a delete removed for good is in the final state (a read between may
+//!   still return it: a sloppy quorum promises no read-your-writes);
 //! - one dot carries the same bytes wherever it is (a reused dot loses a version
 //!   silently on every join);
 //! - every replica of a key holds the same siblings, and the replicas of a partition the
@@ -107,6 +109,19 @@ pub fn check(cluster: &Cluster, history: &History) -> Vec<String> {
                 "{key}: {} acknowledged elements lost, e.g. {:?}",
                 lost.len(),
                 &lost[..lost.len().min(5)]
+            ));
+        }
+        let back: Vec<_> = history
+            .buried
+            .get(key)
+            .unwrap_or(&none)
+            .intersection(&held)
+            .collect();
+        if !back.is_empty() {
+            violations.push(format!(
+                "{key}: {} deleted elements came back, e.g. {:?}",
+                back.len(),
+                &back[..back.len().min(5)]
             ));
         }
         let phantom: Vec<_> = held

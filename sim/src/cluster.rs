@@ -2,6 +2,7 @@
 //! gossip, anti-entropy, transfers) on the loopback transport, each on a simulated disk,
 //! with their background tasks, that the nemesis crashes, powers off, wipes and restarts.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +22,17 @@ use tokio::task::JoinHandle;
 /// Partitions of the simulated cluster.
 pub const Q: u32 = 16;
 
-/// Wall-clock time in a simulation: a fixed start plus simulated time elapsed.
+/// Wall-clock time in a simulation: a fixed start plus simulated time elapsed, plus the
+/// machine's clock error (which the nemesis makes jump).
 pub struct SimClock {
     start: tokio::time::Instant,
+    skew_ms: Arc<AtomicI64>,
 }
 
 impl Clock for SimClock {
     fn now_ms(&self) -> u64 {
-        1_800_000_000_000 + self.start.elapsed().as_millis() as u64
+        let now = 1_800_000_000_000 + self.start.elapsed().as_millis() as i64;
+        (now + self.skew_ms.load(Ordering::Relaxed)) as u64
     }
 }
 
@@ -47,6 +51,8 @@ pub struct Machine {
     pub process: Option<Process>,
     /// Removed from the cluster by a finished change, and stopped for good.
     pub retired: bool,
+    /// How far the machine's clock is off, in milliseconds.
+    pub skew_ms: Arc<AtomicI64>,
 }
 
 pub struct Cluster {
@@ -72,6 +78,7 @@ impl Cluster {
                     disk: Arc::new(MemoryEngine::new()),
                     process: None,
                     retired: false,
+                    skew_ms: Arc::new(AtomicI64::new(0)),
                 })
                 .collect(),
             start,
@@ -96,6 +103,9 @@ impl Cluster {
             request_timeout_ms: 500,
             gossip_interval_ms: 500,
             anti_entropy_interval_ms: 3_000,
+            // Short enough that tombstones are purged within a run (and that clock jumps
+            // can make a node think one is old).
+            tombstone_grace_ms: 20_000,
             ..NodeConfig::default()
         }
     }
@@ -120,6 +130,7 @@ impl Cluster {
             disk: Arc::new(MemoryEngine::new()),
             process: None,
             retired: false,
+            skew_ms: Arc::new(AtomicI64::new(0)),
         });
         let i = self.machines.len() - 1;
         self.boot(i);
@@ -149,7 +160,10 @@ impl Cluster {
                 self.config(i),
                 power.clone(),
                 |engine| Store::inline(engine, Q, true),
-                Arc::new(SimClock { start: self.start }),
+                Arc::new(SimClock {
+                    start: self.start,
+                    skew_ms: self.machines[i].skew_ms.clone(),
+                }),
                 learned,
             )
             .expect("a simulated node starts on a live disk");
@@ -191,6 +205,34 @@ impl Cluster {
     pub fn wipe(&mut self, i: usize) {
         self.kill(i, true);
         self.machines[i].disk = Arc::new(MemoryEngine::new());
+    }
+
+    /// Makes machine `i`'s disk fail every write from now on (until its process is
+    /// restarted on it, see [`Cluster::restart_failed_disks`]).
+    pub fn fail_disk(&mut self, i: usize) {
+        if let Some(p) = &self.machines[i].process {
+            p.power.fail_writes();
+        }
+    }
+
+    /// Restarts every process whose disk failed (the disk is replaced by a working one
+    /// holding the same data, as after an operator's repair).
+    pub fn restart_failed_disks(&mut self) {
+        for i in 0..self.machines.len() {
+            if self.machines[i]
+                .process
+                .as_ref()
+                .is_some_and(|p| p.power.failing())
+            {
+                self.kill(i, false);
+                self.restart(i);
+            }
+        }
+    }
+
+    /// Moves machine `i`'s clock by `ms` (forward or back).
+    pub fn jump_clock(&self, i: usize, ms: i64) {
+        self.machines[i].skew_ms.fetch_add(ms, Ordering::Relaxed);
     }
 
     /// Starts machine `i` again (unless retired).

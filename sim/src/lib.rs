@@ -16,11 +16,12 @@
 //! implementation that runs the same request paths, and one runtime for all nodes keeps
 //! the schedule in one place.
 //!
-//! A run: clients write for [`Config::chaos`] while a nemesis partitions the network
-//! (also one way), makes it lossy, slow and duplicating, kills nodes, cuts their power
-//! (unsynced writes lost) and wipes their disks; then everything heals, every node
-//! restarts, the cluster gets [`Config::settle`] of quiet, and [`check::check`] compares
-//! a dump of every replica with what the clients saw.
+//! A run: clients write (and deleters delete) for [`Config::chaos`] while a nemesis
+//! partitions the network (also one way), makes it lossy, slow and duplicating, freezes
+//! nodes, kills them, cuts their power (unsynced writes lost), wipes their disks, makes
+//! their disks fail and their clocks jump; then everything heals, every node restarts,
+//! the cluster gets [`Config::settle`] of quiet, and [`check::check`] compares a dump of
+//! every replica with what the clients saw.
 
 pub mod change;
 pub mod check;
@@ -117,22 +118,29 @@ async fn world(seed: u64, cfg: Config) -> Report {
     let history = Arc::new(Mutex::new(History::default()));
     let until = start + cfg.chaos;
     let mut clients = Vec::new();
-    for (k, kind) in [Kind::ReadModifyWrite, Kind::Chain, Kind::Blind]
-        .into_iter()
-        .enumerate()
+    for (k, kind) in [
+        Kind::ReadModifyWrite,
+        Kind::Chain,
+        Kind::Blind,
+        Kind::Deleter,
+    ]
+    .into_iter()
+    .enumerate()
     {
-        // Chain and blind clients share keys: a blind write is concurrent with every
-        // chained put, so it must survive as a sibling.
-        let family = match kind {
-            Kind::ReadModifyWrite => "s",
-            _ => "c",
-        };
-        let keys: Vec<String> = (0..cfg.keys).map(|i| format!("{family}{i}")).collect();
         for c in 0..cfg.clients_per_kind {
+            let id = k * cfg.clients_per_kind + c;
+            // Chain and blind clients share keys: a blind write is concurrent with every
+            // chained put, so it must survive as a sibling. A deleter has keys of its own.
+            let family = match kind {
+                Kind::ReadModifyWrite => "s".to_owned(),
+                Kind::Chain | Kind::Blind => "c".to_owned(),
+                Kind::Deleter => format!("d{id}-"),
+            };
+            let keys: Vec<String> = (0..cfg.keys).map(|i| format!("{family}{i}")).collect();
             let client = Client {
-                id: k * cfg.clients_per_kind + c,
+                id,
                 kind,
-                keys: keys.clone(),
+                keys,
                 cluster: cluster.clone(),
                 history: history.clone(),
                 trace: trace.clone(),
@@ -154,14 +162,7 @@ async fn world(seed: u64, cfg: Config) -> Report {
         let _ = c.await;
     }
     // Heal everything and restart every node, then let the cluster converge.
-    net.heal();
-    net.set_weather(Weather::CALM);
-    {
-        let mut c = cluster.lock();
-        for i in 0..c.machines.len() {
-            c.restart(i);
-        }
-    }
+    heal(&mut cluster.lock(), &net);
     // A change under way finishes once the faults are gone (within the settling time).
     let settled = tokio::time::Instant::now() + cfg.settle;
     if let Some(committer) = committer {
@@ -187,6 +188,17 @@ async fn world(seed: u64, cfg: Config) -> Report {
     }
 }
 
+/// Ends every fault: the network heals (frozen nodes thaw), nodes whose disk failed get
+/// a working one and restart, and every stopped node starts.
+fn heal(c: &mut Cluster, net: &Net) {
+    net.heal();
+    net.set_weather(Weather::CALM);
+    c.restart_failed_disks();
+    for i in 0..c.machines.len() {
+        c.restart(i);
+    }
+}
+
 /// Injects a fault every few simulated seconds until `until`, healing the previous one
 /// sometimes (any number of nodes may be down at once).
 async fn nemesis(
@@ -204,7 +216,7 @@ async fn nemesis(
         let mut c = cluster.lock();
         let ids = c.ids();
         let n = ids.len();
-        let pick = with_rng(|r| r.random_range(0..8));
+        let pick = with_rng(|r| r.random_range(0..11));
         let victim = with_rng(|r| r.random_range(0..n));
         let machine = c.index_of(&ids[victim]).expect("a machine per id");
         let fault = match pick {
@@ -248,12 +260,27 @@ async fn nemesis(
                 c.wipe(machine);
                 format!("wipe {}", ids[victim])
             }
+            6 => {
+                let pause = with_rng(|r| r.random_range(500..8_000));
+                net.freeze(&ids[victim], Duration::from_millis(pause));
+                format!("freeze {} for {pause} ms", ids[victim])
+            }
+            7 => {
+                // Mostly small steps either way; sometimes far ahead (past the
+                // tombstone grace, which then means nothing on that node).
+                let ms = with_rng(|r| match r.random_bool(0.2) {
+                    true => r.random_range(60_000..600_000),
+                    false => r.random_range(-15_000..15_000),
+                });
+                c.jump_clock(machine, ms);
+                format!("clock of {} jumps {ms:+} ms", ids[victim])
+            }
+            8 => {
+                c.fail_disk(machine);
+                format!("disk of {} fails its writes", ids[victim])
+            }
             _ => {
-                net.heal();
-                net.set_weather(Weather::CALM);
-                for i in 0..c.machines.len() {
-                    c.restart(i);
-                }
+                heal(&mut c, net);
                 "heal; restart all".to_owned()
             }
         };

@@ -1,8 +1,8 @@
 //! The simulated network: the fate of every call between nodes (delay, loss of the
-//! request or of the reply, duplication, partitions that may be one-way), drawn from the
+//! request or of the reply, duplication, partitions that may be one-way, frozen ends), drawn from the
 //! run's seeded generator, and recorded in the trace.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,9 @@ pub struct Net {
     weather: Mutex<Weather>,
     /// (from, to) pairs whose requests are lost.
     cut: Mutex<BTreeSet<(String, String)>>,
+    /// Frozen nodes (as by SIGSTOP) and when each thaws: a call to or from one is not
+    /// answered (the caller times out), and a write arrives only when it thaws.
+    frozen: Mutex<BTreeMap<String, tokio::time::Instant>>,
 }
 
 impl Net {
@@ -55,6 +58,7 @@ impl Net {
             trace,
             weather: Mutex::new(Weather::CALM),
             cut: Mutex::new(BTreeSet::new()),
+            frozen: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -72,9 +76,28 @@ impl Net {
         }
     }
 
-    /// Heals every partition.
+    /// Freezes `id` for `pause`.
+    pub fn freeze(&self, id: &str, pause: Duration) {
+        let thaw = tokio::time::Instant::now() + pause;
+        self.frozen.lock().insert(id.to_owned(), thaw);
+    }
+
+    /// Heals every partition and thaws every frozen node.
     pub fn heal(&self) {
         self.cut.lock().clear();
+        self.frozen.lock().clear();
+    }
+
+    /// How long a message between `from` and `to` waits for a frozen end to thaw.
+    fn thaw_wait(&self, from: &str, to: &str) -> Duration {
+        let now = tokio::time::Instant::now();
+        let frozen = self.frozen.lock();
+        [from, to]
+            .iter()
+            .filter_map(|id| frozen.get(*id))
+            .map(|thaw| thaw.saturating_duration_since(now))
+            .max()
+            .unwrap_or_default()
     }
 }
 
@@ -82,6 +105,7 @@ impl Faults for Net {
     fn deliver(&self, from: &str, to: &str, method: &'static str) -> Delivery {
         let w = *self.weather.lock();
         let cut = self.cut.lock().contains(&(from.to_owned(), to.to_owned()));
+        let thaw = self.thaw_wait(from, to);
         let d = with_rng(|r| Delivery {
             delay: Duration::from_millis(r.random_range(0..=w.max_delay_ms)),
             lose_request: cut || r.random_bool(w.loss),
@@ -90,6 +114,16 @@ impl Faults for Net {
                 .random_bool(w.duplication)
                 .then(|| Duration::from_millis(r.random_range(0..=w.max_delay_ms * 4))),
         });
+        // A frozen end: the caller waits out its timeout, and a write arrives when the
+        // node thaws (long after its coordinator gave up on it).
+        let d = match thaw.is_zero() {
+            true => d,
+            false => Delivery {
+                lose_request: true,
+                duplicate: Some(thaw + d.delay),
+                ..d
+            },
+        };
         self.trace.record((
             now_ms(self.start),
             from,

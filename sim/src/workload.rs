@@ -11,7 +11,7 @@ use std::time::Duration;
 use dynamo_node::determinism::with_rng;
 use dynamo_node::service::kv::KvService;
 use dynamo_proto::v1::kv_server::Kv as _;
-use dynamo_proto::v1::{GetRequest, PutRequest};
+use dynamo_proto::v1::{DeleteRequest, GetRequest, PutRequest};
 use parking_lot::Mutex;
 use rand::Rng;
 use tonic::Request;
@@ -27,8 +27,13 @@ pub type Sets = BTreeMap<String, BTreeSet<String>>;
 pub struct History {
     /// Every element a put tried to add, acknowledged or not.
     pub tried: Sets,
-    /// Elements whose put was acknowledged.
+    /// Elements whose put was acknowledged (less those a delete may have removed).
     pub acked: Sets,
+    /// Elements an acknowledged delete removed for good: every version holding one was
+    /// among the siblings the delete's context came from, and no later put holds it
+    /// (a stale read after the delete may bring one back into a put). None may be in the
+    /// final state.
+    pub buried: Sets,
     pub ops: u64,
     pub failed: u64,
 }
@@ -39,6 +44,9 @@ pub enum Kind {
     ReadModifyWrite,
     Chain,
     Blind,
+    /// Read-modify-write on keys of its own, and now and then a delete with the context
+    /// read (then the key is created again by the next put).
+    Deleter,
 }
 
 pub use dynamo_client::set_workload::elements;
@@ -70,6 +78,8 @@ impl Client {
         // Chain clients: per key, the context the last acknowledged put returned and
         // every element this client put on the key.
         let mut chains: BTreeMap<String, (Vec<u8>, BTreeSet<String>)> = BTreeMap::new();
+        // Deleters: per key, the value of every put tried, acknowledged or not.
+        let mut versions: BTreeMap<String, Vec<BTreeSet<String>>> = BTreeMap::new();
         let mut n = 0u64;
         while tokio::time::Instant::now() < self.until {
             let think = with_rng(|r| r.random_range(1..30));
@@ -79,6 +89,12 @@ impl Client {
             };
             let key = self.keys[with_rng(|r| r.random_range(0..self.keys.len()))].clone();
             n += 1;
+            if let Kind::Deleter = self.kind {
+                let versions = versions.entry(key.clone()).or_default();
+                self.delete_or_add(&kv, &key, format!("c{}-{n}", self.id), versions)
+                    .await;
+                continue;
+            }
             let element = format!("c{}-{n}", self.id);
             let (value, context) = match self.kind {
                 Kind::ReadModifyWrite => {
@@ -105,6 +121,7 @@ impl Client {
                     (join(mine), context.clone())
                 }
                 Kind::Blind => (element.clone(), Vec::new()),
+                Kind::Deleter => unreachable!("deleters are served above"),
             };
             self.history
                 .lock()
@@ -133,6 +150,96 @@ impl Client {
                 }
                 Err(e) => self.note(&key, "put", Err(e.code())),
             }
+        }
+    }
+
+    /// One step of a deleter on `key`: a read, then either a delete with the context
+    /// read (a quarter of the time, if the key holds anything) or a put of what was
+    /// read plus `element`. `versions` is every value this client has put on the key.
+    async fn delete_or_add(
+        &self,
+        kv: &KvService,
+        key: &str,
+        element: String,
+        versions: &mut Vec<BTreeSet<String>>,
+    ) {
+        let get = GetRequest {
+            key: key.as_bytes().to_vec(),
+            r: None,
+        };
+        let read = match kv.get(Request::new(get)).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => return self.note(key, "get", Err(e.code())),
+        };
+        let seen = elements(&read);
+        if !seen.is_empty() && with_rng(|r| r.random_bool(0.25)) {
+            let seen_values: BTreeSet<BTreeSet<String>> = read
+                .siblings
+                .iter()
+                .filter(|s| !s.tombstone)
+                .map(|s| dynamo_client::set_workload::elements_of([&s.value]))
+                .collect();
+            let del = DeleteRequest {
+                key: key.as_bytes().to_vec(),
+                context: read.context,
+                w: None,
+            };
+            let outcome = kv.delete(Request::new(del)).await;
+            let mut h = self.history.lock();
+            // Gone or maybe gone: no longer required at the end.
+            if let Some(acked) = h.acked.get_mut(key) {
+                acked.retain(|e| !seen.contains(e));
+            }
+            match outcome {
+                Ok(_) => {
+                    // Buried: an element every version of which the delete covered.
+                    let covered = seen.iter().filter(|e| {
+                        versions
+                            .iter()
+                            .filter(|v| v.contains(*e))
+                            .all(|v| seen_values.contains(v))
+                    });
+                    let covered: Vec<String> = covered.cloned().collect();
+                    h.buried.entry(key.to_owned()).or_default().extend(covered);
+                    drop(h);
+                    self.note(key, "delete", Ok(()));
+                }
+                Err(e) => {
+                    drop(h);
+                    self.note(key, "delete", Err(e.code()));
+                }
+            }
+            return;
+        }
+        let mut value = seen;
+        value.insert(element.clone());
+        versions.push(value.clone());
+        {
+            let mut h = self.history.lock();
+            h.tried
+                .entry(key.to_owned())
+                .or_default()
+                .insert(element.clone());
+            // A read after an acknowledged delete may still return what it deleted (a
+            // sloppy quorum promises no read-your-writes): put again, it lives again.
+            if let Some(buried) = h.buried.get_mut(key) {
+                buried.retain(|e| !value.contains(e));
+            }
+        }
+        let put = PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: join(&value).into_bytes(),
+            context: read.context,
+            w: None,
+        };
+        match kv.put(Request::new(put)).await {
+            Ok(_) => {
+                let mut h = self.history.lock();
+                h.acked.entry(key.to_owned()).or_default().insert(element);
+                drop(h);
+                self.note(key, "put", Ok(()));
+            }
+            Err(e) => self.note(key, "put", Err(e.code())),
         }
     }
 

@@ -317,15 +317,19 @@ impl Transport for LoopbackTransport {
         timeout: Duration,
     ) -> Result<(), PeerError> {
         let delivery = self.net.delivery(&self.from, &peer.id, "write");
-        let node = self.reach(&peer.id, timeout, &delivery).await?;
         if let Some(after) = delivery.duplicate {
-            // The same request arrives again later; joins are idempotent.
-            let (again, twin) = (node.clone(), entries.clone());
+            // The same request arrives (again) later, if the link is up then; joins are
+            // idempotent. With the request itself lost, this is its only, late, arrival.
+            let (net, from, to) = (self.net.clone(), self.from.clone(), peer.id.clone());
+            let twin = entries.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
-                let _ = again.accept(twin).await;
+                if let Ok(node) = net.reach(&from, &to) {
+                    let _ = node.accept(twin).await;
+                }
             });
         }
+        let node = self.reach(&peer.id, timeout, &delivery).await?;
         let answer = node.accept(entries).await.map_err(internal);
         if delivery.lose_reply {
             tokio::time::sleep(timeout).await;

@@ -2,6 +2,7 @@
 //! process dies (or its machine loses power), it can no longer touch the disk, while the
 //! disk itself lives on for the next process started on it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -13,6 +14,8 @@ use super::{Batch, Cf, Engine, Entries, StorageError};
 pub struct PowerCycle {
     disk: Arc<MemoryEngine>,
     ended: RwLock<bool>,
+    /// Writes and syncs fail (a failing disk), reads still work.
+    failing: AtomicBool,
 }
 
 impl PowerCycle {
@@ -20,7 +23,25 @@ impl PowerCycle {
         Arc::new(Self {
             disk,
             ended: RwLock::new(false),
+            failing: AtomicBool::new(false),
         })
+    }
+
+    /// From now on every write and sync fails, as on a disk returning I/O errors; what
+    /// the failed calls carried is not stored.
+    pub fn fail_writes(&self) {
+        self.failing.store(true, Ordering::SeqCst);
+    }
+
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::SeqCst)
+    }
+
+    fn writable(&self) -> Result<(), StorageError> {
+        match self.failing() {
+            true => Err(StorageError::Engine("injected disk write failure".into())),
+            false => Ok(()),
+        }
     }
 
     /// Ends the process: waits out the disk calls under way and fails every later one.
@@ -50,6 +71,7 @@ impl Engine for PowerCycle {
         self.alive(|d| d.get(cf, key))
     }
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), StorageError> {
+        self.writable()?;
         self.alive(|d| d.write(batch, sync))
     }
     fn scan(
@@ -62,6 +84,7 @@ impl Engine for PowerCycle {
         self.alive(|d| d.scan(cf, prefix, start, limit))
     }
     fn sync(&self) -> Result<(), StorageError> {
+        self.writable()?;
         self.alive(|d| d.sync())
     }
     fn size_bytes(&self) -> u64 {
@@ -96,5 +119,12 @@ mod tests {
         let third = PowerCycle::new(disk);
         assert!(third.get(Cf::Data, b"synced").unwrap().is_some());
         assert!(third.get(Cf::Data, b"unsynced").unwrap().is_none());
+
+        // A failing disk refuses writes and keeps nothing of them; reads go on.
+        third.fail_writes();
+        assert!(put(&*third, b"refused", false).is_err());
+        assert!(third.sync().is_err());
+        assert!(third.get(Cf::Data, b"refused").unwrap().is_none());
+        assert!(third.get(Cf::Data, b"synced").unwrap().is_some());
     }
 }
