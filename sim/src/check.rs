@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use dynamo_client::set_workload::elements_of;
+
 use crate::cluster::{Cluster, Q};
 
 /// A replica's siblings of one key: each dot with its value (`None`: a tombstone).
@@ -83,12 +85,7 @@ pub fn check(cluster: &Cluster, history: &History) -> Vec<String> {
                     }
                 }
                 if let Some(v) = &s.value {
-                    held.extend(
-                        String::from_utf8_lossy(v)
-                            .split(',')
-                            .filter(|e| !e.is_empty())
-                            .map(str::to_owned),
-                    );
+                    held.extend(elements_of([v]));
                 }
                 siblings.push((dot, s.value.clone()));
             }
@@ -98,42 +95,24 @@ pub fn check(cluster: &Cluster, history: &History) -> Vec<String> {
                 by_replica.push((node.id().to_owned(), siblings));
             }
         }
-        let lost: Vec<_> = history
-            .acked
-            .get(key)
-            .unwrap_or(&none)
-            .difference(&held)
-            .collect();
-        if !lost.is_empty() {
-            violations.push(format!(
-                "{key}: {} acknowledged elements lost, e.g. {:?}",
-                lost.len(),
-                &lost[..lost.len().min(5)]
-            ));
-        }
-        let back: Vec<_> = history
-            .buried
-            .get(key)
-            .unwrap_or(&none)
-            .intersection(&held)
-            .collect();
-        if !back.is_empty() {
-            violations.push(format!(
-                "{key}: {} deleted elements came back, e.g. {:?}",
-                back.len(),
-                &back[..back.len().min(5)]
-            ));
-        }
-        let phantom: Vec<_> = held
-            .difference(history.tried.get(key).unwrap_or(&none))
-            .collect();
-        if !phantom.is_empty() {
-            violations.push(format!(
-                "{key}: {} elements no client tried, e.g. {:?}",
-                phantom.len(),
-                &phantom[..phantom.len().min(5)]
-            ));
-        }
+        let acked = history.acked.get(key).unwrap_or(&none);
+        let buried = history.buried.get(key).unwrap_or(&none);
+        let tried = history.tried.get(key).unwrap_or(&none);
+        let mut flag = |what: &str, found: Vec<&String>| {
+            if !found.is_empty() {
+                let some = &found[..found.len().min(5)];
+                violations.push(format!("{key}: {} {what}, e.g. {some:?}", found.len()));
+            }
+        };
+        flag(
+            "acknowledged elements lost",
+            acked.difference(&held).collect(),
+        );
+        flag(
+            "deleted elements came back",
+            buried.intersection(&held).collect(),
+        );
+        flag("elements no client tried", held.difference(tried).collect());
         if let Some((first, siblings)) = by_replica.first() {
             for (other, theirs) in &by_replica[1..] {
                 if theirs != siblings {
