@@ -347,25 +347,34 @@ pub struct Read {
 /// Coordinates a get.
 pub async fn read(node: &Arc<Node>, key: Bytes, r: Option<u32>) -> Result<Read, RequestError> {
     check_key(&key)?;
-    let map = node.try_map().ok_or_else(no_map)?;
+    let live = node.live();
+    let map = live.reads.clone().ok_or_else(no_map)?;
     let n = map.replication;
     let r = resolve_quorum("r", r, node.cfg.replication.r, n)? as usize;
     let deadline = Instant::now() + node.timeout();
     let local_raw = node.store.read_raw(&key)?.unwrap_or_default();
     let mut merged = read_repair::decode_state(&local_raw)?;
     let p = map.partition_of(&key);
-    let others: Vec<Member> = map
-        .preference_list(p)
+    // The replicas the read counts are the old list's; while members change, the new
+    // list's others are read too, for repair only (a new replica may still be receiving
+    // the partition, so it must not count towards R).
+    let intended = live.state.intended(p);
+    let (counted, repair_only): (Vec<Member>, Vec<Member>) = intended
+        .members
+        .iter()
         .filter(|m| m.id != node.id())
-        .cloned()
-        .collect();
+        .map(|m| (*m).clone())
+        .partition(|m| map.is_replica(p, &m.id));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut replies = 1;
     tokio::spawn(read_repair::gather_and_repair(
         node.clone(),
         key,
         local_raw,
-        others,
+        read_repair::Replicas {
+            counted,
+            repair_only,
+        },
         tx,
     ));
     while replies < r {

@@ -32,32 +32,45 @@ pub fn decode_state(raw: &[u8]) -> Result<SiblingSet, StorageError> {
     decode_stored((!raw.is_empty()).then_some(raw))
 }
 
-/// Reads `key` from `others` and passes each answer to the coordinator on `replies`:
-/// `None` when it is byte-for-byte this node's state `local` (nothing to decode or merge,
-/// the common case), else the replica's state. Then repairs every replica (this node
-/// included) that answered stale.
+/// The other replicas a read asks.
+pub struct Replicas {
+    /// Those whose answers count towards R (the preference list of the map reads use).
+    pub counted: Vec<Member>,
+    /// Those read for repair only: while members change, the new preference list's
+    /// members that are not in the old one.
+    pub repair_only: Vec<Member>,
+}
+
+/// Reads `key` from the other replicas and passes each counted answer to the coordinator
+/// on `replies`: `None` when it is byte-for-byte this node's state `local` (nothing to
+/// decode or merge, the common case), else the replica's state. Then repairs every
+/// replica (this node included, and those read for repair only) that answered stale.
 pub async fn gather_and_repair(
     node: Arc<Node>,
     key: Bytes,
     local: Bytes,
-    others: Vec<Member>,
+    replicas: Replicas,
     replies: mpsc::UnboundedSender<Option<SiblingSet>>,
 ) {
-    let mut inflight: FuturesUnordered<_> = others
+    let asked = replicas
+        .counted
         .into_iter()
-        .map(|m| {
+        .map(|m| (m, true))
+        .chain(replicas.repair_only.into_iter().map(|m| (m, false)));
+    let mut inflight: FuturesUnordered<_> = asked
+        .map(|(m, counted)| {
             let node = node.clone();
             let key = key.clone();
             async move {
                 let r = node.transport.read(&m, key, node.timeout()).await;
-                (m, r)
+                (m, counted, r)
             }
         })
         .collect();
     // Replicas whose state is identical to this node's, and those whose state differs.
     let mut same = vec![node.id().to_owned()];
     let mut differing = Vec::new();
-    while let Some((m, result)) = inflight.next().await {
+    while let Some((m, counted, result)) = inflight.next().await {
         let state = result.and_then(|raw| {
             if raw == local {
                 return Ok(None);
@@ -68,7 +81,9 @@ pub async fn gather_and_repair(
         });
         match state {
             Ok(state) => {
-                let _ = replies.send(state.clone());
+                if counted {
+                    let _ = replies.send(state.clone());
+                }
                 match state {
                     None => same.push(m.id.clone()),
                     Some(set) => differing.push((m.id.clone(), set)),

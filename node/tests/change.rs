@@ -258,3 +258,72 @@ async fn an_aborted_change_loses_nothing_and_racing_commits_have_one_winner() {
     let outcome = w.await.unwrap();
     check(&nodes[..3], &outcome, &old).await;
 }
+
+/// While a change is pending (and no transfer runs), a get repairs the new replicas of
+/// its key too: they are read for repair only, and receive the join of what was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_repair_covers_the_pending_preference_list() {
+    let net = LoopbackNet::new();
+    let all: Vec<Member> = members(4);
+    let spec = spec();
+    let mut nodes: Vec<Arc<Node>> = (0..3)
+        .map(|i| start_node(&net, &all[..3], i, Arc::new(MemoryEngine::new()), &spec))
+        .collect();
+    nodes.push(start_node_with(
+        &net,
+        &all,
+        3,
+        Arc::new(MemoryEngine::new()),
+        &spec,
+        MapState::default(),
+    ));
+    // No change task runs, so nothing is transferred: only read repair can bring a key
+    // to the new replica.
+    let old = nodes[0].map();
+    let grown = planner::plan(Some(&old), &all, Q, 3).unwrap();
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| grown.is_replica(grown.partition_of(k.as_bytes()), "n4"))
+        .unwrap();
+    let p = old.partition_of(key.as_bytes());
+    let kv = KvService::new(nodes[0].clone());
+    let mut out = Outcome::default();
+    out.put(&kv, key.clone(), "x".into(), "x".into(), Vec::new())
+        .await
+        .expect("put acknowledged");
+    change::commit(&nodes[1], grown.clone(), false)
+        .await
+        .expect("commit");
+    wait_for("n4 holds the pending map", 10, || {
+        nodes[3].live().state.pending.as_ref() == Some(&grown)
+    })
+    .await;
+    assert!(nodes[3].store.read(key.as_bytes()).unwrap().is_empty());
+    // A get through an old replica of the key.
+    let via = nodes
+        .iter()
+        .find(|n| old.is_replica(p, n.id()))
+        .unwrap()
+        .clone();
+    let read = KvService::new(via)
+        .get(Request::new(GetRequest {
+            key: key.clone().into_bytes(),
+            r: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    out.check(&key, &elements(&read));
+    wait_for("the new replica is repaired", 10, || {
+        !nodes[3].store.read(key.as_bytes()).unwrap().is_empty()
+    })
+    .await;
+    let repaired: BTreeSet<String> = nodes[3]
+        .store
+        .read(key.as_bytes())
+        .unwrap()
+        .values()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(repaired, BTreeSet::from(["x".to_owned()]));
+}
