@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebalance benchmark: what a change of members costs on a loaded local cluster.
 #
-# A 3-node cluster (N=3 R=2 W=2, Q=256, fsync periodic) is filled with REB_KEYS keys of
+# A 3-node cluster (N=3 R=2 W=2, Q=256, fsync periodic, one runtime thread per node, as
+# `dynamoctl cluster` starts them; the added node gets the same flags) is filled with REB_KEYS keys of
 # 100 bytes and its peak measured (closed loop, 64 workers, 50/50 gets and puts). Then,
 # REB_REPS times:
 #   1. baseline: an open-loop run at half of that peak, nothing moving;
@@ -138,6 +139,7 @@ for rep in $(seq 1 "$REPS"); do
     "$NODE_BIN" --node-id "$id" --listen "127.0.0.1:$((BASE_PORT + 4))" \
         --http-listen "127.0.0.1:$((HTTP_BASE_PORT + 4))" --data-dir "$DATA/$id" \
         --cluster-id local --cluster-secret-file "$SECRET" --partitions 256 \
+        --n 3 --r 2 --w 2 --fsync periodic --runtime-threads 1 \
         --seeds "127.0.0.1:$((BASE_PORT + 1))" >"$OUT/$id.log" 2>&1 &
     EXTRA_PID=$!
     for _ in $(seq 1 300); do

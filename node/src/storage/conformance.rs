@@ -83,6 +83,46 @@ fn data_scan_is_in_key_order(e: &dyn Engine) {
         "partition 1 from key 50, in order, each key once"
     );
     assert_eq!(e.scan(Cf::Data, &prefix, b"", 1000).unwrap().len(), 100);
+    // A prefix longer than the partition, and a start past the partition's keys.
+    let mut longer = prefix.to_vec();
+    longer.extend_from_slice(b"key-09");
+    let got: Vec<Vec<u8>> = e
+        .scan(Cf::Data, &longer, b"", 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(got, (90..100).map(|k| key(1, k)).collect::<Vec<_>>());
+    assert!(e
+        .scan(Cf::Data, &prefix, &key(1, 999), 1000)
+        .unwrap()
+        .is_empty());
+    // The last partition number, whose range ends past every 4-byte prefix.
+    put(e, Cf::Data, &key(u32::MAX, 1), b"last");
+    assert_eq!(
+        e.scan(Cf::Data, &u32::MAX.to_be_bytes(), b"", 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    // Dropping partition 1 by its range leaves partitions 0 and 2, and keys put again
+    // after it are kept.
+    let mut b = Batch::default();
+    b.delete_range(Cf::Data, prefix.to_vec(), 2u32.to_be_bytes().to_vec());
+    e.write(&b, false).unwrap();
+    assert!(e.scan(Cf::Data, &prefix, b"", 1000).unwrap().is_empty());
+    for p in [0u32, 2] {
+        assert_eq!(
+            e.scan(Cf::Data, &p.to_be_bytes(), b"", 1000).unwrap().len(),
+            100
+        );
+    }
+    put(e, Cf::Data, &key(1, 7), b"again");
+    assert_eq!(
+        e.get(Cf::Data, &key(1, 7)).unwrap(),
+        Some(b"again".to_vec())
+    );
+    assert_eq!(e.scan(Cf::Data, &prefix, b"", 1000).unwrap().len(), 1);
 }
 
 fn range_delete(e: &dyn Engine) {
