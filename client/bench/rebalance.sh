@@ -110,7 +110,8 @@ change_under_load() {
     local name=$1 rep=$2 b0 b1
     shift 2
     b0=$(transferred)
-    bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" >"$OUT/load-$name-$rep.json" &
+    bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" --timeline 250ms \
+        >"$OUT/load-$name-$rep.json" &
     local load_pid=$!
     ctl change apply "$@" >"$OUT/change-$name-$rep.log" 2>&1
     wait "$load_pid"

@@ -352,6 +352,7 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
         w: None,
         progress: false,
         seed: 7,
+        timeline: None,
     };
     let outcome = bench::run(&client, &cfg).await.unwrap();
     let r = &outcome.report;
@@ -408,10 +409,21 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
         concurrency: 4,
         rate: Some(200.0),
         stop: Stop::After(Duration::from_millis(500)),
+        timeline: Some(Duration::from_millis(100)),
         ..cfg
     };
     let outcome = bench::run(&client, &paced).await.unwrap();
     assert!(outcome.report.ops > 0);
+    // Its timeline: 100 ms slices over the half second, every operation in one.
+    let slices = outcome.report.timeline.as_ref().expect("a timeline");
+    assert!((5..=6).contains(&slices.len()), "{slices:?}");
+    assert_eq!(
+        slices.iter().map(|s| s.ops).sum::<u64>(),
+        outcome.report.ops
+    );
+    assert!(slices[..5]
+        .iter()
+        .all(|s| s.ops > 0 && s.max_ms >= s.p50_ms));
     assert!(
         outcome.report.ops <= 4 * 26,
         "paced run sent {} requests (closed loop: {unpaced} in 300 ms)",
@@ -458,6 +470,7 @@ async fn bench_opens_its_sessions_before_the_clock_even_without_prefill() {
         w: None,
         progress: false,
         seed: 1,
+        timeline: None,
     };
     let outcome = bench::run(&client, &cfg).await.unwrap();
     assert_eq!(outcome.report.ops, 0, "nothing timed");

@@ -15,6 +15,7 @@
 
 pub mod keys;
 pub mod stats;
+pub mod timeline;
 mod worker;
 
 use std::collections::HashMap;
@@ -76,6 +77,8 @@ pub struct BenchConfig {
     pub progress: bool,
     /// Seed of the workers' random choices.
     pub seed: u64,
+    /// Report latency over time in slices this wide.
+    pub timeline: Option<Duration>,
 }
 
 impl BenchConfig {
@@ -122,6 +125,7 @@ impl BenchConfig {
             "rate": self.rate,
             "r": self.r,
             "w": self.w,
+            "timeline_ms": self.timeline.map(|d| d.as_millis() as u64),
         })
     }
 }
@@ -180,6 +184,8 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
                 w: cfg.w,
                 seed: cfg.seed.wrapping_add(index as u64 * 0x9E37_79B9),
                 contexts,
+                started: start,
+                timeline: cfg.timeline.is_some(),
                 // Workers start spread over one interval, so the load is even.
                 pace: interval.map(|every| Pace {
                     next: start + every.mul_f64(index as f64 / workers as f64),
@@ -201,6 +207,10 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
 
     let (mut read, mut write, mut context_reads) = (OpStats::new(), OpStats::new(), 0);
     let mut wake_lag = OpStats::new();
+    let timeline = cfg.timeline.map(|width| {
+        let samples: Vec<_> = results.iter().map(|r| r.samples.clone()).collect();
+        timeline::slices(&samples, width)
+    });
     for r in &results {
         read.merge(&r.read);
         write.merge(&r.write);
@@ -211,6 +221,7 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
     if interval.is_some() {
         report = report.with_wake_lag(&wake_lag);
     }
+    report.timeline = timeline;
     Ok(Outcome {
         report,
         prefill: prefill_time,
@@ -327,6 +338,7 @@ mod tests {
             w: None,
             progress: false,
             seed: 1,
+            timeline: None,
         }
     }
 

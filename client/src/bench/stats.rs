@@ -163,6 +163,9 @@ pub struct Report {
     /// load generator itself that the latencies above include.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wake_lag_us: Option<Latency>,
+    /// Latency over time, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Vec<super::timeline::Slice>>,
     /// The parameters of the run.
     pub config: serde_json::Value,
 }
@@ -189,6 +192,7 @@ impl Report {
             write: OpReport::new(write, seconds),
             error_samples: all.samples,
             wake_lag_us: None,
+            timeline: None,
             config,
         }
     }

@@ -28,6 +28,7 @@ use bytes::Bytes;
 
 use super::keys::{key_for, Rng};
 use super::stats::OpStats;
+use super::timeline::Samples;
 use crate::client::Client;
 use crate::context::Context;
 
@@ -58,6 +59,10 @@ pub(crate) struct WorkerSpec {
     pub index: u64,
     pub workers: u64,
     pub keys: u64,
+    /// When the run started.
+    pub started: Instant,
+    /// Keep every operation's send time and latency for the timeline.
+    pub timeline: bool,
     pub key_size: usize,
     pub value: Bytes,
     pub read_ratio: f64,
@@ -94,6 +99,19 @@ pub(crate) struct WorkerResult {
     /// Open loop: how late the worker woke for requests it had to wait for (timer and
     /// scheduling delay in the load generator itself, not the cluster's doing).
     pub wake_lag: OpStats,
+    /// Successful operations' send times and latencies, when a timeline is asked for.
+    pub samples: Samples,
+}
+
+impl WorkerSpec {
+    fn sample(&self, out: &mut WorkerResult, start: Instant) {
+        if self.timeline {
+            out.samples.record(
+                start.saturating_duration_since(self.started),
+                start.elapsed(),
+            );
+        }
+    }
 }
 
 impl WorkerSpec {
@@ -165,7 +183,10 @@ async fn read(
     match client.get(&key, spec.r).await {
         // The context is not kept: the key's writer already holds one that covers its
         // last write, and a read may come from replicas that lag behind it.
-        Ok(_) => out.read.record(start.elapsed()),
+        Ok(_) => {
+            out.read.record(start.elapsed());
+            spec.sample(out, start);
+        }
         Err(e) => out.read.record_error(&e.to_string()),
     }
 }
@@ -196,6 +217,7 @@ async fn write(
     match client.put(&key, spec.value.clone(), &context, spec.w).await {
         Ok(ctx) => {
             out.write.record(start.elapsed());
+            spec.sample(out, start);
             spec.contexts.insert(i, ctx);
         }
         Err(e) => out.write.record_error(&e.to_string()),
@@ -218,6 +240,8 @@ mod tests {
             w: None,
             seed: 1,
             contexts: HashMap::new(),
+            started: Instant::now(),
+            timeline: false,
             pace: None,
         }
     }

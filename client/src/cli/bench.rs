@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also report latency over time, in slices this wide (e.g. 250ms): operations, p50,
+    /// p99 and slowest of the requests sent in each slice.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeline: Option<Duration>,
 }
 
 impl BenchArgs {
@@ -86,6 +90,7 @@ impl BenchArgs {
             w: self.w,
             progress: !self.quiet,
             seed: self.seed,
+            timeline: self.timeline,
         }
     }
 
@@ -118,6 +123,9 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{v}");
     } else {
         print!("{}", outcome.report.to_text());
+        if let Some(slices) = &outcome.report.timeline {
+            print!("{}", dynamo_client::bench::timeline::to_text(slices));
+        }
         if outcome.context_reads > 0 {
             println!(
                 "context reads (untimed gets before a key's first put): {}",
