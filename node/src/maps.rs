@@ -86,6 +86,24 @@ pub fn stale_write(held: &MapState, sender_epoch: u64, me: &str, key: &[u8]) -> 
     })
 }
 
+/// Why node `me` holding `held` refuses a peer's replica call made under map epoch
+/// `sender_epoch`: a read or write under a map finalized away ([`stale_request`]), or a
+/// write of one of `written` (the keys of its entries that are not hints) that would
+/// leave with a partition the sender does not know is moving ([`stale_write`]). Every
+/// transport applies it, the in-process one included.
+pub fn refused<'a>(
+    held: &MapState,
+    sender_epoch: u64,
+    me: &str,
+    written: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<String> {
+    stale_request(held, sender_epoch).or_else(|| {
+        written
+            .into_iter()
+            .find_map(|key| stale_write(held, sender_epoch, me, key))
+    })
+}
+
 /// Why a map state was not installed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {

@@ -327,3 +327,63 @@ async fn read_repair_covers_the_pending_preference_list() {
         .collect();
     assert_eq!(repaired, BTreeSet::from(["x".to_owned()]));
 }
+
+/// The in-process transport carries the sender's map epoch and is refused as the gRPC
+/// replica service refuses: a write from a node that missed a pending map, of a key whose
+/// partition the pending map moves away from the receiver, is refused there (so its W
+/// acknowledgements come from replicas that stay); a hint is not; and once the
+/// sender holds the pending map too, the same write is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loopback_transport_refuses_writes_made_under_a_map_that_missed_a_change() {
+    use dynamo_node::network::WriteEntry;
+
+    let net = LoopbackNet::new();
+    let all: Vec<Member> = members(4);
+    let spec = spec();
+    let nodes: Vec<Arc<Node>> = (0..4)
+        .map(|i| start_node(&net, &all, i, Arc::new(MemoryEngine::new()), &spec))
+        .collect();
+    let old = nodes[0].map();
+    let rest: Vec<Member> = all.iter().filter(|m| m.id != "n4").cloned().collect();
+    let shrunk = planner::plan(Some(&old), &rest, Q, 3).unwrap();
+    let pending = MapState::in_force((*old).clone())
+        .commit(shrunk.clone())
+        .unwrap()
+        .unwrap();
+    // Only n4 (leaving) learns the change; n1 still writes under epoch 1.
+    assert!(nodes[3].install(pending.clone()).unwrap());
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            let p = old.partition_of(k.as_bytes());
+            old.is_replica(p, "n4") && old.is_replica(p, "n1")
+        })
+        .unwrap();
+    let entry = |hint_for: Option<&str>| WriteEntry {
+        key: key.clone().into(),
+        set: dynamo_core::codec::encode_set(&dynamo_core::SiblingSet::new()).into(),
+        hint_for: hint_for.map(str::to_owned),
+        sync: false,
+    };
+    let timeout = Duration::from_secs(1);
+    let refused = nodes[0]
+        .transport
+        .write(&all[3], vec![entry(None)], timeout)
+        .await
+        .expect_err("n4 refuses a write that would leave with the partition");
+    assert!(
+        refused.to_string().contains("is pending"),
+        "the refusal says why: {refused}"
+    );
+    nodes[0]
+        .transport
+        .write(&all[3], vec![entry(Some("n2"))], timeout)
+        .await
+        .expect("a hint is kept");
+    assert!(nodes[0].install(pending).unwrap());
+    nodes[0]
+        .transport
+        .write(&all[3], vec![entry(None)], timeout)
+        .await
+        .expect("a sender that holds the pending map writes to both lists");
+}

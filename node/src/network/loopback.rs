@@ -7,6 +7,7 @@
 //! process without sockets, for fast tests of quorum and handoff behaviour.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -223,6 +224,9 @@ pub struct LoopbackTransport {
     net: Arc<LoopbackNet>,
     /// The node this transport sends from.
     from: String,
+    /// The newest map epoch the sending node holds, sent with every replica call as the
+    /// gRPC transport sends it.
+    map_epoch: AtomicU64,
 }
 
 impl LoopbackTransport {
@@ -230,6 +234,7 @@ impl LoopbackTransport {
         Self {
             net,
             from: from.into(),
+            map_epoch: AtomicU64::new(0),
         }
     }
 
@@ -293,14 +298,31 @@ fn status(e: PeerError) -> tonic::Status {
     tonic::Status::unavailable(e.to_string())
 }
 
+/// The refusal `node` answers a replica call made under map epoch `epoch` with, writing
+/// `entries` (see [`crate::maps::refused`]), as the gRPC replica service answers it.
+fn refuse(node: &Node, epoch: u64, entries: &[WriteEntry]) -> Result<(), PeerError> {
+    let written = entries.iter().filter(|e| e.hint_for.is_none());
+    let held = &node.live().state;
+    match crate::maps::refused(held, epoch, node.id(), written.map(|e| e.key.as_ref())) {
+        Some(why) => Err(PeerError::Status(tonic::Status::failed_precondition(why))),
+        None => Ok(()),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> PeerError {
     PeerError::Status(tonic::Status::internal(e.to_string()))
 }
 
 #[async_trait]
 impl Transport for LoopbackTransport {
+    fn set_map_epoch(&self, epoch: u64) {
+        self.map_epoch.store(epoch, Ordering::Relaxed);
+    }
+
     async fn read(&self, peer: &Member, key: Bytes, timeout: Duration) -> Result<Bytes, PeerError> {
+        let epoch = self.map_epoch.load(Ordering::Relaxed);
         self.call(&peer.id, "read", timeout, |node| async move {
+            refuse(&node, epoch, &[])?;
             Ok(node
                 .store
                 .read_raw(&key)
@@ -317,6 +339,7 @@ impl Transport for LoopbackTransport {
         timeout: Duration,
     ) -> Result<(), PeerError> {
         let delivery = self.net.delivery(&self.from, &peer.id, "write");
+        let epoch = self.map_epoch.load(Ordering::Relaxed);
         if let Some(after) = delivery.duplicate {
             // The same request arrives (again) later, if the link is up then; joins are
             // idempotent. With the request itself lost, this is its only, late, arrival.
@@ -325,12 +348,17 @@ impl Transport for LoopbackTransport {
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
                 if let Ok(node) = net.reach(&from, &to) {
-                    let _ = node.accept(twin).await;
+                    if refuse(&node, epoch, &twin).is_ok() {
+                        let _ = node.accept(twin).await;
+                    }
                 }
             });
         }
         let node = self.reach(&peer.id, timeout, &delivery).await?;
-        let answer = node.accept(entries).await.map_err(internal);
+        let answer = match refuse(&node, epoch, &entries) {
+            Ok(()) => node.accept(entries).await.map_err(internal),
+            Err(refused) => Err(refused),
+        };
         if delivery.lose_reply {
             tokio::time::sleep(timeout).await;
             return Err(PeerError::Timeout(timeout));

@@ -24,13 +24,17 @@ impl ReplicaService {
         Self { node }
     }
 
-    /// Refuses a peer of another cluster, or one whose request was made under a map
-    /// that is finalized away here (see [`crate::maps::stale_request`]). Writes are also
-    /// refused where they would leave with a partition the sender does not know is
-    /// moving ([`crate::maps::stale_write`]).
-    fn check_peer(&self, cluster_id: &str, map_epoch: u64) -> Result<(), Status> {
+    /// Refuses a peer of another cluster, or a call the map states refuse (see
+    /// [`crate::maps::refused`]); `written`: the keys a write would store (not hints).
+    fn check_peer<'a>(
+        &self,
+        cluster_id: &str,
+        map_epoch: u64,
+        written: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), Status> {
         super::check_peer_cluster(&self.node, cluster_id)?;
-        match crate::maps::stale_request(&self.node.live().state, map_epoch) {
+        let held = &self.node.live().state;
+        match crate::maps::refused(held, map_epoch, self.node.id(), written) {
             Some(why) => Err(Status::failed_precondition(why)),
             None => Ok(()),
         }
@@ -43,7 +47,7 @@ fn storage(e: crate::storage::StorageError) -> Status {
 
 impl ReplicaService {
     fn read_keys(&self, req: ReplicaReadRequest) -> Result<ReplicaReadResponse, Status> {
-        self.check_peer(&req.cluster_id, req.map_epoch)?;
+        self.check_peer(&req.cluster_id, req.map_epoch, [])?;
         let sets = req
             .keys
             .iter()
@@ -57,16 +61,12 @@ impl ReplicaService {
         &self,
         req: ReplicaWriteRequest,
     ) -> Result<ReplicaWriteResponse, Status> {
-        self.check_peer(&req.cluster_id, req.map_epoch)?;
-        let held = self.node.live().state.clone();
-        if let Some(why) = req
-            .entries
-            .iter()
-            .filter(|e| e.hint_for.is_empty())
-            .find_map(|e| crate::maps::stale_write(&held, req.map_epoch, self.node.id(), &e.key))
-        {
-            return Err(Status::failed_precondition(why));
-        }
+        let written = req.entries.iter().filter(|e| e.hint_for.is_empty());
+        self.check_peer(
+            &req.cluster_id,
+            req.map_epoch,
+            written.map(|e| e.key.as_ref()),
+        )?;
         let entries = req
             .entries
             .into_iter()
