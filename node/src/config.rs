@@ -149,9 +149,12 @@ pub struct NodeConfig {
     pub tombstone_grace_ms: u64,
     /// The most bytes per second hinted handoff and anti-entropy move together; they
     /// slow down (to 1/256 of it at least) while the p99 latency of client requests
-    /// coordinated here is above `background_p99_target_ms`.
+    /// coordinated here is above `background_p99_target_ms`, or above
+    /// `background_p99_relative` times its usual p99 (see [`crate::budget`]).
     pub background_bytes_per_sec: u64,
     pub background_p99_target_ms: u64,
+    /// 0: only the fixed target.
+    pub background_p99_relative: f64,
 }
 
 impl Default for NodeConfig {
@@ -185,6 +188,7 @@ impl Default for NodeConfig {
             tombstone_grace_ms: 3_600_000,
             background_bytes_per_sec: 64 << 20,
             background_p99_target_ms: 25,
+            background_p99_relative: 1.25,
         }
     }
 }
@@ -291,9 +295,13 @@ pub struct Args {
     /// Bytes per second background work (hints, anti-entropy) may move at most.
     #[arg(long, env = "DYNAMO_BACKGROUND_BYTES_PER_SEC")]
     pub background_bytes_per_sec: Option<u64>,
-    /// Client p99 (ms) above which background work backs off.
+    /// Client p99 (ms) above which background work always backs off.
     #[arg(long, env = "DYNAMO_BACKGROUND_P99_TARGET_MS")]
     pub background_p99_target_ms: Option<u64>,
+    /// Background work also backs off while the client p99 is above this multiple of its
+    /// usual p99 (0: only the fixed target).
+    #[arg(long, env = "DYNAMO_BACKGROUND_P99_RELATIVE")]
+    pub background_p99_relative: Option<f64>,
 }
 
 /// Parses `ID=HOST:PORT[@ZONE]`.
@@ -322,6 +330,7 @@ impl NodeConfig {
             max_bytes_per_sec: max,
             min_bytes_per_sec: (max / 256).max(1024),
             p99_target: Duration::from_millis(self.background_p99_target_ms.max(1)),
+            relative_target: self.background_p99_relative,
         }
     }
 
@@ -398,7 +407,8 @@ impl NodeConfig {
             anti_entropy_interval_ms,
             tombstone_grace_ms,
             background_bytes_per_sec,
-            background_p99_target_ms
+            background_p99_target_ms,
+            background_p99_relative
         );
         if a.cluster_secret_file.is_some() {
             self.cluster_secret_file = a.cluster_secret_file;
@@ -463,6 +473,13 @@ impl NodeConfig {
             return invalid(format!(
                 "listen and http_listen are both {}: gRPC and HTTP need their own ports",
                 self.listen
+            ));
+        }
+        if !(self.background_p99_relative == 0.0 || self.background_p99_relative >= 1.0) {
+            return invalid(format!(
+                "background_p99_relative is {}: 0 (off) or a multiple of at least 1.0 of \
+                 the usual p99 (below 1 background work would stop for good)",
+                self.background_p99_relative
             ));
         }
         if self.max_value_bytes == 0 {
