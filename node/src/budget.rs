@@ -8,7 +8,10 @@
 //! its latency ([`Budget::observe`]); about once a second the rate is adjusted from the
 //! p99 of those latencies ([`next_rate`]): halved when it is above the target, raised by
 //! a tenth of the ceiling when it is not (additive increase, multiplicative decrease),
-//! between a floor (so repair always progresses) and the ceiling.
+//! between a floor (so repair always progresses) and the ceiling. A period in which
+//! no background work ran halves the rate too, so that work arriving after a quiet
+//! spell (a member change, a wiped replica) starts slowly and climbs while the
+//! foreground allows it, instead of starting at the ceiling (TCP's restart after idle).
 //!
 //! The target is relative to the node's usual p99 ([`target`]): a fixed target the
 //! foreground p99 is well under lets background work double it unchecked (measured: a
@@ -76,6 +79,8 @@ struct Bucket {
     tokens: f64,
     refilled: Instant,
     adjusted: Instant,
+    /// Background work was charged since the last adjustment.
+    used: bool,
 }
 
 /// The shared background budget of one node.
@@ -99,6 +104,7 @@ impl Budget {
                 tokens: cfg.max_bytes_per_sec as f64,
                 refilled: now,
                 adjusted: now,
+                used: false,
             }),
             window: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds"),
@@ -129,6 +135,7 @@ impl Budget {
         self.refill(&mut b, Instant::now());
         if b.tokens >= 0.0 {
             b.tokens -= bytes as f64;
+            b.used = true;
             true
         } else {
             false
@@ -156,7 +163,19 @@ impl Budget {
                 }
                 target
             };
-            b.rate = next_rate(b.rate, p99, target, &self.cfg);
+            // The period that just ended, then any whole periods since in which nothing
+            // asked for the budget at all (idle).
+            let periods =
+                (now.duration_since(b.adjusted).as_secs_f64() / ADJUST_EVERY.as_secs_f64()) as i32;
+            let idle = |rate: f64, periods: i32| {
+                (rate / 2f64.powi(periods.min(64))).max(self.cfg.min_bytes_per_sec as f64)
+            };
+            b.rate = match b.used {
+                true => next_rate(b.rate, p99, target, &self.cfg),
+                false => idle(b.rate, 1),
+            };
+            b.rate = idle(b.rate, periods - 1);
+            b.used = false;
             b.adjusted = now;
         }
         let elapsed = now.duration_since(b.refilled).as_secs_f64();
@@ -171,6 +190,7 @@ impl Budget {
                 let now = Instant::now();
                 let mut b = self.bucket.lock();
                 self.refill(&mut b, now);
+                b.used = true;
                 if b.tokens >= 0.0 {
                     b.tokens -= bytes as f64;
                     return;
@@ -235,6 +255,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_foreground_halves_the_rate() {
         let b = Budget::new(CFG);
+        b.acquire(1).await; // busy, so only the foreground's p99 decides
         for _ in 0..100 {
             b.observe(Duration::from_millis(80));
         }
@@ -289,5 +310,22 @@ mod tests {
             500,
             "halved once the p99 went over 1.5 times its usual"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_after_a_quiet_spell_starts_slowly_and_climbs() {
+        let b = Budget::new(CFG);
+        tokio::time::advance(ADJUST_EVERY * 3).await;
+        b.acquire(1).await;
+        assert_eq!(b.rate(), 125, "three idle periods: halved three times");
+        tokio::time::advance(ADJUST_EVERY * 10).await;
+        b.acquire(1).await;
+        // The period of that one acquire raised it to 225, then nine idle ones.
+        assert_eq!(b.rate(), 10, "down to the floor");
+        for want in [110, 210, 310] {
+            tokio::time::advance(ADJUST_EVERY).await;
+            b.acquire(1).await;
+            assert_eq!(b.rate(), want, "busy periods with a fast foreground climb");
+        }
     }
 }
