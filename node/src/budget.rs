@@ -94,14 +94,19 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// A budget at its floor: a node that just started climbs like one after idle.
     pub fn new(cfg: BudgetConfig) -> Self {
+        Self::starting_at(cfg, cfg.min_bytes_per_sec as f64)
+    }
+
+    fn starting_at(cfg: BudgetConfig, rate: f64) -> Self {
         let now = Instant::now();
         Self {
             cfg,
             bucket: Mutex::new(Bucket {
-                rate: cfg.max_bytes_per_sec as f64,
+                rate,
                 // At most a second's worth may be spent at once.
-                tokens: cfg.max_bytes_per_sec as f64,
+                tokens: rate,
                 refilled: now,
                 adjusted: now,
                 used: false,
@@ -238,7 +243,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn acquiring_more_than_the_rate_waits() {
-        let b = Budget::new(CFG);
+        let b = Budget::starting_at(CFG, 1000.0);
         let start = Instant::now();
         b.acquire(1000).await; // the initial second's worth
         b.acquire(500).await; // overdraws: the next waits
@@ -254,7 +259,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_foreground_halves_the_rate() {
-        let b = Budget::new(CFG);
+        let b = Budget::starting_at(CFG, 1000.0);
         b.acquire(1).await; // busy, so only the foreground's p99 decides
         for _ in 0..100 {
             b.observe(Duration::from_millis(80));
@@ -291,7 +296,7 @@ mod tests {
             relative_target: 1.5,
             ..CFG
         };
-        let b = Budget::new(cfg);
+        let b = Budget::starting_at(cfg, 1000.0);
         // Quiet periods at 2 ms, then background work makes it 5 ms (under 20 ms).
         for p99 in [2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 5] {
             for _ in 0..100 {
@@ -314,7 +319,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn work_after_a_quiet_spell_starts_slowly_and_climbs() {
-        let b = Budget::new(CFG);
+        let b = Budget::starting_at(CFG, 1000.0);
         tokio::time::advance(ADJUST_EVERY * 3).await;
         b.acquire(1).await;
         assert_eq!(b.rate(), 125, "three idle periods: halved three times");
@@ -327,5 +332,10 @@ mod tests {
             b.acquire(1).await;
             assert_eq!(b.rate(), want, "busy periods with a fast foreground climb");
         }
+    }
+
+    #[test]
+    fn a_new_budget_starts_at_its_floor() {
+        assert_eq!(Budget::new(CFG).rate(), 10);
     }
 }

@@ -7,7 +7,7 @@
 //! from this node when its copy goes. A partition goes in one store batch of two range
 //! deletes (data and epoch records; on RocksDB one point delete per key, see
 //! `storage::rocks`), applied between the writer's other groups, with its Merkle tree
-//! emptied. A write that lands here later can only come from a coordinator
+//! emptied; partitions go one at a time under the background budget ([`crate::budget`]). A write that lands here later can only come from a coordinator
 //! that still held the pending map (one holding only the old map is refused, see
 //! [`crate::maps::stale_request`]): it needed W acknowledgements among the new replicas
 //! as well, so the copy here is spare, and the next pass drops it.
@@ -30,13 +30,23 @@ pub async fn step(node: &Arc<Node>) {
     if !super::lagging(node, state).is_empty() {
         return;
     }
-    for p in 0..current.partitions {
-        if current.is_replica(p, node.id()) || node.store.trees().root(p) == Some(0) {
-            continue;
-        }
+    let held = |p| node.store.trees().root(p) != Some(0);
+    let leaving: Vec<u32> = (0..current.partitions)
+        .filter(|&p| !current.is_replica(p, node.id()) && held(p))
+        .collect();
+    if leaving.is_empty() {
+        return;
+    }
+    // Dropping a partition deletes each of its keys: paced by the background budget, at
+    // about one partition's share of the store each, so that a node dropping a third of
+    // its data after a change does not hold its writer for seconds.
+    let share = node.store.engine().size_bytes()
+        / (0..current.partitions).filter(|&p| held(p)).count().max(1) as u64;
+    for p in leaving {
         if node.live().state.version != state.version {
             return;
         }
+        node.budget.acquire(share).await;
         match node.store.drop_partition(p).await {
             Ok(()) => tracing::info!(
                 partition = p,

@@ -35,8 +35,10 @@ use crate::storage::keys::{data_key, partition_range};
 use crate::storage::{Batch, Cf, Engine, StorageError};
 use crate::store::Change;
 
-/// Bytes of sets per chunk.
-pub const CHUNK_BYTES: u64 = 1 << 20;
+/// Bytes of sets per chunk: small enough that joining one holds the receiver's writer
+/// only briefly, and that the sender's budget at its floor answers one well within
+/// [`FETCH_TIMEOUT`].
+pub const CHUNK_BYTES: u64 = 256 << 10;
 /// How long one chunk may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Anti-entropy passes against one old replica before the move is retried later.
@@ -312,6 +314,24 @@ async fn one(
     record(node, version, mv, progress, Stage::Done, None);
     tracing::info!(partition = mv.partition, from = %source.id, keys = progress.keys, bytes = progress.bytes, "partition received");
     Ok(())
+}
+
+/// Serves a fetch ([`answer_fetch`], off the runtime's threads), charging what it sends
+/// to this node's background budget: the sender is often the busiest node of a change
+/// (one leaving serves every move), and its own foreground latency, not the
+/// receivers', must slow the stream. Every transport serves fetches through this.
+pub async fn serve_fetch(node: Arc<Node>, req: FetchRequest) -> Result<FetchResponse, ChangeError> {
+    let answering = node.clone();
+    let resp = crate::determinism::blocking(move || answer_fetch(&answering, req))
+        .await
+        .map_err(|e| ChangeError::Internal(e.to_string()))??;
+    let bytes = resp
+        .entries
+        .iter()
+        .map(|e| (e.key.len() + e.set.len()) as u64)
+        .sum();
+    node.budget.acquire(bytes).await;
+    Ok(resp)
 }
 
 /// Answers a fetch: the keys of the partition after `after`, up to `max_bytes` of sets

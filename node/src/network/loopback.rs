@@ -432,9 +432,8 @@ impl Transport for LoopbackTransport {
         timeout: Duration,
     ) -> Result<FetchResponse, PeerError> {
         self.call(&peer.id, "fetch", timeout, |node| async move {
-            crate::determinism::blocking(move || crate::change::transfer::answer_fetch(&node, req))
+            crate::change::transfer::serve_fetch(node, req)
                 .await
-                .map_err(internal)?
                 .map_err(|e| PeerError::Status(e.into()))
         })
         .await

@@ -80,10 +80,8 @@ impl AntiEntropy for AntiEntropyService {
     ) -> Result<Response<FetchResponse>, Status> {
         let req = request.into_inner();
         super::check_peer_cluster(&self.node, &req.cluster_id)?;
-        let node = self.node.clone();
-        crate::determinism::blocking(move || transfer::answer_fetch(&node, req))
+        transfer::serve_fetch(self.node.clone(), req)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
             .map(Response::new)
             .map_err(Status::from)
     }
