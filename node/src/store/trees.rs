@@ -37,7 +37,9 @@ pub struct Trees {
 }
 
 /// Entries read per step of a scan.
-const SCAN_PAGE: usize = 1024;
+/// Keys read per scan: every scan of the data CF sorts its memtable first (see
+/// `storage::rocks`), so a partition is listed in as few scans as fit in memory.
+const SCAN_PAGE: usize = 8192;
 
 impl Trees {
     /// Builds the trees of `partitions` partitions from what `engine` stores. Called
