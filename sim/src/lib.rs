@@ -33,10 +33,13 @@ pub mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynamo_node::determinism::{self, with_rng, Sabotage};
+use std::collections::BTreeSet;
+
+use dynamo_node::determinism::{self, Sabotage};
 use dynamo_node::network::loopback::LoopbackNet;
 use parking_lot::Mutex;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use cluster::Cluster;
 use net::{Net, Weather};
@@ -61,6 +64,9 @@ pub struct Config {
     pub changes: bool,
     /// Bugs planted in the nodes (to show the checker finds them).
     pub sabotage: Vec<Sabotage>,
+    /// Faults the nemesis draws but does not inject, by their number in the run (from 0):
+    /// the rest of the schedule stays as it was.
+    pub skip: BTreeSet<usize>,
 }
 
 impl Default for Config {
@@ -74,6 +80,7 @@ impl Default for Config {
             faults: true,
             changes: true,
             sabotage: Vec::new(),
+            skip: BTreeSet::new(),
         }
     }
 }
@@ -156,7 +163,7 @@ async fn world(seed: u64, cfg: Config) -> Report {
         .then(|| tokio::spawn(change::committer(cluster.clone(), until, changes.clone())));
     let mut faults = Vec::new();
     if cfg.faults {
-        nemesis(&cluster, &net, until, &mut faults).await;
+        nemesis(seed, &cluster, &net, until, &cfg.skip, &mut faults).await;
     }
     for c in clients {
         let _ = c.await;
@@ -199,91 +206,147 @@ fn heal(c: &mut Cluster, net: &Net) {
     }
 }
 
+/// One fault of the nemesis.
+enum Fault {
+    /// The two sides cannot talk (either way).
+    Partition(Vec<String>, Vec<String>),
+    /// The node cannot send to any other.
+    OneWay(String),
+    Storm,
+    Kill(usize, String),
+    PowerLoss(usize, String),
+    Wipe(usize, String),
+    Freeze(String, u64),
+    ClockJump(usize, String, i64),
+    FailDisk(usize, String),
+    /// The link between two nodes reorders its messages for a while (milliseconds).
+    Reorder(String, String, u64),
+    Heal,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Partition(a, b) => write!(f, "partition {a:?} | {b:?}"),
+            Fault::OneWay(id) => write!(f, "one-way: {id} cannot send"),
+            Fault::Storm => write!(f, "storm: delays, loss, duplicates"),
+            Fault::Kill(_, id) => write!(f, "kill {id}"),
+            Fault::PowerLoss(_, id) => write!(f, "power loss {id}"),
+            Fault::Wipe(_, id) => write!(f, "wipe {id}"),
+            Fault::Freeze(id, ms) => write!(f, "freeze {id} for {ms} ms"),
+            Fault::ClockJump(_, id, ms) => write!(f, "clock of {id} jumps {ms:+} ms"),
+            Fault::FailDisk(_, id) => write!(f, "disk of {id} fails its writes"),
+            Fault::Reorder(a, b, ms) => write!(f, "link {a} <-> {b} reorders for {ms} ms"),
+            Fault::Heal => write!(f, "heal; restart all"),
+        }
+    }
+}
+
+/// The seed of the nemesis' own generator: its schedule (when each fault comes, and
+/// what it is) does not depend on what the nodes and clients draw, so a run with some
+/// faults skipped, or a shorter one, has the same faults at the same times otherwise.
+fn nemesis_seed(seed: u64) -> u64 {
+    seed ^ 0x6e65_6d65_7369_7300
+}
+
 /// Injects a fault every few simulated seconds until `until`, healing the previous one
-/// sometimes (any number of nodes may be down at once).
+/// sometimes (any number of nodes may be down at once). Fault `i` (from 0) is drawn but
+/// not injected if `skip` holds `i`.
 async fn nemesis(
+    seed: u64,
     cluster: &Arc<Mutex<Cluster>>,
     net: &Arc<Net>,
     until: tokio::time::Instant,
+    skip: &BTreeSet<usize>,
     log: &mut Vec<String>,
 ) {
     let start = tokio::time::Instant::now();
+    let mut schedule = StdRng::seed_from_u64(nemesis_seed(seed));
     let mut wiped = false;
-    while tokio::time::Instant::now() < until {
-        let pause = with_rng(|r| r.random_range(1_000..5_000));
+    for i in 0.. {
+        let pause = schedule.random_range(1_000..5_000);
+        // Each fault draws from a generator of its own, so that what one fault draws
+        // (which depends on the cluster's state) does not shift the next.
+        let mut r = StdRng::seed_from_u64(schedule.random());
         tokio::time::sleep(Duration::from_millis(pause)).await;
+        if tokio::time::Instant::now() >= until {
+            return;
+        }
         let at = start.elapsed().as_millis();
         let mut c = cluster.lock();
-        let ids = c.ids();
-        let n = ids.len();
-        let pick = with_rng(|r| r.random_range(0..11));
-        let victim = with_rng(|r| r.random_range(0..n));
-        let machine = c.index_of(&ids[victim]).expect("a machine per id");
-        let fault = match pick {
-            0 => {
+        let fault = draw(&mut r, &c, wiped);
+        if skip.contains(&i) {
+            log.push(format!("#{i} {at} ms: (skipped) {fault}"));
+            continue;
+        }
+        log.push(format!("#{i} {at} ms: {fault}"));
+        match fault {
+            Fault::Partition(a, b) => {
                 net.heal();
-                let mut side: Vec<String> = ids.clone();
-                with_rng(|r| {
-                    for i in (1..side.len()).rev() {
-                        side.swap(i, r.random_range(0..=i));
-                    }
-                });
-                let cut = with_rng(|r| r.random_range(1..n));
-                let (a, b) = side.split_at(cut);
-                net.cut(a, b);
-                net.cut(b, a);
-                format!("partition {a:?} | {b:?}")
+                net.cut(&a, &b);
+                net.cut(&b, &a);
             }
-            1 => {
+            Fault::OneWay(id) => {
                 net.heal();
-                let from = vec![ids[victim].clone()];
-                let to: Vec<String> = ids.iter().filter(|i| **i != ids[victim]).cloned().collect();
-                net.cut(&from, &to);
-                format!("one-way: {} cannot send", ids[victim])
+                let to: Vec<String> = c.ids().into_iter().filter(|i| *i != id).collect();
+                net.cut(&[id], &to);
             }
-            2 => {
-                net.set_weather(Weather::STORM);
-                "storm: delays, loss, duplicates".to_owned()
-            }
-            3 => {
-                c.kill(machine, false);
-                format!("kill {}", ids[victim])
-            }
-            4 => {
-                c.kill(machine, true);
-                format!("power loss {}", ids[victim])
-            }
-            // One wipe per run: a second one before the first wiped replica is repaired
-            // could take every copy of a write, which no store survives.
-            5 if !wiped && with_rng(|r| r.random_bool(0.3)) => {
+            Fault::Storm => net.set_weather(Weather::STORM),
+            Fault::Kill(m, _) => c.kill(m, false),
+            Fault::PowerLoss(m, _) => c.kill(m, true),
+            Fault::Wipe(m, _) => {
                 wiped = true;
-                c.wipe(machine);
-                format!("wipe {}", ids[victim])
+                c.wipe(m);
             }
-            6 => {
-                let pause = with_rng(|r| r.random_range(500..8_000));
-                net.freeze(&ids[victim], Duration::from_millis(pause));
-                format!("freeze {} for {pause} ms", ids[victim])
+            Fault::Freeze(id, ms) => net.freeze(&id, Duration::from_millis(ms)),
+            Fault::ClockJump(m, _, ms) => c.jump_clock(m, ms),
+            Fault::FailDisk(m, _) => c.fail_disk(m),
+            Fault::Reorder(a, b, ms) => net.reorder(&a, &b, Duration::from_millis(ms)),
+            Fault::Heal => heal(&mut c, net),
+        }
+    }
+}
+
+/// The next fault, drawn from `r` against the cluster as it is.
+fn draw(r: &mut StdRng, c: &Cluster, wiped: bool) -> Fault {
+    let ids = c.ids();
+    let n = ids.len();
+    let pick = r.random_range(0..12);
+    let victim = r.random_range(0..n);
+    let id = ids[victim].clone();
+    let machine = c.index_of(&id).expect("a machine per id");
+    match pick {
+        0 => {
+            let mut side: Vec<String> = ids.clone();
+            for i in (1..side.len()).rev() {
+                side.swap(i, r.random_range(0..=i));
             }
-            7 => {
-                // Mostly small steps either way; sometimes far ahead (past the
-                // tombstone grace, which then means nothing on that node).
-                let ms = with_rng(|r| match r.random_bool(0.2) {
-                    true => r.random_range(60_000..600_000),
-                    false => r.random_range(-15_000..15_000),
-                });
-                c.jump_clock(machine, ms);
-                format!("clock of {} jumps {ms:+} ms", ids[victim])
-            }
-            8 => {
-                c.fail_disk(machine);
-                format!("disk of {} fails its writes", ids[victim])
-            }
-            _ => {
-                heal(&mut c, net);
-                "heal; restart all".to_owned()
-            }
-        };
-        log.push(format!("{at} ms: {fault}"));
+            let cut = r.random_range(1..n);
+            let b = side.split_off(cut);
+            Fault::Partition(side, b)
+        }
+        1 => Fault::OneWay(id),
+        2 => Fault::Storm,
+        3 => Fault::Kill(machine, id),
+        4 => Fault::PowerLoss(machine, id),
+        // One wipe per run: a second one before the first wiped replica is repaired
+        // could take every copy of a write, which no store survives.
+        5 if !wiped && r.random_bool(0.3) => Fault::Wipe(machine, id),
+        6 => Fault::Freeze(id, r.random_range(500..8_000)),
+        // Mostly small steps either way; sometimes far ahead (past the tombstone grace,
+        // which then means nothing on that node).
+        7 => {
+            let ms = match r.random_bool(0.2) {
+                true => r.random_range(60_000..600_000),
+                false => r.random_range(-15_000..15_000),
+            };
+            Fault::ClockJump(machine, id, ms)
+        }
+        8 => Fault::FailDisk(machine, id),
+        9 => {
+            let other = ids[(victim + r.random_range(1..n)) % n].clone();
+            Fault::Reorder(id, other, r.random_range(2_000..10_000))
+        }
+        _ => Fault::Heal,
     }
 }
