@@ -95,6 +95,8 @@ pub struct Report {
     pub ops: u64,
     pub failed_ops: u64,
     pub acked: u64,
+    /// Acknowledged late puts on a context that missed acknowledged elements.
+    pub stale_puts: u64,
     /// The faults the nemesis injected, in order.
     pub faults: Vec<String>,
     pub violations: Vec<String>,
@@ -130,6 +132,7 @@ async fn world(seed: u64, cfg: Config) -> Report {
         Kind::Chain,
         Kind::Blind,
         Kind::Deleter,
+        Kind::Late,
     ]
     .into_iter()
     .enumerate()
@@ -138,12 +141,19 @@ async fn world(seed: u64, cfg: Config) -> Report {
             let id = k * cfg.clients_per_kind + c;
             // Chain and blind clients share keys: a blind write is concurrent with every
             // chained put, so it must survive as a sibling. A deleter has keys of its own.
-            let family = match kind {
+            // A late client writes the read-modify-write keys and a deleter's.
+            let family = |kind| match kind {
                 Kind::ReadModifyWrite => "s".to_owned(),
                 Kind::Chain | Kind::Blind => "c".to_owned(),
                 Kind::Deleter => format!("d{id}-"),
+                Kind::Late => format!("d{}-", 3 * cfg.clients_per_kind + c),
             };
-            let keys: Vec<String> = (0..cfg.keys).map(|i| format!("{family}{i}")).collect();
+            let mut keys: Vec<String> = (0..cfg.keys)
+                .map(|i| format!("{}{i}", family(kind)))
+                .collect();
+            if let Kind::Late = kind {
+                keys.extend((0..cfg.keys).map(|i| format!("s{i}")));
+            }
             let client = Client {
                 id,
                 kind,
@@ -190,6 +200,7 @@ async fn world(seed: u64, cfg: Config) -> Report {
         ops: h.ops,
         failed_ops: h.failed,
         acked: h.acked.values().map(|s| s.len() as u64).sum(),
+        stale_puts: h.stale_puts,
         faults,
         violations,
     }

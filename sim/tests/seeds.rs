@@ -22,6 +22,10 @@ fn assert_clean(seed: u64) {
         "seed {seed}: the clients got too little done: {r:?}"
     );
     assert!(
+        r.stale_puts > 10,
+        "seed {seed}: too few late puts on contexts that missed acknowledged writes: {r:?}"
+    );
+    assert!(
         r.violations.is_empty(),
         "seed {seed} (replay: cargo run -p dynamo-sim -- --seed {seed} --chaos-secs 20):\n{}\nfaults:\n{}",
         r.violations.join("\n"),

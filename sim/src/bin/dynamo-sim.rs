@@ -55,8 +55,8 @@ fn main() {
             println!("fault {f}");
         }
         println!(
-            "seed {seed}: trace {:016x} ({} events), {} ops ({} failed), {} elements acknowledged",
-            r.trace, r.events, r.ops, r.failed_ops, r.acked
+            "seed {seed}: trace {:016x} ({} events), {} ops ({} failed), {} elements acknowledged, {} late puts on stale contexts",
+            r.trace, r.events, r.ops, r.failed_ops, r.acked, r.stale_puts
         );
         for v in &r.violations {
             println!("VIOLATION {v}");
