@@ -27,6 +27,7 @@ pub mod change;
 pub mod check;
 pub mod cluster;
 pub mod net;
+pub mod shrink;
 pub mod trace;
 pub mod workload;
 
@@ -97,8 +98,10 @@ pub struct Report {
     pub acked: u64,
     /// Acknowledged late puts on a context that missed acknowledged elements.
     pub stale_puts: u64,
-    /// The faults the nemesis injected, in order.
+    /// The faults the nemesis injected (or skipped), in order, then the member changes.
     pub faults: Vec<String>,
+    /// When the nemesis drew each fault (ms since the start), by its number.
+    pub fault_times: Vec<u64>,
     pub violations: Vec<String>,
 }
 
@@ -172,8 +175,10 @@ async fn world(seed: u64, cfg: Config) -> Report {
         .changes
         .then(|| tokio::spawn(change::committer(cluster.clone(), until, changes.clone())));
     let mut faults = Vec::new();
+    let mut fault_times = Vec::new();
     if cfg.faults {
-        nemesis(seed, &cluster, &net, until, &cfg.skip, &mut faults).await;
+        let log = (&mut faults, &mut fault_times);
+        nemesis(seed, &cluster, &net, until, &cfg.skip, log).await;
     }
     for c in clients {
         let _ = c.await;
@@ -202,6 +207,7 @@ async fn world(seed: u64, cfg: Config) -> Report {
         acked: h.acked.values().map(|s| s.len() as u64).sum(),
         stale_puts: h.stale_puts,
         faults,
+        fault_times,
         violations,
     }
 }
@@ -269,7 +275,7 @@ async fn nemesis(
     net: &Arc<Net>,
     until: tokio::time::Instant,
     skip: &BTreeSet<usize>,
-    log: &mut Vec<String>,
+    (log, times): (&mut Vec<String>, &mut Vec<u64>),
 ) {
     let start = tokio::time::Instant::now();
     let mut schedule = StdRng::seed_from_u64(nemesis_seed(seed));
@@ -283,7 +289,8 @@ async fn nemesis(
         if tokio::time::Instant::now() >= until {
             return;
         }
-        let at = start.elapsed().as_millis();
+        let at = start.elapsed().as_millis() as u64;
+        times.push(at);
         let mut c = cluster.lock();
         let fault = draw(&mut r, &c, wiped);
         if skip.contains(&i) {

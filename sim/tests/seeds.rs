@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use dynamo_node::determinism::Sabotage;
+use dynamo_sim::shrink::{injected, kind, shrink};
 use dynamo_sim::{run, Config};
 
 /// Short runs (20 simulated seconds of faults, then the usual settling time): CI runs
@@ -104,4 +105,37 @@ fn the_checker_finds_planted_bugs() {
         "{r:?}"
     );
     assert_clean(88);
+}
+
+/// A failing seed shrinks to a schedule no longer than its own that still fails the same
+/// way, and the shrunk schedule replays.
+#[test]
+fn a_failing_seed_shrinks_to_a_schedule_that_still_fails() {
+    let wide = Config {
+        sabotage: vec![Sabotage::WideContext],
+        ..config()
+    };
+    let first = run(2, &wide);
+    let (faults, what) = (
+        injected(&first, &wide),
+        kind(&first.violations[0]).to_owned(),
+    );
+    let s = shrink(2, &wide, first, 8).expect("seed 2 fails with the planted bug");
+    assert!(s.runs <= 8);
+    assert!(
+        s.cfg.chaos <= wide.chaos && s.faults_after <= faults,
+        "{s:?}"
+    );
+    assert!(
+        s.cfg.chaos < wide.chaos || s.faults_after < faults || !s.cfg.changes,
+        "nothing shrunk: {s:?}"
+    );
+    let replay = run(2, &s.cfg);
+    assert_eq!(replay.trace, s.report.trace, "{}", s.flags());
+    assert!(
+        replay.violations.iter().any(|v| kind(v) == what),
+        "{}: {:?}",
+        s.flags(),
+        replay.violations
+    );
 }
