@@ -68,6 +68,10 @@ pub struct Config {
     /// Faults the nemesis draws but does not inject, by their number in the run (from 0):
     /// the rest of the schedule stays as it was.
     pub skip: BTreeSet<usize>,
+    /// `None`: the nodes sync every write before acknowledging it; otherwise they sync
+    /// every so often (the `periodic` fsync policy: a power loss loses what was
+    /// acknowledged since the last sync).
+    pub periodic_sync: Option<Duration>,
 }
 
 impl Default for Config {
@@ -82,6 +86,7 @@ impl Default for Config {
             changes: true,
             sabotage: Vec::new(),
             skip: BTreeSet::new(),
+            periodic_sync: None,
         }
     }
 }
@@ -98,6 +103,9 @@ pub struct Report {
     pub acked: u64,
     /// Acknowledged late puts on a context that missed acknowledged elements.
     pub stale_puts: u64,
+    /// Elements the checker let an outage take back (acknowledged, or buried, within a
+    /// sync interval before it; see [`Config::periodic_sync`]).
+    pub excused: u64,
     /// The faults the nemesis injected (or skipped), in order, then the member changes.
     pub faults: Vec<String>,
     /// When the nemesis drew each fault (ms since the start), by its number.
@@ -126,7 +134,12 @@ async fn world(seed: u64, cfg: Config) -> Report {
     let net = Net::new(start, trace.clone());
     let loopback = LoopbackNet::new();
     loopback.set_faults(net.clone());
-    let cluster = Arc::new(Mutex::new(Cluster::start(loopback, cfg.nodes, start)));
+    let cluster = Arc::new(Mutex::new(Cluster::start(
+        loopback,
+        cfg.nodes,
+        start,
+        cfg.periodic_sync,
+    )));
     let history = Arc::new(Mutex::new(History::default()));
     let until = start + cfg.chaos;
     let mut clients = Vec::new();
@@ -176,9 +189,11 @@ async fn world(seed: u64, cfg: Config) -> Report {
         .then(|| tokio::spawn(change::committer(cluster.clone(), until, changes.clone())));
     let mut faults = Vec::new();
     let mut fault_times = Vec::new();
+    let mut outages = Vec::new();
     if cfg.faults {
-        let log = (&mut faults, &mut fault_times);
-        nemesis(seed, &cluster, &net, until, &cfg.skip, log).await;
+        let log = (&mut faults, &mut fault_times, &mut outages);
+        let periodic = cfg.periodic_sync.is_some();
+        nemesis(seed, &cluster, &net, until, &cfg.skip, periodic, log).await;
     }
     for c in clients {
         let _ = c.await;
@@ -192,9 +207,11 @@ async fn world(seed: u64, cfg: Config) -> Report {
     }
     faults.extend(changes.lock().drain(..));
     tokio::time::sleep_until(settled).await;
-    let violations = {
+    let (violations, excused) = {
         let c = cluster.lock();
-        check::check(&c, &history.lock())
+        let h = history.lock();
+        let excused = excused(&h, &outages, cfg.periodic_sync);
+        (check::check(&c, &h, &excused), excused.len() as u64)
     };
     let h = history.lock();
     let (trace_hash, events) = trace.finish();
@@ -206,10 +223,31 @@ async fn world(seed: u64, cfg: Config) -> Report {
         failed_ops: h.failed,
         acked: h.acked.values().map(|s| s.len() as u64).sum(),
         stale_puts: h.stale_puts,
+        excused,
         faults,
         fault_times,
         violations,
     }
+}
+
+/// The elements an outage (a power loss of every machine, at each of `outages`) may
+/// have taken back with nodes syncing every `periodic_sync`: those whose put or delete
+/// was acknowledged after the last sync every copy of it may have missed (a copy made
+/// before `outage - periodic_sync` was synced by then; one made exactly then may have
+/// just missed a sync, and the next falls at the outage's instant), or while the outage
+/// was under way (within a request timeout of it).
+fn excused(h: &History, outages: &[u64], periodic_sync: Option<Duration>) -> BTreeSet<String> {
+    let Some(every) = periodic_sync else {
+        return BTreeSet::new();
+    };
+    let every = every.as_millis() as u64;
+    let exposed = |t: &u64| outages.iter().any(|o| *t + every >= *o && *t <= o + 500);
+    h.acked_at
+        .iter()
+        .chain(&h.buried_at)
+        .filter(|(_, t)| exposed(t))
+        .map(|(e, _)| e.clone())
+        .collect()
 }
 
 /// Ends every fault: the network heals (frozen nodes thaw), nodes whose disk failed get
@@ -238,6 +276,10 @@ enum Fault {
     FailDisk(usize, String),
     /// The link between two nodes reorders its messages for a while (milliseconds).
     Reorder(String, String, u64),
+    /// Every machine loses power at once (drawn only when the nodes sync periodically);
+    /// with `Some(ms)`, the power first comes back (every node restarts, and starts
+    /// handing off its hints) and fails again this many ms later.
+    Outage(Option<u64>),
     Heal,
 }
 
@@ -254,6 +296,11 @@ impl std::fmt::Display for Fault {
             Fault::ClockJump(_, id, ms) => write!(f, "clock of {id} jumps {ms:+} ms"),
             Fault::FailDisk(_, id) => write!(f, "disk of {id} fails its writes"),
             Fault::Reorder(a, b, ms) => write!(f, "link {a} <-> {b} reorders for {ms} ms"),
+            Fault::Outage(None) => write!(f, "power loss of every machine"),
+            Fault::Outage(Some(ms)) => write!(
+                f,
+                "every machine restarts, then all lose power again after {ms} ms"
+            ),
             Fault::Heal => write!(f, "heal; restart all"),
         }
     }
@@ -275,7 +322,8 @@ async fn nemesis(
     net: &Arc<Net>,
     until: tokio::time::Instant,
     skip: &BTreeSet<usize>,
-    (log, times): (&mut Vec<String>, &mut Vec<u64>),
+    periodic: bool,
+    (log, times, outages): (&mut Vec<String>, &mut Vec<u64>, &mut Vec<u64>),
 ) {
     let start = tokio::time::Instant::now();
     let mut schedule = StdRng::seed_from_u64(nemesis_seed(seed));
@@ -291,42 +339,76 @@ async fn nemesis(
         }
         let at = start.elapsed().as_millis() as u64;
         times.push(at);
-        let mut c = cluster.lock();
-        let fault = draw(&mut r, &c, wiped);
-        if skip.contains(&i) {
-            log.push(format!("#{i} {at} ms: (skipped) {fault}"));
-            continue;
-        }
-        log.push(format!("#{i} {at} ms: {fault}"));
-        match fault {
-            Fault::Partition(a, b) => {
-                net.heal();
-                net.cut(&a, &b);
-                net.cut(&b, &a);
+        let flicker = {
+            let mut c = cluster.lock();
+            let fault = draw(&mut r, &c, wiped, periodic);
+            if skip.contains(&i) {
+                log.push(format!("#{i} {at} ms: (skipped) {fault}"));
+                continue;
             }
-            Fault::OneWay(id) => {
-                net.heal();
-                let to: Vec<String> = c.ids().into_iter().filter(|i| *i != id).collect();
-                net.cut(&[id], &to);
-            }
-            Fault::Storm => net.set_weather(Weather::STORM),
-            Fault::Kill(m, _) => c.kill(m, false),
-            Fault::PowerLoss(m, _) => c.kill(m, true),
-            Fault::Wipe(m, _) => {
-                wiped = true;
-                c.wipe(m);
-            }
-            Fault::Freeze(id, ms) => net.freeze(&id, Duration::from_millis(ms)),
-            Fault::ClockJump(m, _, ms) => c.jump_clock(m, ms),
-            Fault::FailDisk(m, _) => c.fail_disk(m),
-            Fault::Reorder(a, b, ms) => net.reorder(&a, &b, Duration::from_millis(ms)),
-            Fault::Heal => heal(&mut c, net),
+            log.push(format!("#{i} {at} ms: {fault}"));
+            inject(fault, &mut c, net, &mut wiped, at, outages)
+        };
+        // The power came back, and fails again a little later.
+        if let Some(ms) = flicker {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            outages.push(start.elapsed().as_millis() as u64);
+            cluster.lock().kill_all(true);
         }
     }
 }
 
-/// The next fault, drawn from `r` against the cluster as it is.
-fn draw(r: &mut StdRng, c: &Cluster, wiped: bool) -> Fault {
+/// Injects `fault` (at `at` ms); for an outage that comes back and fails again, how long
+/// after.
+fn inject(
+    fault: Fault,
+    c: &mut Cluster,
+    net: &Arc<Net>,
+    wiped: &mut bool,
+    at: u64,
+    outages: &mut Vec<u64>,
+) -> Option<u64> {
+    let mut flicker = None;
+    match fault {
+        Fault::Partition(a, b) => {
+            net.heal();
+            net.cut(&a, &b);
+            net.cut(&b, &a);
+        }
+        Fault::OneWay(id) => {
+            net.heal();
+            let to: Vec<String> = c.ids().into_iter().filter(|i| *i != id).collect();
+            net.cut(&[id], &to);
+        }
+        Fault::Storm => net.set_weather(Weather::STORM),
+        Fault::Kill(m, _) => c.kill(m, false),
+        Fault::PowerLoss(m, _) => c.kill(m, true),
+        Fault::Outage(None) => {
+            outages.push(at);
+            c.kill_all(true);
+        }
+        Fault::Outage(Some(ms)) => {
+            for m in 0..c.machines.len() {
+                c.restart(m);
+            }
+            flicker = Some(ms);
+        }
+        Fault::Wipe(m, _) => {
+            *wiped = true;
+            c.wipe(m);
+        }
+        Fault::Freeze(id, ms) => net.freeze(&id, Duration::from_millis(ms)),
+        Fault::ClockJump(m, _, ms) => c.jump_clock(m, ms),
+        Fault::FailDisk(m, _) => c.fail_disk(m),
+        Fault::Reorder(a, b, ms) => net.reorder(&a, &b, Duration::from_millis(ms)),
+        Fault::Heal => heal(c, net),
+    }
+    flicker
+}
+
+/// The next fault, drawn from `r` against the cluster as it is (`periodic`: the nodes
+/// sync periodically, and a power loss is sometimes the whole cluster's).
+fn draw(r: &mut StdRng, c: &Cluster, wiped: bool, periodic: bool) -> Fault {
     let ids = c.ids();
     let n = ids.len();
     let pick = r.random_range(0..12);
@@ -346,6 +428,9 @@ fn draw(r: &mut StdRng, c: &Cluster, wiped: bool) -> Fault {
         1 => Fault::OneWay(id),
         2 => Fault::Storm,
         3 => Fault::Kill(machine, id),
+        4 if periodic && r.random_bool(0.5) => {
+            Fault::Outage(r.random_bool(0.5).then(|| r.random_range(200..2_000)))
+        }
         4 => Fault::PowerLoss(machine, id),
         // One wipe per run: a second one before the first wiped replica is repaired
         // could take every copy of a write, which no store survives.

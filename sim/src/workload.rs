@@ -42,6 +42,11 @@ pub struct History {
     /// Late puts acknowledged whose old context missed elements acknowledged on the key
     /// by then (that the put must leave as siblings).
     pub stale_puts: u64,
+    /// When each element's put was acknowledged, and when each buried element's delete
+    /// was (simulated ms since the start): with nodes that sync periodically, a power
+    /// loss of the whole cluster may take back what was acknowledged just before it.
+    pub acked_at: BTreeMap<String, u64>,
+    pub buried_at: BTreeMap<String, u64>,
     pub ops: u64,
     pub failed: u64,
 }
@@ -168,12 +173,10 @@ impl Client {
             };
             match kv.put(Request::new(put)).await {
                 Ok(r) => {
-                    self.history
-                        .lock()
-                        .acked
-                        .entry(key.clone())
-                        .or_default()
-                        .insert(element);
+                    let mut h = self.history.lock();
+                    h.acked_at.insert(element.clone(), now_ms(self.start));
+                    h.acked.entry(key.clone()).or_default().insert(element);
+                    drop(h);
                     if let Some(chain) = chains.get_mut(&key) {
                         chain.0 = r.into_inner().context;
                     }
@@ -227,6 +230,8 @@ impl Client {
                             .all(|v| seen_values.contains(v))
                     });
                     let covered: Vec<String> = covered.cloned().collect();
+                    let now = now_ms(self.start);
+                    h.buried_at.extend(covered.iter().map(|e| (e.clone(), now)));
                     h.buried.entry(key.to_owned()).or_default().extend(covered);
                     drop(h);
                     self.note(key, "delete", Ok(()));
@@ -279,6 +284,7 @@ impl Client {
         match kv.put(Request::new(put)).await {
             Ok(r) => {
                 let mut h = self.history.lock();
+                h.acked_at.insert(element.clone(), now_ms(self.start));
                 h.acked.entry(key.to_owned()).or_default().insert(element);
                 drop(h);
                 self.note(key, "put", Ok(()));

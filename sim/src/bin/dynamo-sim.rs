@@ -29,9 +29,14 @@ struct Args {
     /// Simulated seconds of faults per seed.
     #[arg(long, default_value_t = 60)]
     chaos_secs: u64,
-    /// Plant a bug in the nodes, to see the checker find it: reused-dots, wide-context.
+    /// Plant a bug in the nodes, to see the checker find it: reused-dots, wide-context,
+    /// unsynced-hint (use it with --periodic-sync-ms).
     #[arg(long, value_parser = parse_sabotage)]
     sabotage: Vec<Sabotage>,
+    /// The nodes sync every this many milliseconds (the `periodic` fsync policy) instead
+    /// of syncing every write before acknowledging it.
+    #[arg(long)]
+    periodic_sync_ms: Option<u64>,
     /// No member changes.
     #[arg(long)]
     no_changes: bool,
@@ -48,8 +53,9 @@ fn parse_sabotage(s: &str) -> Result<Sabotage, String> {
     match s {
         "reused-dots" => Ok(Sabotage::ReusedDots),
         "wide-context" => Ok(Sabotage::WideContext),
+        "unsynced-hint" => Ok(Sabotage::UnsyncedHint),
         other => Err(format!(
-            "no such sabotage {other:?} (reused-dots, wide-context)"
+            "no such sabotage {other:?} (reused-dots, wide-context, unsynced-hint)"
         )),
     }
 }
@@ -58,6 +64,7 @@ fn sabotage_name(s: Sabotage) -> &'static str {
     match s {
         Sabotage::ReusedDots => "reused-dots",
         Sabotage::WideContext => "wide-context",
+        Sabotage::UnsyncedHint => "unsynced-hint",
     }
 }
 
@@ -67,22 +74,26 @@ fn main() {
         chaos: Duration::from_secs(args.chaos_secs),
         sabotage: args.sabotage.clone(),
         changes: !args.no_changes,
+        periodic_sync: args.periodic_sync_ms.map(Duration::from_millis),
         skip: args.skip.clone(),
         ..Config::default()
     };
-    let sabotage: String = args
+    let mut sabotage: String = args
         .sabotage
         .iter()
         .map(|s| format!(" --sabotage {}", sabotage_name(*s)))
         .collect();
+    if let Some(ms) = args.periodic_sync_ms {
+        sabotage.push_str(&format!(" --periodic-sync-ms {ms}"));
+    }
     if let Some(seed) = args.seed {
         let r = run(seed, &cfg);
         for f in &r.faults {
             println!("fault {f}");
         }
         println!(
-            "seed {seed}: trace {:016x} ({} events), {} ops ({} failed), {} elements acknowledged, {} late puts on stale contexts",
-            r.trace, r.events, r.ops, r.failed_ops, r.acked, r.stale_puts
+            "seed {seed}: trace {:016x} ({} events), {} ops ({} failed), {} elements acknowledged, {} late puts on stale contexts, {} elements an outage may take back",
+            r.trace, r.events, r.ops, r.failed_ops, r.acked, r.stale_puts, r.excused
         );
         for v in &r.violations {
             println!("VIOLATION {v}");
