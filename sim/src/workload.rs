@@ -35,6 +35,10 @@ pub struct History {
     /// (a stale read after the delete may bring one back into a put). None may be in the
     /// final state.
     pub buried: Sets,
+    /// Elements a delete saw (acknowledged or not): no longer required, even when the
+    /// put that wrote one is acknowledged only after the delete (a put's reply can come
+    /// late, after a read already returned what it wrote).
+    pub deleted: Sets,
     /// Per key that deleters delete: the value of every put tried on it (acknowledged or
     /// not), by any client. A delete buries an element only if every one of these values
     /// holding it was among the siblings its context came from.
@@ -218,6 +222,8 @@ impl Client {
             if let Some(acked) = h.acked.get_mut(key) {
                 acked.retain(|e| !seen.contains(e));
             }
+            let deleted = h.deleted.entry(key.to_owned()).or_default();
+            deleted.extend(seen.iter().cloned());
             match outcome {
                 Ok(_) => {
                     // Buried: an element every version of which the delete covered.
@@ -285,7 +291,9 @@ impl Client {
             Ok(r) => {
                 let mut h = self.history.lock();
                 h.acked_at.insert(element.clone(), now_ms(self.start));
-                h.acked.entry(key.to_owned()).or_default().insert(element);
+                if !h.deleted.get(key).is_some_and(|d| d.contains(&element)) {
+                    h.acked.entry(key.to_owned()).or_default().insert(element);
+                }
                 drop(h);
                 self.note(key, "put", Ok(()));
                 Some(r.into_inner().context)
