@@ -28,6 +28,10 @@ pub enum Sabotage {
     /// A put returns a context covering the whole stored set, not only what the client
     /// saw plus its own write: its next put supersedes siblings it never saw.
     WideContext,
+    /// Hinted handoff does not ask the target to sync a delivered hint before it answers,
+    /// and deletes the hint on that answer: with the target syncing periodically, a power
+    /// loss of the target right after delivery loses what may have lived only in the hint.
+    UnsyncedHint,
 }
 
 /// Plants `bugs` in the nodes this thread runs (none outside a simulation).

@@ -98,11 +98,7 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
                 }
                 continue;
             }
-            let entries: Vec<WriteEntry> = hints
-                .iter()
-                // Synced on the target before it answers: the hint is deleted then.
-                .map(|h| WriteEntry::new(h.key.clone(), &h.set, None).synced())
-                .collect();
+            let entries: Vec<WriteEntry> = hints.iter().map(hint_entry).collect();
             let bytes = entries.iter().map(|e| (e.key.len() + e.set.len()) as u64);
             node.budget.acquire(bytes.sum()).await;
             match node.transport.write(&member, entries, node.timeout()).await {
@@ -125,6 +121,17 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
         }
     }
     Ok(())
+}
+
+/// A hint as a write to its target: synced there before the target answers, since the
+/// hint is deleted on that answer.
+fn hint_entry(h: &crate::store::Hint) -> WriteEntry {
+    let entry = WriteEntry::new(h.key.clone(), &h.set, None);
+    // The planted bug (simulation only): acknowledged before it is synced.
+    match crate::determinism::sabotaged(crate::determinism::Sabotage::UnsyncedHint) {
+        true => entry,
+        false => entry.synced(),
+    }
 }
 
 /// Hands the hints held for `target`, a node no live map has any more, to the replicas
@@ -158,7 +165,7 @@ async fn retarget_hint(
             delivered = false;
             continue;
         }
-        let entry = WriteEntry::new(h.key.clone(), &h.set, None).synced();
+        let entry = hint_entry(h);
         if let Err(e) = node.transport.write(m, vec![entry], node.timeout()).await {
             tracing::debug!(peer = %m.id, error = %e, "re-targeted hint not delivered");
             delivered = false;

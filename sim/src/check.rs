@@ -20,8 +20,11 @@ use crate::cluster::{Cluster, Q};
 type Siblings = Vec<(String, Option<bytes::Bytes>)>;
 use crate::workload::History;
 
-/// Every violation found, each a sentence naming what broke.
-pub fn check(cluster: &Cluster, history: &History) -> Vec<String> {
+/// Every violation found, each a sentence naming what broke. Elements in `excused` need
+/// not be found (acknowledged ones) or may be found (buried ones): a power loss of every
+/// node may legitimately have taken back the writes or deletes of theirs that nodes
+/// syncing periodically had not synced.
+pub fn check(cluster: &Cluster, history: &History, excused: &BTreeSet<String>) -> Vec<String> {
     let mut violations = Vec::new();
     let nodes: Vec<_> = cluster.running().map(|p| p.node.clone()).collect();
     let members = cluster.machines.iter().filter(|m| !m.retired).count();
@@ -98,20 +101,31 @@ pub fn check(cluster: &Cluster, history: &History) -> Vec<String> {
         let acked = history.acked.get(key).unwrap_or(&none);
         let buried = history.buried.get(key).unwrap_or(&none);
         let tried = history.tried.get(key).unwrap_or(&none);
+        let lost: Vec<&String> = acked
+            .difference(&held)
+            .filter(|e| !excused.contains(*e))
+            .collect();
+        if !lost.is_empty() {
+            let when: Vec<String> = lost[..lost.len().min(5)]
+                .iter()
+                .map(|e| match history.acked_at.get(*e) {
+                    Some(t) => format!("{e} at {t} ms"),
+                    None => format!("{e} at ?"),
+                })
+                .collect();
+            violations.push(format!(
+                "{key}: {} acknowledged elements lost, e.g. {when:?}",
+                lost.len()
+            ));
+        }
         let mut flag = |what: &str, found: Vec<&String>| {
             if !found.is_empty() {
                 let some = &found[..found.len().min(5)];
                 violations.push(format!("{key}: {} {what}, e.g. {some:?}", found.len()));
             }
         };
-        flag(
-            "acknowledged elements lost",
-            acked.difference(&held).collect(),
-        );
-        flag(
-            "deleted elements came back",
-            buried.intersection(&held).collect(),
-        );
+        let back = buried.intersection(&held).filter(|e| !excused.contains(*e));
+        flag("deleted elements came back", back.collect());
         flag("elements no client tried", held.difference(tried).collect());
         if let Some((first, siblings)) = by_replica.first() {
             for (other, theirs) in &by_replica[1..] {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use dynamo_core::map_state::MapState;
 use dynamo_core::{planner, Member};
 use dynamo_node::clock::Clock;
-use dynamo_node::config::{NodeConfig, Replication};
+use dynamo_node::config::{FsyncPolicy, NodeConfig, Replication};
+use dynamo_node::determinism::with_rng;
 use dynamo_node::network::loopback::LoopbackNet;
 use dynamo_node::node::Node;
 use dynamo_node::service::kv::KvService;
@@ -17,6 +18,7 @@ use dynamo_node::storage::memory::MemoryEngine;
 use dynamo_node::storage::power::PowerCycle;
 use dynamo_node::store::Store;
 use dynamo_node::{antientropy, change, gossip, handoff};
+use rand::Rng;
 use tokio::task::JoinHandle;
 
 /// Partitions of the simulated cluster.
@@ -58,19 +60,29 @@ pub struct Machine {
 pub struct Cluster {
     pub net: Arc<LoopbackNet>,
     pub machines: Vec<Machine>,
+    /// `None`: every node syncs every write before acknowledging it; otherwise every node
+    /// acknowledges writes unsynced and syncs every so often (the `periodic` policy).
+    pub periodic_sync: Option<Duration>,
     start: tokio::time::Instant,
     first_map: MapState,
 }
 
 impl Cluster {
-    /// `nodes` members, each started on an empty disk, under one first map.
-    pub fn start(net: Arc<LoopbackNet>, nodes: usize, start: tokio::time::Instant) -> Self {
+    /// `nodes` members, each started on an empty disk, under one first map, syncing
+    /// every write or (`periodic_sync`) every so often.
+    pub fn start(
+        net: Arc<LoopbackNet>,
+        nodes: usize,
+        start: tokio::time::Instant,
+        periodic_sync: Option<Duration>,
+    ) -> Self {
         let members: Vec<Member> = (1..=nodes)
             .map(|i| Member::new(format!("n{i}"), format!("sim:{i}")))
             .collect();
         let map = planner::plan(None, &members, Q, 3).expect("a first map");
         let mut c = Self {
             net,
+            periodic_sync,
             machines: members
                 .into_iter()
                 .map(|member| Machine {
@@ -106,6 +118,11 @@ impl Cluster {
             // Short enough that tombstones are purged within a run (and that clock jumps
             // can make a node think one is old).
             tombstone_grace_ms: 20_000,
+            fsync: match self.periodic_sync {
+                Some(_) => FsyncPolicy::Periodic,
+                None => FsyncPolicy::Always,
+            },
+            fsync_interval_ms: self.periodic_sync.map_or(100, |d| d.as_millis() as u64),
             ..NodeConfig::default()
         }
     }
@@ -159,7 +176,7 @@ impl Cluster {
             .start_node(
                 self.config(i),
                 power.clone(),
-                |engine| Store::inline(engine, Q, true),
+                |engine| Store::inline(engine, Q, self.periodic_sync.is_none()),
                 Arc::new(SimClock {
                     start: self.start,
                     skew_ms: self.machines[i].skew_ms.clone(),
@@ -168,12 +185,18 @@ impl Cluster {
             )
             .expect("a simulated node starts on a live disk");
         let every = Duration::from_millis(node.cfg.anti_entropy_interval_ms);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(gossip::run(node.clone())),
             tokio::spawn(handoff::run(node.clone())),
             tokio::spawn(change::run(node.clone())),
             tokio::spawn(antientropy::run(node.clone(), every)),
         ];
+        if let Some(every) = self.periodic_sync {
+            // Nodes started together do not sync together: each from a phase of its own.
+            let phase = with_rng(|r| r.random_range(0..every.as_millis() as u64));
+            let phase = Duration::from_millis(phase);
+            tasks.push(tokio::spawn(periodic_sync(node.clone(), phase, every)));
+        }
         node.set_ready(true);
         self.machines[i].process = Some(Process {
             kv: Arc::new(KvService::new(node.clone())),
@@ -198,6 +221,13 @@ impl Cluster {
                 t.abort();
             }
             self.net.set_down(&self.machines[i].member.id, true);
+        }
+    }
+
+    /// Kills every machine (`power_loss`: every machine loses power at once).
+    pub fn kill_all(&mut self, power_loss: bool) {
+        for i in 0..self.machines.len() {
+            self.kill(i, power_loss);
         }
     }
 
@@ -267,5 +297,16 @@ impl Cluster {
             .filter(|m| !m.retired)
             .map(|m| m.member.id.clone())
             .collect()
+    }
+}
+
+/// Syncs the node's disk every `every` after `phase`, as the node binary's `periodic`
+/// fsync policy does.
+async fn periodic_sync(node: Arc<Node>, phase: Duration, every: Duration) {
+    tokio::time::sleep(phase).await;
+    loop {
+        // A failed sync poisons the store (it refuses writes until the node restarts).
+        let _ = node.store.sync().await;
+        tokio::time::sleep(every).await;
     }
 }

@@ -27,16 +27,20 @@ pub mod change;
 pub mod check;
 pub mod cluster;
 pub mod net;
+pub mod shrink;
 pub mod trace;
 pub mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynamo_node::determinism::{self, with_rng, Sabotage};
+use std::collections::BTreeSet;
+
+use dynamo_node::determinism::{self, Sabotage};
 use dynamo_node::network::loopback::LoopbackNet;
 use parking_lot::Mutex;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use cluster::Cluster;
 use net::{Net, Weather};
@@ -61,6 +65,13 @@ pub struct Config {
     pub changes: bool,
     /// Bugs planted in the nodes (to show the checker finds them).
     pub sabotage: Vec<Sabotage>,
+    /// Faults the nemesis draws but does not inject, by their number in the run (from 0):
+    /// the rest of the schedule stays as it was.
+    pub skip: BTreeSet<usize>,
+    /// `None`: the nodes sync every write before acknowledging it; otherwise they sync
+    /// every so often (the `periodic` fsync policy: a power loss loses what was
+    /// acknowledged since the last sync).
+    pub periodic_sync: Option<Duration>,
 }
 
 impl Default for Config {
@@ -74,6 +85,8 @@ impl Default for Config {
             faults: true,
             changes: true,
             sabotage: Vec::new(),
+            skip: BTreeSet::new(),
+            periodic_sync: None,
         }
     }
 }
@@ -88,8 +101,15 @@ pub struct Report {
     pub ops: u64,
     pub failed_ops: u64,
     pub acked: u64,
-    /// The faults the nemesis injected, in order.
+    /// Acknowledged late puts on a context that missed acknowledged elements.
+    pub stale_puts: u64,
+    /// Elements the checker let an outage take back (acknowledged, or buried, within a
+    /// sync interval before it; see [`Config::periodic_sync`]).
+    pub excused: u64,
+    /// The faults the nemesis injected (or skipped), in order, then the member changes.
     pub faults: Vec<String>,
+    /// When the nemesis drew each fault (ms since the start), by its number.
+    pub fault_times: Vec<u64>,
     pub violations: Vec<String>,
 }
 
@@ -114,7 +134,12 @@ async fn world(seed: u64, cfg: Config) -> Report {
     let net = Net::new(start, trace.clone());
     let loopback = LoopbackNet::new();
     loopback.set_faults(net.clone());
-    let cluster = Arc::new(Mutex::new(Cluster::start(loopback, cfg.nodes, start)));
+    let cluster = Arc::new(Mutex::new(Cluster::start(
+        loopback,
+        cfg.nodes,
+        start,
+        cfg.periodic_sync,
+    )));
     let history = Arc::new(Mutex::new(History::default()));
     let until = start + cfg.chaos;
     let mut clients = Vec::new();
@@ -123,6 +148,7 @@ async fn world(seed: u64, cfg: Config) -> Report {
         Kind::Chain,
         Kind::Blind,
         Kind::Deleter,
+        Kind::Late,
     ]
     .into_iter()
     .enumerate()
@@ -131,12 +157,19 @@ async fn world(seed: u64, cfg: Config) -> Report {
             let id = k * cfg.clients_per_kind + c;
             // Chain and blind clients share keys: a blind write is concurrent with every
             // chained put, so it must survive as a sibling. A deleter has keys of its own.
-            let family = match kind {
+            // A late client writes the read-modify-write keys and a deleter's.
+            let family = |kind| match kind {
                 Kind::ReadModifyWrite => "s".to_owned(),
                 Kind::Chain | Kind::Blind => "c".to_owned(),
                 Kind::Deleter => format!("d{id}-"),
+                Kind::Late => format!("d{}-", 3 * cfg.clients_per_kind + c),
             };
-            let keys: Vec<String> = (0..cfg.keys).map(|i| format!("{family}{i}")).collect();
+            let mut keys: Vec<String> = (0..cfg.keys)
+                .map(|i| format!("{}{i}", family(kind)))
+                .collect();
+            if let Kind::Late = kind {
+                keys.extend((0..cfg.keys).map(|i| format!("s{i}")));
+            }
             let client = Client {
                 id,
                 kind,
@@ -155,8 +188,12 @@ async fn world(seed: u64, cfg: Config) -> Report {
         .changes
         .then(|| tokio::spawn(change::committer(cluster.clone(), until, changes.clone())));
     let mut faults = Vec::new();
+    let mut fault_times = Vec::new();
+    let mut outages = Vec::new();
     if cfg.faults {
-        nemesis(&cluster, &net, until, &mut faults).await;
+        let log = (&mut faults, &mut fault_times, &mut outages);
+        let periodic = cfg.periodic_sync.is_some();
+        nemesis(seed, &cluster, &net, until, &cfg.skip, periodic, log).await;
     }
     for c in clients {
         let _ = c.await;
@@ -170,9 +207,11 @@ async fn world(seed: u64, cfg: Config) -> Report {
     }
     faults.extend(changes.lock().drain(..));
     tokio::time::sleep_until(settled).await;
-    let violations = {
+    let (violations, excused) = {
         let c = cluster.lock();
-        check::check(&c, &history.lock())
+        let h = history.lock();
+        let excused = excused(&h, &outages, cfg.periodic_sync);
+        (check::check(&c, &h, &excused), excused.len() as u64)
     };
     let h = history.lock();
     let (trace_hash, events) = trace.finish();
@@ -183,9 +222,32 @@ async fn world(seed: u64, cfg: Config) -> Report {
         ops: h.ops,
         failed_ops: h.failed,
         acked: h.acked.values().map(|s| s.len() as u64).sum(),
+        stale_puts: h.stale_puts,
+        excused,
         faults,
+        fault_times,
         violations,
     }
+}
+
+/// The elements an outage (a power loss of every machine, at each of `outages`) may
+/// have taken back with nodes syncing every `periodic_sync`: those whose put or delete
+/// was acknowledged after the last sync every copy of it may have missed (a copy made
+/// before `outage - periodic_sync` was synced by then; one made exactly then may have
+/// just missed a sync, and the next falls at the outage's instant), or while the outage
+/// was under way (within a request timeout of it).
+fn excused(h: &History, outages: &[u64], periodic_sync: Option<Duration>) -> BTreeSet<String> {
+    let Some(every) = periodic_sync else {
+        return BTreeSet::new();
+    };
+    let every = every.as_millis() as u64;
+    let exposed = |t: &u64| outages.iter().any(|o| *t + every >= *o && *t <= o + 500);
+    h.acked_at
+        .iter()
+        .chain(&h.buried_at)
+        .filter(|(_, t)| exposed(t))
+        .map(|(e, _)| e.clone())
+        .collect()
 }
 
 /// Ends every fault: the network heals (frozen nodes thaw), nodes whose disk failed get
@@ -199,91 +261,195 @@ fn heal(c: &mut Cluster, net: &Net) {
     }
 }
 
+/// One fault of the nemesis.
+enum Fault {
+    /// The two sides cannot talk (either way).
+    Partition(Vec<String>, Vec<String>),
+    /// The node cannot send to any other.
+    OneWay(String),
+    Storm,
+    Kill(usize, String),
+    PowerLoss(usize, String),
+    Wipe(usize, String),
+    Freeze(String, u64),
+    ClockJump(usize, String, i64),
+    FailDisk(usize, String),
+    /// The link between two nodes reorders its messages for a while (milliseconds).
+    Reorder(String, String, u64),
+    /// Every machine loses power at once (drawn only when the nodes sync periodically);
+    /// with `Some(ms)`, the power first comes back (every node restarts, and starts
+    /// handing off its hints) and fails again this many ms later.
+    Outage(Option<u64>),
+    Heal,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Partition(a, b) => write!(f, "partition {a:?} | {b:?}"),
+            Fault::OneWay(id) => write!(f, "one-way: {id} cannot send"),
+            Fault::Storm => write!(f, "storm: delays, loss, duplicates"),
+            Fault::Kill(_, id) => write!(f, "kill {id}"),
+            Fault::PowerLoss(_, id) => write!(f, "power loss {id}"),
+            Fault::Wipe(_, id) => write!(f, "wipe {id}"),
+            Fault::Freeze(id, ms) => write!(f, "freeze {id} for {ms} ms"),
+            Fault::ClockJump(_, id, ms) => write!(f, "clock of {id} jumps {ms:+} ms"),
+            Fault::FailDisk(_, id) => write!(f, "disk of {id} fails its writes"),
+            Fault::Reorder(a, b, ms) => write!(f, "link {a} <-> {b} reorders for {ms} ms"),
+            Fault::Outage(None) => write!(f, "power loss of every machine"),
+            Fault::Outage(Some(ms)) => write!(
+                f,
+                "every machine restarts, then all lose power again after {ms} ms"
+            ),
+            Fault::Heal => write!(f, "heal; restart all"),
+        }
+    }
+}
+
+/// The seed of the nemesis' own generator: its schedule (when each fault comes, and
+/// what it is) does not depend on what the nodes and clients draw, so a run with some
+/// faults skipped, or a shorter one, has the same faults at the same times otherwise.
+fn nemesis_seed(seed: u64) -> u64 {
+    seed ^ 0x6e65_6d65_7369_7300
+}
+
 /// Injects a fault every few simulated seconds until `until`, healing the previous one
-/// sometimes (any number of nodes may be down at once).
+/// sometimes (any number of nodes may be down at once). Fault `i` (from 0) is drawn but
+/// not injected if `skip` holds `i`.
 async fn nemesis(
+    seed: u64,
     cluster: &Arc<Mutex<Cluster>>,
     net: &Arc<Net>,
     until: tokio::time::Instant,
-    log: &mut Vec<String>,
+    skip: &BTreeSet<usize>,
+    periodic: bool,
+    (log, times, outages): (&mut Vec<String>, &mut Vec<u64>, &mut Vec<u64>),
 ) {
     let start = tokio::time::Instant::now();
+    let mut schedule = StdRng::seed_from_u64(nemesis_seed(seed));
     let mut wiped = false;
-    while tokio::time::Instant::now() < until {
-        let pause = with_rng(|r| r.random_range(1_000..5_000));
+    for i in 0.. {
+        let pause = schedule.random_range(1_000..5_000);
+        // Each fault draws from a generator of its own, so that what one fault draws
+        // (which depends on the cluster's state) does not shift the next.
+        let mut r = StdRng::seed_from_u64(schedule.random());
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        let at = start.elapsed().as_millis();
-        let mut c = cluster.lock();
-        let ids = c.ids();
-        let n = ids.len();
-        let pick = with_rng(|r| r.random_range(0..11));
-        let victim = with_rng(|r| r.random_range(0..n));
-        let machine = c.index_of(&ids[victim]).expect("a machine per id");
-        let fault = match pick {
-            0 => {
-                net.heal();
-                let mut side: Vec<String> = ids.clone();
-                with_rng(|r| {
-                    for i in (1..side.len()).rev() {
-                        side.swap(i, r.random_range(0..=i));
-                    }
-                });
-                let cut = with_rng(|r| r.random_range(1..n));
-                let (a, b) = side.split_at(cut);
-                net.cut(a, b);
-                net.cut(b, a);
-                format!("partition {a:?} | {b:?}")
+        if tokio::time::Instant::now() >= until {
+            return;
+        }
+        let at = start.elapsed().as_millis() as u64;
+        times.push(at);
+        let flicker = {
+            let mut c = cluster.lock();
+            let fault = draw(&mut r, &c, wiped, periodic);
+            if skip.contains(&i) {
+                log.push(format!("#{i} {at} ms: (skipped) {fault}"));
+                continue;
             }
-            1 => {
-                net.heal();
-                let from = vec![ids[victim].clone()];
-                let to: Vec<String> = ids.iter().filter(|i| **i != ids[victim]).cloned().collect();
-                net.cut(&from, &to);
-                format!("one-way: {} cannot send", ids[victim])
-            }
-            2 => {
-                net.set_weather(Weather::STORM);
-                "storm: delays, loss, duplicates".to_owned()
-            }
-            3 => {
-                c.kill(machine, false);
-                format!("kill {}", ids[victim])
-            }
-            4 => {
-                c.kill(machine, true);
-                format!("power loss {}", ids[victim])
-            }
-            // One wipe per run: a second one before the first wiped replica is repaired
-            // could take every copy of a write, which no store survives.
-            5 if !wiped && with_rng(|r| r.random_bool(0.3)) => {
-                wiped = true;
-                c.wipe(machine);
-                format!("wipe {}", ids[victim])
-            }
-            6 => {
-                let pause = with_rng(|r| r.random_range(500..8_000));
-                net.freeze(&ids[victim], Duration::from_millis(pause));
-                format!("freeze {} for {pause} ms", ids[victim])
-            }
-            7 => {
-                // Mostly small steps either way; sometimes far ahead (past the
-                // tombstone grace, which then means nothing on that node).
-                let ms = with_rng(|r| match r.random_bool(0.2) {
-                    true => r.random_range(60_000..600_000),
-                    false => r.random_range(-15_000..15_000),
-                });
-                c.jump_clock(machine, ms);
-                format!("clock of {} jumps {ms:+} ms", ids[victim])
-            }
-            8 => {
-                c.fail_disk(machine);
-                format!("disk of {} fails its writes", ids[victim])
-            }
-            _ => {
-                heal(&mut c, net);
-                "heal; restart all".to_owned()
-            }
+            log.push(format!("#{i} {at} ms: {fault}"));
+            inject(fault, &mut c, net, &mut wiped, at, outages)
         };
-        log.push(format!("{at} ms: {fault}"));
+        // The power came back, and fails again a little later.
+        if let Some(ms) = flicker {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            outages.push(start.elapsed().as_millis() as u64);
+            cluster.lock().kill_all(true);
+        }
+    }
+}
+
+/// Injects `fault` (at `at` ms); for an outage that comes back and fails again, how long
+/// after.
+fn inject(
+    fault: Fault,
+    c: &mut Cluster,
+    net: &Arc<Net>,
+    wiped: &mut bool,
+    at: u64,
+    outages: &mut Vec<u64>,
+) -> Option<u64> {
+    let mut flicker = None;
+    match fault {
+        Fault::Partition(a, b) => {
+            net.heal();
+            net.cut(&a, &b);
+            net.cut(&b, &a);
+        }
+        Fault::OneWay(id) => {
+            net.heal();
+            let to: Vec<String> = c.ids().into_iter().filter(|i| *i != id).collect();
+            net.cut(&[id], &to);
+        }
+        Fault::Storm => net.set_weather(Weather::STORM),
+        Fault::Kill(m, _) => c.kill(m, false),
+        Fault::PowerLoss(m, _) => c.kill(m, true),
+        Fault::Outage(None) => {
+            outages.push(at);
+            c.kill_all(true);
+        }
+        Fault::Outage(Some(ms)) => {
+            for m in 0..c.machines.len() {
+                c.restart(m);
+            }
+            flicker = Some(ms);
+        }
+        Fault::Wipe(m, _) => {
+            *wiped = true;
+            c.wipe(m);
+        }
+        Fault::Freeze(id, ms) => net.freeze(&id, Duration::from_millis(ms)),
+        Fault::ClockJump(m, _, ms) => c.jump_clock(m, ms),
+        Fault::FailDisk(m, _) => c.fail_disk(m),
+        Fault::Reorder(a, b, ms) => net.reorder(&a, &b, Duration::from_millis(ms)),
+        Fault::Heal => heal(c, net),
+    }
+    flicker
+}
+
+/// The next fault, drawn from `r` against the cluster as it is (`periodic`: the nodes
+/// sync periodically, and a power loss is sometimes the whole cluster's).
+fn draw(r: &mut StdRng, c: &Cluster, wiped: bool, periodic: bool) -> Fault {
+    let ids = c.ids();
+    let n = ids.len();
+    let pick = r.random_range(0..12);
+    let victim = r.random_range(0..n);
+    let id = ids[victim].clone();
+    let machine = c.index_of(&id).expect("a machine per id");
+    match pick {
+        0 => {
+            let mut side: Vec<String> = ids.clone();
+            for i in (1..side.len()).rev() {
+                side.swap(i, r.random_range(0..=i));
+            }
+            let cut = r.random_range(1..n);
+            let b = side.split_off(cut);
+            Fault::Partition(side, b)
+        }
+        1 => Fault::OneWay(id),
+        2 => Fault::Storm,
+        3 => Fault::Kill(machine, id),
+        4 if periodic && r.random_bool(0.5) => {
+            Fault::Outage(r.random_bool(0.5).then(|| r.random_range(200..2_000)))
+        }
+        4 => Fault::PowerLoss(machine, id),
+        // One wipe per run: a second one before the first wiped replica is repaired
+        // could take every copy of a write, which no store survives.
+        5 if !wiped && r.random_bool(0.3) => Fault::Wipe(machine, id),
+        6 => Fault::Freeze(id, r.random_range(500..8_000)),
+        // Mostly small steps either way; sometimes far ahead (past the tombstone grace,
+        // which then means nothing on that node).
+        7 => {
+            let ms = match r.random_bool(0.2) {
+                true => r.random_range(60_000..600_000),
+                false => r.random_range(-15_000..15_000),
+            };
+            Fault::ClockJump(machine, id, ms)
+        }
+        8 => Fault::FailDisk(machine, id),
+        9 => {
+            let other = ids[(victim + r.random_range(1..n)) % n].clone();
+            Fault::Reorder(id, other, r.random_range(2_000..10_000))
+        }
+        _ => Fault::Heal,
     }
 }

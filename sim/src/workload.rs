@@ -1,8 +1,9 @@
 //! The clients: each keeps a set per key in the key's siblings (a value is a
-//! comma-separated list of elements, every element written once), in one of three ways:
-//! read-modify-write, chaining puts on the contexts puts return (never reading), and blind
-//! writes without a context. Every element tried and every element acknowledged is
-//! recorded for the checker.
+//! comma-separated list of elements, every element written once), in one of these ways:
+//! read-modify-write, chaining puts on the contexts puts return (never reading), blind
+//! writes without a context, read-modify-write with deletes now and then, and puts on a
+//! context kept for seconds (while others write the key). Every element tried and every
+//! element acknowledged is recorded for the checker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -34,6 +35,22 @@ pub struct History {
     /// (a stale read after the delete may bring one back into a put). None may be in the
     /// final state.
     pub buried: Sets,
+    /// Elements a delete saw (acknowledged or not): no longer required, even when the
+    /// put that wrote one is acknowledged only after the delete (a put's reply can come
+    /// late, after a read already returned what it wrote).
+    pub deleted: Sets,
+    /// Per key that deleters delete: the value of every put tried on it (acknowledged or
+    /// not), by any client. A delete buries an element only if every one of these values
+    /// holding it was among the siblings its context came from.
+    pub versions: BTreeMap<String, Vec<BTreeSet<String>>>,
+    /// Late puts acknowledged whose old context missed elements acknowledged on the key
+    /// by then (that the put must leave as siblings).
+    pub stale_puts: u64,
+    /// When each element's put was acknowledged, and when each buried element's delete
+    /// was (simulated ms since the start): with nodes that sync periodically, a power
+    /// loss of the whole cluster may take back what was acknowledged just before it.
+    pub acked_at: BTreeMap<String, u64>,
+    pub buried_at: BTreeMap<String, u64>,
     pub ops: u64,
     pub failed: u64,
 }
@@ -47,6 +64,22 @@ pub enum Kind {
     /// Read-modify-write on keys of its own, and now and then a delete with the context
     /// read (then the key is created again by the next put).
     Deleter,
+    /// Reads a key and keeps the context for [`LATE_MS`], while other clients write the
+    /// key (and a deleter may delete it), then puts what it read plus a new element on
+    /// that old context; keeps the context that put returns for the next late put. The
+    /// put supersedes only what the old context covered: every version written since
+    /// stays a sibling. It writes the read-modify-write clients' keys and a deleter's.
+    Late,
+}
+
+/// How long a late client keeps a context before it puts on it (simulated ms).
+pub const LATE_MS: std::ops::Range<u64> = 2_000..10_000;
+
+/// A context a late client keeps: what it read (or put) with it, and when to use it.
+struct Kept {
+    context: Vec<u8>,
+    seen: BTreeSet<String>,
+    due: tokio::time::Instant,
 }
 
 pub use dynamo_client::set_workload::elements;
@@ -78,8 +111,8 @@ impl Client {
         // Chain clients: per key, the context the last acknowledged put returned and
         // every element this client put on the key.
         let mut chains: BTreeMap<String, (Vec<u8>, BTreeSet<String>)> = BTreeMap::new();
-        // Deleters: per key, the value of every put tried, acknowledged or not.
-        let mut versions: BTreeMap<String, Vec<BTreeSet<String>>> = BTreeMap::new();
+        // Late clients: per key, the context kept.
+        let mut kept: BTreeMap<String, Kept> = BTreeMap::new();
         let mut n = 0u64;
         while tokio::time::Instant::now() < self.until {
             let think = with_rng(|r| r.random_range(1..30));
@@ -89,11 +122,18 @@ impl Client {
             };
             let key = self.keys[with_rng(|r| r.random_range(0..self.keys.len()))].clone();
             n += 1;
-            if let Kind::Deleter = self.kind {
-                let versions = versions.entry(key.clone()).or_default();
-                self.delete_or_add(&kv, &key, format!("c{}-{n}", self.id), versions)
-                    .await;
-                continue;
+            match self.kind {
+                Kind::Deleter => {
+                    self.delete_or_add(&kv, &key, format!("c{}-{n}", self.id))
+                        .await;
+                    continue;
+                }
+                Kind::Late => {
+                    self.late(&kv, &key, format!("c{}-{n}", self.id), &mut kept)
+                        .await;
+                    continue;
+                }
+                _ => {}
             }
             let element = format!("c{}-{n}", self.id);
             let (value, context) = match self.kind {
@@ -121,7 +161,7 @@ impl Client {
                     (join(mine), context.clone())
                 }
                 Kind::Blind => (element.clone(), Vec::new()),
-                Kind::Deleter => unreachable!("deleters are served above"),
+                Kind::Deleter | Kind::Late => unreachable!("served above"),
             };
             self.history
                 .lock()
@@ -137,12 +177,10 @@ impl Client {
             };
             match kv.put(Request::new(put)).await {
                 Ok(r) => {
-                    self.history
-                        .lock()
-                        .acked
-                        .entry(key.clone())
-                        .or_default()
-                        .insert(element);
+                    let mut h = self.history.lock();
+                    h.acked_at.insert(element.clone(), now_ms(self.start));
+                    h.acked.entry(key.clone()).or_default().insert(element);
+                    drop(h);
                     if let Some(chain) = chains.get_mut(&key) {
                         chain.0 = r.into_inner().context;
                     }
@@ -155,14 +193,8 @@ impl Client {
 
     /// One step of a deleter on `key`: a read, then either a delete with the context
     /// read (a quarter of the time, if the key holds anything) or a put of what was
-    /// read plus `element`. `versions` is every value this client has put on the key.
-    async fn delete_or_add(
-        &self,
-        kv: &KvService,
-        key: &str,
-        element: String,
-        versions: &mut Vec<BTreeSet<String>>,
-    ) {
+    /// read plus `element`.
+    async fn delete_or_add(&self, kv: &KvService, key: &str, element: String) {
         let get = GetRequest {
             key: key.as_bytes().to_vec(),
             r: None,
@@ -190,9 +222,13 @@ impl Client {
             if let Some(acked) = h.acked.get_mut(key) {
                 acked.retain(|e| !seen.contains(e));
             }
+            let deleted = h.deleted.entry(key.to_owned()).or_default();
+            deleted.extend(seen.iter().cloned());
             match outcome {
                 Ok(_) => {
                     // Buried: an element every version of which the delete covered.
+                    let none = Vec::new();
+                    let versions = h.versions.get(key).unwrap_or(&none);
                     let covered = seen.iter().filter(|e| {
                         versions
                             .iter()
@@ -200,6 +236,8 @@ impl Client {
                             .all(|v| seen_values.contains(v))
                     });
                     let covered: Vec<String> = covered.cloned().collect();
+                    let now = now_ms(self.start);
+                    h.buried_at.extend(covered.iter().map(|e| (e.clone(), now)));
                     h.buried.entry(key.to_owned()).or_default().extend(covered);
                     drop(h);
                     self.note(key, "delete", Ok(()));
@@ -213,15 +251,32 @@ impl Client {
         }
         let mut value = seen;
         value.insert(element.clone());
-        versions.push(value.clone());
+        self.put_value(kv, key, element, value, read.context).await;
+    }
+
+    /// Puts `value` (what was read plus the new `element`) on `key` with `context`,
+    /// recording it for the checker; the context the put returned, if acknowledged.
+    async fn put_value(
+        &self,
+        kv: &KvService,
+        key: &str,
+        element: String,
+        value: BTreeSet<String>,
+        context: Vec<u8>,
+    ) -> Option<Vec<u8>> {
         {
             let mut h = self.history.lock();
             h.tried
                 .entry(key.to_owned())
                 .or_default()
                 .insert(element.clone());
+            h.versions
+                .entry(key.to_owned())
+                .or_default()
+                .push(value.clone());
             // A read after an acknowledged delete may still return what it deleted (a
-            // sloppy quorum promises no read-your-writes): put again, it lives again.
+            // sloppy quorum promises no read-your-writes), and a late put carries what
+            // was read before it: put again, it lives again.
             if let Some(buried) = h.buried.get_mut(key) {
                 buried.retain(|e| !value.contains(e));
             }
@@ -229,17 +284,84 @@ impl Client {
         let put = PutRequest {
             key: key.as_bytes().to_vec(),
             value: join(&value).into_bytes(),
-            context: read.context,
+            context,
             w: None,
         };
         match kv.put(Request::new(put)).await {
-            Ok(_) => {
+            Ok(r) => {
                 let mut h = self.history.lock();
-                h.acked.entry(key.to_owned()).or_default().insert(element);
+                h.acked_at.insert(element.clone(), now_ms(self.start));
+                if !h.deleted.get(key).is_some_and(|d| d.contains(&element)) {
+                    h.acked.entry(key.to_owned()).or_default().insert(element);
+                }
                 drop(h);
                 self.note(key, "put", Ok(()));
+                Some(r.into_inner().context)
             }
-            Err(e) => self.note(key, "put", Err(e.code())),
+            Err(e) => {
+                self.note(key, "put", Err(e.code()));
+                None
+            }
+        }
+    }
+
+    /// One step of a late client on `key`: with no context kept for it, a read whose
+    /// context it keeps; with one kept long enough, a put of what it read plus `element`
+    /// on that context (whose answer's context it keeps in turn); otherwise nothing.
+    async fn late(
+        &self,
+        kv: &KvService,
+        key: &str,
+        element: String,
+        kept: &mut BTreeMap<String, Kept>,
+    ) {
+        let due = || {
+            tokio::time::Instant::now()
+                + Duration::from_millis(with_rng(|r| r.random_range(LATE_MS)))
+        };
+        match kept.remove(key) {
+            None => {
+                let get = GetRequest {
+                    key: key.as_bytes().to_vec(),
+                    r: None,
+                };
+                match kv.get(Request::new(get)).await {
+                    Ok(read) => {
+                        let read = read.into_inner();
+                        let seen = elements(&read);
+                        self.note(key, "get", Ok(()));
+                        let k = Kept {
+                            context: read.context,
+                            seen,
+                            due: due(),
+                        };
+                        kept.insert(key.to_owned(), k);
+                    }
+                    Err(e) => self.note(key, "get", Err(e.code())),
+                }
+            }
+            Some(k) if tokio::time::Instant::now() < k.due => {
+                kept.insert(key.to_owned(), k);
+            }
+            Some(k) => {
+                let mut value = k.seen;
+                value.insert(element.clone());
+                let missed = {
+                    let h = self.history.lock();
+                    let acked = h.acked.get(key);
+                    acked.is_some_and(|a| a.iter().any(|e| !value.contains(e)))
+                };
+                let put = self.put_value(kv, key, element, value.clone(), k.context);
+                if let Some(context) = put.await {
+                    self.history.lock().stale_puts += u64::from(missed);
+                    let k = Kept {
+                        context,
+                        seen: value,
+                        due: due(),
+                    };
+                    kept.insert(key.to_owned(), k);
+                }
+            }
         }
     }
 
