@@ -1,7 +1,7 @@
 //! The `dynamo.v1.Kv` service: client get/put/delete, coordinated or forwarded.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant; // simulated time under a simulation: the budget reads these latencies
 
 use bytes::Bytes;
 use dynamo_core::SiblingSet;
