@@ -121,6 +121,29 @@ async fn check(nodes: &[Arc<Node>], outcome: &Outcome, map: &PartitionMap) {
     }
 }
 
+/// Nodes `all[..3]` holding the map of those three in force, and the rest started with no
+/// map (as nodes started later from seeds): they learn a change's map when it is committed.
+fn three_in_force_and_newcomers(
+    net: &Arc<LoopbackNet>,
+    all: &[Member],
+    spec: &Spec,
+) -> Vec<Arc<Node>> {
+    let mut nodes: Vec<Arc<Node>> = (0..3)
+        .map(|i| start_node(net, &all[..3], i, Arc::new(MemoryEngine::new()), spec))
+        .collect();
+    for i in 3..all.len() {
+        nodes.push(start_node_with(
+            net,
+            all,
+            i,
+            Arc::new(MemoryEngine::new()),
+            spec,
+            MapState::default(),
+        ));
+    }
+    nodes
+}
+
 fn holds(node: &Node, p: u32) -> bool {
     node.store.trees().root(p) != Some(0)
 }
@@ -130,18 +153,7 @@ async fn scale_out_and_in_under_a_writer_loses_nothing() {
     let net = LoopbackNet::new();
     let all: Vec<Member> = members(4);
     let spec = spec();
-    let mut nodes: Vec<Arc<Node>> = (0..3)
-        .map(|i| start_node(&net, &all[..3], i, Arc::new(MemoryEngine::new()), &spec))
-        .collect();
-    // The fourth starts with no map: it learns the pending one when it is committed.
-    nodes.push(start_node_with(
-        &net,
-        &all,
-        3,
-        Arc::new(MemoryEngine::new()),
-        &spec,
-        MapState::default(),
-    ));
+    let nodes = three_in_force_and_newcomers(&net, &all, &spec);
     for n in &nodes {
         run_tasks(n);
     }
@@ -200,19 +212,7 @@ async fn an_aborted_change_loses_nothing_and_racing_commits_have_one_winner() {
     let net = LoopbackNet::new();
     let all: Vec<Member> = members(5);
     let spec = spec();
-    let mut nodes: Vec<Arc<Node>> = (0..3)
-        .map(|i| start_node(&net, &all[..3], i, Arc::new(MemoryEngine::new()), &spec))
-        .collect();
-    for i in 3..5 {
-        nodes.push(start_node_with(
-            &net,
-            &all,
-            i,
-            Arc::new(MemoryEngine::new()),
-            &spec,
-            MapState::default(),
-        ));
-    }
+    let nodes = three_in_force_and_newcomers(&net, &all, &spec);
     for n in &nodes {
         run_tasks(n);
     }
@@ -266,17 +266,7 @@ async fn read_repair_covers_the_pending_preference_list() {
     let net = LoopbackNet::new();
     let all: Vec<Member> = members(4);
     let spec = spec();
-    let mut nodes: Vec<Arc<Node>> = (0..3)
-        .map(|i| start_node(&net, &all[..3], i, Arc::new(MemoryEngine::new()), &spec))
-        .collect();
-    nodes.push(start_node_with(
-        &net,
-        &all,
-        3,
-        Arc::new(MemoryEngine::new()),
-        &spec,
-        MapState::default(),
-    ));
+    let nodes = three_in_force_and_newcomers(&net, &all, &spec);
     // No change task runs, so nothing is transferred: only read repair can bring a key
     // to the new replica.
     let old = nodes[0].map();
