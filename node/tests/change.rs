@@ -109,15 +109,7 @@ async fn check(nodes: &[Arc<Node>], outcome: &Outcome, map: &PartitionMap) {
                 .collect();
             outcome.check(&key, &stored);
         }
-        let read = KvService::new(nodes[0].clone())
-            .get(Request::new(GetRequest {
-                key: key.clone().into_bytes(),
-                r: None,
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        outcome.check(&key, &elements(&read));
+        outcome.check(&key, &elements(&get(&nodes[0], &key).await));
     }
 }
 
@@ -142,6 +134,18 @@ fn three_in_force_and_newcomers(
         ));
     }
     nodes
+}
+
+/// A client's get of `key` through `node`.
+async fn get(node: &Arc<Node>, key: &str) -> dynamo_proto::v1::GetResponse {
+    KvService::new(node.clone())
+        .get(Request::new(GetRequest {
+            key: key.as_bytes().to_vec(),
+            r: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 fn holds(node: &Node, p: u32) -> bool {
@@ -295,15 +299,7 @@ async fn read_repair_covers_the_pending_preference_list() {
         .find(|n| old.is_replica(p, n.id()))
         .unwrap()
         .clone();
-    let read = KvService::new(via)
-        .get(Request::new(GetRequest {
-            key: key.clone().into_bytes(),
-            r: None,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    out.check(&key, &elements(&read));
+    out.check(&key, &elements(&get(&via, &key).await));
     wait_for("the new replica is repaired", 10, || {
         !nodes[3].store.read(key.as_bytes()).unwrap().is_empty()
     })
