@@ -431,7 +431,7 @@ mod tests {
                 let actor = Actor::new(format!("node-{}", a.min(2)), u64::from(a.min(2)) * 1000)
                     .at_epoch(u64::from(a.saturating_sub(1)));
                 let dot = s.update(&ctx, &actor, value).unwrap();
-                returned = s.written_context(&ctx, &dot);
+                returned = ctx.with_write(&dot);
             }
             prop_assert_eq!(decode_set(&encode_set(&s)).unwrap(), s);
         }

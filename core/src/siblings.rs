@@ -121,33 +121,6 @@ impl SiblingSet {
         Ok(dot)
     }
 
-    /// The context to hand back to the client whose write made `dot` (by [`Self::update`]
-    /// with context `seen`, on this set, which is the coordinator's copy after it).
-    ///
-    /// It covers what `seen` covered plus `dot`, and never a live version the client did
-    /// not see. To stay small when a client chains puts on returned contexts, it
-    /// describes `dot`'s actor afresh from this copy, which holds every dot that actor
-    /// made for the key: it covers every dot of the actor below the lowest still-live
-    /// sibling of the actor other than `dot` (they are all superseded), and `dot`
-    /// exactly. Covering a superseded dot, or not covering one, changes nothing a later
-    /// write keeps; covering a live one it did not see would supersede it.
-    pub fn written_context(&self, seen: &CausalContext, dot: &Dot) -> CausalContext {
-        let actor = &dot.actor;
-        let lowest_unseen = self
-            .siblings
-            .iter()
-            .filter(|s| s.dot.actor == *actor && s.dot != *dot)
-            .map(|s| s.dot.counter)
-            .min();
-        let prefix = lowest_unseen.map_or(dot.counter, |c| c - 1);
-        let mut out = seen.without(actor);
-        out.merge(&CausalContext::from_parts(
-            [(actor.clone(), prefix)].into_iter().collect(),
-            [dot.clone()],
-        ));
-        out
-    }
-
     /// Joins two replicas' states of the same key.
     ///
     /// A sibling survives if both sides hold it, or if the other side has not seen it
@@ -210,6 +183,7 @@ impl SiblingSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::version::KEPT_EXACT_DOTS;
     use proptest::prelude::*;
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -228,7 +202,7 @@ mod tests {
     /// Puts `v` with `ctx` through actor `a` and returns the context handed back.
     fn put(s: &mut SiblingSet, ctx: &CausalContext, a: u8, v: &str) -> CausalContext {
         let dot = s.update(ctx, &actor(a), val(v)).unwrap();
-        s.written_context(ctx, &dot)
+        ctx.with_write(&dot)
     }
 
     fn values(s: &SiblingSet) -> Vec<&str> {
@@ -263,7 +237,41 @@ mod tests {
             c = put(&mut s, &c, 0, &format!("a{i}"));
         }
         assert_eq!(values(&s), ["b", "a999"]);
-        assert!(c.exact_len() <= 1, "context grew: {c}");
+        assert!(c.exact_len() <= KEPT_EXACT_DOTS, "context grew: {c}");
+    }
+
+    /// Found by the simulation (seed 31): a write that superseded a version is undone
+    /// by a power loss of every node that held it, and the version lives again. A
+    /// client that never saw that version must not supersede it with the context an
+    /// earlier put returned, even though the coordinator's copy showed it superseded
+    /// when that put was made.
+    #[test]
+    fn a_returned_context_never_covers_a_version_a_power_loss_revives() {
+        let mut a = SiblingSet::new();
+        put(&mut a, &blind(), 0, "x0");
+        // A late client reads and keeps the context for a while.
+        let late = a.context().clone();
+        let read = a.context().clone();
+        put(&mut a, &read, 0, "x0,x1");
+        // What the disks hold when the power goes.
+        let synced = a.clone();
+        // Another client supersedes "x0,x1" through node 1; node 0 learns of it.
+        let mut b = a.clone();
+        let read = b.context().clone();
+        put(&mut b, &read, 1, "x0,x1,x2");
+        a.absorb(&b);
+        // The late client writes on its old context, through node 0.
+        let returned = put(&mut a, &late, 0, "x0,late");
+        // Power loss: every node is back at what it had synced; node 0 restarts as a
+        // new incarnation (a new actor).
+        let mut a = synced;
+        let n0 = Actor::new("n0", 2);
+        a.update(&returned, &n0, val("x0,late,late2")).unwrap();
+        assert_eq!(
+            values(&a),
+            ["x0,x1", "x0,late,late2"],
+            "the late client never saw x1"
+        );
     }
 
     #[test]
@@ -344,6 +352,8 @@ mod tests {
     /// A history run on three replicas, with what every write's client really saw.
     struct Run {
         reps: Vec<SiblingSet>,
+        /// Every context a put returned, with every dot its client had seen by then.
+        returned: Vec<(CausalContext, BTreeSet<Dot>)>,
         /// For each dot written, every dot its client really saw: the versions it read
         /// or wrote before, and everything those had seen.
         saw: BTreeMap<Dot, BTreeSet<Dot>>,
@@ -374,10 +384,9 @@ mod tests {
     fn run(ops: &[Op]) -> Run {
         let mut r = Run {
             reps: vec![SiblingSet::new(); 3],
+            returned: Vec::new(),
             saw: BTreeMap::new(),
         };
-        // Contexts returned by puts, with what their clients had seen.
-        let mut returned: Vec<(CausalContext, BTreeSet<Dot>)> = Vec::new();
         for op in ops {
             match op {
                 Op::Write { at, ctx, delete } => {
@@ -387,18 +396,18 @@ mod tests {
                             let live = read.siblings().iter().map(|s| &s.dot);
                             (read.context().clone(), r.past_of(live))
                         }
-                        Ctx::Returned(i) if !returned.is_empty() => {
-                            returned[i % returned.len()].clone()
+                        Ctx::Returned(i) if !r.returned.is_empty() => {
+                            r.returned[i % r.returned.len()].clone()
                         }
                         _ => Default::default(),
                     };
                     let value = if *delete { None } else { val("x") };
                     let set = &mut r.reps[*at];
                     let dot = set.update(&ctx, &actor(*at as u8), value).unwrap();
-                    let next = set.written_context(&ctx, &dot);
+                    let next = ctx.with_write(&dot);
                     let mut next_saw = saw.clone();
                     next_saw.insert(dot.clone());
-                    returned.push((next, next_saw));
+                    r.returned.push((next, next_saw));
                     r.saw.insert(dot, saw);
                 }
                 Op::Sync { from, to } => {
@@ -430,6 +439,21 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// A context a put returns covers no write its client did not see (a dot it
+        /// covers that the client never saw is a version its next put would supersede
+        /// unseen, should that version live again).
+        #[test]
+        fn a_returned_context_covers_only_writes_its_client_saw(
+            ops in proptest::collection::vec(op(3), 0..60)
+        ) {
+            let r = run(&ops);
+            for (ctx, saw) in &r.returned {
+                for d in r.saw.keys().filter(|d| ctx.covers(d)) {
+                    prop_assert!(saw.contains(d), "{} covers {}, unseen", ctx, d);
+                }
+            }
+        }
 
         #[test]
         fn join_is_commutative(ops in proptest::collection::vec(op(3), 0..40)) {

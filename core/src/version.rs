@@ -189,6 +189,10 @@ pub struct CausalContext {
     dots: BTreeSet<Dot>,
 }
 
+/// Most exact dots of one actor a context returned by a put keeps (see
+/// [`CausalContext::with_write`]).
+pub const KEPT_EXACT_DOTS: usize = 4;
+
 /// The first and last possible dots of `actor`, for ranges over a dot set.
 fn actor_range(actor: &Actor) -> std::ops::RangeInclusive<Dot> {
     let dot = |counter| Dot {
@@ -283,6 +287,33 @@ impl CausalContext {
         // A prefix this set does not reach has a gap at its next counter (an exact dot
         // never extends a prefix), so only a prefix at least as long descends.
         self.vv.descends(&other.vv) && other.dots.iter().all(|d| self.covers(d))
+    }
+
+    /// The context to hand back to a client that sent this context with a write which
+    /// made `dot`: what it saw plus its own write, and nothing it did not see.
+    ///
+    /// Covering a dot the client never saw would let its next put supersede that
+    /// version unseen. Filling the gaps between the client's dots with other clients'
+    /// dots is not safe even when the coordinator's copy shows them superseded: the
+    /// superseding write may be undone by a power loss of every replica that held it
+    /// (nodes that sync periodically), and the older version it superseded then lives
+    /// again, unseen by this client.
+    ///
+    /// To stay small when a client chains puts on returned contexts while others write
+    /// the key through the same coordinator, it keeps at most [`KEPT_EXACT_DOTS`] exact
+    /// dots of `dot`'s actor, dropping the oldest. Dropping covers less, so it never
+    /// loses a version: a dropped dot is one of the client's own earlier writes, already
+    /// superseded by a later one whose stored context covers it, and at worst it shows
+    /// as a sibling through a replica that has not yet seen that later write.
+    pub fn with_write(&self, dot: &Dot) -> CausalContext {
+        let mut out = self.clone();
+        let mine: Vec<Dot> = out.dots.range(actor_range(&dot.actor)).cloned().collect();
+        let excess = mine.len().saturating_sub(KEPT_EXACT_DOTS - 1);
+        for d in &mine[..excess] {
+            out.dots.remove(d);
+        }
+        out.add(dot);
+        out
     }
 
     /// The same set without any dot of `actor`.

@@ -188,7 +188,7 @@ pub async fn write(
     // The client's next context covers what it saw plus its own write, nothing else: a
     // concurrent sibling it never saw must not be superseded by its next put.
     let next = match crate::determinism::sabotaged(crate::determinism::Sabotage::WideContext) {
-        false => set.written_context(&ctx, &dot),
+        false => ctx.with_write(&dot),
         true => set.context().clone(),
     };
 

@@ -289,7 +289,7 @@ mod tests {
                                 if let Some(first) = issued.insert(made.dot.clone(), i) {
                                     panic!("dot {} issued by write {first} and again by write {i}", made.dot);
                                 }
-                                seen.push(made.set.written_context(&ctx, &made.dot));
+                                seen.push(ctx.with_write(&made.dot));
                                 seen.push(made.set.context().clone());
                                 store.merge(key, made.set, made.epoch, None).unwrap().await.unwrap();
                             }
