@@ -139,6 +139,19 @@ impl MapState {
         out
     }
 
+    /// The members of `earlier`'s map in force that no live map of this state names:
+    /// the nodes that left the cluster between the two states. (A node named only by an
+    /// aborted pending map never joined, and may still be added.)
+    pub fn left_since(&self, earlier: &MapState) -> Vec<NodeId> {
+        earlier
+            .current
+            .iter()
+            .flat_map(|m| m.members.iter())
+            .filter(|m| self.member(&m.id).is_none())
+            .map(|m| m.id.clone())
+            .collect()
+    }
+
     /// The node that makes transitions: the lowest id of the map in force (of the pending
     /// map before the first is finalized).
     pub fn claimant(&self) -> Option<&Member> {
@@ -392,6 +405,20 @@ mod tests {
         let old = plan(None, &members(0..from), q, 3).unwrap();
         let new = plan(Some(&old), &members(0..to), q, 3).unwrap();
         MapState::in_force(old).commit(new).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_member_left_once_the_change_that_removes_it_is_finalized() {
+        let shrinking = state(4, 3, 16);
+        let before = MapState::in_force(shrinking.current.clone().unwrap());
+        assert!(shrinking.left_since(&before).is_empty(), "still pending");
+        let done = shrinking.finalize(2).unwrap().unwrap();
+        assert_eq!(done.left_since(&shrinking), ["node-03"]);
+        assert_eq!(done.left_since(&before), ["node-03"], "learned in one step");
+        // An aborted addition: the newcomer never joined.
+        let growing = state(3, 4, 16);
+        let aborted = growing.abort(2).unwrap();
+        assert!(aborted.left_since(&growing).is_empty());
     }
 
     #[test]

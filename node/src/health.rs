@@ -113,6 +113,11 @@ impl Health {
             });
     }
 
+    /// Stops watching `peer` (a node that left the cluster).
+    pub fn forget(&self, peer: &str) {
+        self.peers.lock().remove(peer);
+    }
+
     /// Records that `peer`'s heartbeat of process `generation` advanced. A new generation
     /// (the peer restarted) starts a fresh history: the old process's rhythm says
     /// nothing of the new one's. Returns the verdict change, if any.

@@ -202,6 +202,15 @@ impl Node {
                 self.health.watch(&m.id);
             }
         }
+        // A member of the map in force that no map of the new state names has left
+        // (a member only of an aborted pending map was never in, and may be added again).
+        for id in state.left_since(&held.state) {
+            if id != self.id() {
+                tracing::info!(peer = %id, "gossip: forgetting a node that left the cluster");
+                self.gossip.forget(&id, self.clock.now_ms());
+                self.health.forget(&id);
+            }
+        }
         let version = state.version;
         self.transport
             .set_map_epoch(state.newest().map_or(0, |m| m.epoch));

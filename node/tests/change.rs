@@ -207,6 +207,17 @@ async fn scale_out_and_in_under_a_writer_loses_nothing() {
     })
     .await;
     let live: Vec<Arc<Node>> = nodes.iter().filter(|n| n.id() != "n2").cloned().collect();
+    // The nodes forget n2, and n2 (still running, still gossiping what it knows) does
+    // not come back into their views.
+    wait_for("the members forget n2", 10, || {
+        live.iter().all(|n| n.gossip.entry("n2").is_none())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(10 * spec.gossip_interval_ms)).await;
+    for n in &live {
+        assert!(n.gossip.entry("n2").is_none(), "{} took n2 back", n.id());
+        assert!(!n.health.is_down("n2"), "{} still watches n2", n.id());
+    }
     check(&live, &outcome, &shrunk).await;
     eprintln!("3→4→3 under a writer: {acked} acknowledged elements, none lost");
 }

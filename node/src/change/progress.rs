@@ -179,8 +179,7 @@ pub async fn drained(node: &Arc<Node>, id: &str) -> Result<(), String> {
         // Not a member of any live map any more: only its hints could be left.
         let addr = node
             .gossip
-            .entry(id)
-            .map(|e| e.addr)
+            .addr_of(id)
             .ok_or_else(|| format!("{id} is not known"))?;
         let r = node
             .transport

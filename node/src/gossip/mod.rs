@@ -78,6 +78,20 @@ impl Gossip {
         self.view.lock().set_map_version(me, version);
     }
 
+    /// Forgets node `id`, which left the cluster (see [`View::forget`]).
+    pub fn forget(&self, id: &str, now_ms: u64) {
+        self.view.lock().forget(id, now_ms);
+    }
+
+    /// The address of node `id`: from its entry, or the last known one if it left.
+    pub fn addr_of(&self, id: &str) -> Option<String> {
+        let view = self.view.lock();
+        match view.get(id) {
+            Some(e) => Some(e.addr.clone()),
+            None => view.left_addr(id).map(str::to_owned),
+        }
+    }
+
     /// The entry of node `id`, if known.
     pub fn entry(&self, id: &str) -> Option<Entry> {
         self.view.lock().get(id).cloned()

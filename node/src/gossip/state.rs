@@ -81,6 +81,18 @@ pub struct Advanced {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct View {
     entries: BTreeMap<String, Entry>,
+    /// Nodes that left the cluster (see [`View::forget`]).
+    left: BTreeMap<String, Left>,
+}
+
+/// What a view keeps of a node that left.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Left {
+    /// Entries of processes started before this (generations are start times), still
+    /// gossiped by peers that have not forgotten the node yet, are not taken back.
+    generation: u64,
+    /// Its last known address, to ask it whether it still holds hints.
+    addr: Option<String>,
 }
 
 impl View {
@@ -111,6 +123,14 @@ impl View {
     pub fn merge(&mut self, incoming: impl IntoIterator<Item = Entry>) -> Vec<Advanced> {
         let mut advanced = Vec::new();
         for e in incoming {
+            if let Some(gone) = self.left.get(&e.node_id) {
+                if e.generation <= gone.generation {
+                    continue;
+                }
+                // A new process under the id of a node that left: a node that may be
+                // added again, known like any other.
+                self.left.remove(&e.node_id);
+            }
             let (new, restarted) = match self.entries.get(&e.node_id) {
                 Some(known) if *known >= e => continue,
                 Some(known) => (false, known.generation != e.generation),
@@ -136,6 +156,28 @@ impl View {
             .filter(|e| known.get(e.node_id.as_str()).is_none_or(|k| *k < *e))
             .cloned()
             .collect()
+    }
+
+    /// Drops node `id`, which left the cluster, at wall-clock time `now_ms`: it is no
+    /// longer listed, gossiped or contacted, and entries of a process of it started
+    /// before (generations are start times) that peers still hold are not taken back. A
+    /// process started later under the same id (a scale-out reusing the name) is taken as
+    /// a new node.
+    pub fn forget(&mut self, id: &str, now_ms: u64) {
+        let known = self.entries.remove(id);
+        let gone = self.left.entry(id.to_owned()).or_default();
+        gone.generation = gone
+            .generation
+            .max(known.as_ref().map_or(0, |e| e.generation))
+            .max(now_ms);
+        if let Some(e) = known {
+            gone.addr = Some(e.addr);
+        }
+    }
+
+    /// The last known address of node `id`, which left the cluster.
+    pub fn left_addr(&self, id: &str) -> Option<&str> {
+        self.left.get(id)?.addr.as_deref()
     }
 
     /// Counts `id`'s heartbeat up (this node's own entry) and returns its new value.
@@ -330,6 +372,34 @@ mod tests {
         let after = v.get("me").unwrap();
         assert!(*after > before);
         assert_eq!(after.status, Status::Stopping);
+    }
+
+    #[test]
+    fn a_node_that_left_is_forgotten_until_a_new_process_of_it_appears() {
+        let mut v = view(&[entry("me", 1, 0), entry("gone", 5, 9), entry("b", 1, 1)]);
+        v.forget("gone", 4);
+        assert!(v.get("gone").is_none());
+        assert_eq!(
+            v.left_addr("gone"),
+            Some("gone:1"),
+            "still asked for its hints"
+        );
+        // Peers that have not forgotten it yet keep gossiping its last entries.
+        assert!(v
+            .merge([entry("gone", 5, 9), entry("gone", 5, 30)])
+            .is_empty());
+        assert!(v.get("gone").is_none());
+        let theirs = [entry("me", 1, 0), entry("b", 1, 1)];
+        assert!(v.newer_than(&theirs).is_empty(), "it is not passed on");
+        // The same id started again (a scale-out reusing the name) is a new node.
+        let adv = v.merge([entry("gone", 6, 0)]);
+        assert_eq!(adv.len(), 1);
+        assert!(adv[0].new);
+        assert_eq!(v.get("gone").unwrap().version(), (6, 0));
+        // Forgetting a node never heard of keeps out the processes started before.
+        v.forget("never", 10);
+        assert!(v.merge([entry("never", 3, 3)]).is_empty());
+        assert_eq!(v.merge([entry("never", 11, 0)]).len(), 1);
     }
 
     #[test]
