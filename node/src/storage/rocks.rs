@@ -17,6 +17,12 @@ use super::{Batch, Cf, Engine, Entries, Op, StorageError};
 /// Memtable size per column family; with two memtables each this bounds write buffers.
 const WRITE_BUFFER_BYTES: usize = 16 << 20;
 
+/// A scan of the data column family first flushes its memtables when they hold more
+/// entries than this: an iterator over the hashed memtable sorts all of it (see
+/// [`data_cf_options`]), once per scan page, and a member change or an anti-entropy
+/// repair reads many pages. Sorting a few thousand entries costs less than a flush.
+const SCAN_FLUSH_ENTRIES: u64 = 16_384;
+
 /// Hash buckets of a data memtable (8 bytes each, from the memtable's own budget): about
 /// one per entry of a full memtable of small sets.
 const DATA_MEMTABLE_BUCKETS: usize = 1 << 16;
@@ -63,7 +69,8 @@ fn cf_options(cache: &Cache) -> Options {
 /// the synced-put benchmark. Hashed by the whole key (the "prefix" is the key), the
 /// entry is found in one bucket. Gets and point writes are all the data CF takes on the
 /// request path; a scan (`total_order_seek`) sorts the memtable first, so bulk reads
-/// (transfers, anti-entropy leaf lists, clean-up) read a partition in large pages. (A
+/// (transfers, anti-entropy leaf lists, clean-up) read a partition in large pages, and
+/// a scan flushes a memtable grown past [`SCAN_FLUSH_ENTRIES`] before it reads. (A
 /// member change scans partitions all the time; a skiplist memtable, whole or one per
 /// partition, made scans cheap, but with it `tests/tests/partition.rs` failed 2 to 4
 /// runs of 4, its clients getting far fewer puts acknowledged during the split, for a
@@ -123,6 +130,25 @@ impl RocksEngine {
         Ok(keys)
     }
 
+    /// Flushes `cf`'s memtables (waiting for the flush) when they hold more than
+    /// [`SCAN_FLUSH_ENTRIES`] entries, so that the iterator a scan makes next has little
+    /// to sort. Not for the writer's thread: it waits for the disk.
+    fn flush_if_costly_to_sort(&self, cf: Cf) -> Result<(), StorageError> {
+        let entries = |name| {
+            self.db
+                .property_int_value_cf(self.cf(cf), name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        let held = entries("rocksdb.num-entries-active-mem-table")
+            + entries("rocksdb.num-entries-imm-mem-tables");
+        if held > SCAN_FLUSH_ENTRIES {
+            self.db.flush_cf(self.cf(cf)).map_err(err)?;
+        }
+        Ok(())
+    }
+
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(cf.name())
@@ -177,6 +203,9 @@ impl Engine for RocksEngine {
         limit: usize,
     ) -> Result<Entries, StorageError> {
         let from = if start > prefix { start } else { prefix };
+        if cf == Cf::Data {
+            self.flush_if_costly_to_sort(cf)?;
+        }
         let mut out = Vec::new();
         let mut opts = ReadOptions::default();
         // In key order across the whole column family, not only within one "prefix" (the
@@ -214,5 +243,50 @@ impl Engine for RocksEngine {
                     + prop("rocksdb.cur-size-all-mem-tables").unwrap_or(0)
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memtable_entries(e: &RocksEngine) -> u64 {
+        [
+            "rocksdb.num-entries-active-mem-table",
+            "rocksdb.num-entries-imm-mem-tables",
+        ]
+        .iter()
+        .map(|name| {
+            e.db.property_int_value_cf(e.cf(Cf::Data), *name)
+                .unwrap()
+                .unwrap()
+        })
+        .sum()
+    }
+
+    /// A scan of a data memtable grown past the bound flushes it first (so the
+    /// iterator has little to sort), and still sees every key; a small one is left be.
+    #[test]
+    fn a_scan_flushes_a_memtable_costly_to_sort() {
+        let d = tempfile::tempdir().unwrap();
+        let e = RocksEngine::open(d.path(), 8 << 20).unwrap();
+        let keys = SCAN_FLUSH_ENTRIES + 100;
+        let mut b = Batch::default();
+        for i in 0..keys {
+            b.put(Cf::Data, i.to_be_bytes().to_vec(), vec![1; 16]);
+        }
+        e.write(&b, false).unwrap();
+        assert_eq!(memtable_entries(&e), keys);
+        let page = e.scan(Cf::Data, b"", b"", usize::MAX).unwrap();
+        assert_eq!(page.len() as u64, keys);
+        assert_eq!(memtable_entries(&e), 0, "the scan did not flush");
+        let mut b = Batch::default();
+        b.put(Cf::Data, u64::MAX.to_be_bytes().to_vec(), vec![2]);
+        e.write(&b, false).unwrap();
+        assert_eq!(
+            e.scan(Cf::Data, b"", b"", usize::MAX).unwrap().len() as u64,
+            keys + 1
+        );
+        assert_eq!(memtable_entries(&e), 1, "a small memtable was flushed");
     }
 }
