@@ -14,7 +14,8 @@
 //!
 //! Every transition counts [`MapState::version`] up; nodes spread states by gossip and take
 //! one only with a higher version. Transitions are made by one node, the *claimant*
-//! ([`MapState::claimant`]), so two committers racing on one epoch cannot both win; should
+//! ([`MapState::claimant`]; while it is down, the next member up stands in for it:
+//! [`MapState::acting_claimant`]), so two committers racing on one epoch cannot both win; should
 //! two states of one version ever meet anyway, [`MapState::supersedes`] picks the same one
 //! everywhere (by a digest), so nodes never stay in disagreement.
 
@@ -156,6 +157,19 @@ impl MapState {
     /// map before the first is finalized).
     pub fn claimant(&self) -> Option<&Member> {
         self.reads().and_then(|m| m.members.first())
+    }
+
+    /// The claimant as a node whose failure detector holds the members `down` sees it:
+    /// the lowest id of the map in force that is not down (the lowest id if all are).
+    /// A dead claimant would otherwise leave the cluster unable to change, even to remove
+    /// it. Two nodes that disagree on who is down may take different claimants for a
+    /// while; two states of one version are then settled by [`MapState::supersedes`].
+    pub fn acting_claimant(&self, down: impl Fn(&str) -> bool) -> Option<&Member> {
+        let members = &self.reads()?.members;
+        members
+            .iter()
+            .find(|m| !down(&m.id))
+            .or_else(|| members.first())
     }
 
     /// The state after committing `map` as pending: `Ok(None)` if it already is.
@@ -463,6 +477,22 @@ mod tests {
         assert_eq!(s.reads(), Some(&first));
         assert!(!s.changing() && s.moves().is_empty());
         assert_eq!(s.claimant().unwrap().id, "node-00");
+        let claimant = |down: &[&str]| {
+            let down: Vec<String> = down.iter().map(|d| d.to_string()).collect();
+            s.acting_claimant(|id| down.iter().any(|d| d == id))
+                .unwrap()
+                .id
+                .clone()
+        };
+        assert_eq!(claimant(&[]), "node-00");
+        assert_eq!(
+            claimant(&["node-00"]),
+            "node-01",
+            "a dead claimant is stood in for"
+        );
+        assert_eq!(claimant(&["node-00", "node-01"]), "node-02");
+        assert_eq!(claimant(&["node-01"]), "node-00");
+        assert_eq!(claimant(&["node-00", "node-01", "node-02"]), "node-00");
         assert_eq!(s.abort(1), None);
         assert_eq!(s.finalize(1).unwrap().unwrap().current, Some(first));
     }

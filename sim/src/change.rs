@@ -1,6 +1,6 @@
 //! The committer: changes the cluster's members while the nemesis works, as an operator
-//! would. Every so often it plans the next map (a new node added, or a member other than
-//! the claimant removed, keeping four to six members), commits it through a running
+//! would. Every so often it plans the next map (a new node added, or a member removed,
+//! the claimant too, keeping four to six members), commits it through a running
 //! node, finalizes it once every move is done, and then stops the removed node's process
 //! for good.
 
@@ -71,7 +71,6 @@ pub async fn committer(
             return;
         }
         let members: Vec<Member> = current.members.clone();
-        let claimant = members[0].id.clone();
         let grow = members.len() < 6 && (members.len() <= 4 || with_rng(|r| r.random_bool(0.5)));
         let (next_members, what) = if grow {
             let i = cluster.lock().add_machine();
@@ -80,8 +79,8 @@ pub async fn committer(
             next.push(m.clone());
             (next, format!("add {}", m.id))
         } else {
-            let candidates: Vec<&Member> = members.iter().filter(|m| m.id != claimant).collect();
-            let gone = candidates[with_rng(|r| r.random_range(0..candidates.len()))]
+            // The claimant too: while it is down, the next member up stands in for it.
+            let gone = members[with_rng(|r| r.random_range(0..members.len()))]
                 .id
                 .clone();
             let next: Vec<Member> = members.iter().filter(|m| m.id != gone).cloned().collect();

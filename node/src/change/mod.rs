@@ -2,7 +2,8 @@
 //! [`dynamo_core::map_state`] for the states and the rules).
 //!
 //! - **Transitions** (commit, finalize, abort) are made by one node, the *claimant* (the
-//!   lowest id of the map in force), under a lock, persisted before they are answered,
+//!   lowest id of the map in force; while the failure detector holds it down, the next
+//!   member up stands in, so a dead claimant can be removed), under a lock, persisted before they are answered,
 //!   and pushed to every node at once ([`crate::gossip::push_state`]); gossip spreads
 //!   them to anyone the push missed. Any node passes such a call on to the claimant
 //!   (once: a call passed on is never passed on again). So two committers racing on one
@@ -135,8 +136,8 @@ pub async fn commit(
     forwarded: bool,
 ) -> Result<MapState, ChangeError> {
     let held = node.live().state.clone();
-    let claimant = match held.claimant() {
-        Some(c) => c.clone(),
+    let claimant = match acting_claimant(node, &held) {
+        Some(c) => c,
         // The first map: its own lowest id makes it.
         None => map
             .members
@@ -215,10 +216,17 @@ fn needs_map(node: &Node) -> Result<(), ChangeError> {
     }
 }
 
+/// The claimant as this node sees it: a member its failure detector holds down (dead,
+/// not merely suspect) is stood in for by the next member up.
+fn acting_claimant(node: &Node, state: &MapState) -> Option<dynamo_core::Member> {
+    let down = |id: &str| id != node.id() && node.health.is_down(id);
+    state.acting_claimant(down).cloned()
+}
+
 /// The claimant, when it is another node.
 fn other_claimant(node: &Node) -> Option<dynamo_core::Member> {
     let live = node.live();
-    live.state.claimant().filter(|c| c.id != node.id()).cloned()
+    acting_claimant(node, &live.state).filter(|c| c.id != node.id())
 }
 
 async fn pass_on(

@@ -45,6 +45,8 @@ pub struct Spec {
     pub max_set_bytes: usize,
     /// Milliseconds between gossip rounds (gossip runs only where a test starts it).
     pub gossip_interval_ms: u64,
+    /// Milliseconds of silence after which the failure detector holds a peer down.
+    pub down_after_ms: u64,
 }
 
 impl Default for Spec {
@@ -57,6 +59,7 @@ impl Default for Spec {
             max_value_bytes: NodeConfig::default().max_value_bytes,
             max_set_bytes: NodeConfig::default().max_set_bytes,
             gossip_interval_ms: NodeConfig::default().gossip_interval_ms,
+            down_after_ms: NodeConfig::default().down_after_ms,
         }
     }
 }
@@ -101,6 +104,7 @@ pub fn start_node_with(
         max_value_bytes: spec.max_value_bytes,
         max_set_bytes: spec.max_set_bytes,
         gossip_interval_ms: spec.gossip_interval_ms,
+        down_after_ms: spec.down_after_ms,
         ..NodeConfig::default()
     };
     let store = |engine| match spec.sync_window {
