@@ -222,6 +222,123 @@ async fn scale_out_and_in_under_a_writer_loses_nothing() {
     eprintln!("3→4→3 under a writer: {acked} acknowledged elements, none lost");
 }
 
+/// The claimant (the lowest id of the map in force) dies. Once the failure detector
+/// holds it down, the next member stands in for it: a change removing it commits, its
+/// partitions move from their other old replicas, and the change is finalized, under a
+/// writer, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_claimant_is_removed_through_the_next_member() {
+    let net = LoopbackNet::new();
+    let all: Vec<Member> = members(4);
+    let spec = Spec {
+        down_after_ms: 1000,
+        ..spec()
+    };
+    let nodes: Vec<Arc<Node>> = (0..4)
+        .map(|i| start_node(&net, &all, i, Arc::new(MemoryEngine::new()), &spec))
+        .collect();
+    for n in &nodes {
+        run_tasks(n);
+    }
+    let rest = &nodes[1..];
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(writer(rest.to_vec(), stop.clone(), "a"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = nodes[1].map();
+    assert_eq!(nodes[1].live().state.claimant().unwrap().id, "n1");
+
+    // Dead: no call reaches it, and none it makes gets through.
+    net.partition(&[&["n1"], &["n2", "n3", "n4"]]);
+    wait_for("the others hold n1 down", 15, || {
+        rest.iter().all(|n| n.health.is_down("n1"))
+    })
+    .await;
+    let without: Vec<Member> = all.iter().filter(|m| m.id != "n1").cloned().collect();
+    let shrunk = planner::plan(Some(&old), &without, Q, 3).unwrap();
+    let state = change_to(&nodes[3], shrunk.clone()).await;
+    assert_eq!(state.current.as_ref(), Some(&shrunk));
+    stop.store(true, Ordering::Relaxed);
+    let outcome = w.await.unwrap();
+    let acked: usize = outcome.acked.values().map(BTreeSet::len).sum();
+    assert!(acked > 100, "the writer got {acked} puts acknowledged");
+    wait_for("the others hold epoch 2", 10, || {
+        rest.iter()
+            .all(|n| n.try_map().is_some_and(|m| m.epoch == 2))
+    })
+    .await;
+    wait_for("non-replicas drop their partitions", 20, || {
+        rest.iter()
+            .all(|n| (0..Q).all(|p| shrunk.is_replica(p, n.id()) || !holds(n, p)))
+    })
+    .await;
+    check(rest, &outcome, &shrunk).await;
+}
+
+/// A node that no longer replicates a partition hands what it holds of it and the new
+/// replicas lack off to them before it drops its copy. (Such a copy can hold the only
+/// copy of an acknowledged write: a node down through a whole change comes back under the
+/// old map, its peers refuse its replica writes, and with W=1 its own copy acknowledges
+/// one.) Here the version is put into the giving node's store directly, after the change
+/// is finalized and before its clean-up runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_handed_off_before_it_is_dropped() {
+    let net = LoopbackNet::new();
+    let all: Vec<Member> = members(4);
+    let spec = spec();
+    let nodes = three_in_force_and_newcomers(&net, &all, &spec);
+    // n1's change task (transfers in, clean-up) starts only once the version is in.
+    for n in &nodes {
+        tokio::spawn(gossip::run(n.clone()));
+        tokio::spawn(handoff::run(n.clone()));
+    }
+    for n in &nodes[1..] {
+        tokio::spawn(change::run(n.clone()));
+    }
+    let old = nodes[0].map();
+    let grown = planner::plan(Some(&old), &all, Q, 3).unwrap();
+    change_to(&nodes[1], grown.clone()).await;
+    wait_for("every node holds epoch 2", 10, || {
+        nodes
+            .iter()
+            .all(|n| n.try_map().is_some_and(|m| m.epoch == 2))
+    })
+    .await;
+    let given = (0..Q)
+        .find(|&p| old.is_replica(p, "n1") && !grown.is_replica(p, "n1"))
+        .expect("n1 gives a partition to n4");
+    let key = (0..)
+        .map(|i| format!("orphan-{i}"))
+        .find(|k| grown.partition_of(k.as_bytes()) == given)
+        .unwrap();
+    let mut set = dynamo_core::SiblingSet::new();
+    let actor = dynamo_core::Actor::new("n1", 99);
+    let value = bytes::Bytes::from_static(b"only-on-n1");
+    set.update(&Default::default(), &actor, Some(value))
+        .unwrap();
+    let entry = dynamo_node::network::WriteEntry {
+        key: key.clone().into(),
+        set: dynamo_core::codec::encode_set(&set).into(),
+        hint_for: None,
+        sync: false,
+    };
+    nodes[0].accept(vec![entry]).await.unwrap();
+    tokio::spawn(change::run(nodes[0].clone()));
+    wait_for("n1 drops the partition it gave", 20, || {
+        !holds(&nodes[0], given)
+    })
+    .await;
+    for m in grown.preference_list(given) {
+        let node = nodes.iter().find(|n| n.id() == m.id).unwrap();
+        let held = node.store.read(key.as_bytes()).unwrap();
+        assert_eq!(
+            held.values().collect::<Vec<_>>(),
+            [&bytes::Bytes::from_static(b"only-on-n1")],
+            "{} lacks the version n1 held alone",
+            m.id
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_change_loses_nothing_and_racing_commits_have_one_winner() {
     let net = LoopbackNet::new();

@@ -22,9 +22,43 @@ const PULLS_IN_FLIGHT: usize = 32;
 /// Sets sent to the peer per write.
 const PUSH_BATCH: usize = 128;
 
+/// Which sides of an exchange take the differences.
+#[derive(Clone, Copy, Debug)]
+struct Sides {
+    /// Whether this node fetches and joins what the peer holds differently.
+    pull: bool,
+    /// Whether the peer syncs what it is sent before it answers.
+    sync_pushes: bool,
+}
+
 /// Compares this node's copies of `partitions` with `peer`'s and joins what differs, on
 /// both sides.
 pub async fn with_peer(node: &Arc<Node>, peer: &Member, partitions: &[PartitionId]) -> Report {
+    let both = Sides {
+        pull: true,
+        sync_pushes: false,
+    };
+    compare(node, peer, partitions, both).await
+}
+
+/// Sends `peer` whatever this node holds of `partitions` that the peer's copies lack,
+/// synced there before it answers, and takes nothing back: what a node that no longer
+/// replicates the partitions does before it drops its copies (see
+/// [`crate::change::cleanup`]).
+pub async fn hand_off(node: &Arc<Node>, peer: &Member, partitions: &[PartitionId]) -> Report {
+    let push = Sides {
+        pull: false,
+        sync_pushes: true,
+    };
+    compare(node, peer, partitions, push).await
+}
+
+async fn compare(
+    node: &Arc<Node>,
+    peer: &Member,
+    partitions: &[PartitionId],
+    sides: Sides,
+) -> Report {
     let mut report = Report::default();
     let mut roots = Vec::with_capacity(partitions.len());
     for chunk in partitions.chunks(MAX_QUERY_ITEMS) {
@@ -54,7 +88,7 @@ pub async fn with_peer(node: &Arc<Node>, peer: &Member, partitions: &[PartitionI
             continue;
         }
         report.differing += 1;
-        if let Err(e) = partition(node, peer, p, &mine, &mut report).await {
+        if let Err(e) = partition(node, peer, p, &mine, sides, &mut report).await {
             report
                 .errors
                 .push(format!("{}: partition {p}: {e}", peer.id));
@@ -96,6 +130,7 @@ async fn partition(
     peer: &Member,
     p: PartitionId,
     mine: &Tree,
+    sides: Sides,
     report: &mut Report,
 ) -> Result<(), PeerError> {
     let mut frontier: Vec<u32> = vec![0];
@@ -162,6 +197,7 @@ async fn partition(
     // both sides at once.
     let pull: Vec<Bytes> = theirs
         .iter()
+        .filter(|_| sides.pull)
         .filter(|(k, item)| mine_items.get(*k) != Some(item))
         .map(|(k, _)| k.clone())
         .collect();
@@ -215,7 +251,7 @@ async fn partition(
                     key: key.clone(),
                     set,
                     hint_for: None,
-                    sync: false,
+                    sync: sides.sync_pushes,
                 });
             }
         }

@@ -4,7 +4,8 @@
 //! new epoch, see [`crate::dots`], so no dot is ever issued twice).
 //!
 //! Waiting for every member means that no coordinator still reads under the old map
-//! from this node when its copy goes. A partition goes in one store batch of two range
+//! from this node when its copy goes. Before a partition goes, what this node holds of
+//! it that the replicas lack is handed off to them ([`hand_off`]). A partition goes in one store batch of two range
 //! deletes (data and epoch records; on RocksDB one point delete per key, see
 //! `storage::rocks`), applied between the writer's other groups, with its Merkle tree
 //! emptied; partitions go one at a time under the background budget ([`crate::budget`]). A write that lands here later can only come from a coordinator
@@ -14,7 +15,10 @@
 
 use std::sync::Arc;
 
+use dynamo_core::{PartitionId, PartitionMap};
+
 use super::transfer;
+use crate::antientropy::exchange;
 use crate::node::Node;
 
 /// Drops what this node no longer replicates, if the time has come.
@@ -47,6 +51,9 @@ pub async fn step(node: &Arc<Node>) {
             return;
         }
         node.budget.acquire(share).await;
+        if !hand_off(node, current, p).await {
+            continue;
+        }
         match node.store.drop_partition(p).await {
             Ok(()) => tracing::info!(
                 partition = p,
@@ -55,4 +62,30 @@ pub async fn step(node: &Arc<Node>) {
             Err(e) => tracing::warn!(partition = p, error = %e, "could not drop a partition"),
         }
     }
+}
+
+/// Sends every replica of `p` that is up what this node holds of `p` and the replica
+/// lacks, synced there, before the copy here goes. A node that was down through a whole
+/// change comes back holding the old map, and until gossip brings it the new one it
+/// coordinates writes as an old replica; where its peers refuse them (see
+/// [`crate::maps::refused`]) its own copy may be all that holds an acknowledged write
+/// (W=1). Identical copies cost one root exchange. Whether every replica up took it, and
+/// at least one did.
+async fn hand_off(node: &Arc<Node>, current: &PartitionMap, p: PartitionId) -> bool {
+    let mut took = 0;
+    for m in current.preference_list(p) {
+        if m.id == node.id() || node.health.is_down(&m.id) {
+            continue;
+        }
+        let report = exchange::hand_off(node, m, &[p]).await;
+        if !report.errors.is_empty() {
+            tracing::warn!(partition = p, peer = %m.id, errors = ?report.errors, "could not hand a partition off before dropping it; will retry");
+            return false;
+        }
+        if report.pushed > 0 {
+            tracing::info!(partition = p, peer = %m.id, keys = report.pushed, "handed keys off before dropping a partition");
+        }
+        took += 1;
+    }
+    took > 0
 }
