@@ -12,13 +12,15 @@
 # For each change it records the partition replicas moved against the Strategy 3
 # minimum (from the plan), the bytes the new replicas received (the nodes'
 # dynamo_transfer_bytes counters), the time from commit to finalize (polled every
-# 0.5 s), and the load's p99/p99.9 while it ran. The load runs for REB_LOAD from the
+# 0.5 s), the time the clean-up took after it (dynamo_partitions_to_drop back to 0 on the
+# three cluster nodes; the next run starts only then), and the load's p99/p99.9 while
+# it ran. The load runs for REB_LOAD from the
 # commit; a change that finishes earlier is reported as such (its window also holds
 # quiet time). Prints a markdown table of medians; raw lines go to the output dir.
 # Every process it starts is stopped on exit, failure or Ctrl-C.
 #
 # Environment (all optional):
-#   REB_KEYS=1000000   keys;   REB_REPS=3   repetitions;   REB_LOAD=20s   load per run
+#   REB_KEYS=1000000   keys;   REB_REPS=3   repetitions;   REB_LOAD=40s   load per run
 #   REB_BASE_PORT=7400 gRPC ports base+1..; HTTP ports REB_HTTP_BASE_PORT=7480
 #   BENCH_NO_BUILD=1   skip the cargo build;  BENCH_OUT=target/bench  results parent
 #   TMPDIR             parent of the data directories;  CARGO_TARGET_DIR  binaries
@@ -27,7 +29,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 KEYS=${REB_KEYS:-1000000}
 REPS=${REB_REPS:-3}
-LOAD=${REB_LOAD:-20s}
+LOAD=${REB_LOAD:-40s}
 BASE_PORT=${REB_BASE_PORT:-7400}
 HTTP_BASE_PORT=${REB_HTTP_BASE_PORT:-7480}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -105,6 +107,17 @@ transferred() {
     echo "$total"
 }
 
+# Partitions the three cluster nodes hold but no longer replicate (their clean-up left).
+to_drop() {
+    local total=0 port v
+    for port in $((HTTP_BASE_PORT + 1)) $((HTTP_BASE_PORT + 2)) $((HTTP_BASE_PORT + 3)); do
+        v=$(curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null \
+            | awk '/^dynamo_partitions_to_drop / {print $2}') || true
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
 # One change under load: $1 = name, then `change apply` arguments. Appends a line.
 change_under_load() {
     local name=$1 rep=$2 b0 b1
@@ -114,6 +127,16 @@ change_under_load() {
         >"$OUT/load-$name-$rep.json" &
     local load_pid=$!
     ctl change apply "$@" >"$OUT/change-$name-$rep.log" 2>&1
+    local t_final=$SECONDS
+    # The change's clean-up (partitions dropped where no longer replicated) is part of
+    # its cost, and must not spill into the next run: wait for it.
+    sleep 1
+    for _ in $(seq 1 600); do
+        [[ $(to_drop) -eq 0 ]] && break
+        sleep 0.2
+    done
+    echo "clean-up done $((SECONDS - t_final)) s after the change was in force" \
+        >>"$OUT/change-$name-$rep.log"
     wait "$load_pid"
     b1=$(transferred)
     python3 - "$name" "$rep" "$OUT/change-$name-$rep.log" "$OUT/load-$name-$rep.json" \
@@ -123,9 +146,11 @@ name, rep, log, load, moved_bytes, window = sys.argv[1:]
 text = open(log).read()
 m = re.search(r"(\d+) partition replicas move \(fewest possible: (\d+)\)", text)
 t = re.search(r"is in force after ([\d.]+) s", text)
+c = re.search(r"clean-up done (\d+) s after", text)
 print(json.dumps({"run": name, "rep": int(rep), "moves": int(m.group(1)),
                   "minimum": int(m.group(2)), "seconds": float(t.group(1)),
                   "bytes": int(moved_bytes), "window_s": float(window.rstrip("s")),
+                  "cleanup_s": int(c.group(1)) if c else None,
                   "load": json.load(open(load))}))
 EOF
 }
@@ -163,8 +188,8 @@ med = lambda xs: statistics.median(xs) if xs else float("nan")
 def lat(run, p):
     return med([r["load"]["latency_us"][p] / 1000 for r in rows if r["run"] == run])
 print(f"{sys.argv[3]} keys of 100 bytes, peak {float(sys.argv[2]):.0f} ops/s, load at half; medians of {len([r for r in rows if r['run']=='baseline'])} runs\n")
-print("| run | replicas moved (minimum) | bytes moved | time s | MB/s | ops/s | errors | p99 ms | p99.9 ms | p99 vs baseline |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| run | replicas moved (minimum) | bytes moved | time s | clean-up s | MB/s | ops/s | errors | p99 ms | p99.9 ms | p99 vs baseline |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 base99 = lat("baseline", "p99")
 for run in ["baseline", "scale-out", "scale-in"]:
     rs = [r for r in rows if r["run"] == run]
@@ -174,14 +199,19 @@ for run in ["baseline", "scale-out", "scale-in"]:
     errs = med([r["load"]["errors"] for r in rs])
     p99, p999 = lat(run, "p99"), lat(run, "p999")
     if run == "baseline":
-        print(f"| {run} | - | - | - | - | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | 1.00x |")
+        print(f"| {run} | - | - | - | - | - | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | 1.00x |")
         continue
     moves, minimum = med([r["moves"] for r in rs]), med([r["minimum"] for r in rs])
     secs, by = med([r["seconds"] for r in rs]), med([r["bytes"] for r in rs])
     mbs = med([r["bytes"] / 1e6 / r["seconds"] for r in rs])
-    print(f"| {run} | {moves:.0f} ({minimum:.0f}) | {by/1e6:.1f} MB | {secs:.1f} | {mbs:.1f} | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | {p99/base99:.2f}x |")
-short = [r for r in rows if "seconds" in r and r["seconds"] < r["window_s"]]
+    clean = med([r["cleanup_s"] for r in rs if r.get("cleanup_s") is not None])
+    print(f"| {run} | {moves:.0f} ({minimum:.0f}) | {by/1e6:.1f} MB | {secs:.1f} | {clean:.0f} | {mbs:.1f} | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | {p99/base99:.2f}x |")
+done = lambda r: r["seconds"] + (r.get("cleanup_s") or 0)
+short = [r for r in rows if "seconds" in r and done(r) < r["window_s"]]
 if short:
-    print(f"\n{len(short)} change(s) finished inside the load window: their latency window also holds quiet time.")
+    print(f"\n{len(short)} change(s) and clean-up(s) finished inside the load window: their latency window also holds quiet time.")
+long = [r for r in rows if "seconds" in r and done(r) > r["window_s"]]
+if long:
+    print(f"\n{len(long)} change(s) and clean-up(s) outlasted the load window (REB_LOAD): their tail is not measured.")
 EOF
 log "results in $OUT"

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub fallback_copies_dropped: Counter,
     pub peer_state_changes: Counter,
     pub transfer_bytes: Counter,
+    pub partitions_to_drop: Gauge,
 }
 
 impl Default for Metrics {
@@ -134,6 +135,7 @@ impl Default for Metrics {
         );
         let peer_state_changes = Counter::default();
         let transfer_bytes = Counter::default();
+        let partitions_to_drop = Gauge::default();
         registry.register(
             "requests",
             "Client requests coordinated, by operation and outcome",
@@ -201,6 +203,11 @@ impl Default for Metrics {
             "Bytes of partitions received from old replicas in changes of members",
             transfer_bytes.clone(),
         );
+        registry.register(
+            "partitions_to_drop",
+            "Partitions this node holds but no longer replicates, left for the clean-up after a change",
+            partitions_to_drop.clone(),
+        );
         Self {
             registry,
             requests,
@@ -224,6 +231,7 @@ impl Default for Metrics {
             fallback_copies_dropped,
             peer_state_changes,
             transfer_bytes,
+            partitions_to_drop,
         }
     }
 }

@@ -31,14 +31,12 @@ pub async fn step(node: &Arc<Node>) {
     if let Err(e) = transfer::forget_others(&**node.store.engine(), None) {
         tracing::warn!(error = %e, "could not forget finished moves");
     }
-    if !super::lagging(node, state).is_empty() {
-        return;
-    }
     let held = |p| node.store.trees().root(p) != Some(0);
     let leaving: Vec<u32> = (0..current.partitions)
         .filter(|&p| !current.is_replica(p, node.id()) && held(p))
         .collect();
-    if leaving.is_empty() {
+    node.metrics.partitions_to_drop.set(leaving.len() as i64);
+    if leaving.is_empty() || !super::lagging(node, state).is_empty() {
         return;
     }
     // Dropping a partition deletes each of its keys: paced by the background budget, at
@@ -55,10 +53,13 @@ pub async fn step(node: &Arc<Node>) {
             continue;
         }
         match node.store.drop_partition(p).await {
-            Ok(()) => tracing::info!(
-                partition = p,
-                "dropped a partition this node no longer replicates"
-            ),
+            Ok(()) => {
+                node.metrics.partitions_to_drop.dec();
+                tracing::info!(
+                    partition = p,
+                    "dropped a partition this node no longer replicates"
+                )
+            }
             Err(e) => tracing::warn!(partition = p, error = %e, "could not drop a partition"),
         }
     }
