@@ -68,6 +68,26 @@ async fn a_wiped_replica_recovers_every_key_through_anti_entropy_alone() {
     assert!(again.bytes <= 2 * (16 + 12 * u64::from(Q)), "{again:?}");
 }
 
+/// A wiped replica holding a few hundred keys per partition: each differing partition
+/// is fetched whole, in transfer chunks, instead of a key at a time.
+#[tokio::test]
+async fn a_wiped_replica_with_many_keys_streams_whole_partitions() {
+    let net = LoopbackNet::new();
+    let nodes = cluster(&net);
+    let keys: Vec<String> = (0..4000).map(|i| format!("key-{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        put(&nodes[i % 3], k, &format!("v{i}"), 3).await;
+    }
+    let m = members(3);
+    let wiped = start_node(&net, &m, 2, Arc::new(MemoryEngine::new()), &Spec::default());
+    let report = antientropy::sweep(&wiped, None, Peers::Next).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.streamed, u64::from(Q), "{report:?}");
+    assert_eq!(report.pulled, keys.len() as u64, "{report:?}");
+    assert_same(&nodes[0], &wiped, &keys);
+    assert_same(&nodes[1], &wiped, &keys);
+}
+
 #[tokio::test]
 async fn replicas_that_each_missed_writes_both_end_with_all_of_them() {
     let net = LoopbackNet::new();
@@ -96,6 +116,10 @@ async fn replicas_that_each_missed_writes_both_end_with_all_of_them() {
     assert!(
         report.differing > 0 && report.pulled > 0 && report.pushed > 0,
         "{report:?}"
+    );
+    assert_eq!(
+        report.streamed, 0,
+        "a few keys per partition are read one by one"
     );
     // Each of n2's partitions went to one peer (the next after n2); a round on every
     // node links every pair.

@@ -9,10 +9,15 @@ use dynamo_core::merkle::{Tree, FANOUT};
 use dynamo_core::{Member, PartitionId};
 use futures::stream::{self, StreamExt};
 
+use dynamo_core::codec::decode_set;
+use dynamo_proto::v1::FetchRequest;
+
 use super::answer::MAX_QUERY_ITEMS;
 use super::{Report, TreeAnswer, TreeQuery};
+use crate::change::transfer::CHUNK_BYTES;
 use crate::network::{PeerError, WriteEntry};
 use crate::node::Node;
+use crate::store::Change;
 
 /// How long one tree query or transfer batch may take (a leaf-keys query scans a
 /// partition on the peer).
@@ -21,6 +26,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const PULLS_IN_FLIGHT: usize = 32;
 /// Sets sent to the peer per write.
 const PUSH_BATCH: usize = 128;
+/// A pull of at least this many keys, most of the keys of the differing leaves, streams
+/// the whole partition instead ([`stream_partition`]).
+const STREAM_AT_LEAST: usize = 64;
 
 /// Which sides of an exchange take the differences.
 #[derive(Clone, Copy, Debug)]
@@ -207,6 +215,16 @@ async fn partition(
         .map(|(k, _)| k.clone())
         .collect();
 
+    // A large difference (a wiped or new replica) is streamed as a whole partition, in
+    // the chunks of a transfer, rather than read a key at a time: one call per chunk
+    // instead of one per key, on a peer that is serving clients too.
+    let pull = if pull.len() >= STREAM_AT_LEAST && 2 * pull.len() > theirs.len() {
+        report.pulled += stream_partition(node, peer, p, report).await?;
+        report.streamed += 1;
+        Vec::new()
+    } else {
+        pull
+    };
     let fetched: Vec<Result<(Bytes, Bytes), PeerError>> = stream::iter(pull)
         .map(|key| async move {
             // Charged before the read, at the key's size; the set is charged after.
@@ -261,4 +279,47 @@ async fn partition(
         node.transport.write(peer, entries, CALL_TIMEOUT).await?;
     }
     Ok(())
+}
+
+/// Fetches all of `peer`'s copy of partition `p` in transfer chunks and joins it here;
+/// returns how many keys came. Each chunk is charged to this node's background budget
+/// (the peer charges its own as it serves them).
+async fn stream_partition(
+    node: &Arc<Node>,
+    peer: &Member,
+    p: PartitionId,
+    report: &mut Report,
+) -> Result<u64, PeerError> {
+    let mut after: Option<Vec<u8>> = None;
+    let mut keys = 0u64;
+    loop {
+        let req = FetchRequest {
+            cluster_id: node.cfg.cluster_id.clone(),
+            partition: p,
+            after: after.clone().unwrap_or_default(),
+            started: after.is_some(),
+            max_bytes: CHUNK_BYTES,
+        };
+        let resp = node.transport.fetch(peer, req, CALL_TIMEOUT).await?;
+        let mut changes = Vec::with_capacity(resp.entries.len());
+        let mut bytes = 0u64;
+        for e in resp.entries {
+            let set = decode_set(&e.set).map_err(|err| {
+                PeerError::Corrupt(format!("{} sent a corrupt set: {err}", peer.id))
+            })?;
+            bytes += (e.key.len() + e.set.len()) as u64;
+            after = Some(e.key.to_vec());
+            changes.push(Change::Join { key: e.key, set });
+        }
+        report.bytes += bytes;
+        keys += changes.len() as u64;
+        node.budget.acquire(bytes).await;
+        node.store
+            .apply_all(changes)
+            .await
+            .map_err(|e| PeerError::Corrupt(format!("joining the peer's sets: {e}")))?;
+        if resp.done || after.is_none() {
+            return Ok(keys);
+        }
+    }
 }

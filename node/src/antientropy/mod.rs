@@ -78,6 +78,9 @@ pub struct Report {
     pub leaves: u64,
     /// Keys whose peer's set was fetched and joined here.
     pub pulled: u64,
+    /// Partitions fetched whole, in transfer chunks, because most of the differing
+    /// leaves' keys differed (a wiped or new replica).
+    pub streamed: u64,
     /// Keys whose set was sent to the peer to join.
     pub pushed: u64,
     /// Approximate bytes sent and received (hashes, keys and sets).
@@ -92,6 +95,7 @@ impl Report {
         self.differing += other.differing;
         self.leaves += other.leaves;
         self.pulled += other.pulled;
+        self.streamed += other.streamed;
         self.pushed += other.pushed;
         self.bytes += other.bytes;
         self.errors.extend(other.errors);
