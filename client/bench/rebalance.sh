@@ -46,6 +46,8 @@ log() { echo "[rebalance $(date -u +%H:%M:%S)] $*" >&2; }
 cleanup() {
     local code=$?
     trap - EXIT INT TERM
+    # Background jobs of this script (a load, a CPU sampler) go first.
+    kill $(jobs -p) 2>/dev/null || true
     [[ -n "$EXTRA_PID" ]] && kill -KILL "$EXTRA_PID" 2>/dev/null || true
     if [[ -n "$CLUSTER_PID" ]] && kill -0 "$CLUSTER_PID" 2>/dev/null; then
         kill -TERM "$CLUSTER_PID" 2>/dev/null || true
@@ -118,15 +120,39 @@ to_drop() {
     echo "$total"
 }
 
+# Samples every node's CPU time (clock ticks, user + system) and bytes written to disk
+# every 250 ms into $1 until killed: a line per sample, "time node-id=ticks/bytes ...".
+sample_cpu() {
+    while true; do
+        local line
+        line="$(date -u +%T.%3N)"
+        for pid in $(pgrep -f "$NODE_BIN" || true); do
+            local id stat wrote
+            id=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | sed -n 's/.*--node-id \([^ ]*\).*/\1/p')
+            stat=$(cut -d' ' -f14,15 "/proc/$pid/stat" 2>/dev/null) || continue
+            wrote=$(awk '/^write_bytes/ {print $2}' "/proc/$pid/io" 2>/dev/null) || wrote=0
+            line="$line ${id:-$pid}=$(( ${stat% *} + ${stat#* } ))/${wrote:-0}"
+        done
+        echo "$line"
+        sleep 0.25
+    done >"$1"
+}
+
 # One change under load: $1 = name, then `change apply` arguments. Appends a line.
 change_under_load() {
     local name=$1 rep=$2 b0 b1
     shift 2
     b0=$(transferred)
+    echo "$(date -u +%T.%3N) load starts" >"$OUT/change-$name-$rep.log"
     bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" --timeline 250ms \
         >"$OUT/load-$name-$rep.json" &
     local load_pid=$!
-    ctl change apply "$@" >"$OUT/change-$name-$rep.log" 2>&1
+    sample_cpu "$OUT/cpu-$name-$rep.txt" &
+    local cpu_pid=$!
+    # Each line of the change's output stamped with the time it came (UTC, as the nodes log).
+    ctl change apply "$@" 2>&1 | while IFS= read -r line; do
+        echo "$(date -u +%T.%3N) $line"
+    done >>"$OUT/change-$name-$rep.log"
     local t_final=$SECONDS
     # The change's clean-up (partitions dropped where no longer replicated) is part of
     # its cost, and must not spill into the next run: wait for it.
@@ -138,6 +164,7 @@ change_under_load() {
     echo "clean-up done $((SECONDS - t_final)) s after the change was in force" \
         >>"$OUT/change-$name-$rep.log"
     wait "$load_pid"
+    kill "$cpu_pid" 2>/dev/null || true
     b1=$(transferred)
     python3 - "$name" "$rep" "$OUT/change-$name-$rep.log" "$OUT/load-$name-$rep.json" \
         "$((b1 - b0))" "$LOAD" >>"$RESULTS" <<'EOF'

@@ -7,11 +7,19 @@
 //! waits until the debt is repaid). Every client request this node coordinates records
 //! its latency ([`Budget::observe`]); about once a second the rate is adjusted from the
 //! p99 of those latencies ([`next_rate`]): halved when it is above the target, raised by
-//! a tenth of the ceiling when it is not (additive increase, multiplicative decrease),
-//! between a floor (so repair always progresses) and the ceiling. A period in which
+//! a tenth of the ceiling, but at most [`MAX_STEP`], when it is not (additive increase,
+//! multiplicative decrease), between a floor (so repair always progresses) and the
+//! ceiling. A step of a tenth of a 64 MiB/s ceiling took the rate from the floor to
+//! 6.6 MB/s in one good second, more than a loaded two-core machine absorbs: the backlog
+//! of that one second held the clients' p99 at seconds while a change of members started
+//! (measured, docs in the README). With the absolute cap a low ceiling (a throttled
+//! node) is still reached in ten good seconds. A period in which
 //! no background work ran halves the rate too, so that work arriving after a quiet
 //! spell (a member change, a wiped replica) starts slowly and climbs while the
 //! foreground allows it, instead of starting at the ceiling (TCP's restart after idle).
+//! A change of members starts at the floor too ([`Budget::restart`]): the work before it
+//! (a clean-up dropping partitions, which costs little per byte charged) says nothing of
+//! what streaming partitions costs.
 //!
 //! The target is relative to the node's usual p99 ([`target`]): a fixed target the
 //! foreground p99 is well under lets background work double it unchecked (measured: a
@@ -40,6 +48,8 @@ pub struct BudgetConfig {
     pub relative_target: f64,
 }
 
+/// The most one good period raises the rate by, bytes per second.
+pub const MAX_STEP: f64 = (1 << 20) as f64;
 /// How often the rate is adjusted.
 const ADJUST_EVERY: Duration = Duration::from_secs(1);
 /// Fewer foreground requests than this in a period give no latency signal.
@@ -70,7 +80,7 @@ pub fn next_rate(rate: f64, p99: Option<Duration>, target: Duration, cfg: &Budge
     let (min, max) = (cfg.min_bytes_per_sec as f64, cfg.max_bytes_per_sec as f64);
     match p99 {
         Some(p) if p > target => (rate / 2.0).max(min),
-        _ => (rate + max / 10.0).min(max),
+        _ => (rate + (max / 10.0).min(MAX_STEP)).min(max),
     }
 }
 
@@ -116,6 +126,19 @@ impl Budget {
             ),
             recent: Mutex::new(std::collections::VecDeque::with_capacity(USUAL_PERIODS)),
         }
+    }
+
+    /// Starts the rate again from the floor, with nothing to spend yet: background work
+    /// of a new kind (a change of members) climbs from there while the foreground allows.
+    pub fn restart(&self) {
+        let now = Instant::now();
+        let mut b = self.bucket.lock();
+        b.rate = self.cfg.min_bytes_per_sec as f64;
+        b.tokens = b.tokens.min(0.0);
+        b.refilled = now;
+        b.adjusted = now;
+        b.used = false;
+        self.window.lock().reset();
     }
 
     /// Records the latency of one foreground request.
@@ -332,6 +355,38 @@ mod tests {
             b.acquire(1).await;
             assert_eq!(b.rate(), want, "busy periods with a fast foreground climb");
         }
+    }
+
+    #[test]
+    fn a_high_ceiling_is_climbed_by_at_most_the_absolute_step() {
+        let cfg = BudgetConfig {
+            max_bytes_per_sec: 64 << 20,
+            min_bytes_per_sec: 256 << 10,
+            ..CFG
+        };
+        let fast = Some(Duration::from_millis(5));
+        let mut rate = cfg.min_bytes_per_sec as f64;
+        rate = next_rate(rate, fast, cfg.p99_target, &cfg);
+        assert_eq!(rate, (256 << 10) as f64 + MAX_STEP, "not a tenth of 64 MiB");
+        for _ in 0..100 {
+            rate = next_rate(rate, fast, cfg.p99_target, &cfg);
+        }
+        assert_eq!(rate, (64 << 20) as f64, "still reaches the ceiling");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_goes_back_to_the_floor_with_nothing_to_spend() {
+        let b = Budget::starting_at(CFG, 1000.0);
+        b.restart();
+        assert_eq!(b.rate(), 10);
+        let start = Instant::now();
+        b.acquire(20).await; // nothing saved up: this one overdraws
+        b.acquire(1).await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "paced at the floor: {:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

@@ -211,6 +211,12 @@ impl Node {
                 self.health.forget(&id);
             }
         }
+        // A change begins: streaming partitions costs what it costs, whatever the
+        // background work before it did (see `budget`).
+        let epoch = |s: &MapState| s.pending.as_ref().map(|m| m.epoch);
+        if epoch(&state).is_some() && epoch(&state) != epoch(&held.state) {
+            self.budget.restart();
+        }
         let version = state.version;
         self.transport
             .set_map_epoch(state.newest().map_or(0, |m| m.epoch));

@@ -315,7 +315,7 @@ async fn stream_partition(
         keys += changes.len() as u64;
         node.budget.acquire(bytes).await;
         node.store
-            .apply_all(changes)
+            .apply_paced(changes)
             .await
             .map_err(|e| PeerError::Corrupt(format!("joining the peer's sets: {e}")))?;
         if resp.done || after.is_none() {

@@ -35,9 +35,9 @@ use crate::storage::keys::{data_key, partition_range};
 use crate::storage::{Batch, Cf, Engine, StorageError};
 use crate::store::Change;
 
-/// Bytes of sets per chunk: small enough that joining one holds the receiver's writer
-/// only briefly, and that the sender's budget at its floor answers one well within
-/// [`FETCH_TIMEOUT`].
+/// Bytes of sets per chunk: small enough that the sender's budget at its floor answers
+/// one well within [`FETCH_TIMEOUT`]. The receiver joins a chunk in slices
+/// ([`crate::store::Store::apply_paced`]), so its writer is never held for a whole one.
 pub const CHUNK_BYTES: u64 = 256 << 10;
 /// How long one chunk may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -274,7 +274,7 @@ async fn one(
         node.budget.acquire(bytes).await;
         let n = changes.len() as u64;
         node.store
-            .apply_all(changes)
+            .apply_paced(changes)
             .await
             .map_err(|e| e.to_string())?;
         if last.is_some() {
