@@ -52,6 +52,9 @@ pub struct BudgetConfig {
 pub const MAX_STEP: f64 = (1 << 20) as f64;
 /// How often the rate is adjusted.
 const ADJUST_EVERY: Duration = Duration::from_secs(1);
+/// How often, within a period, the foreground p99 so far is checked for harm (see
+/// [`Budget::refill`]).
+const BRAKE_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Fewer foreground requests than this in a period give no latency signal.
 const MIN_SAMPLES: u64 = 20;
 /// Periods whose p99s make the usual p99.
@@ -91,6 +94,8 @@ struct Bucket {
     adjusted: Instant,
     /// Background work was charged since the last adjustment.
     used: bool,
+    /// When the period's p99 so far was last checked.
+    checked: Instant,
 }
 
 /// The shared background budget of one node.
@@ -120,6 +125,7 @@ impl Budget {
                 refilled: now,
                 adjusted: now,
                 used: false,
+                checked: now,
             }),
             window: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds"),
@@ -137,6 +143,7 @@ impl Budget {
         b.tokens = b.tokens.min(0.0);
         b.refilled = now;
         b.adjusted = now;
+        b.checked = now;
         b.used = false;
         self.window.lock().reset();
     }
@@ -171,7 +178,29 @@ impl Budget {
     }
 
     /// Adjusts the rate when due and adds the tokens earned since the last refill.
+    ///
+    /// The rate climbs only after a whole good period, but backs off as soon as the
+    /// period so far shows harm: every [`BRAKE_CHECK_EVERY`] while background work runs,
+    /// a p99 over the target already halves the rate and starts a new period. Under an
+    /// open-loop load near the machine's capacity, a second of too much background work
+    /// leaves a backlog that takes seconds to drain, and those seconds are the clients'
+    /// p99.
     fn refill(&self, b: &mut Bucket, now: Instant) {
+        if b.used
+            && now.duration_since(b.checked) >= BRAKE_CHECK_EVERY
+            && now.duration_since(b.adjusted) < ADJUST_EVERY
+        {
+            b.checked = now;
+            let so_far = {
+                let w = self.window.lock();
+                (w.len() >= MIN_SAMPLES).then(|| Duration::from_micros(w.value_at_quantile(0.99)))
+            };
+            if so_far.is_some_and(|p| p > self.target()) {
+                b.rate = (b.rate / 2.0).max(self.cfg.min_bytes_per_sec as f64);
+                b.adjusted = now;
+                self.window.lock().reset();
+            }
+        }
         if now.duration_since(b.adjusted) >= ADJUST_EVERY {
             let p99 = {
                 let mut w = self.window.lock();
@@ -205,6 +234,7 @@ impl Budget {
             b.rate = idle(b.rate, periods - 1);
             b.used = false;
             b.adjusted = now;
+            b.checked = now;
         }
         let elapsed = now.duration_since(b.refilled).as_secs_f64();
         b.tokens = (b.tokens + elapsed * b.rate).min(b.rate);
@@ -294,6 +324,40 @@ mod tests {
         tokio::time::advance(ADJUST_EVERY).await;
         b.acquire(1).await;
         assert_eq!(b.rate(), 600);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn harm_halves_the_rate_within_a_quarter_second_but_climbing_takes_a_second() {
+        let b = Budget::starting_at(CFG, 1000.0);
+        b.acquire(1).await;
+        for _ in 0..100 {
+            b.observe(Duration::from_millis(80));
+        }
+        tokio::time::advance(BRAKE_CHECK_EVERY).await;
+        b.acquire(1).await;
+        assert_eq!(b.rate(), 500, "braked before the period ended");
+        // A new period began: fast requests for less than a second change nothing.
+        for _ in 0..100 {
+            b.observe(Duration::from_millis(5));
+        }
+        tokio::time::advance(BRAKE_CHECK_EVERY * 3).await;
+        b.acquire(1).await;
+        assert_eq!(b.rate(), 500);
+        tokio::time::advance(BRAKE_CHECK_EVERY).await;
+        b.acquire(1).await;
+        assert_eq!(b.rate(), 600, "a whole good period climbs");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_budget_does_not_brake() {
+        let b = Budget::starting_at(CFG, 1000.0);
+        for _ in 0..100 {
+            b.observe(Duration::from_millis(80));
+        }
+        tokio::time::advance(BRAKE_CHECK_EVERY).await;
+        // No background work was charged in this period: nothing to blame.
+        assert!(b.try_acquire(1));
+        assert_eq!(b.rate(), 1000);
     }
 
     #[test]
