@@ -109,6 +109,15 @@ transferred() {
     echo "$total"
 }
 
+# Read repairs done and skipped over the budget, summed over every node: "done skipped".
+repairs() {
+    local port
+    for port in $((HTTP_BASE_PORT + 1)) $((HTTP_BASE_PORT + 2)) $((HTTP_BASE_PORT + 3)) $((HTTP_BASE_PORT + 4)); do
+        curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null || true
+    done | awk '/^dynamo_read_repairs_total / {d += $2} /^dynamo_read_repairs_skipped_total / {s += $2}
+        END {printf "%d %d\n", d, s}'
+}
+
 # Partitions the three cluster nodes hold but no longer replicate (their clean-up left).
 to_drop() {
     local total=0 port v
@@ -120,12 +129,14 @@ to_drop() {
     echo "$total"
 }
 
-# Samples every node's CPU time (clock ticks, user + system) and bytes written to disk
-# every 250 ms into $1 until killed: a line per sample, "time node-id=ticks/bytes ...".
+# Samples every node's CPU time (clock ticks, user + system) and bytes written to disk,
+# and the machine's busy/idle/iowait/steal ticks, every 250 ms into $1 until killed: a
+# line per sample, "time machine=busy/idle/iowait/steal node-id=ticks/bytes ...".
 sample_cpu() {
     while true; do
         local line
-        line="$(date -u +%T.%3N)"
+        # The whole machine: busy, idle, I/O wait and steal ticks (all CPUs).
+        line="$(date -u +%T.%3N) $(awk '/^cpu / {print "machine=" $2+$3+$4+$7+$8 "/" $5 "/" $6 "/" $9}' /proc/stat)"
         for pid in $(pgrep -f "$NODE_BIN" || true); do
             local id stat wrote
             id=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | sed -n 's/.*--node-id \([^ ]*\).*/\1/p')
@@ -140,9 +151,10 @@ sample_cpu() {
 
 # One change under load: $1 = name, then `change apply` arguments. Appends a line.
 change_under_load() {
-    local name=$1 rep=$2 b0 b1
+    local name=$1 rep=$2 b0 b1 rr0 rs0 rr1 rs1
     shift 2
     b0=$(transferred)
+    read -r rr0 rs0 <<<"$(repairs)"
     echo "$(date -u +%T.%3N) load starts" >"$OUT/change-$name-$rep.log"
     bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" --timeline 250ms \
         >"$OUT/load-$name-$rep.json" &
@@ -164,6 +176,9 @@ change_under_load() {
     echo "clean-up done $((SECONDS - t_final)) s after the change was in force" \
         >>"$OUT/change-$name-$rep.log"
     wait "$load_pid"
+    read -r rr1 rs1 <<<"$(repairs)"
+    echo "read repairs during the run: $((rr1 - rr0)) done, $((rs1 - rs0)) skipped over the budget" \
+        >>"$OUT/change-$name-$rep.log"
     kill "$cpu_pid" 2>/dev/null || true
     b1=$(transferred)
     python3 - "$name" "$rep" "$OUT/change-$name-$rep.log" "$OUT/load-$name-$rep.json" \

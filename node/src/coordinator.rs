@@ -365,6 +365,23 @@ pub async fn read(node: &Arc<Node>, key: Bytes, r: Option<u32>) -> Result<Read, 
         .filter(|m| m.id != node.id())
         .map(|m| (*m).clone())
         .partition(|m| map.is_replica(p, &m.id));
+    // Reading the new replicas is background work: an extra call each and, until the
+    // partition has reached them, a repair write for nearly every key read. So it takes
+    // the budget; over budget they are not read this time (the move's anti-entropy
+    // verification, hints and later reads cover them).
+    let repair_only = match repair_only.len() as u64 {
+        0 => repair_only,
+        n if node
+            .budget
+            .try_acquire(n * read_repair::REPAIR_ONLY_READ_COST) =>
+        {
+            repair_only
+        }
+        _ => {
+            node.metrics.read_repairs_skipped.inc();
+            Vec::new()
+        }
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut replies = 1;
     tokio::spawn(read_repair::gather_and_repair(

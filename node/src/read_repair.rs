@@ -32,6 +32,16 @@ pub fn decode_state(raw: &[u8]) -> Result<SiblingSet, StorageError> {
     decode_stored((!raw.is_empty()).then_some(raw))
 }
 
+/// What reading one replica for repair only costs the background budget, bytes, its
+/// repair included: a fixed cost, since its price is the call and the repair write it
+/// mostly brings (a
+/// new replica lacks most keys until its partition arrives), not its bytes. At the
+/// floor of a 64 MiB/s ceiling (256 KiB/s) about 64 such reads a second per node. When
+/// every read consulted the new replicas, a change of members added about one call and
+/// one write per read on the moving partitions from its first second, which held the
+/// clients' p99 at hundreds of milliseconds on a loaded two-core machine.
+pub const REPAIR_ONLY_READ_COST: u64 = 4096;
+
 /// The other replicas a read asks.
 pub struct Replicas {
     /// Those whose answers count towards R (the preference list of the map reads use).
@@ -52,6 +62,8 @@ pub async fn gather_and_repair(
     replicas: Replicas,
     replies: mpsc::UnboundedSender<Option<SiblingSet>>,
 ) {
+    // Their reads were charged to the budget up front, repair included.
+    let paid: Vec<String> = replicas.repair_only.iter().map(|m| m.id.clone()).collect();
     let asked = replicas
         .counted
         .into_iter()
@@ -119,9 +131,10 @@ pub async fn gather_and_repair(
         // Repair is background work: it shares the budget that yields to clients. Over
         // budget it is skipped rather than queued (anti-entropy repairs the key later):
         // waiting repairs would pile up with every read of a stale replica.
-        if !node
-            .budget
-            .try_acquire((key.len() + merged.value_bytes()) as u64)
+        if !paid.iter().any(|p| p == id)
+            && !node
+                .budget
+                .try_acquire((key.len() + merged.value_bytes()) as u64)
         {
             node.metrics.read_repairs_skipped.inc();
             continue;
