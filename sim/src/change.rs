@@ -47,6 +47,11 @@ pub async fn committer(
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         let Some(state) = cluster.lock().newest_state() else {
+            // Every node is down (an outage). Past `until` nothing else waits here, and
+            // looking again at once would never yield to the tasks that restart them.
+            if over {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             continue;
         };
         let Some(current) = state.current.clone() else {

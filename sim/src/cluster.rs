@@ -283,6 +283,12 @@ impl Cluster {
         self.machines.iter().position(|m| m.member.id == id)
     }
 
+    /// Whether a running node holds a hint.
+    pub fn holds_hints(&self) -> bool {
+        self.running()
+            .any(|p| p.node.store.hint_summary().is_ok_and(|s| !s.is_empty()))
+    }
+
     /// The indexes of running machines.
     pub fn up(&self) -> Vec<usize> {
         (0..self.machines.len())

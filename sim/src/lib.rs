@@ -143,6 +143,9 @@ async fn world(seed: u64, cfg: Config) -> Report {
     let history = Arc::new(Mutex::new(History::default()));
     let until = start + cfg.chaos;
     let mut clients = Vec::new();
+    // The keys clients write without reading first (chained and blind puts): the
+    // nemesis cuts off the replicas of one of them (see `split_then_outage`).
+    let mut unread_keys = BTreeSet::new();
     for (k, kind) in [
         Kind::ReadModifyWrite,
         Kind::Chain,
@@ -170,6 +173,9 @@ async fn world(seed: u64, cfg: Config) -> Report {
             if let Kind::Late = kind {
                 keys.extend((0..cfg.keys).map(|i| format!("s{i}")));
             }
+            if let Kind::Chain | Kind::Blind = kind {
+                unread_keys.extend(keys.iter().cloned());
+            }
             let client = Client {
                 id,
                 kind,
@@ -193,7 +199,9 @@ async fn world(seed: u64, cfg: Config) -> Report {
     if cfg.faults {
         let log = (&mut faults, &mut fault_times, &mut outages);
         let periodic = cfg.periodic_sync.is_some();
-        nemesis(seed, &cluster, &net, until, &cfg.skip, periodic, log).await;
+        let keys: Vec<String> = unread_keys.into_iter().collect();
+        let world = (&cluster, &net, &keys[..]);
+        nemesis(seed, world, until, &cfg.skip, periodic, log).await;
     }
     for c in clients {
         let _ = c.await;
@@ -280,7 +288,31 @@ enum Fault {
     /// with `Some(ms)`, the power first comes back (every node restarts, and starts
     /// handing off its hints) and fails again this many ms later.
     Outage(Option<u64>),
+    /// The replicas of a key (drawn only when the nodes sync periodically) are cut off
+    /// from every other node for `split_ms`, so that writes of the key coordinated on
+    /// the other side live only in hints (sloppy quorum); then the network heals, every
+    /// stopped node starts, hints are handed off, and `outage_ms` after the last one
+    /// every machine loses power (before every node synced: the nodes sync about once a
+    /// second, each on its own phase). A hint deleted before its target synced the
+    /// version it delivered is lost then.
+    SplitThenOutage {
+        key: String,
+        replicas: Vec<String>,
+        rest: Vec<String>,
+        split_ms: u64,
+        outage_ms: u64,
+    },
     Heal,
+}
+
+/// What a fault does after it was injected, outside the cluster's lock (the nemesis
+/// sleeps in between).
+enum Later {
+    /// Every machine loses power this many ms from now.
+    Outage(u64),
+    /// The network heals and every stopped node starts this many ms from now (`.0`),
+    /// then every machine loses power `.1` ms after no node holds a hint any more.
+    HealThenOutage(u64, u64),
 }
 
 impl std::fmt::Display for Fault {
@@ -301,6 +333,18 @@ impl std::fmt::Display for Fault {
                 f,
                 "every machine restarts, then all lose power again after {ms} ms"
             ),
+            Fault::SplitThenOutage {
+                key,
+                replicas,
+                rest,
+                split_ms,
+                outage_ms,
+            } => write!(
+                f,
+                "split {rest:?} | {replicas:?} (the replicas of {key}) for {split_ms} ms, \
+                 heal and restart all, then power loss of every machine {outage_ms} ms \
+                 after the hints are handed off"
+            ),
             Fault::Heal => write!(f, "heal; restart all"),
         }
     }
@@ -318,8 +362,7 @@ fn nemesis_seed(seed: u64) -> u64 {
 /// not injected if `skip` holds `i`.
 async fn nemesis(
     seed: u64,
-    cluster: &Arc<Mutex<Cluster>>,
-    net: &Arc<Net>,
+    (cluster, net, keys): (&Arc<Mutex<Cluster>>, &Arc<Net>, &[String]),
     until: tokio::time::Instant,
     skip: &BTreeSet<usize>,
     periodic: bool,
@@ -339,9 +382,9 @@ async fn nemesis(
         }
         let at = start.elapsed().as_millis() as u64;
         times.push(at);
-        let flicker = {
+        let later = {
             let mut c = cluster.lock();
-            let fault = draw(&mut r, &c, wiped, periodic);
+            let fault = draw(&mut r, &c, wiped, periodic, keys);
             if skip.contains(&i) {
                 log.push(format!("#{i} {at} ms: (skipped) {fault}"));
                 continue;
@@ -349,17 +392,31 @@ async fn nemesis(
             log.push(format!("#{i} {at} ms: {fault}"));
             inject(fault, &mut c, net, &mut wiped, at, outages)
         };
-        // The power came back, and fails again a little later.
-        if let Some(ms) = flicker {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            outages.push(start.elapsed().as_millis() as u64);
-            cluster.lock().kill_all(true);
-        }
+        let outage_after = match later {
+            None => continue,
+            // The power came back, and fails again a little later.
+            Some(Later::Outage(ms)) => ms,
+            // The split ends, and the power fails a little later.
+            Some(Later::HealThenOutage(split, ms)) => {
+                tokio::time::sleep(Duration::from_millis(split)).await;
+                heal(&mut cluster.lock(), net);
+                // Once the nodes hear of each other again (a gossip round or two), the
+                // holders hand their hints off: the power fails a little after the last
+                // one went (or after 3 s, if some cannot go).
+                let give_up = tokio::time::Instant::now() + Duration::from_secs(3);
+                while tokio::time::Instant::now() < give_up && cluster.lock().holds_hints() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                ms
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(outage_after)).await;
+        outages.push(start.elapsed().as_millis() as u64);
+        cluster.lock().kill_all(true);
     }
 }
 
-/// Injects `fault` (at `at` ms); for an outage that comes back and fails again, how long
-/// after.
+/// Injects `fault` (at `at` ms); what it does later, if anything.
 fn inject(
     fault: Fault,
     c: &mut Cluster,
@@ -367,8 +424,8 @@ fn inject(
     wiped: &mut bool,
     at: u64,
     outages: &mut Vec<u64>,
-) -> Option<u64> {
-    let mut flicker = None;
+) -> Option<Later> {
+    let mut later = None;
     match fault {
         Fault::Partition(a, b) => {
             net.heal();
@@ -391,7 +448,19 @@ fn inject(
             for m in 0..c.machines.len() {
                 c.restart(m);
             }
-            flicker = Some(ms);
+            later = Some(Later::Outage(ms));
+        }
+        Fault::SplitThenOutage {
+            replicas,
+            rest,
+            split_ms,
+            outage_ms,
+            ..
+        } => {
+            net.heal();
+            net.cut(&replicas, &rest);
+            net.cut(&rest, &replicas);
+            later = Some(Later::HealThenOutage(split_ms, outage_ms));
         }
         Fault::Wipe(m, _) => {
             *wiped = true;
@@ -403,15 +472,18 @@ fn inject(
         Fault::Reorder(a, b, ms) => net.reorder(&a, &b, Duration::from_millis(ms)),
         Fault::Heal => heal(c, net),
     }
-    flicker
+    later
 }
 
 /// The next fault, drawn from `r` against the cluster as it is (`periodic`: the nodes
-/// sync periodically, and a power loss is sometimes the whole cluster's).
-fn draw(r: &mut StdRng, c: &Cluster, wiped: bool, periodic: bool) -> Fault {
+/// sync periodically, and a power loss is sometimes the whole cluster's, sometimes
+/// after the replicas of one of `keys` were cut off from the rest).
+fn draw(r: &mut StdRng, c: &Cluster, wiped: bool, periodic: bool, keys: &[String]) -> Fault {
     let ids = c.ids();
     let n = ids.len();
-    let pick = r.random_range(0..12);
+    // The split before an outage is drawn only with periodic syncs (two chances in 14),
+    // so the schedules of runs that sync every write are as they were.
+    let pick = r.random_range(0..if periodic { 14 } else { 12 });
     let victim = r.random_range(0..n);
     let id = ids[victim].clone();
     let machine = c.index_of(&id).expect("a machine per id");
@@ -450,6 +522,40 @@ fn draw(r: &mut StdRng, c: &Cluster, wiped: bool, periodic: bool) -> Fault {
             let other = ids[(victim + r.random_range(1..n)) % n].clone();
             Fault::Reorder(id, other, r.random_range(2_000..10_000))
         }
+        12 | 13 => split_then_outage(r, c, keys).unwrap_or(Fault::Heal),
         _ => Fault::Heal,
     }
+}
+
+/// The replicas of one of `keys` (under the newest map a running node holds) cut off
+/// from the other nodes long enough for both sides to believe the other down (a peer
+/// silent for about 3.3 s is suspect, with gossip every 500 ms), so that the key's
+/// writes coordinated on the other side go to fallbacks as hints; then, once the
+/// network healed, an outage shortly after those hints were handed off. `keys` are
+/// those clients write without reading: a read needs R replicas, so on the far side
+/// only a put that reads nothing first is acknowledged. `None` if no node runs (no map
+/// to read).
+fn split_then_outage(r: &mut StdRng, c: &Cluster, keys: &[String]) -> Option<Fault> {
+    let key = keys.get(r.random_range(0..keys.len().max(1)))?.clone();
+    let state = c.newest_state()?;
+    let map = state.newest()?;
+    let ids = c.ids();
+    let replicas: Vec<String> = map
+        .preference_list(map.partition_of(key.as_bytes()))
+        .map(|m| m.id.clone())
+        .filter(|id| ids.contains(id))
+        .collect();
+    let rest = ids
+        .into_iter()
+        .filter(|id| !replicas.contains(id))
+        .collect();
+    Some(Fault::SplitThenOutage {
+        key,
+        replicas,
+        rest,
+        split_ms: r.random_range(4_000..9_000),
+        // Within a sync interval of the handoff (the simulation's nodes sync every 900 ms
+        // or so), and mostly before every node synced.
+        outage_ms: r.random_range(0..700),
+    })
 }

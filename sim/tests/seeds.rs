@@ -147,17 +147,18 @@ fn a_failing_seed_shrinks_to_a_schedule_that_still_fails() {
     );
 }
 
-/// Nodes that sync periodically, with power losses of the whole cluster (one of them
-/// right after every node restarted): the checker lets an outage take back only what
-/// was acknowledged within a sync interval before it, and seed 125 (two outages) loses
-/// nothing else.
+/// Nodes that sync periodically, with power losses of the whole cluster: the checker
+/// lets an outage take back only what was acknowledged within a sync interval before
+/// it, and seed 6 (two outages) loses nothing else. (Seed 125 was this test's until the
+/// nemesis learnt to split a key's replicas off before an outage: its schedule now has
+/// no outage.)
 #[test]
 fn periodic_sync_nodes_lose_nothing_an_outage_may_not_take() {
     let periodic = Config {
         periodic_sync: Some(Duration::from_millis(900)),
         ..config()
     };
-    let r = run(125, &periodic);
+    let r = run(6, &periodic);
     let outages = r.faults.iter().filter(|f| f.contains("lose power")).count()
         + r.faults
             .iter()
@@ -169,7 +170,7 @@ fn periodic_sync_nodes_lose_nothing_an_outage_may_not_take() {
     assert!(r.excused > 0 && r.excused < r.acked / 10, "{r:?}");
     assert!(
         r.violations.is_empty(),
-        "seed 125 with periodic syncs:\n{}\nfaults:\n{}",
+        "seed 6 with periodic syncs:\n{}\nfaults:\n{}",
         r.violations.join("\n"),
         r.faults.join("\n")
     );
@@ -178,12 +179,16 @@ fn periodic_sync_nodes_lose_nothing_an_outage_may_not_take() {
 /// Seed 31 with periodic syncs, shrunk to its whole-cluster outage: a put used to return
 /// a context covering dots its client never saw (superseded on the coordinator's copy
 /// by a write the outage then took back), and a late client's next put on it superseded
-/// a version that was live again, losing 128 acknowledged elements of one key.
+/// a version that was live again, losing 128 acknowledged elements of one key. Since the
+/// nemesis also splits a key's replicas off before an outage, seed 31's schedule differs
+/// (its shrunk run was `--skip 0,2`, whose outage is gone): fault 0 is now such a split
+/// and outage, so the run skips only fault 2; the story itself is pinned by the node's
+/// `a_returned_context_never_covers_a_version_a_power_loss_revives`.
 #[test]
 fn an_outage_that_revives_a_version_loses_no_acknowledged_element() {
     let cfg = Config {
         chaos: Duration::from_secs(12),
-        skip: [0, 2].into_iter().collect(),
+        skip: [2].into_iter().collect(),
         periodic_sync: Some(Duration::from_millis(900)),
         ..config()
     };
