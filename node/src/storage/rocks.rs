@@ -102,6 +102,7 @@ impl RocksEngine {
         let mut env = Env::new().map_err(err)?;
         env.lower_thread_pool_cpu_priority();
         env.lower_thread_pool_io_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
         opts.set_env(&env);
         // One thread writes (the store's writer): no concurrent memtable inserts to allow
         // for, and no spinning while waiting for other writers.
