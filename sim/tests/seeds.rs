@@ -91,10 +91,11 @@ fn the_checker_finds_planted_bugs() {
     // A node on a wiped disk taking incarnation 1 again reuses its old dots: it needs a
     // wipe and a write coordinated there that meets a version of the same dot. Since
     // in-process replica calls carry the map epoch (and are refused as over gRPC), no
-    // seed of 1-1000 with 20 s of faults had both; with 60 s of faults, seeds 18 and 78
-    // of 1-80 do (since the committer also removes the claimant): on seed 18 an
-    // acknowledged element is lost (Riak's KV679), on 78 a move that meets the reused
-    // dot never verifies. Without the bug both schedules are clean.
+    // seed of 1-1000 with 20 s of faults had both; with 60 s of faults, seed 61 does (the
+    // one failure a soak of seeds 1-80 printed before it was stopped, since a change of
+    // members restarts the background budget; before, seeds 18 and 78 of 1-80, where 18
+    // lost an acknowledged element, Riak's KV679): a dot of the reused incarnation
+    // carries different bytes on two nodes. Without the bug its schedule is clean.
     let long = Config {
         chaos: Duration::from_secs(60),
         ..Config::default()
@@ -103,14 +104,14 @@ fn the_checker_finds_planted_bugs() {
         sabotage: vec![Sabotage::ReusedDots],
         ..long.clone()
     };
-    let r = run(18, &reused);
+    let r = run(61, &reused);
     assert!(
         r.violations.iter().any(|v| {
             v.contains("carries different bytes") || v.contains("acknowledged elements lost")
         }),
         "{r:?}"
     );
-    let clean = run(18, &long);
+    let clean = run(61, &long);
     assert!(clean.violations.is_empty(), "{clean:?}");
 }
 
