@@ -57,6 +57,13 @@ for v in "${values_sets[@]}"; do
   i=$((i + 1))
 done
 
+# The NetworkPolicy keeping clients off the nodes' peer port: one per namespace given.
+peer_port_policies() { # peer_port_policies FILE COUNT
+  [ "$(grep -c '^kind: NetworkPolicy' "$1")" -eq "$2" ] && grep -q 'port: peer' "$1"
+}
+check "the default render keeps clients off the peer port" peer_port_policies "$OUT/rendered-0.yaml" 1
+check "one peer-port NetworkPolicy per listed namespace" peer_port_policies \
+  "$(ls "$OUT"/rendered-*.yaml | sed -n 2p)" 2
 check_fails "values.schema.json rejects unknown keys" "$HELM" template demo "$CHART" --set notAKey=1
 check_fails "values.schema.json rejects a bad pullPolicy" "$HELM" template demo "$CHART" --set image.pullPolicy=Sometimes
 

@@ -183,6 +183,20 @@ impl Client {
         Ok(client)
     }
 
+    /// A client of the peer API of the node that answers, where the calls that change
+    /// the cluster (commit, finalize, abort, repair) are served: the node's peer address
+    /// when it serves the peer API on a port of its own, else this client.
+    pub async fn peer_api(&self) -> Result<Client> {
+        let info = self.node_info().await?;
+        if info.client_addr.is_empty() || self.addrs().contains(&info.advertise) {
+            return Ok(self.clone());
+        }
+        let mut config = self.inner.config.clone();
+        config.addrs = vec![info.advertise];
+        config.route_by_key = false;
+        config.connect().await
+    }
+
     /// The addresses this client was given.
     pub fn addrs(&self) -> &[String] {
         &self.inner.config.addrs

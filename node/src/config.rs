@@ -7,9 +7,18 @@ use std::time::Duration;
 
 use clap::Parser;
 use dynamo_core::context::MIN_SECRET_BYTES;
-use dynamo_core::limits::{DEFAULT_MAX_SET_BYTES, DEFAULT_MAX_VALUE_BYTES};
+use dynamo_core::limits::{DEFAULT_MAX_SET_BYTES, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES};
 use dynamo_core::ring::{validate_partition_count, Member, DEFAULT_PARTITIONS};
 use serde::{Deserialize, Serialize};
+
+/// Room for a context (at most `MAX_CONTEXT_ACTORS` actors and `MAX_CONTEXT_DOTS` dots,
+/// a few tens of bytes each) and the message's own fields, in the message size limits.
+const CONTEXT_AND_FRAMING_BYTES: usize = 256 << 10;
+
+/// The most bytes a batch of replica calls or a chunk of a transfer or repair holds
+/// (a single larger item still goes alone): see `network::BatchLimits` and
+/// `change::transfer`.
+pub const PEER_BATCH_BYTES: usize = 4 << 20;
 
 /// When writes reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -73,10 +82,20 @@ impl Default for Replication {
 pub struct NodeConfig {
     /// Stable node id (e.g. the StatefulSet pod name).
     pub node_id: String,
-    /// gRPC listen address, for clients and peers.
+    /// gRPC listen address of the client API: `Kv`, `Health` and the `Admin` calls
+    /// that change nothing. Also the peer API's, unless `peer_listen` is set.
     pub listen: SocketAddr,
-    /// Address peers and clients use to reach this node; defaults to `listen`.
+    /// Address clients reach the client API at; defaults to `listen`.
     pub advertise: Option<String>,
+    /// gRPC listen address of the peer API: replication (`Replica`), gossip,
+    /// anti-entropy, transfers and the `Admin` calls that change the cluster (commit,
+    /// finalize, abort, repair), besides everything the client API serves (a peer
+    /// forwards client requests). Keeping it apart lets a NetworkPolicy keep clients off
+    /// it. Unset, the peer API is served on `listen` too (for development only).
+    pub peer_listen: Option<SocketAddr>,
+    /// Address peers reach the peer API at: what gossip spreads and maps hold. Defaults
+    /// to `peer_listen`, or to `advertise` when the peer API shares the client port.
+    pub peer_advertise: Option<String>,
     /// HTTP listen address for `/healthz`, `/readyz` and `/metrics`.
     pub http_listen: SocketAddr,
     /// Where RocksDB keeps its files.
@@ -120,6 +139,12 @@ pub struct NodeConfig {
     /// always still be read and merged. Raised to twice `max_value_bytes` when lower, so
     /// that a value and a concurrent sibling of it always fit.
     pub max_set_bytes: usize,
+    /// Most connections one client address may hold open to each gRPC port at once;
+    /// more are closed as soon as they are accepted.
+    pub max_connections_per_client: usize,
+    /// Most requests (a session stream counts as one) in flight on one connection at
+    /// once; more wait for one to finish.
+    pub max_requests_per_connection: usize,
     /// When writes reach the disk.
     pub fsync: FsyncPolicy,
     /// WAL sync interval for the `periodic` policy.
@@ -163,6 +188,8 @@ impl Default for NodeConfig {
             node_id: String::new(),
             listen: "0.0.0.0:7100".parse().expect("valid"),
             advertise: None,
+            peer_listen: None,
+            peer_advertise: None,
             http_listen: "0.0.0.0:7180".parse().expect("valid"),
             data_dir: PathBuf::from("/var/lib/dynamo"),
             cluster_id: String::new(),
@@ -178,6 +205,8 @@ impl Default for NodeConfig {
             partitions: DEFAULT_PARTITIONS,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_set_bytes: DEFAULT_MAX_SET_BYTES,
+            max_connections_per_client: 256,
+            max_requests_per_connection: 1024,
             fsync: FsyncPolicy::Periodic,
             fsync_interval_ms: 100,
             fsync_group_window_us: 3000,
@@ -230,6 +259,13 @@ pub struct Args {
     pub listen: Option<SocketAddr>,
     #[arg(long, env = "DYNAMO_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Listen address of the peer API (replication, gossip, map changes); unset, it is
+    /// served on --listen too.
+    #[arg(long, env = "DYNAMO_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Address peers reach the peer API at (defaults to --peer-listen).
+    #[arg(long, env = "DYNAMO_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
     #[arg(long, env = "DYNAMO_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     #[arg(long, env = "DYNAMO_DATA_DIR")]
@@ -271,6 +307,12 @@ pub struct Args {
     /// Largest sibling set (bytes, encoded) a put may leave; raised to twice the largest value.
     #[arg(long, env = "DYNAMO_MAX_SET_BYTES")]
     pub max_set_bytes: Option<usize>,
+    /// Most connections open at once from one client address, per gRPC port.
+    #[arg(long, env = "DYNAMO_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: Option<usize>,
+    /// Most requests in flight on one connection (a session stream counts as one).
+    #[arg(long, env = "DYNAMO_MAX_REQUESTS_PER_CONNECTION")]
+    pub max_requests_per_connection: Option<usize>,
     #[arg(long, env = "DYNAMO_FSYNC", value_enum)]
     pub fsync: Option<FsyncPolicy>,
     #[arg(long, env = "DYNAMO_FSYNC_INTERVAL_MS")]
@@ -388,7 +430,9 @@ impl NodeConfig {
             cluster_id,
             partitions,
             max_value_bytes,
-            max_set_bytes
+            max_set_bytes,
+            max_connections_per_client,
+            max_requests_per_connection
         );
         set!(
             seeds,
@@ -415,6 +459,12 @@ impl NodeConfig {
         }
         if a.advertise.is_some() {
             self.advertise = a.advertise;
+        }
+        if a.peer_listen.is_some() {
+            self.peer_listen = a.peer_listen;
+        }
+        if a.peer_advertise.is_some() {
+            self.peer_advertise = a.peer_advertise;
         }
         if let Some(n) = a.n {
             self.replication.n = n;
@@ -475,6 +525,22 @@ impl NodeConfig {
                 self.listen
             ));
         }
+        if self.peer_advertise.is_some() && self.peer_listen.is_none() {
+            return invalid(
+                "peer_advertise is set but peer_listen is not: the peer API then shares \
+                 the client port, advertised by `advertise`"
+                    .into(),
+            );
+        }
+        if let Some(peer) = self.peer_listen {
+            if peer.port() != 0 && (peer == self.listen || peer == self.http_listen) {
+                return invalid(format!(
+                    "peer_listen {peer} is also the client or HTTP listen address: the \
+                     peer API needs a port of its own (or leave peer_listen unset to serve \
+                     it on listen)"
+                ));
+            }
+        }
         if !(self.background_p99_relative == 0.0 || self.background_p99_relative >= 1.0) {
             return invalid(format!(
                 "background_p99_relative is {}: 0 (off) or a multiple of at least 1.0 of \
@@ -494,6 +560,12 @@ impl NodeConfig {
         }
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms must be positive".into());
+        }
+        if self.max_connections_per_client == 0 || self.max_requests_per_connection == 0 {
+            return invalid(
+                "max_connections_per_client and max_requests_per_connection must be positive"
+                    .into(),
+            );
         }
         if self.fsync_group_window_us >= self.request_timeout_ms.saturating_mul(1000) / 2 {
             return invalid(format!(
@@ -554,11 +626,55 @@ impl NodeConfig {
         Duration::from_millis(self.gossip_interval_ms)
     }
 
-    /// The address others reach this node at.
-    pub fn advertise_addr(&self) -> String {
+    /// The address clients reach this node's client API at.
+    pub fn client_addr(&self) -> String {
         self.advertise
             .clone()
             .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// The address peers reach this node's peer API at: the one gossip spreads and
+    /// maps hold.
+    pub fn peer_addr(&self) -> String {
+        match self.peer_listen {
+            Some(listen) => self
+                .peer_advertise
+                .clone()
+                .unwrap_or_else(|| listen.to_string()),
+            None => self.client_addr(),
+        }
+    }
+
+    /// The client address gossip spreads: empty when it is the peer address.
+    pub fn gossiped_client_addr(&self) -> String {
+        match self.split_ports() {
+            true => self.client_addr(),
+            false => String::new(),
+        }
+    }
+
+    /// Whether the peer API has a listener of its own.
+    pub fn split_ports(&self) -> bool {
+        self.peer_listen.is_some()
+    }
+
+    /// The largest client request a node decodes: a put of the largest key and value,
+    /// with a context of the most actors and dots a context may name.
+    pub fn max_client_request_bytes(&self) -> usize {
+        self.max_value_bytes + MAX_KEY_BYTES + CONTEXT_AND_FRAMING_BYTES
+    }
+
+    /// The largest client answer a node encodes: the largest sibling set, with its
+    /// context.
+    pub fn max_client_response_bytes(&self) -> usize {
+        self.max_set_bytes + MAX_KEY_BYTES + CONTEXT_AND_FRAMING_BYTES
+    }
+
+    /// The largest message between peers: a batch of replica reads or writes, or a
+    /// chunk of a transfer or repair (each at most [`PEER_BATCH_BYTES`] unless a single
+    /// item is larger), plus one more sibling set.
+    pub fn max_peer_message_bytes(&self) -> usize {
+        PEER_BATCH_BYTES + self.max_client_response_bytes()
     }
 
     /// The coordinator's deadline for a quorum.
@@ -621,6 +737,46 @@ mod tests {
         assert_eq!(cfg.fsync_group_window_us, 3000, "default group window");
         let cfg = NodeConfig::load(args(&["--fsync-group-window-us", "0"])).unwrap();
         assert_eq!(cfg.fsync_group_window_us, 0);
+    }
+
+    #[test]
+    fn the_peer_api_has_its_own_port_and_address_when_asked() {
+        let one = NodeConfig::load(args(&["--listen", "10.0.0.1:7100"])).unwrap();
+        assert!(!one.split_ports());
+        assert_eq!(one.peer_addr(), "10.0.0.1:7100", "one port for both");
+        assert_eq!(one.gossiped_client_addr(), "");
+        let two = NodeConfig::load(args(&[
+            "--listen",
+            "0.0.0.0:7100",
+            "--advertise",
+            "a.svc:7100",
+            "--peer-listen",
+            "0.0.0.0:7101",
+            "--peer-advertise",
+            "a.svc:7101",
+        ]))
+        .unwrap();
+        assert!(two.split_ports());
+        assert_eq!(two.peer_addr(), "a.svc:7101");
+        assert_eq!(two.client_addr(), "a.svc:7100");
+        assert_eq!(two.gossiped_client_addr(), "a.svc:7100");
+        let err = refused(&["--listen", "0.0.0.0:7100", "--peer-listen", "0.0.0.0:7100"]);
+        assert!(err.contains("a port of its own"), "{err}");
+        let err = refused(&["--peer-advertise", "a.svc:7101"]);
+        assert!(err.contains("peer_listen is not"), "{err}");
+        let err = refused(&["--max-connections-per-client", "0"]);
+        assert!(err.contains("max_connections_per_client"), "{err}");
+    }
+
+    #[test]
+    fn message_limits_follow_the_value_and_set_limits() {
+        let cfg = NodeConfig::load(args(&["--max-value-bytes", "1000"])).unwrap();
+        assert!(cfg.max_client_request_bytes() > 1000 + MAX_KEY_BYTES);
+        assert!(cfg.max_client_request_bytes() < 1 << 20, "not 64 MiB");
+        let big = NodeConfig::load(args(&["--max-value-bytes", "4000000"])).unwrap();
+        assert!(big.max_client_request_bytes() > 4_000_000);
+        assert!(big.max_client_response_bytes() > big.max_set_bytes);
+        assert!(big.max_peer_message_bytes() > PEER_BATCH_BYTES + big.max_set_bytes);
     }
 
     #[test]

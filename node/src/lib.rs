@@ -38,6 +38,7 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod key_lock;
+pub mod listener;
 pub mod maps;
 pub mod metrics;
 pub mod network;

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub peer_state_changes: Counter,
     pub transfer_bytes: Counter,
     pub partitions_to_drop: Gauge,
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -136,6 +137,7 @@ impl Default for Metrics {
         let peer_state_changes = Counter::default();
         let transfer_bytes = Counter::default();
         let partitions_to_drop = Gauge::default();
+        let connections_refused = Counter::default();
         registry.register(
             "requests",
             "Client requests coordinated, by operation and outcome",
@@ -208,6 +210,12 @@ impl Default for Metrics {
             "Partitions this node holds but no longer replicates, left for the clean-up after a change",
             partitions_to_drop.clone(),
         );
+        registry.register(
+            "connections_refused",
+            "Connections closed as soon as accepted: their client address had \
+             max_connections_per_client open",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -232,6 +240,7 @@ impl Default for Metrics {
             peer_state_changes,
             transfer_bytes,
             partitions_to_drop,
+            connections_refused,
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::{FsyncPolicy, NodeConfig};
 use crate::gossip::state::{Entry, Status};
+use crate::listener::{self, Admission};
 use crate::network::{GrpcTransport, Transport, MAX_MESSAGE_BYTES};
 use crate::node::Node;
 use crate::service::{
@@ -84,38 +85,51 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health_reporter = tonic_health::server::HealthReporter::new();
     health_reporter.set_serving::<KvServer<KvService>>().await;
-    let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-        .add_service(health_service)
-        .add_service(
-            KvServer::new(KvService::new(node.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(AdminServer::new(AdminService::new(node.clone())))
-        .add_service(GossipServer::new(GossipService::new(node.clone())))
-        .add_service(
-            ReplicaServer::new(ReplicaService::new(node.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            AntiEntropyServer::new(AntiEntropyService::new(node.clone()))
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
+    );
+    let mut grpc_tasks = Vec::new();
+    let admission = Admission::new(cfg.max_connections_per_client);
+    let refused = {
+        let node = node.clone();
+        move |ip: std::net::IpAddr| {
+            node.metrics.connections_refused.inc();
+            tracing::debug!(%ip, "a connection over the client's bound was closed");
+        }
+    };
+    let client_api = match cfg.peer_listen {
+        Some(_) => client_router(&node, health_service.clone()),
+        None => {
+            tracing::warn!(
+                "the peer API (replication, gossip, map changes) shares the client port: \
+                 set peer_listen to give it a port of its own that clients cannot reach"
+            );
+            peer_router(&node, health_service.clone())
+        }
+    };
+    let listener = bind(cfg.listen, "client gRPC").await?;
+    let incoming = listener::incoming(listener, admission.clone(), refused.clone());
+    grpc_tasks.push(tokio::spawn(
+        client_api.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+    ));
+    if let Some(peer_listen) = cfg.peer_listen {
+        let listener = bind(peer_listen, "peer gRPC").await?;
+        // Peers have a bound of their own: clients filling theirs cannot lock peers out.
+        let incoming = listener::incoming(
+            listener,
+            Admission::new(cfg.max_connections_per_client),
+            refused,
         );
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding gRPC address {}", cfg.listen))?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        grpc_tasks.push(tokio::spawn(
+            peer_router(&node, health_service)
+                .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+        ));
+    }
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("binding HTTP address {}", cfg.http_listen))?;
-    let grpc_task =
-        tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
     let http_task = tokio::spawn(crate::http::serve(
         http_listener,
         node.clone(),
@@ -139,7 +153,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     };
     if has_map {
         node.set_ready(true);
-        tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, advertise = %cfg.advertise_addr(), "node serving");
+        tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, peer = %cfg.peer_addr(), advertise = %cfg.client_addr(), "node serving");
         shutdown_signal().await;
     }
     tracing::info!("shutting down");
@@ -149,7 +163,9 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     gossip::farewell(&node).await;
     node.stop_sessions();
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout_at(stopping + SERVE_GRACE, grpc_task).await;
+    for task in grpc_tasks {
+        let _ = tokio::time::timeout_at(stopping + SERVE_GRACE, task).await;
+    }
     let _ = tokio::time::timeout_at(stopping + SERVE_GRACE, http_task).await;
     let background = background.unwrap_or_default();
     let deadline = (stopping + STOP_GRACE).into_std();
@@ -169,6 +185,62 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
                 .context("no clean stop; the next start takes a new incarnation"))
         }
     }
+}
+
+/// The gRPC server's settings, the same on both ports.
+fn grpc_server(cfg: &NodeConfig) -> tonic::transport::Server {
+    let per_connection = cfg.max_requests_per_connection;
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .concurrency_limit_per_connection(per_connection)
+        .max_concurrent_streams(u32::try_from(per_connection).unwrap_or(u32::MAX))
+}
+
+type HealthService =
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+
+/// The client API: `Kv`, `Health` and the `Admin` calls that change nothing.
+fn client_router(node: &Arc<Node>, health: HealthService) -> tonic::transport::server::Router {
+    grpc_server(&node.cfg)
+        .add_service(health)
+        .add_service(kv_server(node))
+        .add_service(AdminServer::new(AdminService::read_only(node.clone())))
+}
+
+/// The peer API: everything (a peer forwards client requests, and the operator and
+/// `dynamoctl` make map changes here).
+fn peer_router(node: &Arc<Node>, health: HealthService) -> tonic::transport::server::Router {
+    let peer_message = node.cfg.max_peer_message_bytes();
+    grpc_server(&node.cfg)
+        .add_service(health)
+        .add_service(kv_server(node))
+        .add_service(AdminServer::new(AdminService::new(node.clone())))
+        .add_service(GossipServer::new(GossipService::new(node.clone())))
+        .add_service(
+            ReplicaServer::new(ReplicaService::new(node.clone()))
+                .max_decoding_message_size(peer_message)
+                .max_encoding_message_size(peer_message),
+        )
+        .add_service(
+            // A leaf-key answer is as long as the differing leaves' keys: not bounded
+            // by a batch.
+            AntiEntropyServer::new(AntiEntropyService::new(node.clone()))
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+}
+
+/// The Kv service, its messages sized by the largest value and sibling set.
+fn kv_server(node: &Arc<Node>) -> KvServer<KvService> {
+    KvServer::new(KvService::new(node.clone()))
+        .max_decoding_message_size(node.cfg.max_client_request_bytes())
+        .max_encoding_message_size(node.cfg.max_client_response_bytes())
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))
 }
 
 /// Starts the tasks that need a partition map: hinted handoff, anti-entropy, purging,
@@ -220,7 +292,8 @@ async fn initial_state(
                 generation: SystemClock.now_ms(),
                 heartbeat: 0,
                 node_id: identity.node_id.clone(),
-                addr: cfg.advertise_addr(),
+                addr: cfg.peer_addr(),
+                client_addr: cfg.gossiped_client_addr(),
                 zone: None,
                 incarnation: identity.incarnation,
                 status: Status::Alive,

@@ -52,7 +52,11 @@ impl Default for Options {
 /// One node of the test cluster.
 pub struct NodeProc {
     pub id: String,
+    /// The client API (`--listen`): Kv, Health, read-only Admin.
     pub grpc: SocketAddr,
+    /// The peer API (`--peer-listen`): replication, gossip, anti-entropy, map changes;
+    /// the node's address in maps.
+    pub peer: SocketAddr,
     pub http: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -189,12 +193,13 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut ports = free_ports(2 * opts.nodes).into_iter();
+        let mut ports = free_ports(3 * opts.nodes).into_iter();
         let nodes: Vec<NodeProc> = (1..=opts.nodes)
             .map(|i| {
                 let id = format!("node-{i}");
                 NodeProc {
                     grpc: ports.next().expect("a port per node"),
+                    peer: ports.next().expect("a port per node"),
                     http: ports.next().expect("a port per node"),
                     data_dir: dir.path().join(&id),
                     log: dir.path().join(format!("{id}.log")),
@@ -208,7 +213,7 @@ impl Cluster {
         let links = (0..nodes.len())
             .map(|i| {
                 (0..nodes.len())
-                    .map(|j| (opts.proxied && i != j).then(|| proxy::Link::start(nodes[j].grpc)))
+                    .map(|j| (opts.proxied && i != j).then(|| proxy::Link::start(nodes[j].peer)))
                     .collect()
             })
             .collect();
@@ -235,15 +240,16 @@ impl Cluster {
         assert!(!self.opts.proxied, "a seeded node is not proxied");
         let i = self.nodes.len();
         let id = format!("node-{}", i + 1);
-        let mut ports = free_ports(2).into_iter();
+        let mut ports = free_ports(3).into_iter();
         let seeds = seeds
             .iter()
-            .map(|&s| self.nodes[s].grpc.to_string())
+            .map(|&s| self.nodes[s].peer.to_string())
             .collect::<Vec<_>>()
             .join(",");
         self.nodes.push(NodeProc {
-            grpc: ports.next().expect("two ports"),
-            http: ports.next().expect("two ports"),
+            grpc: ports.next().expect("three ports"),
+            peer: ports.next().expect("three ports"),
+            http: ports.next().expect("three ports"),
             data_dir: self.dir.path().join(&id),
             log: self.dir.path().join(format!("{id}.log")),
             id,
@@ -260,7 +266,7 @@ impl Cluster {
         i
     }
 
-    /// The `--members` flag value of node `i`: every node's address, or, when proxied,
+    /// The `--members` flag value of node `i`: every node's peer address, or, when proxied,
     /// the proxy through which `i` reaches it. Nodes started from seeds are not members.
     pub fn members(&self, i: usize) -> String {
         self.nodes
@@ -268,7 +274,7 @@ impl Cluster {
             .enumerate()
             .filter(|(_, n)| n.seeds.is_none())
             .map(|(j, n)| {
-                let addr = self.links[i][j].as_ref().map_or(n.grpc, |l| l.listen);
+                let addr = self.links[i][j].as_ref().map_or(n.peer, |l| l.listen);
                 format!("{}={addr}", n.id)
             })
             .collect::<Vec<_>>()
@@ -318,6 +324,7 @@ impl Cluster {
         let mut cmd = Command::new(node_binary());
         cmd.args(["--node-id", &n.id])
             .args(["--listen", &n.grpc.to_string()])
+            .args(["--peer-listen", &n.peer.to_string()])
             .args(["--http-listen", &n.http.to_string()])
             .args(["--data-dir", n.data_dir.to_str().expect("utf-8 path")])
             .args(["--cluster-id", "test-cluster"])
@@ -453,11 +460,11 @@ impl Cluster {
     }
 
     fn endpoint(&self, i: usize) -> Endpoint {
-        Endpoint::from_shared(format!("http://{}", self.nodes[i].grpc))
-            .expect("endpoint")
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
+        endpoint(self.nodes[i].grpc)
+    }
+
+    fn peer_endpoint(&self, i: usize) -> Endpoint {
+        endpoint(self.nodes[i].peer)
     }
 
     /// A client of node `i`'s Kv service.
@@ -465,14 +472,20 @@ impl Cluster {
         KvClient::new(self.endpoint(i).connect_lazy())
     }
 
-    /// A client of node `i`'s Admin service.
+    /// A client of node `i`'s Admin service on its peer port (every call).
     pub fn admin(&self, i: usize) -> AdminClient<Channel> {
+        AdminClient::new(self.peer_endpoint(i).connect_lazy())
+    }
+
+    /// A client of node `i`'s Admin service on its client port (the calls that change
+    /// nothing).
+    pub fn client_admin(&self, i: usize) -> AdminClient<Channel> {
         AdminClient::new(self.endpoint(i).connect_lazy())
     }
 
     /// A client of node `i`'s Replica service (reads its local copy, no repair).
     pub fn replica(&self, i: usize) -> ReplicaClient<Channel> {
-        ReplicaClient::new(self.endpoint(i).connect_lazy())
+        ReplicaClient::new(self.peer_endpoint(i).connect_lazy())
     }
 
     /// Node `i`'s Merkle root of every partition (see `dynamo_core::merkle`): equal on two
@@ -485,7 +498,7 @@ impl Cluster {
                 partitions: (0..self.opts.partitions).collect(),
             })),
         };
-        let mut client = AntiEntropyClient::new(self.endpoint(i).connect_lazy());
+        let mut client = AntiEntropyClient::new(self.peer_endpoint(i).connect_lazy());
         Ok(client.tree(req).await?.into_inner().hashes)
     }
 
@@ -513,6 +526,15 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A gRPC endpoint on loopback `addr`, with the tests' timeouts.
+fn endpoint(addr: SocketAddr) -> Endpoint {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
 }
 
 /// GETs `path` on `addr`; the HTTP status code, or None if nothing answered.

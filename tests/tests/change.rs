@@ -30,7 +30,7 @@ const PRELOAD: usize = 1500;
 fn member(c: &Cluster, i: usize) -> GossipMember {
     GossipMember {
         id: c.nodes[i].id.clone(),
-        addr: c.nodes[i].grpc.to_string(),
+        addr: c.nodes[i].peer.to_string(),
         zone: String::new(),
     }
 }

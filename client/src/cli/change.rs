@@ -9,7 +9,8 @@
 //! - `finalize` / `abort`: finish or drop the pending change.
 //!
 //! The new member list is the newest map's, with `--add id=host:port` and `--remove id`,
-//! or exactly `--members`.
+//! or exactly `--members`; a member's address is its peer API's (`--peer-listen`). The
+//! changes go to the peer port of the node `--addr` names, which its client port tells.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -46,13 +47,14 @@ pub enum ChangeCommand {
 /// The new member list.
 #[derive(Debug, Args, Clone)]
 pub struct MembersArgs {
-    /// Add a member, `id=host:port` (repeat or separate with commas).
+    /// Add a member, `id=host:port` of its peer API (repeat or separate with commas).
     #[arg(long, value_delimiter = ',')]
     pub add: Vec<String>,
     /// Remove a member by id (repeat or separate with commas).
     #[arg(long, value_delimiter = ',')]
     pub remove: Vec<String>,
-    /// Exactly these members, `id=host:port,...` (instead of --add/--remove).
+    /// Exactly these members, `id=host:port,...` of their peer APIs (instead of
+    /// --add/--remove).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["add", "remove"])]
     pub members: Vec<String>,
 }
@@ -68,7 +70,8 @@ pub struct ApplyArgs {
 }
 
 pub async fn run(cli: &Cli, args: &ChangeArgs) -> anyhow::Result<ExitCode> {
-    let client = client_config(cli).connect().await?;
+    // Commit, finalize and abort are served on the nodes' peer port.
+    let client = client_config(cli).connect().await?.peer_api().await?;
     match &args.command {
         ChangeCommand::Plan(m) => {
             let plan = plan(&client, m).await?;

@@ -16,9 +16,13 @@ pub struct ClusterArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: u32,
-    /// Node i serves gRPC on base-port + i.
+    /// Node i serves its client API (gRPC) on base-port + i.
     #[arg(long, default_value_t = 7100)]
     pub base_port: u16,
+    /// Node i serves its peer API (replication, gossip, map changes) on
+    /// peer-base-port + i (default: base-port + 40).
+    #[arg(long)]
+    pub peer_base_port: Option<u16>,
     /// Node i serves HTTP (/readyz, /metrics) on http-base-port + i.
     #[arg(long, default_value_t = 7180)]
     pub http_base_port: u16,
@@ -70,6 +74,9 @@ pub async fn run(args: &ClusterArgs) -> anyhow::Result<ExitCode> {
         nodes: args.nodes,
         host: args.host.clone(),
         base_port: args.base_port,
+        peer_base_port: args
+            .peer_base_port
+            .unwrap_or(args.base_port.saturating_add(40)),
         http_base_port: args.http_base_port,
         data_dir: args.data_dir.clone(),
         cluster_id: args.cluster_id.clone(),

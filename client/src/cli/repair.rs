@@ -46,7 +46,11 @@ pub async fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<ExitCode> {
         config.addrs = vec![addr.clone()];
         config.request_timeout = args.repair_timeout;
         let node = config.connect().await?;
-        match node.repair(args.partition).await {
+        let repaired = match node.peer_api().await {
+            Ok(node) => node.repair(args.partition).await,
+            Err(e) => Err(e),
+        };
+        match repaired {
             Ok(r) => {
                 failed |= !r.errors.is_empty();
                 if !args.json {

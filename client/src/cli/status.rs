@@ -272,6 +272,7 @@ mod tests {
                 w: 2,
                 fsync: "periodic".into(),
                 uptime_seconds: 5,
+                client_addr: String::new(),
             },
             map: PartitionMapResponse {
                 epoch: 1,

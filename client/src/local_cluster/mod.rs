@@ -6,8 +6,9 @@
 //! prefixing output, waiting for readiness, signal handling and orderly shutdown — is in
 //! [`process`].
 //!
-//! Node `i` (1-based) is `node-i`, serves gRPC on `base_port + i` and HTTP on
-//! `http_base_port + i`, and keeps its data in `data_dir/node-i`. Every node gets the full
+//! Node `i` (1-based) is `node-i`, serves its client API (gRPC) on `base_port + i`, its
+//! peer API on `peer_base_port + i` and HTTP on `http_base_port + i`, and keeps its data
+//! in `data_dir/node-i`. Every node gets the full
 //! member list, so the cluster forms without any other step.
 
 pub mod process;
@@ -21,8 +22,11 @@ pub struct ClusterConfig {
     pub nodes: u32,
     /// Interface the nodes listen on.
     pub host: String,
-    /// gRPC port of node `i` is `base_port + i`.
+    /// Client gRPC port of node `i` is `base_port + i`.
     pub base_port: u16,
+    /// Peer gRPC port (replication, gossip, map changes) of node `i` is
+    /// `peer_base_port + i`.
+    pub peer_base_port: u16,
     /// HTTP port (health, metrics) of node `i` is `http_base_port + i`.
     pub http_base_port: u16,
     /// Parent of the nodes' data directories.
@@ -51,6 +55,7 @@ impl Default for ClusterConfig {
             nodes: 3,
             host: "127.0.0.1".into(),
             base_port: 7100,
+            peer_base_port: 7140,
             http_base_port: 7180,
             data_dir: PathBuf::from(".cluster"),
             cluster_id: "local".into(),
@@ -70,8 +75,10 @@ impl Default for ClusterConfig {
 pub struct NodeSpec {
     /// Node id, `node-i`.
     pub id: String,
-    /// gRPC address, `host:port`.
+    /// Client gRPC address, `host:port`.
     pub grpc_addr: String,
+    /// Peer gRPC address, `host:port`: the node's address in the partition map.
+    pub peer_addr: String,
     /// HTTP address, `host:port`.
     pub http_addr: String,
     /// Data directory.
@@ -90,9 +97,10 @@ pub fn secret_path(cfg: &ClusterConfig) -> PathBuf {
 pub fn node_specs(cfg: &ClusterConfig) -> Result<Vec<NodeSpec>, String> {
     validate(cfg)?;
     let grpc = |i: u32| format!("{}:{}", cfg.host, cfg.base_port as u32 + i);
+    let peer = |i: u32| format!("{}:{}", cfg.host, cfg.peer_base_port as u32 + i);
     let http = |i: u32| format!("{}:{}", cfg.host, cfg.http_base_port as u32 + i);
     let members = (1..=cfg.nodes)
-        .map(|i| format!("node-{i}={}", grpc(i)))
+        .map(|i| format!("node-{i}={}", peer(i)))
         .collect::<Vec<_>>()
         .join(",");
     Ok((1..=cfg.nodes)
@@ -102,6 +110,7 @@ pub fn node_specs(cfg: &ClusterConfig) -> Result<Vec<NodeSpec>, String> {
             let mut args: Vec<String> = [
                 ("--node-id", id.clone()),
                 ("--listen", grpc(i)),
+                ("--peer-listen", peer(i)),
                 ("--http-listen", http(i)),
                 ("--data-dir", data_dir.display().to_string()),
                 ("--cluster-id", cfg.cluster_id.clone()),
@@ -126,6 +135,7 @@ pub fn node_specs(cfg: &ClusterConfig) -> Result<Vec<NodeSpec>, String> {
             NodeSpec {
                 id,
                 grpc_addr: grpc(i),
+                peer_addr: peer(i),
                 http_addr: http(i),
                 data_dir,
                 args,
@@ -163,26 +173,32 @@ fn validate(cfg: &ClusterConfig) -> Result<(), String> {
             cfg.fsync
         ));
     }
-    for (flag, base) in [
-        ("--base-port", cfg.base_port),
-        ("--http-base-port", cfg.http_base_port),
-    ] {
-        if base as u32 + cfg.nodes > u16::MAX as u32 {
+    let bases = [
+        ("--base-port", "client gRPC", cfg.base_port as u32),
+        ("--peer-base-port", "peer gRPC", cfg.peer_base_port as u32),
+        ("--http-base-port", "HTTP", cfg.http_base_port as u32),
+    ];
+    for (flag, _, base) in bases {
+        if base + cfg.nodes > u16::MAX as u32 {
             return Err(format!(
                 "{flag} {base} + {} nodes runs past port 65535",
                 cfg.nodes
             ));
         }
     }
-    let (g, h) = (cfg.base_port as u32, cfg.http_base_port as u32);
-    if g.max(h) - g.min(h) < cfg.nodes {
-        return Err(format!(
-            "gRPC ports {}..={} and HTTP ports {}..={} overlap; move --base-port or --http-base-port",
-            g + 1,
-            g + cfg.nodes,
-            h + 1,
-            h + cfg.nodes
-        ));
+    for (i, (flag_a, what_a, a)) in bases.iter().enumerate() {
+        for (flag_b, what_b, b) in &bases[i + 1..] {
+            if a.max(b) - a.min(b) < cfg.nodes {
+                return Err(format!(
+                    "{what_a} ports {}..={} and {what_b} ports {}..={} overlap; move \
+                     {flag_a} or {flag_b}",
+                    a + 1,
+                    a + cfg.nodes,
+                    b + 1,
+                    b + cfg.nodes
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -204,15 +220,17 @@ mod tests {
     fn default_cluster_command_lines() {
         let specs = node_specs(&ClusterConfig::default()).unwrap();
         assert_eq!(specs.len(), 3);
-        let members = "node-1=127.0.0.1:7101,node-2=127.0.0.1:7102,node-3=127.0.0.1:7103";
+        let members = "node-1=127.0.0.1:7141,node-2=127.0.0.1:7142,node-3=127.0.0.1:7143";
         for (i, spec) in specs.iter().enumerate() {
             let n = i + 1;
             assert_eq!(spec.id, format!("node-{n}"));
             assert_eq!(spec.grpc_addr, format!("127.0.0.1:710{n}"));
+            assert_eq!(spec.peer_addr, format!("127.0.0.1:714{n}"));
             assert_eq!(spec.http_addr, format!("127.0.0.1:718{n}"));
             assert_eq!(spec.data_dir, PathBuf::from(format!(".cluster/node-{n}")));
             assert_eq!(arg(spec, "--node-id"), spec.id);
             assert_eq!(arg(spec, "--listen"), spec.grpc_addr);
+            assert_eq!(arg(spec, "--peer-listen"), spec.peer_addr);
             assert_eq!(arg(spec, "--http-listen"), spec.http_addr);
             assert_eq!(arg(spec, "--data-dir"), format!(".cluster/node-{n}"));
             assert_eq!(arg(spec, "--members"), members);
@@ -234,6 +252,7 @@ mod tests {
         let cfg = ClusterConfig {
             nodes: 5,
             base_port: 9000,
+            peer_base_port: 9050,
             http_base_port: 9100,
             data_dir: PathBuf::from("/tmp/c"),
             n: 5,
@@ -249,6 +268,7 @@ mod tests {
         let last = &specs[4];
         assert_eq!(last.id, "node-5");
         assert_eq!(last.grpc_addr, "127.0.0.1:9005");
+        assert_eq!(last.peer_addr, "127.0.0.1:9055");
         assert_eq!(last.http_addr, "127.0.0.1:9105");
         assert_eq!(arg(last, "--fsync"), "always");
         assert_eq!(arg(last, "--partitions"), "64");
@@ -329,6 +349,13 @@ mod tests {
                     ..base.clone()
                 },
                 "overlap",
+            ),
+            (
+                ClusterConfig {
+                    peer_base_port: 7181,
+                    ..base.clone()
+                },
+                "peer gRPC ports 7182..=7184 and HTTP ports 7181..=7183 overlap",
             ),
         ];
         for (cfg, want) in cases {

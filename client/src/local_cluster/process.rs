@@ -346,11 +346,15 @@ fn prepare_dirs(specs: &[NodeSpec], wipe: bool) -> anyhow::Result<()> {
 
 fn check_ports_free(specs: &[NodeSpec]) -> anyhow::Result<()> {
     for spec in specs {
-        for (what, addr) in [("gRPC", &spec.grpc_addr), ("HTTP", &spec.http_addr)] {
+        for (what, addr) in [
+            ("client gRPC", &spec.grpc_addr),
+            ("peer gRPC", &spec.peer_addr),
+            ("HTTP", &spec.http_addr),
+        ] {
             if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
                 bail!(
                     "{what} address {addr} of {} is not available ({e}): is another cluster running? \
-                     stop it or pass --base-port/--http-base-port",
+                     stop it or pass --base-port/--peer-base-port/--http-base-port",
                     spec.id
                 );
             }
@@ -379,8 +383,8 @@ fn print_banner(cfg: &ClusterConfig, cluster: &Cluster, ctl: &str) {
     );
     for n in &cluster.nodes {
         out.push_str(&format!(
-            "  {:<8} grpc {}  http http://{}/metrics  pid {}\n",
-            n.spec.id, n.spec.grpc_addr, n.spec.http_addr, n.pid
+            "  {:<8} client {}  peer {}  http http://{}/metrics  pid {}\n",
+            n.spec.id, n.spec.grpc_addr, n.spec.peer_addr, n.spec.http_addr, n.pid
         ));
     }
     out.push_str(&format!(

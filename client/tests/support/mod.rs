@@ -257,6 +257,7 @@ impl Admin for Fake {
             w: 2,
             fsync: "never".into(),
             uptime_seconds: 1,
+            client_addr: String::new(),
         }))
     }
 

@@ -82,6 +82,7 @@ mod tests {
             heartbeat: 0,
             node_id: format!("n{i}"),
             addr: format!("h:{i}"),
+            client_addr: String::new(),
             zone: None,
             incarnation: 1,
             status: Status::Alive,

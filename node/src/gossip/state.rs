@@ -49,8 +49,10 @@ pub struct Entry {
     /// Counted up by the node once a gossip round.
     pub heartbeat: u64,
     pub node_id: String,
-    /// gRPC address the node advertises.
+    /// Address of the node's peer API.
     pub addr: String,
+    /// Address of the node's client API; empty when it is `addr`.
+    pub client_addr: String,
     pub zone: Option<String>,
     /// The node's actor incarnation.
     pub incarnation: u64,
@@ -279,6 +281,7 @@ mod tests {
             heartbeat,
             node_id: id.into(),
             addr: format!("{id}:1"),
+            client_addr: String::new(),
             zone: None,
             incarnation: 7,
             status: Status::Alive,

@@ -9,6 +9,7 @@ pub fn entry_to_proto(e: &Entry) -> GossipEntry {
     GossipEntry {
         node_id: e.node_id.clone(),
         addr: e.addr.clone(),
+        client_addr: e.client_addr.clone(),
         zone: e.zone.clone().unwrap_or_default(),
         incarnation: e.incarnation,
         generation: e.generation,
@@ -24,6 +25,7 @@ pub fn entry_from_proto(e: GossipEntry) -> Entry {
         heartbeat: e.heartbeat,
         node_id: e.node_id,
         addr: e.addr,
+        client_addr: e.client_addr,
         zone: (!e.zone.is_empty()).then_some(e.zone),
         incarnation: e.incarnation,
         status: Status::parse(&e.status),
@@ -42,6 +44,7 @@ mod tests {
             heartbeat: 9,
             node_id: "n1".into(),
             addr: "127.0.0.1:1".into(),
+            client_addr: "127.0.0.1:2".into(),
             zone: Some("z".into()),
             incarnation: 77,
             status: Status::Stopping,

@@ -38,7 +38,7 @@ impl Default for BatchLimits {
     fn default() -> Self {
         Self {
             max_items: 256,
-            max_bytes: 4 << 20,
+            max_bytes: crate::config::PEER_BATCH_BYTES,
             max_inflight: 2,
         }
     }

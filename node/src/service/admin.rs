@@ -24,11 +24,50 @@ use crate::node::Node;
 /// Admin endpoint of a node.
 pub struct AdminService {
     node: Arc<Node>,
+    /// Whether the calls that change the cluster (commit, finalize, abort, repair) are
+    /// served here: on the peer API only (see `NodeConfig::peer_listen`).
+    changes: bool,
 }
 
 impl AdminService {
+    /// Every call (the peer API).
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self {
+            node,
+            changes: true,
+        }
+    }
+
+    /// The calls that change nothing (the client API, when the peer API has a port of
+    /// its own); the others are refused with PERMISSION_DENIED.
+    pub fn read_only(node: Arc<Node>) -> Self {
+        Self {
+            node,
+            changes: false,
+        }
+    }
+
+    /// Refuses `call` unless this endpoint serves the calls that change the cluster.
+    fn may_change(&self, call: &str) -> Result<(), Status> {
+        match self.changes {
+            true => Ok(()),
+            false => Err(Status::permission_denied(format!(
+                "Admin.{call} changes the cluster: it is served on the node's peer port \
+                 ({}), not on the client port",
+                self.node.cfg.peer_addr()
+            ))),
+        }
+    }
+
+    /// The address clients reach member `id` at: the client address it gossips, else
+    /// its address in the map (one port for both).
+    fn client_addr_of(&self, id: &str, map_addr: &str) -> String {
+        self.node
+            .gossip
+            .entry(id)
+            .map(|e| e.client_addr)
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| map_addr.to_owned())
     }
 }
 
@@ -44,7 +83,8 @@ impl Admin for AdminService {
             node_id: n.id().to_owned(),
             incarnation: n.identity.incarnation,
             cluster_id: n.cfg.cluster_id.clone(),
-            advertise: n.cfg.advertise_addr(),
+            advertise: n.cfg.peer_addr(),
+            client_addr: n.cfg.gossiped_client_addr(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             n: n.n(),
             r: r.r,
@@ -71,7 +111,7 @@ impl Admin for AdminService {
             .zip(owned)
             .map(|(m, (_, owned))| MapMember {
                 id: m.id.clone(),
-                addr: m.addr.clone(),
+                addr: self.client_addr_of(&m.id, &m.addr),
                 zone: m.zone.clone().unwrap_or_default(),
                 owned: owned as u32,
                 replicated: map.replicated_by(&m.id).count() as u32,
@@ -124,6 +164,7 @@ impl Admin for AdminService {
         &self,
         request: Request<RepairRequest>,
     ) -> Result<Response<RepairResponse>, Status> {
+        self.may_change("Repair")?;
         let only = request.into_inner().partition;
         if self.node.try_map().is_none() {
             return Err(no_map());
@@ -171,6 +212,7 @@ impl Admin for AdminService {
         &self,
         request: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
+        self.may_change("Commit")?;
         let req = request.into_inner();
         let map = req
             .map
@@ -218,6 +260,7 @@ impl Admin for AdminService {
         &self,
         request: Request<FinalizeRequest>,
     ) -> Result<Response<FinalizeResponse>, Status> {
+        self.may_change("Finalize")?;
         let req = request.into_inner();
         let state = change::finalize(&self.node, req.epoch, req.forwarded).await?;
         Ok(Response::new(FinalizeResponse {
@@ -229,6 +272,7 @@ impl Admin for AdminService {
         &self,
         request: Request<AbortRequest>,
     ) -> Result<Response<AbortResponse>, Status> {
+        self.may_change("Abort")?;
         let req = request.into_inner();
         let state = change::abort(&self.node, req.epoch, req.forwarded).await?;
         Ok(Response::new(AbortResponse {

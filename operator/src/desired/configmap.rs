@@ -1,7 +1,7 @@
 //! The ConfigMap holding each node's `node.yaml` (read with `--config`).
 //!
 //! One file for all pods: the per-pod parts (node id, advertised address) come from the
-//! environment (`DYNAMO_NODE_ID`, `DYNAMO_ADVERTISE`). The file lists no members: every
+//! environment (`DYNAMO_NODE_ID`, `DYNAMO_ADVERTISE`, `DYNAMO_PEER_ADVERTISE`). The file lists no members: every
 //! node starts from `seeds`, the headless peer Service (which publishes not-ready
 //! addresses, so it resolves to every pod, mapless ones included), and learns the cluster
 //! and its partition map by gossip; the map itself is committed by the operator through
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Serialize;
 
-use super::{owned_meta, Names, DATA_DIR, GRPC_PORT, HTTP_PORT};
+use super::{owned_meta, Names, DATA_DIR, GRPC_PORT, HTTP_PORT, PEER_PORT};
 use crate::crd::{DynamoCluster, Fsync};
 
 /// The node configuration file, in the node's own (snake_case) format.
@@ -22,6 +22,7 @@ use crate::crd::{DynamoCluster, Fsync};
 pub struct NodeFile {
     pub cluster_id: String,
     pub listen: String,
+    pub peer_listen: String,
     pub http_listen: String,
     pub data_dir: String,
     pub partitions: u32,
@@ -51,6 +52,7 @@ pub fn node_file(dc: &DynamoCluster) -> NodeFile {
     NodeFile {
         cluster_id: names.cluster_id(),
         listen: format!("0.0.0.0:{GRPC_PORT}"),
+        peer_listen: format!("0.0.0.0:{PEER_PORT}"),
         http_listen: format!("0.0.0.0:{HTTP_PORT}"),
         data_dir: DATA_DIR.into(),
         partitions: s.partitions as u32,
@@ -94,7 +96,8 @@ mod tests {
         assert_eq!(yaml["replication"]["n"], 3);
         assert_eq!(yaml["fsync"], "always");
         assert_eq!(yaml["listen"], "0.0.0.0:7100");
-        assert_eq!(yaml["seeds"][0], "kv-peers.default.svc:7100");
+        assert_eq!(yaml["peer_listen"], "0.0.0.0:7101");
+        assert_eq!(yaml["seeds"][0], "kv-peers.default.svc:7101");
         assert!(
             yaml.get("members").is_none(),
             "nodes start from seeds: a scale does not rewrite the file"

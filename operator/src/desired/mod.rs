@@ -22,8 +22,11 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::DynamoCluster;
 
-/// gRPC port of a node (clients and peers).
+/// gRPC port of a node's client API (Kv, Health, read-only Admin).
 pub const GRPC_PORT: i32 = 7100;
+/// gRPC port of a node's peer API (replication, gossip, anti-entropy, map changes): the
+/// node's address in maps, and where the operator makes changes.
+pub const PEER_PORT: i32 = 7101;
 /// HTTP port of a node (`/healthz`, `/readyz`, `/metrics`).
 pub const HTTP_PORT: i32 = 7180;
 /// Where the node keeps its data (the PVC mount).
@@ -38,7 +41,7 @@ pub const MANAGER: &str = "dynamo-operator";
 /// How peers, clients and the operator reach the node of an ordinal.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum PeerAddressing {
-    /// `<pod>.<peer service>.<namespace>.svc:7100`: stable DNS through the headless
+    /// `<pod>.<peer service>.<namespace>.svc:7101`: stable DNS through the headless
     /// Service (what runs on Kubernetes).
     #[default]
     ClusterDns,
@@ -130,12 +133,12 @@ impl Names {
     pub fn ordinal_of_pvc(&self, pvc_name: &str) -> Option<u32> {
         self.ordinal_of(pvc_name.strip_prefix(DATA_VOLUME)?.strip_prefix('-')?)
     }
-    /// The gRPC address peers use for an ordinal (stable DNS through the headless
+    /// The address of an ordinal's peer API, which peers and the operator use (stable DNS through the headless
     /// Service, unless [`PeerAddressing`] says otherwise).
     pub fn peer_addr(&self, ordinal: u32) -> String {
         match &self.addressing {
             PeerAddressing::ClusterDns => format!(
-                "{}.{}.{}.svc:{GRPC_PORT}",
+                "{}.{}.{}.svc:{PEER_PORT}",
                 self.pod(ordinal),
                 self.peer_service(),
                 self.namespace
@@ -150,7 +153,7 @@ impl Names {
     pub fn seed_addr(&self) -> String {
         match &self.addressing {
             PeerAddressing::ClusterDns => {
-                format!("{}.{}.svc:{GRPC_PORT}", self.peer_service(), self.namespace)
+                format!("{}.{}.svc:{PEER_PORT}", self.peer_service(), self.namespace)
             }
             PeerAddressing::HostPorts { .. } => self.peer_addr(0),
         }
@@ -234,8 +237,8 @@ mod tests {
         assert_eq!(n.ordinal_of("kv-peers"), None);
         assert_eq!(n.ordinal_of("kvx-1"), None);
         assert_eq!(n.ordinal_of("kv-+1"), None);
-        assert_eq!(n.peer_addr(0), "kv-0.kv-peers.ns.svc:7100");
-        assert_eq!(n.seed_addr(), "kv-peers.ns.svc:7100");
+        assert_eq!(n.peer_addr(0), "kv-0.kv-peers.ns.svc:7101");
+        assert_eq!(n.seed_addr(), "kv-peers.ns.svc:7101");
         let local = n.with_addressing(PeerAddressing::HostPorts {
             host: "127.0.0.1".into(),
             base_port: 7300,

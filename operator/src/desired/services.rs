@@ -3,22 +3,28 @@
 //! - `<name>-peers`: headless, `publishNotReadyAddresses: true`, so every pod has a stable
 //!   DNS name (`<pod>.<name>-peers.<ns>.svc`) from the moment it exists; nodes find peers
 //!   (and the operator finds nodes) before they pass readiness, which a joining node needs.
-//! - `<name>`: the client Service, load-balancing gRPC over ready nodes only.
+//!   It names the peer port besides the others.
+//! - `<name>`: the client Service, load-balancing the client API over ready nodes only; it
+//!   has no peer port (the chart's NetworkPolicy keeps clients off it on the pods too).
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{owned_meta, selector_labels, Names, GRPC_PORT, HTTP_PORT};
+use super::{owned_meta, selector_labels, Names, GRPC_PORT, HTTP_PORT, PEER_PORT};
 use crate::crd::DynamoCluster;
 
-fn ports() -> Vec<ServicePort> {
-    let port = |name: &str, port: i32| ServicePort {
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
         name: Some(name.into()),
         port,
         target_port: Some(IntOrString::String(name.into())),
         protocol: Some("TCP".into()),
         ..Default::default()
-    };
+    }
+}
+
+/// The client API and HTTP (health, metrics).
+fn ports() -> Vec<ServicePort> {
     vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]
 }
 
@@ -31,7 +37,7 @@ pub fn peer_service(dc: &DynamoCluster) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(&names)),
-            ports: Some(ports()),
+            ports: Some([ports(), vec![port("peer", PEER_PORT)]].concat()),
             ..Default::default()
         }),
         status: None,
@@ -66,6 +72,8 @@ mod tests {
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.publish_not_ready_addresses, Some(true));
         assert_eq!(spec.selector.unwrap()["app.kubernetes.io/instance"], "kv");
+        let ports: Vec<i32> = spec.ports.unwrap().iter().map(|p| p.port).collect();
+        assert_eq!(ports, [7100, 7180, 7101]);
     }
 
     #[test]
@@ -77,6 +85,7 @@ mod tests {
             spec.publish_not_ready_addresses, None,
             "clients only reach ready nodes"
         );
-        assert_eq!(spec.ports.unwrap()[0].port, 7100);
+        let ports: Vec<i32> = spec.ports.unwrap().iter().map(|p| p.port).collect();
+        assert_eq!(ports, [7100, 7180], "no peer port for clients");
     }
 }

@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     labels, owned_meta, selector_labels, Names, CONFIG_DIR, DATA_DIR, DATA_VOLUME, GRPC_PORT,
-    HTTP_PORT,
+    HTTP_PORT, PEER_PORT,
 };
 use crate::crd::DynamoCluster;
 
@@ -128,6 +128,14 @@ fn node_container(dc: &DynamoCluster, names: &Names) -> Container {
                     names.namespace
                 ),
             ),
+            env(
+                "DYNAMO_PEER_ADVERTISE",
+                &format!(
+                    "$(POD_NAME).{}.{}.svc:{PEER_PORT}",
+                    names.peer_service(),
+                    names.namespace
+                ),
+            ),
             env("DYNAMO_CONFIG", &format!("{CONFIG_DIR}/node.yaml")),
             EnvVar {
                 name: "DYNAMO_CLUSTER_SECRET".into(),
@@ -146,6 +154,11 @@ fn node_container(dc: &DynamoCluster, names: &Names) -> Container {
             ContainerPort {
                 name: Some("grpc".into()),
                 container_port: GRPC_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("peer".into()),
+                container_port: PEER_PORT,
                 ..Default::default()
             },
             ContainerPort {
@@ -300,6 +313,17 @@ mod tests {
         assert_eq!(
             advertise.value.as_deref(),
             Some("$(POD_NAME).kv-peers.default.svc:7100")
+        );
+        let peer = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "DYNAMO_PEER_ADVERTISE")
+            .unwrap();
+        assert_eq!(
+            peer.value.as_deref(),
+            Some("$(POD_NAME).kv-peers.default.svc:7101")
         );
         assert_eq!(
             c.readiness_probe
