@@ -95,10 +95,16 @@ fn launches_watches_and_stops_nodes() {
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let data = dir.path().join("data");
     let grpc_base = free_port_base(2);
-    // The two ranges (base+1..=base+2) must not overlap.
+    // The three ranges (base+1..=base+2) must not overlap.
     let http_base = loop {
         let b = free_port_base(2);
         if b.abs_diff(grpc_base) > 2 {
+            break b;
+        }
+    };
+    let peer_base = loop {
+        let b = free_port_base(2);
+        if b.abs_diff(grpc_base) > 2 && b.abs_diff(http_base) > 2 {
             break b;
         }
     };
@@ -112,6 +118,8 @@ fn launches_watches_and_stops_nodes() {
             &grpc_base.to_string(),
             "--http-base-port",
             &http_base.to_string(),
+            "--peer-base-port",
+            &peer_base.to_string(),
         ])
         .arg("--data-dir")
         .arg(&data)
@@ -137,15 +145,18 @@ fn launches_watches_and_stops_nodes() {
 
     let args = std::fs::read_to_string(data.join("node-2/args")).unwrap();
     let args: Vec<&str> = args.lines().collect();
+    // Members are named by their peer ports; the client port is --listen.
     let members = format!(
         "node-1=127.0.0.1:{},node-2=127.0.0.1:{}",
-        grpc_base + 1,
-        grpc_base + 2
+        peer_base + 1,
+        peer_base + 2
     );
     for want in [
         "--node-id",
         "node-2",
         &members,
+        &format!("127.0.0.1:{}", grpc_base + 2),
+        &format!("127.0.0.1:{}", peer_base + 2),
         "--max-value-bytes",
         "4096",
         &format!("127.0.0.1:{}", http_base + 2),

@@ -184,16 +184,24 @@ fn a_node_whose_port_is_taken_exits_naming_it() {
     // the writer and closes RocksDB before it exits.
     let _busy = BusyCpus::start(2);
     for start in 1..=20 {
-        // Odd starts find the gRPC port taken, even ones the HTTP port (bound later, with
-        // the gRPC listener already open).
-        let (grpc, http, which) = if start % 2 == 1 {
-            (taken_addr.as_str(), "127.0.0.1:0", "gRPC")
-        } else {
-            ("127.0.0.1:0", taken_addr.as_str(), "HTTP")
+        // Starts find the client port, the peer port or the HTTP port taken in turn (each
+        // bound after the one before, with the earlier listeners already open).
+        let free = "127.0.0.1:0";
+        let (grpc, peer, http, which) = match start % 3 {
+            0 => (taken_addr.as_str(), free, free, "the client gRPC"),
+            1 => (free, taken_addr.as_str(), free, "the peer gRPC"),
+            _ => (free, free, taken_addr.as_str(), "HTTP"),
         };
         let mut child = std::process::Command::new(node_binary())
             .args(["--node-id", "a", "--members", "a=127.0.0.1:1"])
-            .args(["--listen", grpc, "--http-listen", http])
+            .args([
+                "--listen",
+                grpc,
+                "--peer-listen",
+                peer,
+                "--http-listen",
+                http,
+            ])
             .args(["--data-dir", dir.path().to_str().expect("utf-8 path")])
             .args(["--n", "1", "--r", "1", "--w", "1"])
             .args(["--cluster-id", "port-taken"])

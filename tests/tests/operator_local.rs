@@ -193,6 +193,12 @@ async fn the_orchestration_core_scales_real_nodes_without_loss() {
         // Slow enough that the kills land while partitions move.
         "--background-bytes-per-sec",
         "60000",
+        // At that rate, and not slower: the p99 of debug builds under kills would hold the
+        // budget at its floor (1 KiB/s) and a change would outlast the test's bound.
+        "--background-p99-target-ms",
+        "2000",
+        "--background-p99-relative",
+        "0",
     ];
     let sts = LocalStatefulSet::new(
         names.clone(),
