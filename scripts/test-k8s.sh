@@ -33,7 +33,7 @@ BIN="$CARGO_TARGET_DIR/debug"
 
 STATE="$(mktemp -d /tmp/dynamo-k8s-suite.XXXXXX)"
 API_PORT="${DYNAMO_K8S_API_PORT:-26443}"
-NODE_GRPC=7300 NODE_HTTP=7380
+NODE_GRPC=7300 NODE_PEER=7340 NODE_HTTP=7380
 passed=0
 failed=0
 kubelet_pid=""
@@ -106,7 +106,7 @@ echo "control plane up after $((SECONDS - suite_start))s"
 mkdir -p "$STATE/kubelet"
 "$BIN/kwok-kubelet" --bin-dir "$BIN" --work-dir "$STATE/kubelet" \
   --api-server "https://127.0.0.1:$API_PORT" --ca-file "$STATE/ca.crt" \
-  --node-grpc-base "$NODE_GRPC" --node-http-base "$NODE_HTTP" \
+  --node-grpc-base "$NODE_GRPC" --node-peer-base "$NODE_PEER" --node-http-base "$NODE_HTTP" \
   >"$STATE/logs/kwok-kubelet.log" 2>&1 &
 kubelet_pid=$!
 

@@ -49,6 +49,7 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub struct Ports {
     pub node_grpc: u16,
+    pub node_peer: u16,
     pub node_http: u16,
     pub operator_http: u16,
 }
@@ -222,6 +223,7 @@ pub async fn launch(i: Inputs<'_>) -> Result<Launch> {
     for p in c.ports.iter().flatten() {
         let base = match (kind, p.name.as_deref()) {
             (Kind::Node, Some("grpc")) => i.ports.node_grpc,
+            (Kind::Node, Some("peer")) => i.ports.node_peer,
             (Kind::Node, Some("http")) => i.ports.node_http,
             (Kind::Operator, Some("http")) => i.ports.operator_http + i.slot,
             _ => bail!("no loopback port for container port {:?}", p.name),
@@ -355,7 +357,7 @@ pub async fn launch(i: Inputs<'_>) -> Result<Launch> {
         {
             env.push((
                 "DYNAMO_OPERATOR_PEER_ADDRESSING".into(),
-                format!("host-ports=127.0.0.1:{}", i.ports.node_grpc),
+                format!("host-ports=127.0.0.1:{}", i.ports.node_peer),
             ));
         }
     }
@@ -405,7 +407,7 @@ mod tests {
         Mapper {
             ns: "ns".into(),
             subdomain: Some("demo-peers".into()),
-            ports: BTreeMap::from([(7100, 7300), (7180, 7380)]),
+            ports: BTreeMap::from([(7100, 7300), (7101, 7340), (7180, 7380)]),
             ordinal_based: true,
             own_offset: 2,
             peers: vec![0, 1, 2],
@@ -432,6 +434,16 @@ mod tests {
         let out = m.map_yaml(yaml);
         assert_eq!(out["seeds"].as_sequence().unwrap().len(), 3);
         assert_eq!(out["listen"].as_str(), Some("127.0.0.1:7302"));
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str("seeds: [demo-peers.ns.svc:7101]\npeer_listen: 0.0.0.0:7101\n")
+                .unwrap();
+        let out = m.map_yaml(yaml);
+        assert_eq!(
+            out["seeds"].as_sequence().unwrap()[1].as_str(),
+            Some("127.0.0.1:7341")
+        );
+        assert_eq!(out["peer_listen"].as_str(), Some("127.0.0.1:7342"));
+        assert_eq!(m.map("demo-1.demo-peers.ns.svc:7101"), ["127.0.0.1:7341"]);
     }
 
     #[test]

@@ -49,6 +49,10 @@ struct Args {
     ca_file: PathBuf,
     #[arg(long, default_value_t = 7300)]
     node_grpc_base: u16,
+    /// Node ordinal i's peer port (replication, gossip, the operator's admin calls) is
+    /// this + i; the operator is given it as its host-ports addressing.
+    #[arg(long, default_value_t = 7340)]
+    node_peer_base: u16,
     #[arg(long, default_value_t = 7380)]
     node_http_base: u16,
     #[arg(long, default_value_t = 7460)]
@@ -168,6 +172,7 @@ async fn main() -> Result<()> {
     let pods_all: Api<Pod> = Api::all(client.clone());
     let ports = Ports {
         node_grpc: args.node_grpc_base,
+        node_peer: args.node_peer_base,
         node_http: args.node_http_base,
         operator_http: args.operator_http_base,
     };
