@@ -118,6 +118,12 @@ async fn scale_out_and_in_with_kills_mid_transfer_loses_nothing() {
                 "200",
                 "--background-bytes-per-sec",
                 "40000",
+                // At that rate, not below: the relative brake holds a debug build under
+                // kills at the 1 KiB/s floor, and a change then outlasts its bound.
+                "--background-p99-target-ms",
+                "2000",
+                "--background-p99-relative",
+                "0",
             ]
             .map(String::from)
             .to_vec(),
