@@ -35,11 +35,11 @@ use dynamo_proto::v1::{
     PartitionMapResponse, PlanRequest, PlanResponse, ProgressRequest, ProgressResponse, PutRequest,
     PutResponse, RepairRequest, RepairResponse,
 };
-use tonic::transport::Channel;
+use dynamo_proto::tls::{ClientFiles, ClientTls};
 
 use crate::context::Context;
 use crate::error::{Error, Origin, Result};
-use crate::pool::{split_addrs, ChannelSettings, NodeConn, MAX_MESSAGE_BYTES};
+use crate::pool::{split_addrs, Chan, ChannelSettings, NodeConn, Token, MAX_MESSAGE_BYTES};
 use crate::routing::Routes;
 
 /// How to connect. Build with [`ClientConfig::new`], adjust fields, then
@@ -61,6 +61,11 @@ pub struct ClientConfig {
     pub route_by_key: bool,
     /// How often the partition map is re-read when routing by key.
     pub map_refresh: Duration,
+    /// TLS: the CA bundle that verifies nodes, and a client certificate for mutual TLS
+    /// (see [`ClientConfig::with_tls`]). `None`: plaintext.
+    pub tls: Option<ClientTls>,
+    /// A bearer token sent with every request (see the node's authorization file).
+    pub token: Option<Token>,
 }
 
 impl ClientConfig {
@@ -75,7 +80,24 @@ impl ClientConfig {
             down_for: Duration::from_secs(1),
             route_by_key: false,
             map_refresh: Duration::from_secs(10),
+            tls: None,
+            token: None,
         }
+    }
+
+    /// Connects with TLS: nodes verified against the CA bundle `files.ca` (by the name or
+    /// address dialled), and the client certificate `files.cert` presented when given.
+    /// The files are read again when they change, every `reload` (if given).
+    pub fn with_tls(mut self, files: &ClientFiles, reload: Option<Duration>) -> Result<Self> {
+        let tls = ClientTls::from_files(files, reload).map_err(|e| Error::Tls(e.to_string()))?;
+        self.tls = Some(tls);
+        Ok(self)
+    }
+
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: &str) -> Result<Self> {
+        self.token = Some(Token::new(token)?);
+        Ok(self)
     }
 
     /// Opens the channels (lazily: a node that is down now is tried again later) and,
@@ -91,6 +113,8 @@ impl ClientConfig {
             request_timeout: self.request_timeout,
             channels_per_node: self.channels_per_node,
             down_for: self.down_for,
+            tls: self.tls.clone(),
+            token: self.token.clone(),
         }
     }
 }
@@ -580,7 +604,7 @@ fn mismatched(asked: &str, got: &Answer) -> Error {
     }
 }
 
-fn admin(ch: Channel) -> AdminClient<Channel> {
+fn admin(ch: Chan) -> AdminClient<Chan> {
     AdminClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 

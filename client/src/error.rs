@@ -59,6 +59,12 @@ pub enum Error {
     /// The node sent a partition map that does not validate.
     #[error("the node sent an invalid partition map: {0}")]
     InvalidMap(String),
+    /// The TLS files could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A bearer token cannot be sent.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
 }
 
 impl Error {
@@ -79,6 +85,8 @@ impl Error {
             Error::InvalidAddress { .. } => "invalid_address",
             Error::InvalidContext { .. } => "invalid_context",
             Error::InvalidMap(_) => "invalid_map",
+            Error::Tls(_) => "tls",
+            Error::InvalidToken(_) => "invalid_token",
         }
     }
 

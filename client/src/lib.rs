@@ -35,4 +35,5 @@ pub use context::Context;
 /// The generated gRPC types (admin responses are returned as they are).
 pub use dynamo_proto::v1 as proto;
 pub use error::{Error, Origin, Result};
-pub use pool::split_addrs;
+pub use dynamo_proto::tls::ClientFiles as TlsFiles;
+pub use pool::{split_addrs, Token};

@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dynamo_proto::cork;
+use dynamo_proto::tls::ClientTls;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use dynamo_proto::v1::{session_request, session_response, GetRequest};
 use tonic::transport::{Channel, Endpoint};
 
@@ -29,13 +33,53 @@ pub(crate) struct ChannelSettings {
     pub request_timeout: Duration,
     pub channels_per_node: usize,
     pub down_for: Duration,
+    pub tls: Option<ClientTls>,
+    pub token: Option<Token>,
 }
+
+/// A bearer token, sent in the `authorization` header of every request. Its `Debug`
+/// never shows it.
+#[derive(Clone)]
+pub struct Token(MetadataValue<Ascii>);
+
+impl Token {
+    /// A token as the node's authorization file knows it (by its SHA-256).
+    pub fn new(token: &str) -> Result<Self> {
+        let value = format!("Bearer {}", token.trim());
+        value
+            .parse()
+            .map(Self)
+            .map_err(|_| Error::InvalidToken("it holds characters a header cannot carry".into()))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Adds the bearer token, if any, to every request.
+#[derive(Clone, Debug)]
+pub(crate) struct Bearer(Option<Token>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("authorization", token.0.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to a node, its requests carrying the client's credentials.
+pub(crate) type Chan = InterceptedService<Channel, Bearer>;
 
 /// The channels to one node.
 #[derive(Debug)]
 pub(crate) struct NodeConn {
     addr: String,
-    channels: Vec<Channel>,
+    channels: Vec<Chan>,
     /// The session on each channel, opened on first use and reopened once closed.
     sessions: Vec<Session>,
     request_timeout: Duration,
@@ -51,8 +95,12 @@ impl NodeConn {
     /// Must be called inside a tokio runtime.
     pub fn open(addr: &str, settings: &ChannelSettings) -> Result<Self> {
         let endpoint = endpoint(addr, settings)?;
-        let channels: Vec<Channel> = (0..settings.channels_per_node.max(1))
-            .map(|_| endpoint.connect_with_connector_lazy(cork::connector()))
+        let channels: Vec<Chan> = (0..settings.channels_per_node.max(1))
+            .map(|_| {
+                let channel =
+                    endpoint.connect_with_connector_lazy(cork::connector(settings.tls.clone()));
+                InterceptedService::new(channel, Bearer(settings.token.clone()))
+            })
             .collect();
         Ok(Self {
             addr: addr.to_string(),
@@ -75,7 +123,7 @@ impl NodeConn {
     }
 
     /// The next channel, round-robin.
-    pub fn channel(&self) -> Channel {
+    pub fn channel(&self) -> Chan {
         self.channels[self.turn()].clone()
     }
 
@@ -219,6 +267,8 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             channels_per_node: 1,
             down_for: Duration::from_secs(1),
+            tls: None,
+            token: None,
         };
         let err = endpoint("not an address", &settings).unwrap_err();
         assert_eq!(err.category(), "invalid_address");
@@ -231,6 +281,8 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             channels_per_node: 2,
             down_for: Duration::from_millis(30),
+            tls: None,
+            token: None,
         };
         let node = NodeConn::open("127.0.0.1:1", &settings).unwrap();
         assert!(!node.is_down());
@@ -250,6 +302,8 @@ mod tests {
             request_timeout: Duration::from_millis(400),
             channels_per_node: 1,
             down_for: Duration::from_millis(300),
+            tls: None,
+            token: None,
         };
         let node = NodeConn::open("127.0.0.1:1", &settings).unwrap();
         assert!(node.usable(), "an up node is usable");

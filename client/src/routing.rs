@@ -147,6 +147,8 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             channels_per_node: 1,
             down_for: Duration::from_secs(1),
+            tls: None,
+            token: None,
         }
     }
 

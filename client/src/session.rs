@@ -18,10 +18,10 @@ use std::time::Duration;
 use dynamo_proto::session::{Mux, MuxError, Reopening};
 use dynamo_proto::v1::kv_client::KvClient;
 use dynamo_proto::v1::{session_request, session_response, SessionRequest, SessionResponse};
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::error::{Error, Origin};
+use crate::pool::Chan;
 
 /// The `Kv.Session` stream to a node over one channel, reopened when it closes.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub(crate) struct Session {
 impl Session {
     /// A session over `channel`, opened by the first request. Requests must be made
     /// inside a tokio runtime.
-    pub fn new(channel: Channel, max_message_bytes: usize) -> Self {
+    pub fn new(channel: Chan, max_message_bytes: usize) -> Self {
         let client = KvClient::new(channel)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);

@@ -14,10 +14,14 @@
 //! - [`codec`]: the binary encoding of sibling sets and contexts.
 //! - [`limits`]: request validation (key and value sizes, quorum overrides).
 //! - [`merkle`]: the hash trees replicas compare in anti-entropy.
+//! - [`identity`]: the cluster, kind and name a TLS certificate names.
+//! - [`access`]: the authorization model (roles, what each call needs).
 
+pub mod access;
 pub mod codec;
 pub mod context;
 pub mod hash;
+pub mod identity;
 pub mod limits;
 pub mod map_state;
 pub mod merkle;

@@ -180,6 +180,24 @@ pub struct NodeConfig {
     pub background_p99_target_ms: u64,
     /// 0: only the fixed target.
     pub background_p99_relative: f64,
+    /// The node's certificate chain (PEM). With `tls_key` and `tls_ca`, both ports speak
+    /// TLS, and the peer port mutual TLS. The certificate must name this node's identity
+    /// (`dynamo://<cluster_id>/node/<name>` as a URI subject alternative name) and allow
+    /// both server and client authentication: nodes present it when they dial peers.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA bundle (PEM): peer and client certificates must chain to it.
+    pub tls_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of the CA: revoked certificates are refused.
+    pub tls_crl: Vec<PathBuf>,
+    /// How often the TLS files (and the authorization file) are checked for changes and
+    /// reloaded, without a restart.
+    pub tls_reload_interval_ms: u64,
+    /// The authorization file (YAML: `anonymous` role and `users` with roles and token
+    /// hashes; see `dynamo_core::access`). Unset, every caller may call everything but the
+    /// calls that are for nodes.
+    pub auth_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -218,6 +236,12 @@ impl Default for NodeConfig {
             background_bytes_per_sec: 64 << 20,
             background_p99_target_ms: 25,
             background_p99_relative: 1.25,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_crl: Vec::new(),
+            tls_reload_interval_ms: 10_000,
+            auth_file: None,
         }
     }
 }
@@ -344,6 +368,24 @@ pub struct Args {
     /// usual p99 (0: only the fixed target).
     #[arg(long, env = "DYNAMO_BACKGROUND_P99_RELATIVE")]
     pub background_p99_relative: Option<f64>,
+    /// The node's certificate chain (PEM); with --tls-key and --tls-ca turns TLS on.
+    #[arg(long, env = "DYNAMO_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The node certificate's private key (PEM).
+    #[arg(long, env = "DYNAMO_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA bundle (PEM).
+    #[arg(long, env = "DYNAMO_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM), comma-separated.
+    #[arg(long, env = "DYNAMO_TLS_CRL", value_delimiter = ',')]
+    pub tls_crl: Option<Vec<PathBuf>>,
+    /// Milliseconds between checks of the TLS and authorization files for changes.
+    #[arg(long, env = "DYNAMO_TLS_RELOAD_INTERVAL_MS")]
+    pub tls_reload_interval_ms: Option<u64>,
+    /// The authorization file (YAML: roles of users, tokens' hashes).
+    #[arg(long, env = "DYNAMO_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// Parses `ID=HOST:PORT[@ZONE]`.
@@ -452,8 +494,20 @@ impl NodeConfig {
             tombstone_grace_ms,
             background_bytes_per_sec,
             background_p99_target_ms,
-            background_p99_relative
+            background_p99_relative,
+            tls_crl,
+            tls_reload_interval_ms
         );
+        for (field, value) in [
+            (&mut self.tls_cert, a.tls_cert),
+            (&mut self.tls_key, a.tls_key),
+            (&mut self.tls_ca, a.tls_ca),
+            (&mut self.auth_file, a.auth_file),
+        ] {
+            if value.is_some() {
+                *field = value;
+            }
+        }
         if a.cluster_secret_file.is_some() {
             self.cluster_secret_file = a.cluster_secret_file;
         }
@@ -567,6 +621,7 @@ impl NodeConfig {
                     .into(),
             );
         }
+        self.validate_tls()?;
         if self.fsync_group_window_us >= self.request_timeout_ms.saturating_mul(1000) / 2 {
             return invalid(format!(
                 "fsync_group_window_us {} is not well below the request timeout ({} ms): \
@@ -575,6 +630,43 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Checks that TLS is all on or all off.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let given = [
+            ("tls_cert", self.tls_cert.is_some()),
+            ("tls_key", self.tls_key.is_some()),
+            ("tls_ca", self.tls_ca.is_some()),
+        ];
+        let missing: Vec<&str> = given.iter().filter(|g| !g.1).map(|g| g.0).collect();
+        if !missing.is_empty() && missing.len() < given.len() {
+            return Err(ConfigError::Invalid(format!(
+                "TLS needs tls_cert, tls_key and tls_ca together; {} missing",
+                missing.join(" and ")
+            )));
+        }
+        if !self.tls_crl.is_empty() && self.tls_ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls_crl is set but TLS is off (no tls_cert, tls_key, tls_ca)".into(),
+            ));
+        }
+        if self.tls_reload_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "tls_reload_interval_ms must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone()?,
+            crls: self.tls_crl.clone(),
+        })
     }
 
     /// Checks members, seeds and gossip settings.
@@ -766,6 +858,28 @@ mod tests {
         assert!(err.contains("peer_listen is not"), "{err}");
         let err = refused(&["--max-connections-per-client", "0"]);
         assert!(err.contains("max_connections_per_client"), "{err}");
+    }
+
+    #[test]
+    fn tls_is_all_on_or_all_off() {
+        let err = refused(&["--tls-cert", "/c.pem", "--tls-ca", "/ca.pem"]);
+        assert!(err.contains("tls_key missing"), "{err}");
+        let err = refused(&["--tls-crl", "/crl.pem"]);
+        assert!(err.contains("TLS is off"), "{err}");
+        let on = NodeConfig::load(args(&[
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "--tls-ca",
+            "/ca.pem",
+            "--tls-crl",
+            "/a.pem,/b.pem",
+        ]))
+        .unwrap();
+        let files = on.tls_files().expect("TLS on");
+        assert_eq!(files.crls.len(), 2);
+        assert!(NodeConfig::load(args(&[])).unwrap().tls_files().is_none());
     }
 
     #[test]

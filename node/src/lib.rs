@@ -22,6 +22,7 @@
 //! - [`service`]: the gRPC services; [`http`]: health and metrics endpoints;
 //! - [`server`]: wiring it all together; [`shutdown`]: stopping cleanly.
 
+pub mod access;
 pub mod antientropy;
 pub mod budget;
 pub mod change;
@@ -50,3 +51,4 @@ pub mod service;
 pub mod shutdown;
 pub mod storage;
 pub mod store;
+pub mod tls;

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub transfer_bytes: Counter,
     pub partitions_to_drop: Gauge,
     pub connections_refused: Counter,
+    pub tls_handshakes_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -138,6 +139,7 @@ impl Default for Metrics {
         let transfer_bytes = Counter::default();
         let partitions_to_drop = Gauge::default();
         let connections_refused = Counter::default();
+        let tls_handshakes_refused = Counter::default();
         registry.register(
             "requests",
             "Client requests coordinated, by operation and outcome",
@@ -216,6 +218,12 @@ impl Default for Metrics {
              max_connections_per_client open",
             connections_refused.clone(),
         );
+        registry.register(
+            "tls_handshakes_refused",
+            "TLS handshakes that failed: no certificate where one is needed, one from \
+             another CA or cluster, expired or revoked, or a handshake too slow",
+            tls_handshakes_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -241,6 +249,7 @@ impl Default for Metrics {
             transfer_bytes,
             partitions_to_drop,
             connections_refused,
+            tls_handshakes_refused,
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct Node {
     /// Serializes this node's coordinations of one key (see [`crate::key_lock`]).
     pub key_locks: crate::key_lock::KeyLocks,
     pub started: Instant,
+    /// Who may call what (see [`crate::access`]); open until the server sets its rules.
+    pub access: Arc<crate::access::Access>,
     ready: AtomicBool,
     /// Set once the server is stopping: sessions stop reading requests.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -144,6 +146,7 @@ impl Node {
             budget,
             key_locks: Default::default(),
             started: Instant::now(),
+            access: crate::access::Access::open(),
             ready: AtomicBool::new(false),
             stopping: tokio::sync::watch::Sender::new(false),
         }

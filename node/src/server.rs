@@ -16,11 +16,14 @@ use dynamo_proto::v1::{
     kv_server::KvServer, replica_server::ReplicaServer,
 };
 use tokio::sync::watch;
+use tower::layer::util::{Identity, Stack};
 
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::{FsyncPolicy, NodeConfig};
 use crate::gossip::state::{Entry, Status};
-use crate::listener::{self, Admission};
+use crate::access::{Access, AccessLayer};
+use crate::listener::{self, Admission, TlsAccept};
+use crate::tls::NodeTls;
 use crate::network::{GrpcTransport, Transport, MAX_MESSAGE_BYTES};
 use crate::node::Node;
 use crate::service::{
@@ -39,6 +42,8 @@ const SERVE_GRACE: Duration = Duration::from_secs(5);
 /// How long a stop takes at most, in all; past it, the stop is not clean (the next start
 /// takes a new incarnation). Well under Kubernetes's default termination grace (30 s).
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens (or creates) the node's RocksDB in its data directory.
 pub fn open_engine(cfg: &NodeConfig) -> anyhow::Result<Arc<dyn Engine>> {
@@ -58,7 +63,25 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         new_incarnation = identity.new_incarnation,
         "storage open"
     );
-    let transport = Arc::new(GrpcTransport::new(cfg.cluster_id.clone()));
+    let tls = match cfg.tls_files() {
+        Some(files) => Some(NodeTls::load(files, &cfg.cluster_id).context("loading TLS files")?),
+        None => {
+            tracing::warn!(
+                "TLS is off (no tls_cert, tls_key, tls_ca): traffic is plaintext and peers \
+                 are not authenticated; for development only"
+            );
+            None
+        }
+    };
+    let access = Access::load(cfg.auth_file.clone(), tls.is_some()).map_err(anyhow::Error::msg)?;
+    if access.file().is_none() {
+        tracing::warn!(
+            "no authorization file (auth_file): every client may read, write and administer"
+        );
+    }
+    let transport = Arc::new(
+        GrpcTransport::new(cfg.cluster_id.clone()).with_tls(tls.as_ref().map(|t| t.dial())),
+    );
     let (cfg, state, learned) = initial_state(cfg, &identity, &*transport, &*engine).await?;
     let store = match cfg.fsync {
         FsyncPolicy::Always => Store::synced(
@@ -70,15 +93,30 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
             Store::new(engine.clone(), cfg.partitions, false)
         }
     };
-    let node = Arc::new(Node::new(
+    let mut node = Node::new(
         cfg.clone(),
         identity,
         state,
         store,
         transport,
         Arc::new(SystemClock),
-    ));
+    );
+    node.access = access.clone();
+    let node = Arc::new(node);
     gossip::seed_view(&node, learned);
+    let reload_every = Duration::from_millis(cfg.tls_reload_interval_ms);
+    let mut watchers = Vec::new();
+    if let Some(tls) = &tls {
+        watchers.push(tls.watch(reload_every));
+    }
+    if let Some(file) = access.file() {
+        let access = access.clone();
+        watchers.push(dynamo_proto::tls::watch(
+            vec![file.to_owned()],
+            reload_every,
+            move || access.reload(),
+        ));
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -109,8 +147,28 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
             peer_router(&node, health_service.clone())
         }
     };
+    let tls_accept = |peer_port: bool| {
+        let tls = tls.clone()?;
+        let node = node.clone();
+        Some(TlsAccept {
+            config: Arc::new(move || match peer_port {
+                true => tls.peer_port(),
+                false => tls.client_port(),
+            }),
+            timeout: TLS_HANDSHAKE_TIMEOUT,
+            refused: Arc::new(move |peer, why| {
+                node.metrics.tls_handshakes_refused.inc();
+                tracing::warn!(%peer, "connection refused: {why}");
+            }),
+        })
+    };
     let listener = bind(cfg.listen, "client gRPC").await?;
-    let incoming = listener::incoming(listener, admission.clone(), refused.clone());
+    let incoming = listener::incoming(
+        listener,
+        admission.clone(),
+        refused.clone(),
+        tls_accept(false),
+    );
     grpc_tasks.push(tokio::spawn(
         client_api.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     ));
@@ -121,6 +179,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
             listener,
             Admission::new(cfg.max_connections_per_client),
             refused,
+            tls_accept(true),
         );
         grpc_tasks.push(tokio::spawn(
             peer_router(&node, health_service)
@@ -157,6 +216,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
         shutdown_signal().await;
     }
     tracing::info!("shutting down");
+    watchers.iter().for_each(|w| w.abort());
     let stopping = tokio::time::Instant::now();
     node.set_ready(false);
     gossip_task.abort();
@@ -187,22 +247,27 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
     }
 }
 
-/// The gRPC server's settings, the same on both ports.
-fn grpc_server(cfg: &NodeConfig) -> tonic::transport::Server {
-    let per_connection = cfg.max_requests_per_connection;
+/// The gRPC server with its layers: authorization on every call.
+type Router = tonic::transport::server::Router<Stack<AccessLayer, Identity>>;
+
+/// The gRPC server's settings, the same on both ports: authorization of every call
+/// (see [`crate::access`]), and the bound on requests in flight per connection.
+fn grpc_server(node: &Node) -> tonic::transport::Server<Stack<AccessLayer, Identity>> {
+    let per_connection = node.cfg.max_requests_per_connection;
     tonic::transport::Server::builder()
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .concurrency_limit_per_connection(per_connection)
         .max_concurrent_streams(u32::try_from(per_connection).unwrap_or(u32::MAX))
+        .layer(AccessLayer(node.access.clone()))
 }
 
 type HealthService =
     tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
 
 /// The client API: `Kv`, `Health` and the `Admin` calls that change nothing.
-fn client_router(node: &Arc<Node>, health: HealthService) -> tonic::transport::server::Router {
-    grpc_server(&node.cfg)
+fn client_router(node: &Arc<Node>, health: HealthService) -> Router {
+    grpc_server(node)
         .add_service(health)
         .add_service(kv_server(node))
         .add_service(AdminServer::new(AdminService::read_only(node.clone())))
@@ -210,9 +275,9 @@ fn client_router(node: &Arc<Node>, health: HealthService) -> tonic::transport::s
 
 /// The peer API: everything (a peer forwards client requests, and the operator and
 /// `dynamoctl` make map changes here).
-fn peer_router(node: &Arc<Node>, health: HealthService) -> tonic::transport::server::Router {
+fn peer_router(node: &Arc<Node>, health: HealthService) -> Router {
     let peer_message = node.cfg.max_peer_message_bytes();
-    grpc_server(&node.cfg)
+    grpc_server(node)
         .add_service(health)
         .add_service(kv_server(node))
         .add_service(AdminServer::new(AdminService::new(node.clone())))

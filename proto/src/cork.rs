@@ -9,7 +9,9 @@
 //!
 //! The cost is one trip through the scheduler per flush, a few microseconds.
 //!
-//! Use [`connector`] with `tonic::transport::Endpoint::connect_with_connector_lazy`.
+//! Use [`connector`] with `tonic::transport::Endpoint::connect_with_connector_lazy`; with
+//! a [`ClientTls`], the connection is TLS under the cork, so that a flush is one TLS
+//! record too.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -17,31 +19,113 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 
-/// A connector for tonic endpoints: plain TCP to the URI's host and port, with
-/// TCP_NODELAY (a small request never waits out a delayed ACK) and corked writes.
-pub fn connector() -> impl tower::Service<
+use crate::tls::ClientTls;
+
+/// A connector for tonic endpoints: TCP to the URI's host and port, with TCP_NODELAY (a
+/// small request never waits out a delayed ACK), TLS when `tls` is given (the server
+/// verified by the host name or IP address dialled), and corked writes.
+pub fn connector(
+    tls: Option<ClientTls>,
+) -> impl tower::Service<
     Uri,
-    Response = TokioIo<Corked<TcpStream>>,
+    Response = TokioIo<Corked<Conn>>,
     Error = io::Error,
-    Future = impl Future<Output = io::Result<TokioIo<Corked<TcpStream>>>> + Send,
+    Future = impl Future<Output = io::Result<TokioIo<Corked<Conn>>>> + Send,
 > + Clone
        + Send
        + 'static {
-    tower::service_fn(|uri: Uri| async move {
-        let host = uri.host().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}"))
-        })?;
-        let port = uri.port_u16().unwrap_or(80);
-        // A bracketed IPv6 literal connects without its brackets.
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let stream = TcpStream::connect((host, port)).await?;
-        stream.set_nodelay(true)?;
-        Ok(TokioIo::new(Corked::new(stream)))
+    tower::service_fn(move |uri: Uri| {
+        let tls = tls.clone();
+        async move {
+            let host = uri.host().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}"))
+            })?;
+            let port = uri.port_u16().unwrap_or(80);
+            // A bracketed IPv6 literal connects without its brackets.
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let stream = TcpStream::connect((host, port)).await?;
+            stream.set_nodelay(true)?;
+            let conn = match tls {
+                None => Conn::Plain(stream),
+                Some(tls) => {
+                    let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("{host} is not a name TLS can verify: {e}"),
+                        )
+                    })?;
+                    let connector = tokio_rustls::TlsConnector::from(tls.config());
+                    let stream = connector.connect(name, stream).await.map_err(|e| {
+                        io::Error::new(e.kind(), format!("TLS handshake with {host}:{port}: {e}"))
+                    })?;
+                    Conn::Tls(Box::new(stream))
+                }
+            };
+            Ok(TokioIo::new(Corked::new(conn)))
+        }
     })
+}
+
+/// An outgoing connection, plain or TLS.
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Above this many buffered bytes a write first drains the buffer.
@@ -265,9 +349,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let uri: Uri = format!("http://{addr}").parse().unwrap();
-        let io = connector().oneshot(uri).await.unwrap();
+        let io = connector(None).oneshot(uri).await.unwrap();
         let mut stream = io.into_inner();
-        assert!(stream.inner.nodelay().unwrap());
+        assert!(stream.inner.tcp().nodelay().unwrap());
         stream.write_all(b"ping").await.unwrap();
         stream.flush().await.unwrap();
         let (mut accepted, _) = listener.accept().await.unwrap();
@@ -276,7 +360,7 @@ mod tests {
         assert_eq!(&got, b"ping");
 
         let no_host: Uri = "/just/a/path".parse().unwrap();
-        let err = connector().oneshot(no_host).await.unwrap_err();
+        let err = connector(None).oneshot(no_host).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 

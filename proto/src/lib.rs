@@ -15,11 +15,12 @@
 //!
 //! [`cork`] is the TCP connector both nodes and clients open their channels with;
 //! [`session`] holds both sides of the sessions (`Kv.Session`, `Replica.Session`): many
-//! requests multiplexed over one stream.
+//! requests multiplexed over one stream. [`tls`] loads and reloads TLS configurations.
 
 pub mod cork;
 pub mod maps;
 pub mod session;
+pub mod tls;
 
 /// Package `dynamo.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -21,6 +21,7 @@ use dynamo_proto::v1::{
     ReplicaSessionRequest, ReplicaSessionResponse, ReplicaWriteRequest, TreeChildren, TreeLeafKeys,
     TreeRequest, TreeRoots,
 };
+use dynamo_proto::tls::ClientTls;
 use dynamo_proto::{cork, FORWARDED_HEADER};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
@@ -40,6 +41,9 @@ pub struct GrpcTransport {
     /// The newest map epoch this node holds, sent with every replica request.
     map_epoch: Arc<AtomicU64>,
     limits: BatchLimits,
+    /// Mutual TLS to peers (the node's certificate; peers must show a node certificate
+    /// of this cluster), when TLS is on.
+    tls: Option<ClientTls>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
 }
 
@@ -77,6 +81,7 @@ impl Peer {
         cluster_id: Arc<str>,
         map_epoch: Arc<AtomicU64>,
         limits: BatchLimits,
+        tls: Option<ClientTls>,
     ) -> Result<Self, PeerError> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|_| PeerError::BadAddress(addr.to_owned()))?
@@ -89,8 +94,8 @@ impl Peer {
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(16 << 20);
         // TCP_NODELAY, and writes corked so that a request's HEADERS and DATA frames
-        // leave in one segment (see `dynamo_proto::cork`).
-        let channel = endpoint.connect_with_connector_lazy(cork::connector());
+        // leave in one segment (see `dynamo_proto::cork`); TLS under the cork.
+        let channel = endpoint.connect_with_connector_lazy(cork::connector(tls));
         let client = ReplicaClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -149,8 +154,15 @@ impl GrpcTransport {
             cluster_id: cluster_id.into(),
             map_epoch: Arc::default(),
             limits,
+            tls: None,
             peers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Dials peers with TLS (`None`: plain TCP).
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn peer(&self, addr: &str) -> Result<Arc<Peer>, PeerError> {
@@ -163,6 +175,7 @@ impl GrpcTransport {
             self.cluster_id.clone(),
             self.map_epoch.clone(),
             self.limits,
+            self.tls.clone(),
         )?);
         peers.insert(addr.to_owned(), peer.clone());
         Ok(peer)

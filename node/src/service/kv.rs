@@ -4,6 +4,7 @@ use std::sync::Arc;
 use tokio::time::Instant; // simulated time under a simulation: the budget reads these latencies
 
 use bytes::Bytes;
+use dynamo_core::access::{Principal, Role};
 use dynamo_core::SiblingSet;
 use dynamo_proto::session::{self, ResponseStream};
 use dynamo_proto::v1::kv_server::Kv;
@@ -23,11 +24,14 @@ use crate::node::Node;
 #[derive(Clone)]
 pub struct KvService {
     node: Arc<Node>,
+    /// The caller of a session, as authorization identified it (see `crate::access`):
+    /// each operation it carries is checked against the caller's role.
+    caller: Option<Arc<Principal>>,
 }
 
 impl KvService {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self { node, caller: None }
     }
 
     fn finish<T>(&self, op: OpKind, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
@@ -209,6 +213,12 @@ impl KvService {
     ) -> Result<session_response::Result, Status> {
         use session_request::Op;
         use session_response::Result as R;
+        let access = &self.node.access;
+        match &op {
+            Op::Get(_) => {}
+            Op::Put(_) => access.allow(self.caller.as_deref(), Role::Write, "a put")?,
+            Op::Delete(_) => access.allow(self.caller.as_deref(), Role::Write, "a delete")?,
+        }
         match op {
             Op::Get(msg) => self.get_one(false, msg).await.map(R::Get),
             Op::Put(msg) => self.put_one(false, msg).await.map(R::Put),
@@ -245,9 +255,13 @@ impl Kv for KvService {
         &self,
         req: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let service = Self {
+            node: self.node.clone(),
+            caller: req.extensions().get::<Principal>().cloned().map(Arc::new),
+        };
         Ok(Response::new(session::serve_on(
             req.into_inner(),
-            self.clone(),
+            service,
             Self::session_one,
             self.node.stopping(),
         )))

@@ -145,7 +145,7 @@ impl Channels {
                 })?;
                 let channel = endpoint
                     .connect_timeout(connect_timeout)
-                    .connect_with_connector_lazy(cork::connector());
+                    .connect_with_connector_lazy(cork::connector(None));
                 by_addr.insert(addr.to_string(), channel.clone());
                 channel
             }

@@ -1,0 +1,171 @@
+//! The node's TLS: the server configurations of its two ports, the client configuration
+//! it dials peers with, and their reloading when the files change.
+//!
+//! - Client port: TLS with the node's certificate; a client certificate is optional
+//!   (verified against the cluster's CA and revocation lists when presented, and then it
+//!   must name this cluster), so clients may use server verification alone or mutual TLS.
+//! - Peer port: mutual TLS; a caller without a certificate of the cluster's CA naming
+//!   this cluster is refused in the handshake. What it may call then is up to
+//!   authorization (`crate::access`): only nodes replicate.
+//! - Dialling a peer: the node presents its certificate and accepts only a node
+//!   certificate of this cluster (see [`verify::PeerServerVerifier`]).
+//!
+//! The node's certificate must itself name a node of this cluster and serve both ends
+//! (server and client authentication).
+
+pub mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_core::identity::Kind;
+use dynamo_proto::tls::{
+    provider, read_certs, read_crls, read_key, read_roots, ClientTls, Swappable, TlsError, ALPN_H2,
+};
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+
+use self::verify::{check_identity, ClusterClientVerifier, PeerServerVerifier};
+
+/// Any certificate of the cluster may connect; authorization decides what it may call.
+const ANY_KIND: &[Kind] = &[Kind::Node, Kind::Admin, Kind::Client];
+
+/// The node's TLS files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+}
+
+impl TlsFiles {
+    fn paths(&self) -> Vec<PathBuf> {
+        [&self.cert, &self.key, &self.ca]
+            .into_iter()
+            .chain(&self.crls)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The configurations built from one reading of the files.
+struct Loaded {
+    client_port: ServerConfig,
+    peer_port: ServerConfig,
+    dial: rustls::ClientConfig,
+}
+
+/// The node's TLS configurations, replaced in place when the files change.
+pub struct NodeTls {
+    files: TlsFiles,
+    cluster: String,
+    client_port: Swappable<ServerConfig>,
+    peer_port: Swappable<ServerConfig>,
+    dial: ClientTls,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls").field("files", &self.files).finish()
+    }
+}
+
+impl NodeTls {
+    /// Loads the files; fails with what is wrong with them.
+    pub fn load(files: TlsFiles, cluster: &str) -> Result<Arc<Self>, TlsError> {
+        let loaded = load(&files, cluster)?;
+        Ok(Arc::new(Self {
+            files,
+            cluster: cluster.to_owned(),
+            client_port: Swappable::new(loaded.client_port),
+            peer_port: Swappable::new(loaded.peer_port),
+            dial: ClientTls::new(loaded.dial),
+        }))
+    }
+
+    /// Reads the files again; on failure the configurations in force stay.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let loaded = load(&self.files, &self.cluster)?;
+        self.client_port.set(loaded.client_port);
+        self.peer_port.set(loaded.peer_port);
+        self.dial.set(loaded.dial);
+        Ok(())
+    }
+
+    /// Reloads whenever the files change, checking every `every`.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        dynamo_proto::tls::watch(self.files.paths(), every, move || this.reload())
+    }
+
+    /// The configuration new connections to the client port get.
+    pub fn client_port(&self) -> Arc<ServerConfig> {
+        self.client_port.get()
+    }
+
+    /// The configuration new connections to the peer port get.
+    pub fn peer_port(&self) -> Arc<ServerConfig> {
+        self.peer_port.get()
+    }
+
+    /// What the node dials its peers with.
+    pub fn dial(&self) -> ClientTls {
+        self.dial.clone()
+    }
+}
+
+fn load(files: &TlsFiles, cluster: &str) -> Result<Loaded, TlsError> {
+    let chain = read_certs(&files.cert, "certificate")?;
+    check_identity(&chain[0], cluster, &[Kind::Node]).map_err(|e| {
+        TlsError::Verifier(format!(
+            "this node's certificate {} is not a node certificate of cluster {cluster:?}: {e}",
+            files.cert.display()
+        ))
+    })?;
+    let key = read_key(&files.key)?;
+    let roots = Arc::new(read_roots(&files.ca)?);
+    let crls = read_crls(&files.crls)?;
+    let webpki = |optional: bool| {
+        let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .with_crls(crls.clone())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+        if optional {
+            builder = builder.allow_unauthenticated();
+        }
+        builder
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))
+    };
+    let server = |optional: bool| -> Result<ServerConfig, TlsError> {
+        let verifier = Arc::new(ClusterClientVerifier {
+            inner: webpki(optional)?,
+            cluster: cluster.to_owned(),
+            kinds: ANY_KIND,
+        });
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(config)
+    };
+    let client_port = server(true)?;
+    let peer_port = server(false)?;
+    let mut dial = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerServerVerifier {
+            chain: webpki(false)?,
+            cluster: cluster.to_owned(),
+        }))
+        .with_client_auth_cert(chain, key)?;
+    dial.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Loaded {
+        client_port,
+        peer_port,
+        dial,
+    })
+}
