@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dynamo_proto::tls::{ClientFiles, ClientTls};
 use dynamo_proto::v1::admin_client::AdminClient;
 use dynamo_proto::v1::{
     session_request::Op, session_response::Result as Answer, AbortRequest, AbortResponse,
@@ -35,7 +36,6 @@ use dynamo_proto::v1::{
     PartitionMapResponse, PlanRequest, PlanResponse, ProgressRequest, ProgressResponse, PutRequest,
     PutResponse, RepairRequest, RepairResponse,
 };
-use dynamo_proto::tls::{ClientFiles, ClientTls};
 
 use crate::context::Context;
 use crate::error::{Error, Origin, Result};

@@ -32,8 +32,8 @@ pub mod set_workload;
 
 pub use client::{Client, ClientConfig, GetResult, Sibling, WriteResult};
 pub use context::Context;
+pub use dynamo_proto::tls::ClientFiles as TlsFiles;
 /// The generated gRPC types (admin responses are returned as they are).
 pub use dynamo_proto::v1 as proto;
 pub use error::{Error, Origin, Result};
-pub use dynamo_proto::tls::ClientFiles as TlsFiles;
 pub use pool::{split_addrs, Token};

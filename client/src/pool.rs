@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use dynamo_proto::cork;
 use dynamo_proto::tls::ClientTls;
+use dynamo_proto::v1::{session_request, session_response, GetRequest};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use dynamo_proto::v1::{session_request, session_response, GetRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
@@ -64,7 +64,10 @@ impl std::fmt::Debug for Token {
 pub(crate) struct Bearer(Option<Token>);
 
 impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
         if let Some(token) = &self.0 {
             req.metadata_mut().insert("authorization", token.0.clone());
         }

@@ -374,7 +374,10 @@ mod tests {
         assert_eq!(need("/dynamo.v1.Kv/Get"), Need::Role(Role::Read));
         assert_eq!(need("/dynamo.v1.Kv/Put"), Need::Role(Role::Write));
         assert_eq!(need("/dynamo.v1.Admin/Commit"), Need::Role(Role::Admin));
-        assert_eq!(need("/dynamo.v1.Admin/PartitionMap"), Need::Role(Role::Read));
+        assert_eq!(
+            need("/dynamo.v1.Admin/PartitionMap"),
+            Need::Role(Role::Read)
+        );
         assert_eq!(need("/dynamo.v1.Replica/Write"), Need::Node);
         assert_eq!(need("/dynamo.v1.Gossip/Exchange"), Need::Node);
         assert_eq!(need("/dynamo.v1.Admin/SomethingNew"), Need::Node);
@@ -388,7 +391,10 @@ mod tests {
         let reader = p.authenticate(None, Some("r-token")).unwrap();
         let app = p.authenticate(None, Some("w-token")).unwrap();
         let ops = p.authenticate(Some(&client("ops")), None).unwrap();
-        assert_eq!((reader.role, app.role, ops.role), (Role::Read, Role::Write, Role::Admin));
+        assert_eq!(
+            (reader.role, app.role, ops.role),
+            (Role::Read, Role::Write, Role::Admin)
+        );
         assert!(p.authorize(&reader, "/dynamo.v1.Kv/Get", true).is_ok());
         let err = p.authorize(&reader, "/dynamo.v1.Kv/Put", true).unwrap_err();
         assert!(
@@ -399,7 +405,9 @@ mod tests {
         assert!(p.authorize(&app, "/dynamo.v1.Admin/Commit", true).is_err());
         assert!(p.authorize(&ops, "/dynamo.v1.Admin/Commit", true).is_ok());
         // Nobody but a node replicates, whatever their role.
-        let err = p.authorize(&ops, "/dynamo.v1.Replica/Write", true).unwrap_err();
+        let err = p
+            .authorize(&ops, "/dynamo.v1.Replica/Write", true)
+            .unwrap_err();
         assert!(matches!(&err, Denied::PermissionDenied(m) if m.contains("node certificate")));
         let node = p
             .authenticate(Some(&Identity::new("prod", Kind::Node, "n1")), None)
@@ -411,13 +419,17 @@ mod tests {
     fn missing_and_wrong_credentials_say_so() {
         let p = policy();
         let anonymous = p.authenticate(None, None).unwrap();
-        let err = p.authorize(&anonymous, "/dynamo.v1.Kv/Get", true).unwrap_err();
+        let err = p
+            .authorize(&anonymous, "/dynamo.v1.Kv/Get", true)
+            .unwrap_err();
         assert!(matches!(&err, Denied::Unauthenticated(m) if m.contains("no credentials")));
         let err = p.authenticate(None, Some("typo")).unwrap_err();
         assert!(matches!(&err, Denied::Unauthenticated(m) if m.contains("matches no user")));
         // A certificate naming someone the file does not list gets no role.
         let stranger = p.authenticate(Some(&client("mallory")), None).unwrap();
-        let err = p.authorize(&stranger, "/dynamo.v1.Kv/Get", true).unwrap_err();
+        let err = p
+            .authorize(&stranger, "/dynamo.v1.Kv/Get", true)
+            .unwrap_err();
         assert!(matches!(&err, Denied::PermissionDenied(m) if m.contains("mallory")));
     }
 
@@ -425,10 +437,16 @@ mod tests {
     fn without_a_file_everything_but_node_calls_is_open() {
         let p = Policy::open();
         let anonymous = p.authenticate(None, Some("anything")).unwrap();
-        assert!(p.authorize(&anonymous, "/dynamo.v1.Admin/Commit", true).is_ok());
-        assert!(p.authorize(&anonymous, "/dynamo.v1.Replica/Write", true).is_err());
+        assert!(p
+            .authorize(&anonymous, "/dynamo.v1.Admin/Commit", true)
+            .is_ok());
+        assert!(p
+            .authorize(&anonymous, "/dynamo.v1.Replica/Write", true)
+            .is_err());
         // Without TLS nodes are not identified: their calls cannot be refused.
-        assert!(p.authorize(&anonymous, "/dynamo.v1.Replica/Write", false).is_ok());
+        assert!(p
+            .authorize(&anonymous, "/dynamo.v1.Replica/Write", false)
+            .is_ok());
     }
 
     #[test]
@@ -452,7 +470,10 @@ mod tests {
         );
         let same = token_sha256("t");
         assert!(matches!(
-            Policy::from_file(&file(vec![user("a", Some(same.clone())), user("b", Some(same))])),
+            Policy::from_file(&file(vec![
+                user("a", Some(same.clone())),
+                user("b", Some(same))
+            ])),
             Err(PolicyError::SharedToken(..))
         ));
         // Unknown fields are refused (a misspelt `token_sha256` must not leave a user
@@ -460,6 +481,9 @@ mod tests {
         let unknown = r#"{"anonymous":"read","users":[{"name":"app","role":"write","token":"x"}]}"#;
         assert!(serde_json::from_str::<AuthFile>(unknown).is_err());
         let good = r#"{"anonymous":"read","users":[{"name":"app","role":"write"}]}"#;
-        assert_eq!(serde_json::from_str::<AuthFile>(good).unwrap().anonymous, Role::Read);
+        assert_eq!(
+            serde_json::from_str::<AuthFile>(good).unwrap().anonymous,
+            Role::Read
+        );
     }
 }

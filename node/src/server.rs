@@ -18,12 +18,11 @@ use dynamo_proto::v1::{
 use tokio::sync::watch;
 use tower::layer::util::{Identity, Stack};
 
+use crate::access::{Access, AccessLayer};
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::{FsyncPolicy, NodeConfig};
 use crate::gossip::state::{Entry, Status};
-use crate::access::{Access, AccessLayer};
 use crate::listener::{self, Admission, TlsAccept};
-use crate::tls::NodeTls;
 use crate::network::{GrpcTransport, Transport, MAX_MESSAGE_BYTES};
 use crate::node::Node;
 use crate::service::{
@@ -34,6 +33,7 @@ use crate::shutdown::{self, Background};
 use crate::storage::rocks::RocksEngine;
 use crate::storage::Engine;
 use crate::store::Store;
+use crate::tls::NodeTls;
 use crate::{antientropy, change, gossip, handoff, identity};
 
 /// How long a stopping node waits for requests in flight before it stops its

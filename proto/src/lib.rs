@@ -17,6 +17,7 @@
 //! [`session`] holds both sides of the sessions (`Kv.Session`, `Replica.Session`): many
 //! requests multiplexed over one stream. [`tls`] loads and reloads TLS configurations.
 
+pub mod certs;
 pub mod cork;
 pub mod maps;
 pub mod session;

@@ -39,7 +39,10 @@ pub enum TlsError {
         message: String,
     },
     #[error("the CA bundle {path} holds an unusable certificate: {source}")]
-    BadCa { path: PathBuf, source: rustls::Error },
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("{0} must be given together with {1}")]
     Incomplete(&'static str, &'static str),
     #[error("TLS configuration: {0}")]
@@ -55,7 +58,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Reads every certificate of a PEM file (a chain, or a CA bundle).
-pub fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn read_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(path, what)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -103,7 +109,9 @@ pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 /// Reads certificate revocation lists (PEM), each file holding one or more.
-pub fn read_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+pub fn read_crls(
+    paths: &[PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let what = "revocation list";
     let mut crls = Vec::new();
     for path in paths {
@@ -160,8 +168,9 @@ impl ClientFiles {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
         let mut config = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => builder
-                .with_client_auth_cert(read_certs(cert, "certificate")?, read_key(key)?)?,
+            (Some(cert), Some(key)) => {
+                builder.with_client_auth_cert(read_certs(cert, "certificate")?, read_key(key)?)?
+            }
             (None, None) => builder.with_no_client_auth(),
             (Some(_), None) => return Err(TlsError::Incomplete("a certificate", "its key")),
             (None, Some(_)) => return Err(TlsError::Incomplete("a key", "its certificate")),
@@ -288,7 +297,10 @@ mod tests {
             ..Default::default()
         };
         let err = missing.load().unwrap_err().to_string();
-        assert!(err.contains("CA bundle") && err.contains("nope.pem"), "{err}");
+        assert!(
+            err.contains("CA bundle") && err.contains("nope.pem"),
+            "{err}"
+        );
 
         let empty = write(dir.path(), "empty.pem", "not pem at all\n");
         let err = ClientFiles {
@@ -335,7 +347,10 @@ mod tests {
         // Broken: the old configuration stays.
         write(dir.path(), "ca.pem", "garbage");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(Arc::ptr_eq(&before, &tls.config()), "a broken file replaced the config");
+        assert!(
+            Arc::ptr_eq(&before, &tls.config()),
+            "a broken file replaced the config"
+        );
         let second = rcgen::generate_simple_self_signed(vec!["b".into()]).unwrap();
         write(dir.path(), "ca.pem", &second.cert.pem());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -17,6 +17,7 @@ use dynamo_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 
 pub mod local_k8s;
+pub mod pki;
 pub mod proxy;
 
 /// Settings of a test cluster.
@@ -32,6 +33,10 @@ pub struct Options {
     /// Whether nodes reach each other through [`proxy::Link`]s, so that a test can
     /// partition them ([`Cluster::partition`]). Clients still reach every node directly.
     pub proxied: bool,
+    /// TLS on both ports (mutual on the peer port) with certificates of a CA made for
+    /// the cluster ([`Cluster::pki`]), a revocation list, and files reloaded every 250 ms.
+    /// The harness's own clients present a node certificate named `harness`.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -45,6 +50,7 @@ impl Default for Options {
             request_timeout_ms: 1000,
             extra: Vec::new(),
             proxied: false,
+            tls: false,
         }
     }
 }
@@ -73,6 +79,12 @@ pub struct Cluster {
     /// `links[i][j]`: how node `i` reaches node `j` when proxied.
     links: Vec<Vec<Option<proxy::Link>>>,
     dir: tempfile::TempDir,
+    /// The cluster's CA and certificates, with [`Options::tls`].
+    pub pki: Option<pki::Pki>,
+    /// Each node's certificate, with [`Options::tls`] (replace the files to rotate).
+    pub certs: Vec<pki::CertFiles>,
+    /// What the harness's clients connect with, with [`Options::tls`].
+    harness_tls: Option<dynamo_proto::tls::ClientTls>,
     // Declared last: released after every process is gone.
     _serial: std::sync::MutexGuard<'static, ()>,
 }
@@ -217,11 +229,22 @@ impl Cluster {
                     .collect()
             })
             .collect();
+        let pki = opts.tls.then(|| pki::Pki::new(&dir.path().join("pki")));
+        let certs = match &pki {
+            Some(pki) => nodes.iter().map(|n| pki.node(&n.id)).collect(),
+            None => Vec::new(),
+        };
+        let harness_tls = pki
+            .as_ref()
+            .map(|pki| pki.client(Some(&pki.node("harness"))));
         let mut c = Self {
             opts,
             nodes,
             links,
             dir,
+            pki,
+            certs,
+            harness_tls,
             _serial: serial,
         };
         for i in 0..c.nodes.len() {
@@ -261,6 +284,10 @@ impl Cluster {
             row.push(None);
         }
         self.links.push((0..=i).map(|_| None).collect());
+        if let Some(pki) = &self.pki {
+            let cert = pki.node(&self.nodes[i].id);
+            self.certs.push(cert);
+        }
         self.spawn(i);
         self.wait_ready(i);
         i
@@ -342,9 +369,19 @@ impl Cluster {
             &o.w.to_string(),
         ])
         .args(["--partitions", &o.partitions.to_string()])
-        .args(["--request-timeout-ms", &o.request_timeout_ms.to_string()])
-        .args(&o.extra)
-        .env("RUST_LOG", "info,dynamo_node=debug");
+        .args(["--request-timeout-ms", &o.request_timeout_ms.to_string()]);
+        if let (Some(pki), Some(cert)) = (&self.pki, self.certs.get(i)) {
+            cmd.arg("--tls-cert")
+                .arg(&cert.cert)
+                .arg("--tls-key")
+                .arg(&cert.key)
+                .arg("--tls-ca")
+                .arg(pki.ca_path())
+                .arg("--tls-crl")
+                .arg(pki.crl_path())
+                .args(["--tls-reload-interval-ms", "250"]);
+        }
+        cmd.args(&o.extra).env("RUST_LOG", "info,dynamo_node=debug");
         cmd
     }
 
@@ -467,25 +504,31 @@ impl Cluster {
         endpoint(self.nodes[i].peer)
     }
 
+    /// A channel over `endpoint`, with the harness's TLS when the cluster has TLS.
+    fn connect(&self, endpoint: Endpoint) -> Channel {
+        endpoint
+            .connect_with_connector_lazy(dynamo_proto::cork::connector(self.harness_tls.clone()))
+    }
+
     /// A client of node `i`'s Kv service.
     pub fn kv(&self, i: usize) -> KvClient<Channel> {
-        KvClient::new(self.endpoint(i).connect_lazy())
+        KvClient::new(self.connect(self.endpoint(i)))
     }
 
     /// A client of node `i`'s Admin service on its peer port (every call).
     pub fn admin(&self, i: usize) -> AdminClient<Channel> {
-        AdminClient::new(self.peer_endpoint(i).connect_lazy())
+        AdminClient::new(self.connect(self.peer_endpoint(i)))
     }
 
     /// A client of node `i`'s Admin service on its client port (the calls that change
     /// nothing).
     pub fn client_admin(&self, i: usize) -> AdminClient<Channel> {
-        AdminClient::new(self.endpoint(i).connect_lazy())
+        AdminClient::new(self.connect(self.endpoint(i)))
     }
 
     /// A client of node `i`'s Replica service (reads its local copy, no repair).
     pub fn replica(&self, i: usize) -> ReplicaClient<Channel> {
-        ReplicaClient::new(self.peer_endpoint(i).connect_lazy())
+        ReplicaClient::new(self.connect(self.peer_endpoint(i)))
     }
 
     /// Node `i`'s Merkle root of every partition (see `dynamo_core::merkle`): equal on two
@@ -498,7 +541,7 @@ impl Cluster {
                 partitions: (0..self.opts.partitions).collect(),
             })),
         };
-        let mut client = AntiEntropyClient::new(self.peer_endpoint(i).connect_lazy());
+        let mut client = AntiEntropyClient::new(self.connect(self.peer_endpoint(i)));
         Ok(client.tree(req).await?.into_inner().hashes)
     }
 
@@ -529,7 +572,7 @@ impl Drop for Cluster {
 }
 
 /// A gRPC endpoint on loopback `addr`, with the tests' timeouts.
-fn endpoint(addr: SocketAddr) -> Endpoint {
+pub fn endpoint(addr: SocketAddr) -> Endpoint {
     Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .tcp_nodelay(true)

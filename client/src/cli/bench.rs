@@ -106,7 +106,7 @@ impl BenchArgs {
 pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.config();
     cfg.validate().map_err(anyhow::Error::msg)?;
-    let mut config = client_config(cli);
+    let mut config = client_config(cli)?;
     config.channels_per_node = args.connections();
     config.route_by_key = !args.no_route;
     let client = config.connect().await?;

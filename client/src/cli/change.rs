@@ -71,7 +71,7 @@ pub struct ApplyArgs {
 
 pub async fn run(cli: &Cli, args: &ChangeArgs) -> anyhow::Result<ExitCode> {
     // Commit, finalize and abort are served on the nodes' peer port.
-    let client = client_config(cli).connect().await?.peer_api().await?;
+    let client = client_config(cli)?.connect().await?.peer_api().await?;
     match &args.command {
         ChangeCommand::Plan(m) => {
             let plan = plan(&client, m).await?;

@@ -63,6 +63,10 @@ pub struct ClusterArgs {
     /// Time allowed for every node to answer /readyz with 200.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
+    /// Run with TLS: a throwaway CA and certificates in <data-dir>/tls, made once; the
+    /// peer ports take only certificates of that CA.
+    #[arg(long)]
+    pub tls: bool,
     /// More arguments for every node, after `--` (e.g. -- --max-value-bytes 4096).
     #[arg(last = true)]
     pub node_args: Vec<String>,
@@ -89,6 +93,7 @@ pub async fn run(args: &ClusterArgs) -> anyhow::Result<ExitCode> {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             local_cluster::threads_per_node(cores, args.nodes)
         }),
+        tls: args.tls,
         extra_args: args.node_args.clone(),
     };
     let opts = LaunchOptions {

@@ -7,12 +7,13 @@ mod kv;
 mod repair;
 mod status;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dynamo_client::bench::parse_duration;
-use dynamo_client::{Client, ClientConfig};
+use dynamo_client::{Client, ClientConfig, TlsFiles};
 
 /// Command-line client of the Dynamo-style key-value store.
 #[derive(Debug, Parser)]
@@ -32,6 +33,24 @@ pub struct Cli {
     /// Time allowed for one request (e.g. 500ms, 10s).
     #[arg(long, global = true, env = "DYNAMO_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub timeout: Duration,
+
+    /// Connect with TLS, verifying nodes against this CA bundle (PEM).
+    #[arg(long, global = true, env = "DYNAMO_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS: needed on the peer port (`change`,
+    /// `repair`), and names the user on the client port. Needs --ca and --key.
+    #[arg(long, global = true, env = "DYNAMO_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "DYNAMO_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// A file holding a bearer token to send with every request (or set DYNAMO_TOKEN to
+    /// the token: it is never taken on the command line, where `ps` shows it).
+    #[arg(long, global = true, env = "DYNAMO_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -82,14 +101,39 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 /// The client configuration the global flags describe.
-pub fn client_config(cli: &Cli) -> ClientConfig {
+pub fn client_config(cli: &Cli) -> anyhow::Result<ClientConfig> {
     let mut config = ClientConfig::new(&cli.addr);
     config.request_timeout = cli.timeout;
-    config
+    match (&cli.ca, &cli.cert) {
+        (Some(ca), cert) => {
+            let files = TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: cli.key.clone(),
+            };
+            config = config.with_tls(&files, Some(Duration::from_secs(10)))?;
+        }
+        (None, Some(_)) => anyhow::bail!(
+            "--cert needs --ca (the CA bundle that verifies the nodes): mutual TLS is TLS"
+        ),
+        (None, None) => {}
+    }
+    let token =
+        match (std::env::var("DYNAMO_TOKEN").ok(), &cli.token_file) {
+            (Some(token), _) if !token.trim().is_empty() => Some(token),
+            (_, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the token file {}: {e}", path.display())
+            })?),
+            _ => None,
+        };
+    if let Some(token) = token {
+        config = config.with_token(&token)?;
+    }
+    Ok(config)
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    Ok(client_config(cli).connect().await?)
+    Ok(client_config(cli)?.connect().await?)
 }
 
 /// `<CODE>: <message>` for client errors, the error chain for others.

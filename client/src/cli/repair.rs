@@ -32,7 +32,7 @@ pub struct RepairArgs {
 }
 
 pub async fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<ExitCode> {
-    let client = client_config(cli).connect().await?;
+    let client = client_config(cli)?.connect().await?;
     let addrs: Vec<String> = if args.this_node {
         cli.addr.clone()
     } else {
@@ -42,7 +42,7 @@ pub async fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     let mut failed = false;
     for addr in &addrs {
-        let mut config = client_config(cli);
+        let mut config = client_config(cli)?;
         config.addrs = vec![addr.clone()];
         config.request_timeout = args.repair_timeout;
         let node = config.connect().await?;

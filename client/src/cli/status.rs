@@ -37,7 +37,7 @@ struct Status {
 pub async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let mut last = None;
     for addr in &cli.addr {
-        let mut config = client_config(cli);
+        let mut config = client_config(cli)?;
         config.addrs = vec![addr.clone()];
         let client = config.connect().await?;
         match query(&client).await {

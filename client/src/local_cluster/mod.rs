@@ -12,6 +12,7 @@
 //! member list, so the cluster forms without any other step.
 
 pub mod process;
+pub mod tls;
 
 use std::path::PathBuf;
 
@@ -45,6 +46,8 @@ pub struct ClusterConfig {
     pub fsync: String,
     /// Request runtime threads of each node; 0 leaves the node's default (one per CPU).
     pub runtime_threads: usize,
+    /// Run with TLS: certificates from a throwaway CA in `data_dir/tls` (see [`tls`]).
+    pub tls: bool,
     /// More arguments appended to every node's command line.
     pub extra_args: Vec<String>,
 }
@@ -65,6 +68,7 @@ impl Default for ClusterConfig {
             partitions: 256,
             fsync: "periodic".into(),
             runtime_threads: 0,
+            tls: false,
             extra_args: Vec::new(),
         }
     }
@@ -130,6 +134,16 @@ pub fn node_specs(cfg: &ClusterConfig) -> Result<Vec<NodeSpec>, String> {
             .collect();
             if cfg.runtime_threads > 0 {
                 args.extend(["--runtime-threads".into(), cfg.runtime_threads.to_string()]);
+            }
+            if cfg.tls {
+                let (cert, key) = tls::cert_and_key(cfg, &id);
+                for (flag, path) in [
+                    ("--tls-cert", cert),
+                    ("--tls-key", key),
+                    ("--tls-ca", tls::ca(cfg)),
+                ] {
+                    args.extend([flag.to_string(), path.display().to_string()]);
+                }
             }
             args.extend(cfg.extra_args.iter().cloned());
             NodeSpec {

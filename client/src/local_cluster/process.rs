@@ -75,6 +75,9 @@ pub async fn run(cfg: &ClusterConfig, opts: &LaunchOptions) -> anyhow::Result<()
     }
     prepare_dirs(&specs, opts.wipe)?;
     ensure_secret(&super::secret_path(cfg))?;
+    if cfg.tls {
+        super::tls::ensure(cfg)?;
+    }
     check_ports_free(&specs)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -385,6 +388,17 @@ fn print_banner(cfg: &ClusterConfig, cluster: &Cluster, ctl: &str) {
         out.push_str(&format!(
             "  {:<8} client {}  peer {}  http http://{}/metrics  pid {}\n",
             n.spec.id, n.spec.grpc_addr, n.spec.peer_addr, n.spec.http_addr, n.pid
+        ));
+    }
+    if cfg.tls {
+        let (cert, key) = super::tls::cert_and_key(cfg, super::tls::ADMIN_NAME);
+        out.push_str(&format!(
+            "TLS is on (mutual on the peer ports); dynamoctl needs the CA, and for \
+             `change` and `repair` the admin certificate:\n  export DYNAMO_CA={} \
+             DYNAMO_CERT={} DYNAMO_KEY={}\n",
+            super::tls::ca(cfg).display(),
+            cert.display(),
+            key.display()
         ));
     }
     out.push_str(&format!(

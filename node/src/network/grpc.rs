@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dynamo_core::Member;
 use dynamo_proto::session::{Mux, MuxError, Reopening};
+use dynamo_proto::tls::ClientTls;
 use dynamo_proto::v1::tree_request::Query;
 use dynamo_proto::v1::{
     admin_client::AdminClient, anti_entropy_client::AntiEntropyClient, gossip_client::GossipClient,
@@ -21,7 +22,6 @@ use dynamo_proto::v1::{
     ReplicaSessionRequest, ReplicaSessionResponse, ReplicaWriteRequest, TreeChildren, TreeLeafKeys,
     TreeRequest, TreeRoots,
 };
-use dynamo_proto::tls::ClientTls;
 use dynamo_proto::{cork, FORWARDED_HEADER};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};

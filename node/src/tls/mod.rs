@@ -68,7 +68,9 @@ pub struct NodeTls {
 
 impl std::fmt::Debug for NodeTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeTls").field("files", &self.files).finish()
+        f.debug_struct("NodeTls")
+            .field("files", &self.files)
+            .finish()
     }
 }
 
@@ -168,4 +170,74 @@ fn load(files: &TlsFiles, cluster: &str) -> Result<Loaded, TlsError> {
         peer_port,
         dial,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamo_core::identity::Identity;
+    use dynamo_proto::certs::{Ca, Leaf};
+
+    fn files(dir: &std::path::Path, ca: &Ca, identity: Identity) -> TlsFiles {
+        let issued = ca
+            .issue(&Leaf::new(
+                identity,
+                vec!["127.0.0.1".into()],
+                Duration::from_secs(600),
+            ))
+            .unwrap();
+        let files = TlsFiles {
+            cert: dir.join("node.pem"),
+            key: dir.join("node-key.pem"),
+            ca: dir.join("ca.pem"),
+            crls: Vec::new(),
+        };
+        std::fs::write(&files.cert, issued.cert_pem).unwrap();
+        std::fs::write(&files.key, issued.key_pem).unwrap();
+        std::fs::write(&files.ca, ca.cert_pem()).unwrap();
+        files
+    }
+
+    #[test]
+    fn a_node_starts_only_with_a_node_certificate_of_its_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("c1", Duration::from_secs(600)).unwrap();
+        let good = files(dir.path(), &ca, Identity::new("c1", Kind::Node, "n1"));
+        let tls = NodeTls::load(good.clone(), "c1").expect("a node certificate of c1");
+        assert_eq!(tls.peer_port().alpn_protocols, vec![ALPN_H2.to_vec()]);
+        for (identity, why) in [
+            (Identity::new("c2", Kind::Node, "n1"), "not of this cluster"),
+            (Identity::new("c1", Kind::Client, "n1"), "a client may not"),
+        ] {
+            let bad = files(dir.path(), &ca, identity);
+            let err = NodeTls::load(bad, "c1").unwrap_err().to_string();
+            assert!(
+                err.contains("not a node certificate") && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reload_that_fails_keeps_the_configuration_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("c1", Duration::from_secs(600)).unwrap();
+        let good = files(dir.path(), &ca, Identity::new("c1", Kind::Node, "n1"));
+        let tls = NodeTls::load(good.clone(), "c1").unwrap();
+        let before = tls.client_port();
+        // A key that does not match the certificate.
+        let other = ca
+            .issue(&Leaf::new(
+                Identity::new("c1", Kind::Node, "n1"),
+                vec![],
+                Duration::from_secs(600),
+            ))
+            .unwrap();
+        std::fs::write(&good.key, other.key_pem).unwrap();
+        assert!(tls.reload().is_err());
+        assert!(Arc::ptr_eq(&before, &tls.client_port()));
+        std::fs::write(&good.cert, other.cert_pem).unwrap();
+        tls.reload().expect("a matching pair loads");
+        assert!(!Arc::ptr_eq(&before, &tls.client_port()));
+    }
 }

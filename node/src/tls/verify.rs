@@ -8,7 +8,9 @@ use std::sync::Arc;
 use dynamo_core::identity::{Identity, Kind};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::extensions::GeneralName;
 
@@ -32,8 +34,13 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Option<Identity>, String
 
 /// Why a certificate was refused, as the handshake reports it (the peer gets a
 /// `bad_certificate` alert; the node logs this text).
-#[derive(Debug)]
 struct Refused(String);
+
+impl std::fmt::Debug for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
