@@ -21,7 +21,8 @@
 #   BENCH_DURATION=10s          measured time of one run
 #   BENCH_REPS=3                repetitions of each (workload, concurrency)
 #   BENCH_CONCURRENCY="1 16 64" client concurrencies
-#   BENCH_POLICIES="periodic always"  fsync policies
+#   BENCH_POLICIES="periodic always"  fsync policies; append -tls to one (periodic-tls)
+#                               to run it with TLS, e.g. "periodic periodic-tls" for A/B
 #   BENCH_KEYS=10000            distinct keys;  BENCH_VALUE_SIZE=100  bytes per value
 #   BENCH_BASE_PORT=7300        gRPC ports base+1..; HTTP ports BENCH_HTTP_BASE_PORT=7380
 #   BENCH_OUT=target/bench      where results-<time>/ goes (raw JSON lines, logs, summary)
@@ -108,8 +109,11 @@ ADDRS=$(seq -s, -f "127.0.0.1:%g" $((BASE_PORT + 1)) $((BASE_PORT + NODES)))
 
 start_cluster() {
     local policy=$1 log_file=$OUT/cluster-$policy-$2.log
-    log "starting a $NODES-node cluster, fsync=$policy"
-    "$CTL" cluster --nodes "$NODES" --n 3 --r 2 --w 2 --fsync "$policy" --wipe \
+    # A policy ending in -tls runs that fsync policy with TLS (a throwaway CA).
+    local fsync=${policy%-tls} tls=()
+    [[ $policy == *-tls ]] && tls=(--tls)
+    log "starting a $NODES-node cluster, fsync=$fsync ${tls[*]}"
+    "$CTL" cluster --nodes "$NODES" --n 3 --r 2 --w 2 --fsync "$fsync" "${tls[@]}" --wipe \
         --data-dir "$DATA/$policy" --base-port "$BASE_PORT" --http-base-port "$HTTP_BASE_PORT" \
         --node-bin "$NODE_BIN" --ready-timeout 120s >"$log_file" 2>&1 &
     CLUSTER_PID=$!
@@ -142,7 +146,9 @@ record_memory() {
 }
 
 bench() {
-    "$CTL" --addr "$ADDRS" bench --quiet --keys "$KEYS" --value-size "$VALUE_SIZE" "$@"
+    local tls=()
+    [[ ${policy:-} == *-tls ]] && tls=(--ca "$DATA/$policy/tls/ca.pem")
+    "$CTL" --addr "$ADDRS" "${tls[@]}" bench --quiet --keys "$KEYS" --value-size "$VALUE_SIZE" "$@"
 }
 
 # The --read-ratio of a workload.
@@ -203,7 +209,9 @@ fresh_cluster() {
 # Records memory and status, then stops the cluster.
 finish_cluster() {
     record_memory "$policy"
-    "$CTL" --addr "$ADDRS" status >"$OUT/status-$policy.txt" 2>&1 || true
+    local tls=()
+    [[ $policy == *-tls ]] && tls=(--ca "$DATA/$policy/tls/ca.pem")
+    "$CTL" --addr "$ADDRS" "${tls[@]}" status >"$OUT/status-$policy.txt" 2>&1 || true
     log "stopping the cluster"
     stop_cluster
 }

@@ -3,13 +3,15 @@
 //! [`dynamo_core::access`] for the model). A tower layer on both gRPC ports refuses a call
 //! with UNAUTHENTICATED or PERMISSION_DENIED, saying what was missing, before any service
 //! sees it; it hands the caller ([`Principal`]) on to the services in the request's
-//! extensions, so that `Kv.Session` can check each get, put and delete it carries.
+//! extensions, with its [`Credentials`], so that `Kv.Session` can check each get, put and
+//! delete it carries against the rules in force at the time.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use dynamo_core::access::{AuthFile, Denied, Policy, Principal, Role};
+use dynamo_core::identity::Identity;
 use dynamo_proto::tls::Swappable;
 use futures::future::BoxFuture;
 use tonic::Status;
@@ -87,13 +89,24 @@ impl Access {
         Ok(caller)
     }
 
-    /// Whether `caller` (from the request's extensions; none when no layer ran, as in
-    /// in-process tests) has `role` for `what`.
-    pub fn allow(&self, caller: Option<&Principal>, role: Role, what: &str) -> Result<(), Status> {
-        match caller {
-            None => Ok(()),
-            Some(caller) => self.policy.get().allow(caller, role, what).map_err(status),
-        }
+    /// Whether the caller with `credentials` (from the request's extensions; none when no
+    /// layer ran, as in in-process tests) has `role` for `what` under the rules in force
+    /// now: a session opened before the file changed gets the new rules, a revoked token
+    /// included.
+    pub fn allow(
+        &self,
+        credentials: Option<&Credentials>,
+        role: Role,
+        what: &str,
+    ) -> Result<(), Status> {
+        let Some(credentials) = credentials else {
+            return Ok(());
+        };
+        let policy = self.policy.get();
+        let caller = policy
+            .authenticate(credentials.identity.as_ref(), credentials.token.as_deref())
+            .map_err(status)?;
+        policy.allow(&caller, role, what).map_err(status)
     }
 }
 
@@ -102,6 +115,13 @@ fn status(denied: Denied) -> Status {
         Denied::Unauthenticated(m) => Status::unauthenticated(m),
         Denied::PermissionDenied(m) => Status::permission_denied(m),
     }
+}
+
+/// What a caller showed: kept by a session to check each of its operations.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub identity: Option<Identity>,
+    pub token: Option<String>,
 }
 
 /// The bearer token of a request's `authorization` header, if any.
@@ -156,7 +176,15 @@ where
         );
         match checked {
             Ok(caller) => {
+                let credentials = Credentials {
+                    identity: req
+                        .extensions()
+                        .get::<ConnInfo>()
+                        .and_then(|c| c.identity.clone()),
+                    token: bearer(req.headers()).map(str::to_owned),
+                };
                 req.extensions_mut().insert(caller);
+                req.extensions_mut().insert(credentials);
                 Box::pin(self.inner.call(req))
             }
             Err(status) => {

@@ -101,8 +101,13 @@ async fn the_peer_port_takes_only_certificates_of_the_cluster_and_only_nodes_rep
             })
             .await;
             assert!(refused, "{what}: let in");
+            // In TLS 1.3 the client finishes its side of the handshake before the node
+            // checks its certificate: it sees the connection fail, the node says why.
             let err = replica_read_as(&c, cert, pki).await.unwrap_err();
-            assert_eq!(err.code(), Code::Unavailable, "{what}: {err:?}");
+            assert!(
+                matches!(err.code(), Code::Unavailable | Code::Unknown),
+                "{what}: {err:?}"
+            );
             assert!(
                 log_says(&c, 0, reason).await,
                 "{what}: no {reason:?} in the log"
@@ -318,14 +323,16 @@ async fn roles_are_checked_on_every_request_and_the_file_reloads() {
 
         // The file is reloaded: reader may write once the file says so.
         pki::write_atomically(&path, &users("write"));
+        let mut last = None;
         let wrote = dynamo_tests::eventually(Duration::from_secs(10), async || {
-            reader
+            let put = reader
                 .put(b"k", &b"by-reader"[..], &got.context, None)
-                .await
-                .is_ok()
+                .await;
+            last = put.as_ref().err().map(|e| e.to_string());
+            put.is_ok()
         })
         .await;
-        assert!(wrote, "the new role never applied");
+        assert!(wrote, "the new role never applied: {last:?}");
     })
     .await
     .expect("test timed out");

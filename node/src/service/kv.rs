@@ -4,7 +4,7 @@ use std::sync::Arc;
 use tokio::time::Instant; // simulated time under a simulation: the budget reads these latencies
 
 use bytes::Bytes;
-use dynamo_core::access::{Principal, Role};
+use dynamo_core::access::Role;
 use dynamo_core::SiblingSet;
 use dynamo_proto::session::{self, ResponseStream};
 use dynamo_proto::v1::kv_server::Kv;
@@ -15,6 +15,7 @@ use dynamo_proto::v1::{
 use dynamo_proto::FORWARDED_HEADER;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::Credentials;
 use crate::coordinator::{self, Route};
 use crate::metrics::{OpKind, Outcome};
 use crate::network::{Forward, ForwardError, Forwarded};
@@ -24,9 +25,9 @@ use crate::node::Node;
 #[derive(Clone)]
 pub struct KvService {
     node: Arc<Node>,
-    /// The caller of a session, as authorization identified it (see `crate::access`):
-    /// each operation it carries is checked against the caller's role.
-    caller: Option<Arc<Principal>>,
+    /// What the caller of a session showed (see `crate::access`): each operation it
+    /// carries is checked against the caller's role under the rules in force.
+    caller: Option<Arc<Credentials>>,
 }
 
 impl KvService {
@@ -257,7 +258,7 @@ impl Kv for KvService {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let service = Self {
             node: self.node.clone(),
-            caller: req.extensions().get::<Principal>().cloned().map(Arc::new),
+            caller: req.extensions().get::<Credentials>().cloned().map(Arc::new),
         };
         Ok(Response::new(session::serve_on(
             req.into_inner(),

@@ -263,6 +263,14 @@ fn claim_template(dc: &DynamoCluster, names: &Names) -> PersistentVolumeClaim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The container's environment variable `name`.
+    fn env_var<'a>(c: &'a Container, name: &str) -> &'a EnvVar {
+        c.env
+            .as_ref()
+            .and_then(|env| env.iter().find(|e| e.name == name))
+            .unwrap_or_else(|| panic!("no {name} in the container's environment"))
+    }
     use crate::testing::cluster;
 
     #[test]
@@ -285,13 +293,7 @@ mod tests {
         assert_eq!(policy.when_deleted.as_deref(), Some("Retain"));
         let pod = spec.template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
-        let node_id = c
-            .env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|e| e.name == "DYNAMO_NODE_ID")
-            .unwrap();
+        let node_id = env_var(c, "DYNAMO_NODE_ID");
         assert_eq!(
             node_id
                 .value_from
@@ -303,24 +305,12 @@ mod tests {
                 .field_path,
             "metadata.name"
         );
-        let advertise = c
-            .env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|e| e.name == "DYNAMO_ADVERTISE")
-            .unwrap();
+        let advertise = env_var(c, "DYNAMO_ADVERTISE");
         assert_eq!(
             advertise.value.as_deref(),
             Some("$(POD_NAME).kv-peers.default.svc:7100")
         );
-        let peer = c
-            .env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|e| e.name == "DYNAMO_PEER_ADVERTISE")
-            .unwrap();
+        let peer = env_var(c, "DYNAMO_PEER_ADVERTISE");
         assert_eq!(
             peer.value.as_deref(),
             Some("$(POD_NAME).kv-peers.default.svc:7101")
