@@ -40,11 +40,23 @@ pub struct Cli {
 
     /// Client certificate (PEM) for mutual TLS: needed on the peer port (`change`,
     /// `repair`), and names the user on the client port. Needs --ca and --key.
-    #[arg(long, global = true, env = "DYNAMO_CERT", requires = "key")]
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "DYNAMO_CERT",
+        requires = "tls_key"
+    )]
     pub cert: Option<PathBuf>,
 
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "DYNAMO_KEY", requires = "cert")]
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "DYNAMO_KEY",
+        requires = "tls_cert"
+    )]
     pub key: Option<PathBuf>,
 
     /// A file holding a bearer token to send with every request (or set DYNAMO_TOKEN to
@@ -172,6 +184,25 @@ mod tests {
         assert_eq!(cli.addr, ["a:1", "b:2", "c:3"]);
         let cli = Cli::parse_from(["dynamoctl", "get", "k", "--addr", "x:9"]);
         assert_eq!(cli.addr, ["x:9"]);
+    }
+
+    #[test]
+    fn tls_flags_do_not_clash_with_a_key_argument() {
+        let cli = Cli::parse_from([
+            "dynamoctl",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "get",
+            "mykey",
+        ]);
+        assert_eq!(cli.key.as_deref(), Some(std::path::Path::new("k.pem")));
+        assert!(matches!(cli.command, Command::Get(ref g) if format!("{g:?}").contains("mykey")));
+        let err = Cli::try_parse_from(["dynamoctl", "--cert", "c.pem", "get", "k"]).unwrap_err();
+        assert!(err.to_string().contains("--key"), "{err}");
     }
 
     #[test]
