@@ -173,8 +173,11 @@ impl AsyncWrite for Admitted {
 pub struct TlsAccept {
     pub config: Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>,
     pub timeout: Duration,
-    pub refused: Arc<dyn Fn(SocketAddr, &str) + Send + Sync>,
+    pub refused: Arc<HandshakeRefused>,
 }
+
+/// Told of each refused handshake: the client's address and why.
+pub type HandshakeRefused = dyn Fn(SocketAddr, &str) + Send + Sync;
 
 /// The connections `listener` accepts, with TCP_NODELAY, past `admission`, and past a
 /// TLS handshake when `tls` is given (each handshake runs on its own task, so that a

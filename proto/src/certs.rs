@@ -212,7 +212,11 @@ mod tests {
             )
             .expect("a node certificate of the CA verifies for its address");
         let crl = ca
-            .revocation_list(&[issued.serial.clone()], 1, Duration::from_secs(600))
+            .revocation_list(
+                std::slice::from_ref(&issued.serial),
+                1,
+                Duration::from_secs(600),
+            )
             .unwrap();
         assert!(crl.contains("BEGIN X509 CRL"));
     }

@@ -450,3 +450,97 @@ fn der_of(path: &std::path::Path) -> Vec<u8> {
         .expect("a certificate")
         .to_vec()
 }
+
+/// Kills the launcher (and with it its nodes) however the test ends.
+struct Launcher(std::process::Child);
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child: SIGTERM lets it stop its nodes.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        if dynamo_tests::wait_exit(&mut self.0, Duration::from_secs(20)).is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn dynamoctl_cluster_with_tls_serves_dynamoctl_given_its_ca() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer, http) = (
+            dynamo_tests::free_port_block(4),
+            dynamo_tests::free_port_block(4),
+            dynamo_tests::free_port_block(4),
+        );
+        let log = dir.path().join("cluster.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let launcher = Launcher(
+            std::process::Command::new(dynamo_tests::dynamoctl_binary())
+                .args(["cluster", "--tls", "--nodes", "3", "--partitions", "32"])
+                .args(["--base-port", &client.to_string()])
+                .args(["--peer-base-port", &peer.to_string()])
+                .args(["--http-base-port", &http.to_string()])
+                .arg("--data-dir")
+                .arg(dir.path().join("cluster"))
+                .arg("--node-bin")
+                .arg(dynamo_tests::node_binary())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .expect("dynamoctl cluster"),
+        );
+        let ready = dynamo_tests::eventually(Duration::from_secs(60), async || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("is ready")
+        })
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(ready, "the cluster never got ready:\n{text}");
+        assert!(
+            text.contains("DYNAMO_CA="),
+            "the banner says what to export:\n{text}"
+        );
+        let tls = dir.path().join("cluster/tls");
+        let addr = format!("127.0.0.1:{}", client + 1);
+        let ctl = |args: &[&str], env: &[(&str, std::path::PathBuf)]| {
+            let mut cmd = std::process::Command::new(dynamo_tests::dynamoctl_binary());
+            cmd.args(["--addr", &addr, "--timeout", "5s"]).args(args);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            cmd.output().expect("dynamoctl")
+        };
+        let with_ca = [("DYNAMO_CA", tls.join("ca.pem"))];
+        let put = ctl(&["put", "greeting", "hello"], &with_ca);
+        assert!(
+            put.status.success(),
+            "{}",
+            String::from_utf8_lossy(&put.stderr)
+        );
+        let got = ctl(&["get", "greeting"], &with_ca);
+        assert!(String::from_utf8_lossy(&got.stdout).contains("hello"));
+        // Plaintext gets nowhere.
+        let plain = ctl(&["get", "greeting"], &[]);
+        assert!(!plain.status.success());
+        // Repair goes to the peer port: it needs the admin certificate.
+        let repair = ctl(&["repair"], &with_ca);
+        assert!(!repair.status.success(), "repair without a certificate");
+        let admin = [
+            ("DYNAMO_CA", tls.join("ca.pem")),
+            ("DYNAMO_CERT", tls.join("dynamoctl.pem")),
+            ("DYNAMO_KEY", tls.join("dynamoctl-key.pem")),
+        ];
+        let repair = ctl(&["repair"], &admin);
+        assert!(
+            repair.status.success(),
+            "{}",
+            String::from_utf8_lossy(&repair.stderr)
+        );
+        drop(launcher);
+    })
+    .await
+    .expect("test timed out");
+}
