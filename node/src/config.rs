@@ -646,6 +646,14 @@ impl NodeConfig {
                 missing.join(" and ")
             )));
         }
+        if self.auth_file.is_some() && self.tls_ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "auth_file is set but TLS is off: bearer tokens would cross the network in \
+                 plaintext, and nodes (which forward requests) could not be told from \
+                 clients; set tls_cert, tls_key and tls_ca too"
+                    .into(),
+            ));
+        }
         if !self.tls_crl.is_empty() && self.tls_ca.is_none() {
             return Err(ConfigError::Invalid(
                 "tls_crl is set but TLS is off (no tls_cert, tls_key, tls_ca)".into(),
@@ -866,6 +874,8 @@ mod tests {
         assert!(err.contains("tls_key missing"), "{err}");
         let err = refused(&["--tls-crl", "/crl.pem"]);
         assert!(err.contains("TLS is off"), "{err}");
+        let err = refused(&["--auth-file", "/auth.yaml"]);
+        assert!(err.contains("auth_file is set but TLS is off"), "{err}");
         let on = NodeConfig::load(args(&[
             "--tls-cert",
             "/c.pem",
