@@ -73,15 +73,26 @@ impl Access {
         Ok(())
     }
 
-    /// Who is calling `method` over `conn` with `token`, if they may.
+    /// Who is calling `method` over `conn` with `token`, if they may. On the peer port
+    /// with TLS (`certificate_required`) a caller without a certificate of the cluster is
+    /// refused whatever it calls: TLS lets it in (so that it can be told what it lacks,
+    /// which a refused TLS 1.3 handshake cannot), nothing more.
     pub fn check(
         &self,
         conn: Option<&ConnInfo>,
         token: Option<&str>,
         method: &str,
+        certificate_required: bool,
     ) -> Result<Principal, Status> {
         let policy = self.policy.get();
         let identity = conn.and_then(|c| c.identity.as_ref());
+        if certificate_required && identity.is_none() && conn.is_some_and(|c| c.tls) {
+            return Err(Status::unauthenticated(
+                "the peer port takes only callers with a certificate of this cluster's CA \
+                 naming this cluster: present one (dynamoctl --cert and --key), or call the \
+                 client port",
+            ));
+        }
         let caller = policy.authenticate(identity, token).map_err(status)?;
         policy
             .authorize(&caller, method, self.nodes_identified)
@@ -133,9 +144,12 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The layer that checks every call.
+/// The layer that checks every call; `certificate_required` on the peer port.
 #[derive(Clone, Debug)]
-pub struct AccessLayer(pub Arc<Access>);
+pub struct AccessLayer {
+    pub access: Arc<Access>,
+    pub certificate_required: bool,
+}
 
 impl<S> tower::Layer<S> for AccessLayer {
     type Service = AccessService<S>;
@@ -143,7 +157,8 @@ impl<S> tower::Layer<S> for AccessLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AccessService {
             inner,
-            access: self.0.clone(),
+            access: self.access.clone(),
+            certificate_required: self.certificate_required,
         }
     }
 }
@@ -152,6 +167,7 @@ impl<S> tower::Layer<S> for AccessLayer {
 pub struct AccessService<S> {
     inner: S,
     access: Arc<Access>,
+    certificate_required: bool,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for AccessService<S>
@@ -173,6 +189,7 @@ where
             req.extensions().get::<ConnInfo>(),
             bearer(req.headers()),
             req.uri().path(),
+            self.certificate_required,
         );
         match checked {
             Ok(caller) => {
@@ -216,15 +233,17 @@ mod tests {
         );
         let path = file(dir.path(), &text);
         let access = Access::load(Some(path.clone()), true).unwrap();
-        assert!(access.check(None, None, "/dynamo.v1.Kv/Get").is_ok());
-        let err = access.check(None, None, "/dynamo.v1.Kv/Put").unwrap_err();
+        assert!(access.check(None, None, "/dynamo.v1.Kv/Get", false).is_ok());
+        let err = access
+            .check(None, None, "/dynamo.v1.Kv/Put", false)
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         let app = access
-            .check(None, Some("secret"), "/dynamo.v1.Kv/Put")
+            .check(None, Some("secret"), "/dynamo.v1.Kv/Put", false)
             .unwrap();
         assert_eq!(app.name, "app");
         let err = access
-            .check(None, Some("secret"), "/dynamo.v1.Replica/Write")
+            .check(None, Some("secret"), "/dynamo.v1.Replica/Write", false)
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         let node = ConnInfo {
@@ -232,16 +251,38 @@ mod tests {
             ..ConnInfo::default()
         };
         assert!(access
-            .check(Some(&node), None, "/dynamo.v1.Replica/Write")
+            .check(Some(&node), None, "/dynamo.v1.Replica/Write", false)
             .is_ok());
 
         // A broken file keeps the old rules; a good one replaces them.
         std::fs::write(&path, "users: [oops").unwrap();
         assert!(access.reload().unwrap_err().contains("invalid"));
-        assert!(access.check(None, None, "/dynamo.v1.Kv/Get").is_ok());
+        assert!(access.check(None, None, "/dynamo.v1.Kv/Get", false).is_ok());
         std::fs::write(&path, "anonymous: none\n").unwrap();
         access.reload().unwrap();
-        assert!(access.check(None, None, "/dynamo.v1.Kv/Get").is_err());
+        assert!(access
+            .check(None, None, "/dynamo.v1.Kv/Get", false)
+            .is_err());
+
+        // On the peer port with TLS, a caller without a certificate gets nothing, not even
+        // what anonymous callers may do elsewhere.
+        let tls_anonymous = ConnInfo {
+            tls: true,
+            ..ConnInfo::default()
+        };
+        std::fs::write(&path, "anonymous: admin\n").unwrap();
+        access.reload().unwrap();
+        assert!(access
+            .check(Some(&tls_anonymous), None, "/dynamo.v1.Kv/Get", false)
+            .is_ok());
+        let err = access
+            .check(Some(&tls_anonymous), None, "/dynamo.v1.Kv/Get", true)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("certificate"), "{err:?}");
+        assert!(access
+            .check(Some(&node), None, "/dynamo.v1.Kv/Get", true)
+            .is_ok());
 
         let err = Access::load(Some(dir.path().join("missing.yaml")), true).unwrap_err();
         assert!(err.contains("missing.yaml"), "{err}");

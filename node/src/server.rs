@@ -144,7 +144,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
                 "the peer API (replication, gossip, map changes) shares the client port: \
                  set peer_listen to give it a port of its own that clients cannot reach"
             );
-            peer_router(&node, health_service.clone())
+            peer_router(&node, health_service.clone(), false)
         }
     };
     let tls_accept = |peer_port: bool| {
@@ -182,7 +182,7 @@ pub async fn run(cfg: NodeConfig, engine: Arc<dyn Engine>) -> anyhow::Result<()>
             tls_accept(true),
         );
         grpc_tasks.push(tokio::spawn(
-            peer_router(&node, health_service)
+            peer_router(&node, health_service, true)
                 .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
         ));
     }
@@ -252,14 +252,20 @@ type Router = tonic::transport::server::Router<Stack<AccessLayer, Identity>>;
 
 /// The gRPC server's settings, the same on both ports: authorization of every call
 /// (see [`crate::access`]), and the bound on requests in flight per connection.
-fn grpc_server(node: &Node) -> tonic::transport::Server<Stack<AccessLayer, Identity>> {
+fn grpc_server(
+    node: &Node,
+    certificate_required: bool,
+) -> tonic::transport::Server<Stack<AccessLayer, Identity>> {
     let per_connection = node.cfg.max_requests_per_connection;
     tonic::transport::Server::builder()
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .concurrency_limit_per_connection(per_connection)
         .max_concurrent_streams(u32::try_from(per_connection).unwrap_or(u32::MAX))
-        .layer(AccessLayer(node.access.clone()))
+        .layer(AccessLayer {
+            access: node.access.clone(),
+            certificate_required,
+        })
 }
 
 type HealthService =
@@ -267,7 +273,7 @@ type HealthService =
 
 /// The client API: `Kv`, `Health` and the `Admin` calls that change nothing.
 fn client_router(node: &Arc<Node>, health: HealthService) -> Router {
-    grpc_server(node)
+    grpc_server(node, false)
         .add_service(health)
         .add_service(kv_server(node))
         .add_service(AdminServer::new(AdminService::read_only(node.clone())))
@@ -275,9 +281,9 @@ fn client_router(node: &Arc<Node>, health: HealthService) -> Router {
 
 /// The peer API: everything (a peer forwards client requests, and the operator and
 /// `dynamoctl` make map changes here).
-fn peer_router(node: &Arc<Node>, health: HealthService) -> Router {
+fn peer_router(node: &Arc<Node>, health: HealthService, own_port: bool) -> Router {
     let peer_message = node.cfg.max_peer_message_bytes();
-    grpc_server(node)
+    grpc_server(node, own_port)
         .add_service(health)
         .add_service(kv_server(node))
         .add_service(AdminServer::new(AdminService::new(node.clone())))

@@ -4,9 +4,10 @@
 //! - Client port: TLS with the node's certificate; a client certificate is optional
 //!   (verified against the cluster's CA and revocation lists when presented, and then it
 //!   must name this cluster), so clients may use server verification alone or mutual TLS.
-//! - Peer port: mutual TLS; a caller without a certificate of the cluster's CA naming
-//!   this cluster is refused in the handshake. What it may call then is up to
-//!   authorization (`crate::access`): only nodes replicate.
+//! - Peer port: mutual TLS; a certificate that is not of the cluster's CA, expired,
+//!   revoked or naming another cluster is refused in the handshake, and a caller with
+//!   none is refused every call (UNAUTHENTICATED, by `crate::access`). What a caller
+//!   with a certificate may call is up to authorization: only nodes replicate.
 //! - Dialling a peer: the node presents its certificate and accepts only a node
 //!   certificate of this cluster (see [`verify::PeerServerVerifier`]).
 //!
@@ -141,21 +142,22 @@ fn load(files: &TlsFiles, cluster: &str) -> Result<Loaded, TlsError> {
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))
     };
-    let server = |optional: bool| -> Result<ServerConfig, TlsError> {
-        let verifier = Arc::new(ClusterClientVerifier {
-            inner: webpki(optional)?,
-            cluster: cluster.to_owned(),
-            kinds: ANY_KIND,
-        });
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())?;
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        Ok(config)
-    };
-    let client_port = server(true)?;
-    let peer_port = server(false)?;
+    // Both ports take connections without a client certificate; on the peer port
+    // authorization then refuses every call of such a caller with UNAUTHENTICATED,
+    // saying what it lacks (a TLS 1.3 client whose handshake is refused only sees the
+    // connection break). A certificate presented is checked in the handshake on both.
+    let verifier = Arc::new(ClusterClientVerifier {
+        inner: webpki(true)?,
+        cluster: cluster.to_owned(),
+        kinds: ANY_KIND,
+    });
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())?;
+    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    let client_port = server.clone();
+    let peer_port = server;
     let mut dial = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
