@@ -74,20 +74,20 @@ impl Identity {
         self.to_string()
     }
 
-    /// Parses `dynamo://<cluster>/<kind>/<name>`. Names and clusters are non-empty and
-    /// hold no `/`.
+    /// Parses `dynamo://<cluster>/<kind>/<name>`. Names are non-empty and hold no `/`;
+    /// a cluster may (the operator names clusters `<namespace>/<name>`), but has no empty
+    /// segment: the last two segments are always the kind and the name.
     pub fn parse(uri: &str) -> Result<Self, IdentityError> {
         let rest = uri
             .strip_prefix(SCHEME)
             .ok_or_else(|| IdentityError::Scheme(uri.to_owned()))?;
         let shape = || IdentityError::Shape(uri.to_owned());
-        let mut parts = rest.split('/');
-        let (Some(cluster), Some(kind), Some(name), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let mut parts = rest.rsplitn(3, '/');
+        let (Some(name), Some(kind), Some(cluster)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(shape());
         };
-        if cluster.is_empty() || name.is_empty() {
+        if name.is_empty() || cluster.split('/').any(str::is_empty) {
             return Err(shape());
         }
         let kind = Kind::parse(kind).ok_or_else(shape)?;
@@ -142,6 +142,13 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_may_be_namespaced() {
+        let id = Identity::new("prod/kv", Kind::Node, "kv-0");
+        assert_eq!(id.uri(), "dynamo://prod/kv/node/kv-0");
+        assert_eq!(Identity::parse(&id.uri()).unwrap(), id);
+    }
+
+    #[test]
     fn malformed_identities_are_refused_and_named() {
         for bad in [
             "dynamo://prod/node",
@@ -149,6 +156,8 @@ mod tests {
             "dynamo:///node/n1",
             "dynamo://prod/root/n1",
             "dynamo://prod/node/n1/extra",
+            "dynamo://ns//node/n1",
+            "dynamo://ns/kv/node",
         ] {
             let err = Identity::parse(bad).unwrap_err();
             assert_eq!(err, IdentityError::Shape(bad.to_owned()));

@@ -272,7 +272,7 @@ async fn handshake(
         }
     };
     let identity = match stream.get_ref().1.peer_certificates() {
-        Some([leaf, ..]) => crate::tls::verify::identity_of(leaf)?,
+        Some([leaf, ..]) => dynamo_proto::verify::identity_of(leaf)?,
         _ => None,
     };
     Ok((stream, identity))

@@ -114,6 +114,64 @@ pub struct DynamoClusterSpec {
     /// Settings passed to every node's configuration file.
     #[serde(default)]
     pub config: NodeConfig,
+
+    /// TLS on the nodes' ports (on by default): certificates, and who issues them.
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// TLS of the cluster. With it, both node ports serve TLS, peers authenticate each other
+/// with certificates of the cluster's CA naming `dynamo://<namespace>/<name>/node/<pod>`,
+/// and the operator calls the nodes with an admin certificate. Certificates are renewed
+/// when a third of their life is left, without restarting any node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.enabled == oldSelf.enabled").message("spec.tls.enabled is fixed when the cluster is created: nodes with and without TLS cannot talk to each other while pods restart").reason(Reason::FieldValueForbidden))]
+pub struct Tls {
+    /// Serve TLS (peers with mutual TLS). Fixed when the cluster is created.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Issue the certificates with this cert-manager issuer (which must put the URI
+    /// names of `Certificate.spec.uris` in them) instead of a CA the operator makes and
+    /// keeps in the Secret `<name>-ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManager>,
+    /// Lifetime of node certificates the operator issues, in hours (default 90 days).
+    #[serde(default = "default_certificate_hours")]
+    #[schemars(range(min = 1))]
+    pub certificate_lifetime_hours: i32,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cert_manager: None,
+            certificate_lifetime_hours: default_certificate_hours(),
+        }
+    }
+}
+
+/// cert-manager settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManager {
+    /// The issuer of every certificate of the cluster.
+    pub issuer_ref: IssuerRef,
+}
+
+/// A cert-manager issuer (`Certificate.spec.issuerRef`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer or ClusterIssuer.
+    pub name: String,
+    /// `Issuer` (in the cluster's namespace) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    /// API group of the issuer.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
 }
 
 /// Replication settings of the cluster.
@@ -323,6 +381,18 @@ fn default_zone_key() -> String {
 fn default_storage_size() -> String {
     "10Gi".to_string()
 }
+fn yes() -> bool {
+    true
+}
+fn default_certificate_hours() -> i32 {
+    90 * 24
+}
+fn default_issuer_kind() -> String {
+    "Issuer".to_string()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_string()
+}
 
 impl Default for DynamoClusterSpec {
     fn default() -> Self {
@@ -335,6 +405,7 @@ impl Default for DynamoClusterSpec {
             resources: None,
             zone_topology_key: default_zone_key(),
             config: NodeConfig::default(),
+            tls: Tls::default(),
         }
     }
 }

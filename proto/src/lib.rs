@@ -15,13 +15,15 @@
 //!
 //! [`cork`] is the TCP connector both nodes and clients open their channels with;
 //! [`session`] holds both sides of the sessions (`Kv.Session`, `Replica.Session`): many
-//! requests multiplexed over one stream. [`tls`] loads and reloads TLS configurations.
+//! requests multiplexed over one stream. [`tls`] loads and reloads TLS configurations;
+//! [`verify`] checks the identity a certificate names; [`certs`] issues certificates.
 
 pub mod certs;
 pub mod cork;
 pub mod maps;
 pub mod session;
 pub mod tls;
+pub mod verify;
 
 /// Package `dynamo.v1`.
 #[allow(clippy::all, missing_docs)]

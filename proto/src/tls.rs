@@ -62,18 +62,27 @@ pub fn read_certs(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path, what)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    pem_certs(&read(path, what)?, what, path)
+}
+
+/// Every certificate of PEM text; `origin` names where it came from in errors (a file,
+/// a Secret's key).
+pub fn pem_certs(
+    bytes: &[u8],
+    what: &'static str,
+    origin: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             what,
-            path: path.to_owned(),
+            path: origin.to_owned(),
             message: e.to_string(),
         })?;
     if certs.is_empty() {
         return Err(TlsError::Empty {
             what,
-            path: path.to_owned(),
+            path: origin.to_owned(),
         });
     }
     Ok(certs)
@@ -81,16 +90,20 @@ pub fn read_certs(
 
 /// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    pem_key(&read(path, "private key")?, path)
+}
+
+/// The private key in PEM text (PKCS#8, PKCS#1 or SEC1).
+pub fn pem_key(bytes: &[u8], origin: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let what = "private key";
-    let bytes = read(path, what)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
             what,
-            path: path.to_owned(),
+            path: origin.to_owned(),
         },
         e => TlsError::Pem {
             what,
-            path: path.to_owned(),
+            path: origin.to_owned(),
             message: e.to_string(),
         },
     })
@@ -98,10 +111,15 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// Reads a CA bundle into a root store.
 pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    pem_roots(&read(path, "CA bundle")?, path)
+}
+
+/// A CA bundle (PEM text) as a root store.
+pub fn pem_roots(bytes: &[u8], origin: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in read_certs(path, "CA bundle")? {
+    for cert in pem_certs(bytes, "CA bundle", origin)? {
         roots.add(cert).map_err(|source| TlsError::BadCa {
-            path: path.to_owned(),
+            path: origin.to_owned(),
             source,
         })?;
     }

@@ -9,12 +9,10 @@
 //!   none is refused every call (UNAUTHENTICATED, by `crate::access`). What a caller
 //!   with a certificate may call is up to authorization: only nodes replicate.
 //! - Dialling a peer: the node presents its certificate and accepts only a node
-//!   certificate of this cluster (see [`verify::PeerServerVerifier`]).
+//!   certificate of this cluster (see [`dynamo_proto::verify::PeerServerVerifier`]).
 //!
 //! The node's certificate must itself name a node of this cluster and serve both ends
 //! (server and client authentication).
-
-pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,7 +25,7 @@ use dynamo_proto::tls::{
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 
-use self::verify::{check_identity, ClusterClientVerifier, PeerServerVerifier};
+use dynamo_proto::verify::{check_identity, node_dialer, ClusterClientVerifier};
 
 /// Any certificate of the cluster may connect; authorization decides what it may call.
 const ANY_KIND: &[Kind] = &[Kind::Node, Kind::Admin, Kind::Client];
@@ -130,24 +128,19 @@ fn load(files: &TlsFiles, cluster: &str) -> Result<Loaded, TlsError> {
     let key = read_key(&files.key)?;
     let roots = Arc::new(read_roots(&files.ca)?);
     let crls = read_crls(&files.crls)?;
-    let webpki = |optional: bool| {
-        let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-            .with_crls(crls.clone())
-            .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status();
-        if optional {
-            builder = builder.allow_unauthenticated();
-        }
-        builder
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))
-    };
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .with_crls(crls.clone())
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
     // Both ports take connections without a client certificate; on the peer port
     // authorization then refuses every call of such a caller with UNAUTHENTICATED,
     // saying what it lacks (a TLS 1.3 client whose handshake is refused only sees the
     // connection break). A certificate presented is checked in the handshake on both.
     let verifier = Arc::new(ClusterClientVerifier {
-        inner: webpki(true)?,
+        inner: webpki,
         cluster: cluster.to_owned(),
         kinds: ANY_KIND,
     });
@@ -158,15 +151,7 @@ fn load(files: &TlsFiles, cluster: &str) -> Result<Loaded, TlsError> {
     server.alpn_protocols = vec![ALPN_H2.to_vec()];
     let client_port = server.clone();
     let peer_port = server;
-    let mut dial = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PeerServerVerifier {
-            chain: webpki(false)?,
-            cluster: cluster.to_owned(),
-        }))
-        .with_client_auth_cert(chain, key)?;
-    dial.alpn_protocols = vec![ALPN_H2.to_vec()];
+    let dial = node_dialer(roots, crls, cluster, Some((chain, key)))?;
     Ok(Loaded {
         client_port,
         peer_port,

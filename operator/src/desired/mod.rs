@@ -7,13 +7,16 @@
 //! - headless Service `<name>-peers` (peer discovery, publishes not-ready addresses),
 //! - client Service `<name>`,
 //! - PodDisruptionBudget `<name>` (maxUnavailable 1),
-//! - ConfigMap `<name>-config` (the node's `node.yaml`).
+//! - ConfigMap `<name>-config` (the node's `node.yaml`),
+//! - Secrets `<name>-secret` (the context MAC key), and with TLS `<name>-ca` and
+//!   `<name>-tls` (see [`tls`]).
 
 pub mod configmap;
 pub mod pdb;
 pub mod secret;
 pub mod services;
 pub mod statefulset;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
@@ -112,6 +115,14 @@ impl Names {
     }
     pub fn secret(&self) -> String {
         format!("{}-secret", self.cluster)
+    }
+    /// The Secret holding the cluster CA the operator issues certificates with.
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.cluster)
+    }
+    /// The Secret holding every pod's certificate and key, mounted by every pod.
+    pub fn tls_secret(&self) -> String {
+        format!("{}-tls", self.cluster)
     }
     pub fn configmap(&self) -> String {
         format!("{}-config", self.cluster)

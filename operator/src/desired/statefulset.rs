@@ -19,18 +19,22 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::tls::{CA_CERT, TLS_DIR};
 use super::{
     labels, owned_meta, selector_labels, Names, CONFIG_DIR, DATA_DIR, DATA_VOLUME, GRPC_PORT,
     HTTP_PORT, PEER_PORT,
 };
 use crate::crd::DynamoCluster;
+
+/// Name of the volume of the TLS Secret.
+const TLS_VOLUME: &str = "tls";
 
 /// UID and GID the node runs as (matches docker/node.Dockerfile).
 pub const NODE_UID: i64 = 10001;
@@ -79,17 +83,48 @@ fn pod_template(dc: &DynamoCluster, names: &Names) -> PodTemplateSpec {
                 ..Default::default()
             }),
             termination_grace_period_seconds: Some(60),
-            volumes: Some(vec![Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: names.configmap(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            volumes: Some(volumes(dc, names)),
             ..Default::default()
         }),
     }
+}
+
+fn volumes(dc: &DynamoCluster, names: &Names) -> Vec<Volume> {
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names.configmap(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    if dc.spec.tls.enabled {
+        // Every pod's certificate in one Secret; each node reads its own by pod name.
+        volumes.push(Volume {
+            name: TLS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.tls_secret()),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}
+
+/// The environment that points the node at its TLS files.
+fn tls_env() -> Vec<EnvVar> {
+    let env = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..Default::default()
+    };
+    vec![
+        env("DYNAMO_TLS_CERT", format!("{TLS_DIR}/$(POD_NAME).crt")),
+        env("DYNAMO_TLS_KEY", format!("{TLS_DIR}/$(POD_NAME).key")),
+        env("DYNAMO_TLS_CA", format!("{TLS_DIR}/{CA_CERT}")),
+    ]
 }
 
 fn node_container(dc: &DynamoCluster, names: &Names) -> Container {
@@ -109,47 +144,52 @@ fn node_container(dc: &DynamoCluster, names: &Names) -> Container {
         name: "node".into(),
         image: Some(dc.spec.image.clone()),
         args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/node.yaml")]),
-        env: Some(vec![
-            EnvVar {
-                name: "POD_NAME".into(),
-                value_from: Some(field("metadata.name")),
-                ..Default::default()
-            },
-            EnvVar {
-                name: "DYNAMO_NODE_ID".into(),
-                value_from: Some(field("metadata.name")),
-                ..Default::default()
-            },
-            env(
-                "DYNAMO_ADVERTISE",
-                &format!(
-                    "$(POD_NAME).{}.{}.svc:{GRPC_PORT}",
-                    names.peer_service(),
-                    names.namespace
+        env: Some(
+            vec![
+                EnvVar {
+                    name: "POD_NAME".into(),
+                    value_from: Some(field("metadata.name")),
+                    ..Default::default()
+                },
+                EnvVar {
+                    name: "DYNAMO_NODE_ID".into(),
+                    value_from: Some(field("metadata.name")),
+                    ..Default::default()
+                },
+                env(
+                    "DYNAMO_ADVERTISE",
+                    &format!(
+                        "$(POD_NAME).{}.{}.svc:{GRPC_PORT}",
+                        names.peer_service(),
+                        names.namespace
+                    ),
                 ),
-            ),
-            env(
-                "DYNAMO_PEER_ADVERTISE",
-                &format!(
-                    "$(POD_NAME).{}.{}.svc:{PEER_PORT}",
-                    names.peer_service(),
-                    names.namespace
+                env(
+                    "DYNAMO_PEER_ADVERTISE",
+                    &format!(
+                        "$(POD_NAME).{}.{}.svc:{PEER_PORT}",
+                        names.peer_service(),
+                        names.namespace
+                    ),
                 ),
-            ),
-            env("DYNAMO_CONFIG", &format!("{CONFIG_DIR}/node.yaml")),
-            EnvVar {
-                name: "DYNAMO_CLUSTER_SECRET".into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: names.secret(),
-                        key: super::secret::SECRET_KEY.into(),
-                        optional: Some(false),
+                env("DYNAMO_CONFIG", &format!("{CONFIG_DIR}/node.yaml")),
+                EnvVar {
+                    name: "DYNAMO_CLUSTER_SECRET".into(),
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: names.secret(),
+                            key: super::secret::SECRET_KEY.into(),
+                            optional: Some(false),
+                        }),
+                        ..Default::default()
                     }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]),
+                },
+            ]
+            .into_iter()
+            .chain(dc.spec.tls.enabled.then(tls_env).into_iter().flatten())
+            .collect(),
+        ),
         ports: Some(vec![
             ContainerPort {
                 name: Some("grpc".into()),
@@ -179,19 +219,22 @@ fn node_container(dc: &DynamoCluster, names: &Names) -> Container {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.into(),
-                mount_path: DATA_DIR.into(),
+        volume_mounts: Some(
+            [
+                (DATA_VOLUME, DATA_DIR, false),
+                ("config", CONFIG_DIR, true),
+                (TLS_VOLUME, TLS_DIR, true),
+            ]
+            .into_iter()
+            .filter(|(volume, ..)| *volume != TLS_VOLUME || dc.spec.tls.enabled)
+            .map(|(volume, path, read_only)| VolumeMount {
+                name: volume.into(),
+                mount_path: path.into(),
+                read_only: read_only.then_some(true),
                 ..Default::default()
-            },
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+            })
+            .collect(),
+        ),
         ..Default::default()
     }
 }
@@ -348,6 +391,73 @@ mod tests {
             pod.security_context.as_ref().unwrap().run_as_non_root,
             Some(true)
         );
+    }
+
+    #[test]
+    fn with_tls_each_pod_mounts_the_certificates_and_reads_its_own() {
+        let dc = cluster("kv", 3);
+        let sts = statefulset(&dc, 3);
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "tls")
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("kv-tls")
+        );
+        let c = &pod.containers[0];
+        assert_eq!(
+            env_var(c, "DYNAMO_TLS_CERT").value.as_deref(),
+            Some("/etc/dynamo-tls/$(POD_NAME).crt")
+        );
+        assert_eq!(
+            env_var(c, "DYNAMO_TLS_KEY").value.as_deref(),
+            Some("/etc/dynamo-tls/$(POD_NAME).key")
+        );
+        assert_eq!(
+            env_var(c, "DYNAMO_TLS_CA").value.as_deref(),
+            Some("/etc/dynamo-tls/ca.crt")
+        );
+        // POD_NAME is defined before the variables that refer to it.
+        let names: Vec<_> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        assert!(at("POD_NAME") < at("DYNAMO_TLS_CERT"));
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "tls")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/etc/dynamo-tls");
+        assert_eq!(mount.read_only, Some(true));
+
+        let mut plain = cluster("kv", 3);
+        plain.spec.tls.enabled = false;
+        let pod = statefulset(&plain, 3).spec.unwrap().template.spec.unwrap();
+        assert!(pod.volumes.unwrap().iter().all(|v| v.name != "tls"));
+        let c = &pod.containers[0];
+        assert!(c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|e| !e.name.starts_with("DYNAMO_TLS")));
+        assert!(c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|m| m.name != "tls"));
     }
 
     #[test]

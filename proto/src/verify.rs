@@ -32,6 +32,47 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Option<Identity>, String
     Identity::from_uris(uris).map_err(|e| e.to_string())
 }
 
+/// When `cert` becomes valid and when it expires.
+pub fn validity_of(
+    cert: &CertificateDer<'_>,
+) -> Result<(std::time::SystemTime, std::time::SystemTime), String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        let since = std::time::Duration::from_secs(secs.unsigned_abs());
+        if secs >= 0 {
+            std::time::UNIX_EPOCH + since
+        } else {
+            std::time::UNIX_EPOCH - since
+        }
+    };
+    let v = parsed.validity();
+    Ok((at(v.not_before), at(v.not_after)))
+}
+
+/// Checks that `cert` chains to `roots` and is valid at `now` (for either end: node
+/// certificates serve both).
+pub fn chains_to(
+    roots: Arc<rustls::RootCertStore>,
+    cert: &CertificateDer<'_>,
+    now: std::time::SystemTime,
+) -> Result<(), rustls::Error> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::tls::provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+    verifier.verify_client_cert(
+        cert,
+        &[],
+        UnixTime::since_unix_epoch(
+            now.duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        ),
+    )?;
+    Ok(())
+}
+
 /// Why a certificate was refused, as the handshake reports it (the peer gets a
 /// `bad_certificate` alert; the node logs this text).
 struct Refused(String);
@@ -187,4 +228,39 @@ impl ServerCertVerifier for PeerServerVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.chain.supported_verify_schemes()
     }
+}
+
+/// A client configuration that accepts only a node certificate of `cluster`, chained to
+/// `roots` and not revoked by `crls` (whatever address was dialled: see
+/// [`PeerServerVerifier`]), presenting `identity` (a certificate chain and its key) when
+/// given. Nodes dial their peers with it, the operator the nodes.
+pub fn node_dialer(
+    roots: Arc<rustls::RootCertStore>,
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    cluster: &str,
+    identity: Option<(
+        Vec<CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Result<rustls::ClientConfig, crate::tls::TlsError> {
+    use crate::tls::{provider, TlsError, ALPN_H2};
+    let chain = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerServerVerifier {
+            chain,
+            cluster: cluster.to_owned(),
+        }));
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
 }
