@@ -3,8 +3,10 @@
 //!
 //! Pure parts: [`crd`], [`validate`], [`desired`], [`scaling`], [`status`]. Drivers:
 //! [`orchestrate`] (the scaling core over two interfaces), [`reconcile`] (the controller).
-//! Sides: [`kube_workloads`] (Kubernetes), [`admin`] (the nodes). Test worlds: [`sim`].
+//! Sides: [`kube_workloads`] (Kubernetes), [`admin`] (the nodes), [`certificates`]
+//! (the TLS Secrets). Test worlds: [`sim`].
 pub mod admin;
+pub mod certificates;
 pub mod crd;
 pub mod crdgen;
 pub mod desired;

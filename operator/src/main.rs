@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         admin: AdminSource::Nodes {
             channels: Default::default(),
+            certs: Default::default(),
             addressing: Default::default(),
             peers: args.peer_addressing.clone(),
         },

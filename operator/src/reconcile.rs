@@ -20,9 +20,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::admin::certs::AdminCerts;
 use crate::admin::memory::MemoryAdmin;
 use crate::admin::nodes::{Channels, NodeAdmin, PodAddresses, PodAddressing};
 use crate::admin::ClusterAdmin;
+use crate::certificates::CertificateError;
 use crate::crd::DynamoCluster;
 use crate::desired::{self, selector_string, Names, PeerAddressing, MANAGER};
 use crate::kube_workloads::{api_error, KubeWorkloads};
@@ -42,6 +44,8 @@ pub enum AdminSource {
     /// cluster's pods, over channels kept across reconciles.
     Nodes {
         channels: Channels,
+        /// The operator's admin certificates of clusters with TLS.
+        certs: AdminCerts,
         addressing: PodAddressing,
         /// The member addresses maps are planned with (and, through [`Names`], what
         /// `addressing` resolves by default): cluster DNS in Kubernetes.
@@ -72,6 +76,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("certificates: {0}")]
+    Certificates(#[from] CertificateError),
 }
 
 impl Error {
@@ -82,6 +88,7 @@ impl Error {
             Self::Orchestrate(e) => e.category(),
             Self::Kube(_) => "KubernetesApi",
             Self::Finalizer(_) => "Finalizer",
+            Self::Certificates(_) => "Certificates",
         }
     }
 }
@@ -134,15 +141,26 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Requeue, Error> {
             return Ok(Requeue::await_change());
         }
     };
+    // Certificates first: a pod the StatefulSet is about to start needs its files.
+    let ca = crate::certificates::ensure(&ctx.client, dc, intent.replicas).await?;
     match &ctx.admin {
         AdminSource::Nodes {
             channels,
+            certs,
             addressing,
             peers,
         } => {
             let names = Names::of(dc).with_addressing(peers.clone());
+            let tls = match &ca {
+                Some((ca, pem)) => Some(
+                    certs
+                        .client_tls(&names, ca, pem, std::time::SystemTime::now())
+                        .map_err(CertificateError::from)?,
+                ),
+                None => None,
+            };
             let pods = PodAddresses::new(ctx.client.clone(), &names, addressing.clone());
-            let admin = NodeAdmin::new(pods, channels.clone());
+            let admin = NodeAdmin::new(pods, channels.clone()).with_tls(tls);
             reconcile_cluster(dc, &names, &intent, &workloads, &admin, ctx.client.clone()).await
         }
         AdminSource::Memory(admin) => {

@@ -53,3 +53,18 @@ fn applied_kinds_may_be_created_and_patched() {
         }
     }
 }
+
+#[test]
+fn secrets_are_read_made_and_applied_by_name_only() {
+    let verbs: Vec<String> = rules()
+        .iter()
+        .filter(|r| strings(&r["apiGroups"]).iter().any(|g| g.is_empty()))
+        .filter(|r| strings(&r["resources"]).iter().any(|x| x == "secrets"))
+        .flat_map(|r| strings(&r["verbs"]))
+        .collect();
+    // The node certificates' Secret is server-side applied (create and patch); nothing
+    // lists or watches Secrets, which would read every Secret of the cluster.
+    let mut sorted = verbs.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["create", "get", "patch"], "{verbs:?}");
+}

@@ -71,6 +71,7 @@ async fn env_over_grpc() -> Env {
     let addrs = nodes.addresses();
     let admin = AdminSource::Nodes {
         channels: Default::default(),
+        certs: Default::default(),
         addressing: PodAddressing::new(move |_, o| addrs[o as usize].clone()),
         peers: Default::default(),
     };
@@ -80,7 +81,11 @@ async fn env_over_grpc() -> Env {
 }
 
 impl Env {
-    fn create(&self, spec: Value) {
+    fn create(&self, mut spec: Value) {
+        if self.nodes.is_some() {
+            // The fake nodes serve plaintext gRPC.
+            spec["tls"] = json!({"enabled": false});
+        }
         let obj = json!({"apiVersion": "dynamokv.io/v1alpha1", "kind": "DynamoCluster", "metadata": {"name": "kv"}, "spec": spec});
         self.api
             .with_store(|s| {
@@ -149,6 +154,17 @@ impl Env {
             );
         }
         *seen = now;
+        // No node pod ever exists without its certificate in the TLS Secret.
+        if self.dc().spec.tls.enabled {
+            let secret = self.api.get("secrets", "default", "kv-tls");
+            for pod in self.names("pods") {
+                let key = format!("{pod}.crt");
+                assert!(
+                    secret.as_ref().is_some_and(|s| s["data"][&key].is_string()),
+                    "pod {pod} exists without {key} in the Secret kv-tls"
+                );
+            }
+        }
         if self.admin.snapshot().current.is_some() {
             assert!(self.admin.min_copies() >= 3, "a partition lost copies");
         }
@@ -277,8 +293,16 @@ async fn create_builds_every_owned_object_and_becomes_available() {
     assert_eq!(available.status, "True");
     assert_eq!(e.names("services"), ["kv", "kv-peers"]);
     assert_eq!(e.names("configmaps"), ["kv-config"]);
-    // The cluster secret, made once and read by every node from the environment.
-    assert_eq!(e.names("secrets"), ["kv-secret"]);
+    // The cluster secret, made once and read by every node from the environment; TLS
+    // (on by default): the CA and every pod's certificate.
+    assert_eq!(e.names("secrets"), ["kv-ca", "kv-secret", "kv-tls"]);
+    let tls = e.api.get("secrets", "default", "kv-tls").unwrap();
+    let mut keys: Vec<&String> = tls["data"].as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["ca.crt", "kv-0.crt", "kv-0.key", "kv-1.crt", "kv-1.key", "kv-2.crt", "kv-2.key"]
+    );
     assert_eq!(e.names("poddisruptionbudgets"), ["kv"]);
     assert_eq!(e.names("pods"), ["kv-0", "kv-1", "kv-2"]);
     let sts = e.api.get("statefulsets", "default", "kv").unwrap();
@@ -353,6 +377,10 @@ async fn scale_3_to_5_through_the_scale_subresource() {
     );
     let scale = e.clusters().get_scale("kv").await.unwrap();
     assert_eq!(scale.status.unwrap().replicas, 5);
+    // The new pods got certificates (checked before each existed, in `tick`); the first
+    // ones kept theirs.
+    let tls = e.api.get("secrets", "default", "kv-tls").unwrap();
+    assert!(tls["data"]["kv-4.key"].is_string());
     let cm = e.api.get("configmaps", "default", "kv-config").unwrap();
     assert_eq!(
         cm["data"], config_before["data"],
@@ -388,6 +416,11 @@ async fn scale_5_to_3_drains_then_shrinks_then_deletes_claims() {
     assert!(e
         .events()
         .contains(&("Normal".into(), "VolumeDeleted".into())));
+    // The departed pods' certificates are dropped once their pods are gone.
+    e.pass().await;
+    let tls = e.api.get("secrets", "default", "kv-tls").unwrap();
+    assert!(tls["data"]["kv-2.crt"].is_string());
+    assert!(tls["data"].get("kv-3.crt").is_none(), "{:?}", tls["data"]);
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@
 //! really tracks which node holds which partition (what the orchestration core is tested
 //! against); [`fake_nodes`] serves that model over real gRPC to test `NodeAdmin`.
 
+pub mod certs;
 pub mod fake_nodes;
 pub mod memory;
 pub mod nodes;

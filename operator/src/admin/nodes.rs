@@ -25,6 +25,7 @@ use std::time::Duration;
 use dynamo_core::ring::{NodeId, PartitionMap};
 use dynamo_proto::cork;
 use dynamo_proto::maps::{map_to_proto, state_from_proto};
+use dynamo_proto::tls::ClientTls;
 use dynamo_proto::v1::admin_client::AdminClient;
 use dynamo_proto::v1::{
     AbortRequest, CommitRequest, DrainedRequest, FinalizeRequest, MapsRequest, NodeInfoRequest,
@@ -125,9 +126,10 @@ impl NodeAddresses for PodAddresses {
 
 /// gRPC channels to nodes by address, opened lazily and kept across reconciles (a channel
 /// reconnects, resolving the name again, after its connection breaks). Cloning shares them.
+/// A channel is made for TLS or plaintext, and kept for that.
 #[derive(Clone, Default, Debug)]
 pub struct Channels {
-    by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+    by_addr: Arc<Mutex<HashMap<(String, bool), Channel>>>,
 }
 
 impl Channels {
@@ -135,9 +137,11 @@ impl Channels {
         &self,
         addr: &str,
         connect_timeout: Duration,
+        tls: Option<&ClientTls>,
     ) -> Result<AdminClient<Channel>, Status> {
         let mut by_addr = self.by_addr.lock();
-        let channel = match by_addr.get(addr) {
+        let key = (addr.to_owned(), tls.is_some());
+        let channel = match by_addr.get(&key) {
             Some(c) => c.clone(),
             None => {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
@@ -145,8 +149,8 @@ impl Channels {
                 })?;
                 let channel = endpoint
                     .connect_timeout(connect_timeout)
-                    .connect_with_connector_lazy(cork::connector(None));
-                by_addr.insert(addr.to_string(), channel.clone());
+                    .connect_with_connector_lazy(cork::connector(tls.cloned()));
+                by_addr.insert(key, channel.clone());
                 channel
             }
         };
@@ -177,6 +181,7 @@ pub struct NodeAdmin<S> {
     addresses: S,
     channels: Channels,
     timeouts: Timeouts,
+    tls: Option<ClientTls>,
 }
 
 impl<S: NodeAddresses> NodeAdmin<S> {
@@ -185,7 +190,15 @@ impl<S: NodeAddresses> NodeAdmin<S> {
             addresses,
             channels,
             timeouts: Timeouts::default(),
+            tls: None,
         }
+    }
+
+    /// Calls the nodes over TLS with `tls` (the operator's admin certificate of the
+    /// cluster, accepting only the cluster's node certificates).
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
@@ -199,7 +212,9 @@ impl<S: NodeAddresses> NodeAdmin<S> {
         F: Fn(AdminClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let client = self.channels.client(addr, self.timeouts.probe)?;
+        let client = self
+            .channels
+            .client(addr, self.timeouts.probe, self.tls.as_ref())?;
         match tokio::time::timeout(timeout, f(client)).await {
             Ok(answer) => answer.map(Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(

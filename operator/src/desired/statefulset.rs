@@ -104,7 +104,7 @@ fn volumes(dc: &DynamoCluster, names: &Names) -> Vec<Volume> {
             name: TLS_VOLUME.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(names.tls_secret()),
-                default_mode: Some(0o400),
+                default_mode: Some(0o440),
                 ..Default::default()
             }),
             ..Default::default()
