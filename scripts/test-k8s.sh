@@ -151,6 +151,33 @@ printer_columns() {
 }
 check "kubectl get dynamoclusters shows the printer columns" printer_columns
 
+# --- TLS (on by default) -------------------------------------------------------------------
+secret_keys() { k get secret "$1" -o json | python3 -c 'import json,sys; print(" ".join(sorted(json.load(sys.stdin)["data"])))'; }
+pods_have_certificates() { # the pods whose certificates the node Secret must hold, exactly
+  local want="ca.crt" o; for o in "$@"; do want="$want demo-$o.crt demo-$o.key"; done
+  local got; got="$(secret_keys demo-tls)"
+  [ "$got" = "$(tr ' ' '\n' <<<"$want" | LC_ALL=C sort | tr '\n' ' ' | sed 's/ $//')" ] ||
+    { echo "demo-tls holds: $got"; echo "want: $want"; return 1; }
+}
+ca_and_certificates() { [ "$(secret_keys demo-ca)" = "ca.crt ca.key" ] && pods_have_certificates 0 1 2; }
+check "TLS: the operator made the cluster CA (demo-ca) and a certificate for each pod (demo-tls)" \
+  ca_and_certificates
+k get secret demo-tls -o 'jsonpath={.data.ca\.crt}' | base64 -d >"$STATE/demo-ca.crt"
+plaintext_refused() {
+  local out
+  if out="$(env -u DYNAMO_CA "$BIN/dynamoctl" --addr "127.0.0.1:$NODE_GRPC" --timeout 3s get tls-probe 2>&1)"; then
+    echo "a plaintext get was answered: $out"; return 1
+  fi
+}
+check "TLS: a node refuses a plaintext client" plaintext_refused
+verified_put_get() {
+  DYNAMO_CA="$STATE/demo-ca.crt" "$BIN/dynamoctl" --addr "127.0.0.1:$NODE_GRPC" --timeout 5s put tls-probe yes >/dev/null &&
+    DYNAMO_CA="$STATE/demo-ca.crt" "$BIN/dynamoctl" --addr "127.0.0.1:$((NODE_GRPC + 2))" --timeout 5s get tls-probe | grep -q yes
+}
+check "TLS: dynamoctl with the cluster CA puts and gets (the node verified by its certificate)" \
+  wait_until 30 verified_put_get
+export DYNAMO_CA="$STATE/demo-ca.crt"
+
 # --- CEL ---------------------------------------------------------------------------------
 refused() { # message, then the command that must fail with it
   local msg="$1" out; shift
@@ -169,6 +196,8 @@ check "CEL: r > n is refused at creation with the documented message" \
   refused "replication.r must be at most replication.n" bad_spec
 check "CEL: kubectl scale below replication.n is refused through /scale" \
   refused "spec.replicas must be at least spec.replication.n" k scale dynamocluster/demo --replicas=2
+check "CEL: spec.tls.enabled is fixed at creation" \
+  refused "spec.tls.enabled is fixed when the cluster is created" k patch dyn demo --type merge -p '{"spec":{"tls":{"enabled":false}}}'
 check "CEL: spec.partitions is immutable" \
   refused "spec.partitions is immutable" k patch dyn demo --type merge -p '{"spec":{"partitions":512}}'
 
@@ -196,6 +225,7 @@ received_partitions() { # real transfers into the new nodes' stores
   echo "$n partitions received"
 }
 check "scale-out: the new nodes received their partitions from the old ones" received_partitions
+check "scale-out: the new pods got certificates" pods_have_certificates 0 1 2 3 4
 
 must "kubectl scale dynamocluster/demo --replicas=3" k scale dynamocluster/demo --replicas=3
 must "scale-in: Available with 3 ready nodes and a new map (epoch 3)" \
@@ -213,6 +243,7 @@ only_remaining_nodes_in_map() {
     { echo "partitionsPerNode: $m"; return 1; }
 }
 check "scale-in: the map holds only demo-0..2" only_remaining_nodes_in_map
+check "scale-in: the departed pods' certificates are dropped" wait_until 30 pods_have_certificates 0 1 2
 
 touch "$STATE/stop-writer"
 wait "$writer_pid" || true

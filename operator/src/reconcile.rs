@@ -24,7 +24,7 @@ use crate::admin::certs::AdminCerts;
 use crate::admin::memory::MemoryAdmin;
 use crate::admin::nodes::{Channels, NodeAdmin, PodAddresses, PodAddressing};
 use crate::admin::ClusterAdmin;
-use crate::certificates::CertificateError;
+use crate::certificates::{CertificateError, Issuer};
 use crate::crd::DynamoCluster;
 use crate::desired::{self, selector_string, Names, PeerAddressing, MANAGER};
 use crate::kube_workloads::{api_error, KubeWorkloads};
@@ -152,13 +152,18 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Requeue, Error> {
         } => {
             let names = Names::of(dc).with_addressing(peers.clone());
             let tls = match &ca {
-                Some((ca, pem)) => Some(
-                    certs
-                        .client_tls(&names, ca, pem, std::time::SystemTime::now())
-                        .map_err(CertificateError::from)?,
-                ),
+                Some(Issuer::Own { ca, ca_pem }) => {
+                    Some(certs.client_tls(&names, ca, ca_pem, std::time::SystemTime::now()))
+                }
+                Some(Issuer::CertManager {
+                    cert_pem,
+                    key_pem,
+                    ca_pem,
+                }) => Some(certs.issued(&names, cert_pem, key_pem, ca_pem)),
                 None => None,
-            };
+            }
+            .transpose()
+            .map_err(CertificateError::from)?;
             let pods = PodAddresses::new(ctx.client.clone(), &names, addressing.clone());
             let admin = NodeAdmin::new(pods, channels.clone()).with_tls(tls);
             reconcile_cluster(dc, &names, &intent, &workloads, &admin, ctx.client.clone()).await

@@ -30,6 +30,64 @@ struct Env {
     moves: usize,
     /// The fake nodes the operator talks gRPC to, with `AdminSource::Nodes`.
     nodes: Option<FakeNodes>,
+    /// A stand-in for cert-manager: issues a Secret for each `Certificate` one tick after
+    /// it appears, with this CA.
+    cert_manager: Option<CertManager>,
+}
+
+struct CertManager {
+    ca: dynamo_proto::certs::Ca,
+    seen: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl CertManager {
+    fn new() -> Self {
+        Self {
+            ca: dynamo_proto::certs::Ca::generate("corp", Duration::from_secs(3600 * 24)).unwrap(),
+            seen: Default::default(),
+        }
+    }
+
+    /// Issues the Certificates seen at the previous tick that have no Secret yet.
+    fn tick(&self, api: &FakeApi) {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let certificates = api.list("certificates", "default");
+        let mut seen = self.seen.lock().unwrap();
+        for c in &certificates {
+            let name = c["metadata"]["name"].as_str().unwrap().to_string();
+            let secret = c["spec"]["secretName"].as_str().unwrap().to_string();
+            if !seen.contains(&name) || api.get("secrets", "default", &secret).is_some() {
+                continue;
+            }
+            let uri = c["spec"]["uris"][0].as_str().unwrap();
+            let identity = dynamo_core::identity::Identity::parse(uri).unwrap();
+            let hosts = c["spec"]["dnsNames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(c["spec"]["ipAddresses"].as_array().into_iter().flatten())
+                .map(|h| h.as_str().unwrap().to_string())
+                .collect();
+            let issued = self
+                .ca
+                .issue(&dynamo_proto::certs::Leaf::new(
+                    identity,
+                    hosts,
+                    Duration::from_secs(3600),
+                ))
+                .unwrap();
+            let obj = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "data": {"tls.crt": b64(&issued.cert_pem), "tls.key": b64(&issued.key_pem),
+                         "ca.crt": b64(self.ca.cert_pem())}});
+            api.with_store(|s| s.create(&("secrets".into(), "default".into(), secret), obj))
+                .unwrap();
+        }
+        *seen = certificates
+            .iter()
+            .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+    }
 }
 
 fn recorder(api: &FakeApi) -> Recorder {
@@ -55,6 +113,7 @@ fn env_with(admin: AdminSource, memory: MemoryAdmin) -> Env {
         claims: Default::default(),
         moves: 24,
         nodes: None,
+        cert_manager: None,
     }
 }
 
@@ -120,6 +179,9 @@ impl Env {
     }
 
     fn tick(&self) {
+        if let Some(cm) = &self.cert_manager {
+            cm.tick(&self.api);
+        }
         self.api.run_statefulset_controller();
         let ready = self
             .api
@@ -242,6 +304,7 @@ impl Env {
             claims: std::sync::Mutex::new(self.claims.lock().unwrap().clone()),
             moves: self.moves,
             nodes: None,
+            cert_manager: None,
         }
     }
 
@@ -794,4 +857,36 @@ async fn scaling_an_unhealthy_cluster_is_refused_until_it_recovers() {
     e.tick();
     e.settle().await;
     assert_eq!((e.sts_replicas(), e.map_nodes()), (4, 4));
+}
+
+#[tokio::test]
+async fn with_cert_manager_no_pod_starts_before_its_certificate_is_issued() {
+    let mut e = env();
+    e.cert_manager = Some(CertManager::new());
+    e.create(json!({"replicas": 3, "tls": {"certManager": {"issuerRef": {"name": "corp", "kind": "ClusterIssuer"}}}}));
+    // Until cert-manager issues them, the reconcile waits and names what it waits for;
+    // no StatefulSet is made (the first pass only adds the finalizer).
+    e.pass().await;
+    assert!(!e.pass().await);
+    assert!(e.api.get("statefulsets", "default", "kv").is_none());
+    assert_eq!(
+        e.names("certificates"),
+        ["kv-0-tls", "kv-1-tls", "kv-2-tls", "kv-operator"]
+    );
+    let c = e.api.get("certificates", "default", "kv-1-tls").unwrap();
+    assert_eq!(c["spec"]["uris"][0], "dynamo://default/kv/node/kv-1");
+    assert_eq!(c["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    e.settle().await;
+    let tls = e.api.get("secrets", "default", "kv-tls").unwrap();
+    assert!(tls["data"]["kv-2.key"].is_string());
+    assert!(
+        e.api.get("secrets", "default", "kv-ca").is_none(),
+        "with cert-manager the operator makes no CA"
+    );
+    // A scale-out waits for the new pods' certificates (`tick` checks that no pod exists
+    // without its certificate at every pass).
+    e.scale(5).await;
+    e.settle().await;
+    assert_eq!((e.sts_replicas(), e.map_nodes()), (5, 5));
+    assert!(e.names("certificates").contains(&"kv-4-tls".to_string()));
 }

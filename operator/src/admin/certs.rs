@@ -23,6 +23,7 @@ use crate::desired::Names;
 pub const ADMIN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 struct Held {
+    /// The CA's PEM (own CA), or all the PEM the certificate was built from.
     ca_pem: String,
     issued: SystemTime,
     expires: SystemTime,
@@ -76,6 +77,53 @@ impl AdminCerts {
                 ca_pem: ca_pem.to_owned(),
                 issued: now,
                 expires: now + ADMIN_LIFETIME,
+                tls: tls.clone(),
+            },
+        );
+        Ok(tls)
+    }
+
+    /// What to dial the nodes of `names`' cluster with, given an admin certificate
+    /// issued elsewhere (cert-manager): rebuilt only when the PEM changes.
+    pub fn issued(
+        &self,
+        names: &Names,
+        cert_pem: &str,
+        key_pem: &str,
+        ca_pem: &str,
+    ) -> Result<ClientTls, TlsProblem> {
+        let mut by_cluster = self.by_cluster.lock();
+        let cluster = names.cluster_id();
+        let material = format!("{cert_pem}{key_pem}{ca_pem}");
+        if let Some(held) = by_cluster.get(&cluster) {
+            if held.ca_pem == material {
+                return Ok(held.tls.clone());
+            }
+        }
+        let secret = crate::desired::cert_manager::operator_secret(names);
+        let bad = |e: dynamo_proto::tls::TlsError| TlsProblem::BadCa {
+            secret: secret.clone(),
+            message: e.to_string(),
+        };
+        let origin = Path::new(&secret);
+        let chain = pem_certs(cert_pem.as_bytes(), "certificate", origin).map_err(bad)?;
+        let key = pem_key(key_pem.as_bytes(), origin).map_err(bad)?;
+        let roots = Arc::new(pem_roots(ca_pem.as_bytes(), origin).map_err(bad)?);
+        let config = node_dialer(roots, Vec::new(), &cluster, Some((chain, key))).map_err(bad)?;
+        let tls = match by_cluster.get(&cluster) {
+            Some(held) => {
+                held.tls.set(config);
+                held.tls.clone()
+            }
+            None => ClientTls::new(config),
+        };
+        by_cluster.insert(
+            cluster,
+            Held {
+                ca_pem: material,
+                // Renewal is cert-manager's: never reissued here.
+                issued: SystemTime::UNIX_EPOCH,
+                expires: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 4),
                 tls: tls.clone(),
             },
         );

@@ -11,6 +11,7 @@
 //! - Secrets `<name>-secret` (the context MAC key), and with TLS `<name>-ca` and
 //!   `<name>-tls` (see [`tls`]).
 
+pub mod cert_manager;
 pub mod configmap;
 pub mod pdb;
 pub mod secret;

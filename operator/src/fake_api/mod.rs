@@ -95,6 +95,7 @@ fn kind_of(plural: &str) -> &'static str {
         "dynamoclusters" => "DynamoCluster",
         "events" => "Event",
         "leases" => "Lease",
+        "certificates" => "Certificate",
         _ => "Object",
     }
 }

@@ -10,7 +10,7 @@
 //!   that pod's ordinal; `<subdomain>.<ns>.svc:<port>` (the headless Service) → every pod of
 //!   the StatefulSet that exists, as a list item expands, else ordinal 0;
 //! - a volume's mount path → a host directory: a ConfigMap's keys written out (their text
-//!   mapped as above), a claim's directory kept by claim UID (a new claim of the same name
+//!   mapped as above), a Secret's keys written out as they are, a claim's directory kept by claim UID (a new claim of the same name
 //!   starts empty, like a new volume), an emptyDir per pod.
 
 use std::collections::BTreeMap;
@@ -264,6 +264,19 @@ pub async fn launch(i: Inputs<'_>) -> Result<Launch> {
                 .with_context(|| format!("configmap {}", cm.name))?;
             for (k, text) in obj.data.unwrap_or_default() {
                 configmap_files.push((dir.join(k), text));
+            }
+            dir
+        } else if let Some(secret) = &v.secret {
+            // The Secret's keys as files, their bytes as they are (certificates, keys).
+            let dir = pod_dir.join(format!("secret-{}", v.name));
+            std::fs::create_dir_all(&dir)?;
+            let name = secret.secret_name.clone().unwrap_or_default();
+            let obj = Api::<Secret>::namespaced(i.client.clone(), &ns)
+                .get(&name)
+                .await
+                .with_context(|| format!("secret {name}"))?;
+            for (k, bytes) in obj.data.unwrap_or_default() {
+                std::fs::write(dir.join(k), bytes.0)?;
             }
             dir
         } else if let Some(pvc) = &v.persistent_volume_claim {
