@@ -63,24 +63,16 @@ impl AdminCerts {
             }
         }
         let config = admin_config(names, ca, ca_pem, now)?;
-        let tls = match by_cluster.get(&cluster) {
-            Some(held) => {
-                held.tls.set(config);
-                held.tls.clone()
-            }
-            None => ClientTls::new(config),
-        };
         tracing::info!(cluster, "issued the operator's admin certificate");
-        by_cluster.insert(
+        let (issued, expires) = (now, now + ADMIN_LIFETIME);
+        Ok(install(
+            &mut by_cluster,
             cluster,
-            Held {
-                ca_pem: ca_pem.to_owned(),
-                issued: now,
-                expires: now + ADMIN_LIFETIME,
-                tls: tls.clone(),
-            },
-        );
-        Ok(tls)
+            config,
+            ca_pem.to_owned(),
+            issued,
+            expires,
+        ))
     }
 
     /// What to dial the nodes of `names`' cluster with, given an admin certificate
@@ -110,25 +102,46 @@ impl AdminCerts {
         let key = pem_key(key_pem.as_bytes(), origin).map_err(bad)?;
         let roots = Arc::new(pem_roots(ca_pem.as_bytes(), origin).map_err(bad)?);
         let config = node_dialer(roots, Vec::new(), &cluster, Some((chain, key))).map_err(bad)?;
-        let tls = match by_cluster.get(&cluster) {
-            Some(held) => {
-                held.tls.set(config);
-                held.tls.clone()
-            }
-            None => ClientTls::new(config),
-        };
-        by_cluster.insert(
-            cluster,
-            Held {
-                ca_pem: material,
-                // Renewal is cert-manager's: never reissued here.
-                issued: SystemTime::UNIX_EPOCH,
-                expires: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 4),
-                tls: tls.clone(),
-            },
+        // Renewal is cert-manager's: never reissued here.
+        let (issued, expires) = (
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 4),
         );
-        Ok(tls)
+        Ok(install(
+            &mut by_cluster,
+            cluster,
+            config,
+            material,
+            issued,
+            expires,
+        ))
     }
+}
+
+/// Puts `config` in the cluster's client (made the first time) and remembers it.
+fn install(
+    by_cluster: &mut HashMap<String, Held>,
+    cluster: String,
+    config: rustls::ClientConfig,
+    material: String,
+    issued: SystemTime,
+    expires: SystemTime,
+) -> ClientTls {
+    let tls = match by_cluster.get(&cluster) {
+        Some(held) => {
+            held.tls.set(config);
+            held.tls.clone()
+        }
+        None => ClientTls::new(config),
+    };
+    let held = Held {
+        ca_pem: material,
+        issued,
+        expires,
+        tls: tls.clone(),
+    };
+    by_cluster.insert(cluster, held);
+    tls
 }
 
 fn admin_config(
