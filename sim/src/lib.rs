@@ -311,8 +311,9 @@ enum Later {
     /// Every machine loses power this many ms from now.
     Outage(u64),
     /// The network heals and every stopped node starts this many ms from now (`.0`),
-    /// then every machine loses power `.1` ms after no node holds a hint any more.
-    HealThenOutage(u64, u64),
+    /// then every machine (or, with `.2`, only these nodes) loses power `.1` ms after no
+    /// node holds a hint any more.
+    HealThenOutage(u64, u64, Option<Vec<String>>),
 }
 
 impl std::fmt::Display for Fault {
@@ -342,8 +343,12 @@ impl std::fmt::Display for Fault {
             } => write!(
                 f,
                 "split {rest:?} | {replicas:?} (the replicas of {key}) for {split_ms} ms, \
-                 heal and restart all, then power loss of every machine {outage_ms} ms \
-                 after the hints are handed off"
+                 heal and restart all, then power loss of {} {outage_ms} ms \
+                 after the hints are handed off",
+                match split_ms % 2 {
+                    1 => "the replicas",
+                    _ => "every machine",
+                }
             ),
             Fault::Heal => write!(f, "heal; restart all"),
         }
@@ -397,7 +402,7 @@ async fn nemesis(
             // The power came back, and fails again a little later.
             Some(Later::Outage(ms)) => ms,
             // The split ends, and the power fails a little later.
-            Some(Later::HealThenOutage(split, ms)) => {
+            Some(Later::HealThenOutage(split, ms, only)) => {
                 tokio::time::sleep(Duration::from_millis(split)).await;
                 heal(&mut cluster.lock(), net);
                 // Once the nodes hear of each other again (a gossip round or two), the
@@ -406,6 +411,18 @@ async fn nemesis(
                 let give_up = tokio::time::Instant::now() + Duration::from_secs(3);
                 while tokio::time::Instant::now() < give_up && cluster.lock().holds_hints() {
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if let Some(ids) = only {
+                    // Only the key's replicas lose power: the holders keep running, so
+                    // a hint they deleted stays deleted.
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    outages.push(start.elapsed().as_millis() as u64);
+                    let mut c = cluster.lock();
+                    let machines: Vec<usize> = ids.iter().filter_map(|id| c.index_of(id)).collect();
+                    for i in machines {
+                        c.kill(i, true);
+                    }
+                    continue;
                 }
                 ms
             }
@@ -460,7 +477,10 @@ fn inject(
             net.heal();
             net.cut(&replicas, &rest);
             net.cut(&rest, &replicas);
-            later = Some(Later::HealThenOutage(split_ms, outage_ms));
+            // Half of them (by the split's parity, drawn anyway) cut the power of the
+            // key's replicas only.
+            let only = (split_ms % 2 == 1).then(|| replicas.clone());
+            later = Some(Later::HealThenOutage(split_ms, outage_ms, only));
         }
         Fault::Wipe(m, _) => {
             *wiped = true;
