@@ -256,7 +256,7 @@ async fn roles_are_checked_on_every_request_and_the_file_reloads() {
         let pki = c.pki.as_ref().unwrap();
         let addr = c.nodes[0].grpc.to_string();
         let connect = |token: Option<&str>, cert: Option<&CertFiles>| {
-            let mut config = ClientConfig::new(&[addr.clone()])
+            let mut config = ClientConfig::new(std::slice::from_ref(&addr))
                 .with_tls(&pki.client_files(cert), None)
                 .unwrap();
             if let Some(token) = token {
