@@ -501,17 +501,17 @@ async fn dynamoctl_cluster_with_tls_serves_dynamoctl_given_its_ca() {
                 .spawn()
                 .expect("dynamoctl cluster"),
         );
+        // The banner, printed once every node is ready, says what to export.
         let ready = dynamo_tests::eventually(Duration::from_secs(60), async || {
             std::fs::read_to_string(&log)
                 .unwrap_or_default()
-                .contains("is ready")
+                .contains("DYNAMO_CA=")
         })
         .await;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(ready, "the cluster never got ready:\n{text}");
         assert!(
-            text.contains("DYNAMO_CA="),
-            "the banner says what to export:\n{text}"
+            ready,
+            "the cluster never got ready, or its banner did not say what to export:\n{text}"
         );
         let tls = dir.path().join("cluster/tls");
         let addr = format!("127.0.0.1:{}", client + 1);
