@@ -289,6 +289,17 @@ impl Cluster {
             .any(|p| p.node.store.hint_summary().is_ok_and(|s| !s.is_empty()))
     }
 
+    /// Whether a running node other than `not` holds a hint of `key` for one of
+    /// `targets`.
+    pub fn holds_hint(&self, key: &str, targets: &[String], not: &str) -> bool {
+        self.running().filter(|p| p.node.id() != not).any(|p| {
+            p.node
+                .store
+                .holds_hint(key.as_bytes(), targets.iter().map(String::as_str))
+                .unwrap_or(false)
+        })
+    }
+
     /// The indexes of running machines.
     pub fn up(&self) -> Vec<usize> {
         (0..self.machines.len())

@@ -295,12 +295,18 @@ enum Fault {
     /// every machine loses power (before every node synced: the nodes sync about once a
     /// second, each on its own phase). A hint deleted before its target synced the
     /// version it delivered is lost then.
+    ///
+    /// With `lone` (one of the replicas, and ms), that replica stays with the rest and
+    /// loses power that long before the split ends: the writes it coordinated in its
+    /// last sync interval then live only in the hints it sent to the other side's
+    /// nodes for the two replicas cut off. Then only the key's replicas lose power.
     SplitThenOutage {
         key: String,
         replicas: Vec<String>,
         rest: Vec<String>,
         split_ms: u64,
         outage_ms: u64,
+        lone: Option<(String, u64)>,
     },
     Heal,
 }
@@ -312,8 +318,19 @@ enum Later {
     Outage(u64),
     /// The network heals and every stopped node starts this many ms from now (`.0`),
     /// then every machine (or, with `.2`, only these nodes) loses power `.1` ms after no
-    /// node holds a hint any more.
-    HealThenOutage(u64, u64, Option<Vec<String>>),
+    /// node holds a hint any more. With `.3`, a replica loses power alone first, and
+    /// the outage follows the handoff of the key's hints to the replicas cut off.
+    HealThenOutage(u64, u64, Option<Vec<String>>, Option<Lone>),
+}
+
+/// The replica of a split (see [`Fault::SplitThenOutage`]) left with the other nodes.
+struct Lone {
+    id: String,
+    /// How long before the split ends it loses power (no later than the clients' end).
+    before_ms: u64,
+    key: String,
+    /// The key's other replicas, cut off from it and the rest.
+    cut: Vec<String>,
 }
 
 impl std::fmt::Display for Fault {
@@ -340,6 +357,7 @@ impl std::fmt::Display for Fault {
                 rest,
                 split_ms,
                 outage_ms,
+                lone: None,
             } => write!(
                 f,
                 "split {rest:?} | {replicas:?} (the replicas of {key}) for {split_ms} ms, \
@@ -350,6 +368,23 @@ impl std::fmt::Display for Fault {
                     _ => "every machine",
                 }
             ),
+            Fault::SplitThenOutage {
+                key,
+                replicas,
+                rest,
+                split_ms,
+                outage_ms,
+                lone: Some((lone, before)),
+            } => {
+                let cut: Vec<&String> = replicas.iter().filter(|r| *r != lone).collect();
+                write!(
+                    f,
+                    "split {rest:?} + {lone:?} | {cut:?} (the replicas of {key}) for \
+                     {split_ms} ms, power loss of {lone} {before} ms before the split \
+                     ends, heal and restart all, then power loss of the replicas \
+                     {outage_ms} ms after the hints are handed off"
+                )
+            }
             Fault::Heal => write!(f, "heal; restart all"),
         }
     }
@@ -402,14 +437,36 @@ async fn nemesis(
             // The power came back, and fails again a little later.
             Some(Later::Outage(ms)) => ms,
             // The split ends, and the power fails a little later.
-            Some(Later::HealThenOutage(split, ms, only)) => {
-                tokio::time::sleep(Duration::from_millis(split)).await;
+            Some(Later::HealThenOutage(split, ms, only, lone)) => {
+                let healed = tokio::time::Instant::now() + Duration::from_millis(split);
+                if let Some(lone) = &lone {
+                    // The lone replica's power fails first: what it coordinated since its
+                    // last sync is gone from it, and lives on in the hints it sent to the
+                    // other nodes for the replicas cut off. It fails while clients still
+                    // write (if the split outlasts them, when they stop).
+                    let at = healed - Duration::from_millis(lone.before_ms);
+                    let now = tokio::time::Instant::now();
+                    tokio::time::sleep_until(at.min(until.max(now))).await;
+                    let mut c = cluster.lock();
+                    if let Some(i) = c.index_of(&lone.id) {
+                        c.kill(i, true);
+                    }
+                }
+                tokio::time::sleep_until(healed).await;
                 heal(&mut cluster.lock(), net);
                 // Once the nodes hear of each other again (a gossip round or two), the
                 // holders hand their hints off: the power fails a little after the last
-                // one went (or after 3 s, if some cannot go).
+                // one went (or after 3 s, if some cannot go). After a lone replica's power
+                // loss, the hints that matter are the key's for the replicas cut off, held
+                // by the other nodes (the lone replica's own go once it restarted and its
+                // handoff came round): the power fails a little after those went, while
+                // the replicas may not have synced them.
                 let give_up = tokio::time::Instant::now() + Duration::from_secs(3);
-                while tokio::time::Instant::now() < give_up && cluster.lock().holds_hints() {
+                let pending = |c: &Cluster| match &lone {
+                    Some(l) => c.holds_hint(&l.key, &l.cut, &l.id),
+                    None => c.holds_hints(),
+                };
+                while tokio::time::Instant::now() < give_up && pending(&cluster.lock()) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 if let Some(ids) = only {
@@ -468,19 +525,32 @@ fn inject(
             later = Some(Later::Outage(ms));
         }
         Fault::SplitThenOutage {
+            key,
             replicas,
             rest,
             split_ms,
             outage_ms,
-            ..
+            lone,
         } => {
             net.heal();
-            net.cut(&replicas, &rest);
-            net.cut(&rest, &replicas);
+            // The lone replica, if any, stays with the rest.
+            let (cut, with_rest): (Vec<String>, Vec<String>) = replicas
+                .iter()
+                .cloned()
+                .partition(|r| lone.as_ref().is_none_or(|(l, _)| l != r));
+            let rest: Vec<String> = rest.into_iter().chain(with_rest).collect();
+            net.cut(&cut, &rest);
+            net.cut(&rest, &cut);
             // Half of them (by the split's parity, drawn anyway) cut the power of the
-            // key's replicas only.
-            let only = (split_ms % 2 == 1).then(|| replicas.clone());
-            later = Some(Later::HealThenOutage(split_ms, outage_ms, only));
+            // key's replicas only, as does every split with a lone replica.
+            let only = (split_ms % 2 == 1 || lone.is_some()).then(|| replicas.clone());
+            let lone = lone.map(|(id, before_ms)| Lone {
+                id,
+                before_ms,
+                key,
+                cut: cut.clone(),
+            });
+            later = Some(Later::HealThenOutage(split_ms, outage_ms, only, lone));
         }
         Fault::Wipe(m, _) => {
             *wiped = true;
@@ -569,13 +639,28 @@ fn split_then_outage(r: &mut StdRng, c: &Cluster, keys: &[String]) -> Option<Fau
         .into_iter()
         .filter(|id| !replicas.contains(id))
         .collect();
+    // Within a sync interval of the handoff (the simulation's nodes sync every 900 ms or
+    // so), and mostly before every node synced.
+    let (split_ms, outage_ms) = (r.random_range(4_000..9_000), r.random_range(0..700));
+    // Drawn after the rest, so that the splits drawn before this shape existed keep their
+    // key, length and outage.
+    let lone = (r.random_bool(0.5) && !replicas.is_empty()).then(|| {
+        let lone = replicas[r.random_range(0..replicas.len())].clone();
+        (lone, r.random_range(1_000..2_500))
+    });
+    // With a lone replica the outage follows the handoff closely: the replicas cut off
+    // must not have synced since the hints reached them (each syncs once a sync interval,
+    // on its own phase).
+    let outage_ms = match lone {
+        Some(_) => outage_ms / 4,
+        None => outage_ms,
+    };
     Some(Fault::SplitThenOutage {
         key,
         replicas,
         rest,
-        split_ms: r.random_range(4_000..9_000),
-        // Within a sync interval of the handoff (the simulation's nodes sync every 900 ms
-        // or so), and mostly before every node synced.
-        outage_ms: r.random_range(0..700),
+        split_ms,
+        outage_ms,
+        lone,
     })
 }
