@@ -115,8 +115,9 @@ impl Cluster {
             request_timeout_ms: 500,
             gossip_interval_ms: 500,
             anti_entropy_interval_ms: 3_000,
-            // Short enough that tombstones are purged within a run (and that clock jumps
-            // can make a node think one is old).
+            // Short enough that tombstones would be purged within a run (and that clock
+            // jumps could make a node think one is old), though the purge task
+            // (`antientropy::purge::run`, which the node binary starts) does not run here.
             tombstone_grace_ms: 20_000,
             fsync: match self.periodic_sync {
                 Some(_) => FsyncPolicy::Periodic,
