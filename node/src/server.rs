@@ -326,7 +326,7 @@ fn start_background(node: &Arc<Node>) -> Background {
     });
     let purge_task = (cfg.tombstone_grace_ms > 0).then(|| {
         let grace = Duration::from_millis(cfg.tombstone_grace_ms);
-        let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        let every = antientropy::purge::interval(grace);
         tokio::spawn(antientropy::purge::run(node.clone(), grace, every))
     });
     let sync_task = (cfg.fsync == FsyncPolicy::Periodic).then(|| {

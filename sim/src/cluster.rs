@@ -1,6 +1,7 @@
 //! The simulated cluster: real nodes (coordinator, store, hinted handoff, read repair,
-//! gossip, anti-entropy, transfers) on the loopback transport, each on a simulated disk,
-//! with their background tasks, that the nemesis crashes, powers off, wipes and restarts.
+//! gossip, anti-entropy, tombstone purging and fallback clean-up, transfers) on the
+//! loopback transport, each on a simulated disk, with their background tasks, that the
+//! nemesis crashes, powers off, wipes and restarts.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -65,6 +66,32 @@ pub struct Cluster {
     pub periodic_sync: Option<Duration>,
     start: tokio::time::Instant,
     first_map: MapState,
+    /// Tombstones purged and fallback copies dropped by processes that have stopped
+    /// (their nodes' metrics go with them); see [`Cluster::purges`].
+    stopped_purges: Purges,
+}
+
+/// What the nodes' purge tasks did in a run (from their metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purges {
+    /// Tombstones purged (counted once, by the partition's owner).
+    pub purged: u64,
+    /// Copies of keys a node does not replicate that it dropped (a fallback's clean-up).
+    pub cleaned: u64,
+}
+
+impl Purges {
+    fn of(node: &Node) -> Self {
+        Self {
+            purged: node.metrics.tombstones_purged.get(),
+            cleaned: node.metrics.fallback_copies_dropped.get(),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.purged += other.purged;
+        self.cleaned += other.cleaned;
+    }
 }
 
 impl Cluster {
@@ -95,6 +122,7 @@ impl Cluster {
                 .collect(),
             start,
             first_map: MapState::in_force(map),
+            stopped_purges: Purges::default(),
         };
         for i in 0..nodes {
             c.boot(i);
@@ -115,9 +143,10 @@ impl Cluster {
             request_timeout_ms: 500,
             gossip_interval_ms: 500,
             anti_entropy_interval_ms: 3_000,
-            // Short enough that tombstones would be purged within a run (and that clock
-            // jumps could make a node think one is old), though the purge task
-            // (`antientropy::purge::run`, which the node binary starts) does not run here.
+            // Short enough that tombstones are purged within a run (a pass every 10 s, see
+            // `antientropy::purge::interval`; a tombstone goes 20-30 s after its set stopped
+            // changing, once every member is up and no change is under way: mostly in the
+            // settling time), and that clock jumps can make a node think one is old.
             tombstone_grace_ms: 20_000,
             fsync: match self.periodic_sync {
                 Some(_) => FsyncPolicy::Periodic,
@@ -185,6 +214,8 @@ impl Cluster {
                 learned,
             )
             .expect("a simulated node starts on a live disk");
+        // The background tasks the node binary starts (`start_background` in
+        // node/src/server.rs), with the same intervals.
         let every = Duration::from_millis(node.cfg.anti_entropy_interval_ms);
         let mut tasks = vec![
             tokio::spawn(gossip::run(node.clone())),
@@ -192,6 +223,15 @@ impl Cluster {
             tokio::spawn(change::run(node.clone())),
             tokio::spawn(antientropy::run(node.clone(), every)),
         ];
+        if node.cfg.tombstone_grace_ms > 0 {
+            let grace = Duration::from_millis(node.cfg.tombstone_grace_ms);
+            let every = antientropy::purge::interval(grace);
+            tasks.push(tokio::spawn(antientropy::purge::run(
+                node.clone(),
+                grace,
+                every,
+            )));
+        }
         if let Some(every) = self.periodic_sync {
             // Nodes started together do not sync together: each from a phase of its own.
             let phase = with_rng(|r| r.random_range(0..every.as_millis() as u64));
@@ -205,6 +245,15 @@ impl Cluster {
             power,
             tasks,
         });
+    }
+
+    /// What the purge tasks of every process so far did (running or stopped).
+    pub fn purges(&self) -> Purges {
+        let mut all = self.stopped_purges;
+        for p in self.running() {
+            all.add(Purges::of(&p.node));
+        }
+        all
     }
 
     /// The newest map state any running node holds.
@@ -221,6 +270,7 @@ impl Cluster {
             for t in &p.tasks {
                 t.abort();
             }
+            self.stopped_purges.add(Purges::of(&p.node));
             self.net.set_down(&self.machines[i].member.id, true);
         }
     }

@@ -1,7 +1,8 @@
 //! Deterministic simulation of a whole cluster.
 //!
 //! One seed, one thread, one run: five real nodes (coordinator, store, hinted handoff,
-//! read repair, gossip and failure detection, anti-entropy, transfers) on the in-process
+//! read repair, gossip and failure detection, anti-entropy, tombstone purging and
+//! fallback clean-up, transfers) on the in-process
 //! loopback transport, in one tokio current-thread runtime with paused time, so that time
 //! is simulated and jumps straight to the next timer. Every source of nondeterminism the
 //! node has goes through a seam the simulation fixes: random numbers come from the seed
@@ -42,7 +43,7 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use cluster::Cluster;
+use cluster::{Cluster, Purges};
 use net::{Net, Weather};
 use trace::Trace;
 use workload::{Client, History, Kind};
@@ -110,6 +111,8 @@ pub struct Report {
     pub faults: Vec<String>,
     /// When the nemesis drew each fault (ms since the start), by its number.
     pub fault_times: Vec<u64>,
+    /// What the nodes' purge tasks did: tombstones purged, fallback copies dropped.
+    pub purges: Purges,
     pub violations: Vec<String>,
 }
 
@@ -215,11 +218,12 @@ async fn world(seed: u64, cfg: Config) -> Report {
     }
     faults.extend(changes.lock().drain(..));
     tokio::time::sleep_until(settled).await;
-    let (violations, excused) = {
+    let (violations, excused, purges) = {
         let c = cluster.lock();
         let h = history.lock();
         let excused = excused(&h, &outages, cfg.periodic_sync);
-        (check::check(&c, &h, &excused), excused.len() as u64)
+        let violations = check::check(&c, &h, &excused);
+        (violations, excused.len() as u64, c.purges())
     };
     let h = history.lock();
     let (trace_hash, events) = trace.finish();
@@ -234,6 +238,7 @@ async fn world(seed: u64, cfg: Config) -> Report {
         excused,
         faults,
         fault_times,
+        purges,
         violations,
     }
 }

@@ -337,6 +337,13 @@ async fn clean_partition(
     Ok(())
 }
 
+/// How often a node with tombstone grace `grace` runs a pass: every half grace, between
+/// 1 s and 10 minutes (so a tombstone goes 1-1.5 graces after its set stopped changing,
+/// once every member vouches for it).
+pub fn interval(grace: Duration) -> Duration {
+    (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
 /// Runs a pass every `every` until aborted (by the node's stop), purging tombstones
 /// `grace` after their sets stopped changing.
 pub async fn run(node: Arc<Node>, grace: Duration, every: Duration) {

@@ -92,8 +92,16 @@ fn main() {
             println!("fault {f}");
         }
         println!(
-            "seed {seed}: trace {:016x} ({} events), {} ops ({} failed), {} elements acknowledged, {} late puts on stale contexts, {} elements an outage may take back",
-            r.trace, r.events, r.ops, r.failed_ops, r.acked, r.stale_puts, r.excused
+            "seed {seed}: trace {:016x} ({} events), {} ops ({} failed), {} elements acknowledged, {} late puts on stale contexts, {} elements an outage may take back, {} tombstones purged, {} fallback copies dropped",
+            r.trace,
+            r.events,
+            r.ops,
+            r.failed_ops,
+            r.acked,
+            r.stale_puts,
+            r.excused,
+            r.purges.purged,
+            r.purges.cleaned
         );
         for v in &r.violations {
             println!("VIOLATION {v}");
@@ -126,10 +134,14 @@ fn main() {
     let next = Arc::new(AtomicU64::new(args.from));
     let end = args.from + args.seeds;
     let failed = Arc::new(AtomicU64::new(0));
+    // Tombstones purged and fallback copies dropped, over every seed.
+    let purged = Arc::new(AtomicU64::new(0));
+    let cleaned = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
             let (next, failed, cfg) = (next.clone(), failed.clone(), cfg.clone());
+            let (purged, cleaned) = (purged.clone(), cleaned.clone());
             let sabotage = sabotage.clone();
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
@@ -137,6 +149,8 @@ fn main() {
                     return;
                 }
                 let r = run(seed, &cfg);
+                purged.fetch_add(r.purges.purged, Ordering::Relaxed);
+                cleaned.fetch_add(r.purges.cleaned, Ordering::Relaxed);
                 if !r.violations.is_empty() {
                     failed.fetch_add(1, Ordering::Relaxed);
                     println!(
@@ -154,10 +168,12 @@ fn main() {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{} seeds in {secs:.1} s on {threads} threads: {:.0} seeds/minute, {} failed",
+        "{} seeds in {secs:.1} s on {threads} threads: {:.0} seeds/minute, {} failed; {} tombstones purged, {} fallback copies dropped",
         args.seeds,
         args.seeds as f64 * 60.0 / secs,
-        failed.load(Ordering::Relaxed)
+        failed.load(Ordering::Relaxed),
+        purged.load(Ordering::Relaxed),
+        cleaned.load(Ordering::Relaxed)
     );
     std::process::exit(i32::from(failed.load(Ordering::Relaxed) > 0));
 }
