@@ -187,3 +187,68 @@ async fn a_fallback_drops_its_copy_once_the_replicas_hold_it() {
     assert!(nodes[3].store.read_raw(key.as_bytes()).unwrap().is_none());
     assert_eq!(values(&nodes[0], &key).await, ["v"], "the replicas kept it");
 }
+
+/// A replica that received a tombstone moments before a purge pass (by anti-entropy:
+/// writes are synced only every so often) vouches for it; had it not synced it first, a
+/// power cut right after the purge would bring its older version back, and anti-entropy
+/// would give that version back to every replica.
+#[tokio::test]
+async fn a_tombstone_a_replica_vouched_for_survives_its_power_cut() {
+    let run = async {
+        let net = LoopbackNet::new();
+        let m = members(3);
+        // Writes are not synced before they are acknowledged, as with `periodic` (and no
+        // periodic sync runs: whatever is not synced is lost on a power cut).
+        let disks: Vec<Arc<MemoryEngine>> = (0..3).map(|_| Arc::new(MemoryEngine::new())).collect();
+        let start = |i: usize| start_node(&net, &m, i, disks[i].clone(), &Spec::default());
+        let mut nodes: Vec<Arc<Node>> = (0..3).map(start).collect();
+        let mut cands: Vec<Candidates> = (0..3).map(|_| Candidates::default()).collect();
+        let ctx = put(&nodes[0], "k", "v1", 3).await;
+        for n in &nodes {
+            n.store.sync().await.unwrap();
+        }
+        // Deleted while node 3 is down; node 2's tombstone is synced, and node 1, the
+        // coordinator, loses its power before it synced its tombstone and its hint for
+        // node 3. Node 3 still holds v1, durably.
+        net.set_down("n3", true);
+        delete(&nodes[0], "k", ctx).await;
+        nodes[1].store.sync().await.unwrap();
+        disks[0].crash();
+        nodes[0] = start(0);
+        back(&net, "n3");
+
+        // Anti-entropy brings nodes 1 and 3 the tombstone (not synced); every member
+        // then vouches for it, and it is purged everywhere.
+        for n in &nodes {
+            let ae = antientropy::sweep(n, None, Peers::All).await;
+            assert!(ae.errors.is_empty(), "{ae:?}");
+        }
+        assert!(
+            nodes.iter().all(|n| !n
+                .store
+                .holds_hint(b"k", ["n1", "n2", "n3"].into_iter())
+                .unwrap()),
+            "no hint left to deliver"
+        );
+        let r = purge_everywhere(&nodes, &mut cands).await;
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert_eq!(r.purged, 1, "{r:?}");
+        assert_eq!(held(&nodes, "k"), 0, "purged on every replica");
+
+        // Node 3 loses its power right after the purge.
+        disks[2].crash();
+        nodes[2] = start(2);
+        for n in &nodes {
+            let ae = antientropy::sweep(n, None, Peers::All).await;
+            assert!(ae.errors.is_empty(), "{ae:?}");
+        }
+        assert_eq!(
+            values(&nodes[1], "k").await,
+            Vec::<String>::new(),
+            "the deleted v1 came back"
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("test timed out");
+}

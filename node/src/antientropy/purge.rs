@@ -7,7 +7,8 @@
 //!
 //! 1. It notes every key of the partition whose set is tombstones only, with the item
 //!    hash of that set (see [`dynamo_core::merkle::item_hash`]). A key becomes ready once
-//!    its set has stayed the same for the grace period (`tombstone_grace_ms`): writes in
+//!    its set has stayed the same for the grace period (`tombstone_grace_ms`, timed by the
+//!    monotonic clock, so a jump of the wall clock does not shorten it): writes in
 //!    flight when the key was deleted have long landed or failed.
 //! 2. It asks **every member** of the cluster to check the ready keys: a replica must
 //!    hold exactly the owner's set (anti-entropy has brought every replica the same
@@ -17,6 +18,10 @@
 //! 3. Only keys every member vouched for are purged, on every member, each dropping its
 //!    copy only if it is still byte for byte that set (a write that landed meanwhile
 //!    keeps the key); the owner last.
+//!
+//! A member syncs before it vouches (and the owner before it purges): what was checked
+//! must survive a power cut, or a tombstone received since the last periodic sync could
+//! be lost after the purge was decided and the older version under it come back.
 //!
 //! A member that missed the purge still holds the tombstone; anti-entropy gives it back
 //! to the others, and a later pass purges it again. Nothing older than the tombstone can
@@ -36,6 +41,7 @@ use bytes::Bytes;
 use dynamo_core::codec::decode_set;
 use dynamo_core::merkle::item_hash;
 use dynamo_core::{Member, PartitionId};
+use tokio::time::Instant;
 
 use crate::network::PeerError;
 use crate::node::Node;
@@ -62,17 +68,18 @@ pub struct PurgeReport {
 }
 
 /// What the owner has seen of tombstoned keys: the item hash of each one's set and when
-/// it was first seen so.
+/// it was first seen so, by the monotonic clock (a jump of the wall clock must not
+/// shorten the grace; candidates are not kept across restarts anyway).
 #[derive(Default)]
 pub struct Candidates {
-    seen: HashMap<Bytes, (u64, u64)>,
+    seen: HashMap<Bytes, (u64, Instant)>,
 }
 
 /// One purge pass of `node` over the partitions it owns, then one clean-up pass over
 /// those it does not replicate.
 pub async fn pass(node: &Arc<Node>, grace: Duration, candidates: &mut Candidates) -> PurgeReport {
     let mut report = PurgeReport::default();
-    let now = node.clock.now_ms();
+    let now = Instant::now();
     let me = node.id().to_owned();
     // One map for the whole pass (gossip may bring a newer one meanwhile). While members
     // change, nothing is purged or cleaned up: the new replicas are still receiving
@@ -133,7 +140,7 @@ async fn purge_partition(
     node: &Arc<Node>,
     p: PartitionId,
     grace: Duration,
-    now: u64,
+    now: Instant,
     candidates: &mut Candidates,
     report: &mut PurgeReport,
 ) -> Result<(), String> {
@@ -142,7 +149,6 @@ async fn purge_partition(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let grace_ms = grace.as_millis() as u64;
     let mut ready = Vec::new();
     for (key, item) in found {
         let first = match candidates.seen.get(&key) {
@@ -150,7 +156,7 @@ async fn purge_partition(
             _ => now,
         };
         candidates.seen.insert(key.clone(), (item, first));
-        if now.saturating_sub(first) >= grace_ms && ready.len() < MAX_PER_PARTITION {
+        if now.saturating_duration_since(first) >= grace && ready.len() < MAX_PER_PARTITION {
             ready.push((key, item));
         } else {
             report.waiting += 1;
@@ -193,6 +199,8 @@ async fn purge_partition(
     if keys.is_empty() {
         return Ok(());
     }
+    // The owner's own tombstones must be durable too before anyone drops theirs.
+    node.store.sync().await.map_err(|e| e.to_string())?;
     for m in &others {
         // A member that misses this keeps its tombstone; a later pass purges it.
         if let Err(e) = ask(node, m, p, &keys, true).await {
@@ -268,6 +276,12 @@ pub async fn answer(
             (true, _) => false,
         };
         out.push(ok);
+    }
+    if !commit && out.contains(&true) {
+        // What this node vouches for must outlive a power cut: a tombstone received
+        // since the last sync would otherwise be lost with the purge decided, and the
+        // older version under it come back (as would a copy or a hint dropped unsynced).
+        node.store.sync().await?;
     }
     Ok(out)
 }
