@@ -12,6 +12,9 @@ use dynamo_node::determinism::Sabotage;
 use dynamo_sim::shrink::shrink;
 use dynamo_sim::{run, Config};
 
+/// A soak prints its progress every this many seeds.
+const PROGRESS_EVERY: u64 = 100;
+
 #[derive(Parser)]
 #[command(about = "Deterministic simulation of a dynamo cluster")]
 struct Args {
@@ -137,11 +140,12 @@ fn main() {
     // Tombstones purged and fallback copies dropped, over every seed.
     let purged = Arc::new(AtomicU64::new(0));
     let cleaned = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
             let (next, failed, cfg) = (next.clone(), failed.clone(), cfg.clone());
-            let (purged, cleaned) = (purged.clone(), cleaned.clone());
+            let (purged, cleaned, done) = (purged.clone(), cleaned.clone(), done.clone());
             let sabotage = sabotage.clone();
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
@@ -151,6 +155,16 @@ fn main() {
                 let r = run(seed, &cfg);
                 purged.fetch_add(r.purges.purged, Ordering::Relaxed);
                 cleaned.fetch_add(r.purges.cleaned, Ordering::Relaxed);
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % PROGRESS_EVERY == 0 {
+                    // A long soak says how far it got.
+                    let secs = started.elapsed().as_secs_f64();
+                    println!(
+                        "progress: {n} seeds in {secs:.0} s ({:.1} seeds/minute), {} failed",
+                        n as f64 * 60.0 / secs,
+                        failed.load(Ordering::Relaxed)
+                    );
+                }
                 if !r.violations.is_empty() {
                     failed.fetch_add(1, Ordering::Relaxed);
                     println!(
