@@ -58,6 +58,9 @@ async fn deliver(node: &Node) -> Result<(), crate::storage::StorageError> {
     node.metrics
         .storage_bytes
         .set(node.store.engine().size_bytes() as i64);
+    node.metrics
+        .compaction_debt_bytes
+        .set(node.store.engine().compaction_debt_bytes() as i64);
 
     for (target, _, _) in summary {
         if target == node.id() {

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub read_repairs_skipped: Counter,
     pub fallback_writes: Counter,
     pub storage_bytes: Gauge,
+    /// Bytes the engine's compactions still owe.
+    pub compaction_debt_bytes: Gauge,
     pub set_cache_hits: Counter,
     pub set_cache_misses: Counter,
     pub anti_entropy_compared: Counter,
@@ -90,6 +92,7 @@ impl Default for Metrics {
         );
         let fallback_writes = Counter::default();
         let storage_bytes = Gauge::default();
+        let compaction_debt_bytes = Gauge::default();
         let set_cache_hits = Counter::default();
         let set_cache_misses = Counter::default();
         let anti_entropy_compared = Counter::default();
@@ -187,6 +190,12 @@ impl Default for Metrics {
             storage_bytes.clone(),
         );
         registry.register(
+            "compaction_debt_bytes",
+            "Approximate bytes the engine's compactions still owe (RocksDB's estimate of \
+             pending compaction bytes)",
+            compaction_debt_bytes.clone(),
+        );
+        registry.register(
             "set_cache_hits",
             "Lookups of a key's set (gets, replica reads, read-modify-writes) served from \
              the cache of recent sets",
@@ -236,6 +245,7 @@ impl Default for Metrics {
             read_repairs_skipped,
             fallback_writes,
             storage_bytes,
+            compaction_debt_bytes,
             set_cache_hits,
             set_cache_misses,
             anti_entropy_compared,

@@ -197,6 +197,10 @@ impl Engine for FaultyEngine {
     fn size_bytes(&self) -> u64 {
         self.inner.size_bytes()
     }
+
+    fn compaction_debt_bytes(&self) -> u64 {
+        self.inner.compaction_debt_bytes()
+    }
 }
 
 #[cfg(test)]

@@ -118,4 +118,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Approximate bytes stored (live data, for metrics).
     fn size_bytes(&self) -> u64;
+
+    /// Approximate bytes compactions still owe (for metrics: a benchmark waits for them
+    /// to be paid before it measures). Engines without compactions owe nothing.
+    fn compaction_debt_bytes(&self) -> u64 {
+        0
+    }
 }

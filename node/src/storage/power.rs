@@ -90,6 +90,10 @@ impl Engine for PowerCycle {
     fn size_bytes(&self) -> u64 {
         self.disk.size_bytes()
     }
+
+    fn compaction_debt_bytes(&self) -> u64 {
+        self.disk.compaction_debt_bytes()
+    }
 }
 
 #[cfg(test)]

@@ -256,6 +256,18 @@ impl Engine for RocksEngine {
             })
             .sum()
     }
+
+    fn compaction_debt_bytes(&self) -> u64 {
+        Cf::ALL
+            .iter()
+            .filter_map(|&cf| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), "rocksdb.estimate-pending-compaction-bytes")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
 }
 
 #[cfg(test)]
