@@ -7,7 +7,8 @@
 # back to 0 on every node, at most 10 minutes), and its peak measured (closed loop, 64
 # workers, 50/50 gets and puts). Then,
 # REB_REPS times:
-#   1. baseline: an open-loop run at half of that peak, nothing moving;
+#   1. baseline: an open-loop run at half of that peak (REB_LOAD_FRACTION), nothing
+#      moving, measured as the changes are (250 ms timeline, CPU sampler);
 #   2. 3 → 4: a fresh node started from a seed, `dynamoctl change apply --add` (plan,
 #      commit, move, finalize) while the same open-loop load runs;
 #   3. 4 → 3: that node removed the same way under the same load, then stopped.
@@ -23,6 +24,7 @@
 #
 # Environment (all optional):
 #   REB_KEYS=1000000   keys;   REB_REPS=3   repetitions;   REB_LOAD=40s   load per run
+#   REB_LOAD_FRACTION=0.5   the load as a fraction of the measured peak
 #   REB_BASE_PORT=7400 gRPC ports base+1..; HTTP ports REB_HTTP_BASE_PORT=7480
 #   BENCH_NO_BUILD=1   skip the cargo build;  BENCH_OUT=target/bench  results parent
 #   TMPDIR             parent of the data directories;  CARGO_TARGET_DIR  binaries
@@ -32,6 +34,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 KEYS=${REB_KEYS:-1000000}
 REPS=${REB_REPS:-3}
 LOAD=${REB_LOAD:-40s}
+FRACTION=${REB_LOAD_FRACTION:-0.5}
 BASE_PORT=${REB_BASE_PORT:-7400}
 HTTP_BASE_PORT=${REB_HTTP_BASE_PORT:-7480}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -111,8 +114,8 @@ for _ in $(seq 1 1200); do
 done
 log "compactions owed by the prefill paid in $(($(date +%s) - t0)) s (still owed: $(debt) bytes)"
 PEAK=$(bench --json --read-ratio 0.5 --duration 10s | python3 -c 'import json,sys; print(json.load(sys.stdin)["ops_per_sec"])')
-RATE=$(python3 -c "print(int($PEAK / 2))")
-log "peak $PEAK ops/s; load at $RATE ops/s"
+RATE=$(python3 -c "print(int($PEAK * $FRACTION))")
+log "peak $PEAK ops/s; load at $RATE ops/s ($FRACTION of it)"
 
 # Sum of the nodes' transfer_bytes counters (HTTP ports of node-1..3 and the extra node).
 transferred() {
@@ -215,7 +218,13 @@ EOF
 
 for rep in $(seq 1 "$REPS"); do
     log "rep $rep: baseline load"
-    bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" >"$OUT/load-baseline-$rep.json"
+    # Measured as the changes are (250 ms timeline, the CPU sampler alongside), so that
+    # the ratios compare like with like: the sampler alone costs a few % of the machine.
+    sample_cpu "$OUT/cpu-baseline-$rep.txt" &
+    cpu_pid=$!
+    bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" --timeline 250ms \
+        >"$OUT/load-baseline-$rep.json"
+    kill "$cpu_pid" 2>/dev/null || true
     python3 -c "import json,sys; print(json.dumps({'run':'baseline','rep':$rep,'load':json.load(open('$OUT/load-baseline-$rep.json'))}))" >>"$RESULTS"
 
     id="node-x$rep"
@@ -239,13 +248,13 @@ for rep in $(seq 1 "$REPS"); do
     rm -rf "${DATA:?}/$id"
 done
 
-python3 - "$RESULTS" "$PEAK" "$KEYS" <<'EOF' | tee "$OUT/summary.md"
+python3 - "$RESULTS" "$PEAK" "$KEYS" "$FRACTION" <<'EOF' | tee "$OUT/summary.md"
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 def lat(run, p):
     return med([r["load"]["latency_us"][p] / 1000 for r in rows if r["run"] == run])
-print(f"{sys.argv[3]} keys of 100 bytes, peak {float(sys.argv[2]):.0f} ops/s, load at half; medians of {len([r for r in rows if r['run']=='baseline'])} runs\n")
+print(f"{sys.argv[3]} keys of 100 bytes, peak {float(sys.argv[2]):.0f} ops/s, load at {float(sys.argv[4]):g} of it; medians of {len([r for r in rows if r['run']=='baseline'])} runs\n")
 print("| run | replicas moved (minimum) | bytes moved | time s | clean-up s | MB/s | ops/s | errors | p99 ms | p99.9 ms | p99 vs baseline |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 base99 = lat("baseline", "p99")
