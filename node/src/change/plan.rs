@@ -10,8 +10,6 @@ use dynamo_proto::v1::{PlanRequest, PlanResponse, PlannedMove};
 use tonic::Status;
 
 use crate::node::Node;
-use crate::storage::keys::partition_range;
-use crate::storage::Cf;
 
 /// Plans the next map for the request's members (the newest map's, if none given).
 pub fn preview(node: &Node, req: PlanRequest) -> Result<PlanResponse, Status> {
@@ -87,40 +85,22 @@ pub fn minimum_moves(old: &PartitionMap, new: &PartitionMap) -> u64 {
     joining.max(leaving)
 }
 
-/// Keys and bytes of one partition replica, estimated from this node's store: its bytes
-/// over the partitions it replicates, and the keys of the first of them that holds any.
+/// Keys and bytes of one partition replica, estimated from this node's store: its keys
+/// and bytes over the partitions it replicates (engine estimates, no scan: a scan sorts
+/// the data memtable, and a plan is asked for while clients are served).
 fn estimate(node: &Node) -> (u64, u64) {
     let Some(map) = node.try_map() else {
         return (0, 0);
     };
-    let mine: Vec<u32> = map.replicated_by(node.id()).collect();
-    if mine.is_empty() {
+    let held = map.replicated_by(node.id()).count() as u64;
+    if held == 0 {
         return (0, 0);
     }
-    let bytes = node.store.engine().size_bytes() / mine.len() as u64;
-    let sample = mine
-        .iter()
-        .copied()
-        .find(|&p| node.store.trees().root(p) != Some(0));
-    let keys = sample.map_or(0, |p| {
-        let (prefix, _) = partition_range(p);
-        let mut start = prefix.clone();
-        let mut count = 0u64;
-        loop {
-            let Ok(page) = node.store.engine().scan(Cf::Data, &prefix, &start, 1024) else {
-                return count;
-            };
-            count += page.len() as u64;
-            match page.last() {
-                Some((last, _)) if page.len() == 1024 => {
-                    start = last.clone();
-                    start.push(0);
-                }
-                _ => return count,
-            }
-        }
-    });
-    (keys, bytes)
+    let engine = node.store.engine();
+    (
+        engine.data_keys_estimate() / held,
+        engine.size_bytes() / held,
+    )
 }
 
 #[cfg(test)]

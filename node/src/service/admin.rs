@@ -201,7 +201,7 @@ impl Admin for AdminService {
     async fn plan(&self, request: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
         let req = request.into_inner();
         let node = self.node.clone();
-        // It scans a partition for its estimates.
+        // Off the runtime: it plans every partition and reads engine estimates.
         crate::determinism::blocking(move || plan::preview(&node, req))
             .await
             .map_err(|e| Status::internal(e.to_string()))?

@@ -201,6 +201,10 @@ impl Engine for FaultyEngine {
     fn compaction_debt_bytes(&self) -> u64 {
         self.inner.compaction_debt_bytes()
     }
+
+    fn data_keys_estimate(&self) -> u64 {
+        self.inner.data_keys_estimate()
+    }
 }
 
 #[cfg(test)]

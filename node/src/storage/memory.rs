@@ -125,4 +125,9 @@ impl Engine for MemoryEngine {
             .map(|(k, v)| (k.len() + v.len()) as u64)
             .sum()
     }
+
+    fn data_keys_estimate(&self) -> u64 {
+        let s = self.state.lock();
+        s.current.get(&Cf::Data).map_or(0, |t| t.len() as u64)
+    }
 }

@@ -119,6 +119,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Approximate bytes stored (live data, for metrics).
     fn size_bytes(&self) -> u64;
 
+    /// Approximate number of keys in the data column family (a member change's plan
+    /// estimates what it moves from it, without a scan).
+    fn data_keys_estimate(&self) -> u64;
+
     /// Approximate bytes compactions still owe (for metrics: a benchmark waits for them
     /// to be paid before it measures). Engines without compactions owe nothing.
     fn compaction_debt_bytes(&self) -> u64 {

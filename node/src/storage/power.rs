@@ -94,6 +94,10 @@ impl Engine for PowerCycle {
     fn compaction_debt_bytes(&self) -> u64 {
         self.disk.compaction_debt_bytes()
     }
+
+    fn data_keys_estimate(&self) -> u64 {
+        self.disk.data_keys_estimate()
+    }
 }
 
 #[cfg(test)]

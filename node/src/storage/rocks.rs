@@ -257,6 +257,14 @@ impl Engine for RocksEngine {
             .sum()
     }
 
+    fn data_keys_estimate(&self) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(Cf::Data), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     fn compaction_debt_bytes(&self) -> u64 {
         Cf::ALL
             .iter()
