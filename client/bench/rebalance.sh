@@ -154,7 +154,7 @@ to_drop() {
 # process reading /proc: a shell loop forking pgrep, awk and cut for every node four
 # times a second cost a few % of the machine itself.
 sample_cpu() {
-    python3 -c '
+    exec python3 -c '
 import os, sys, time
 node_bin = sys.argv[1]
 def nodes():
