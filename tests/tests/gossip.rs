@@ -100,6 +100,15 @@ async fn a_node_started_from_seeds_is_seen_by_every_node_and_serves() {
         for i in 0..3 {
             c.kill9(i);
         }
+        // Once node-4 holds them all not alive, it forwards to none of them (a forward
+        // sent before that may break off mid-request instead, also UNAVAILABLE).
+        for id in ["node-1", "node-2", "node-3"] {
+            until_all(&c, &[joined], id, Duration::from_secs(10), |m| {
+                m.state != "alive"
+            })
+            .await
+            .unwrap_or_else(|| panic!("node-4 still holds {id} alive after 10 s"));
+        }
         let refused = put(&c, joined, "seeded-2", "v", &[]).await;
         assert_status(
             refused,

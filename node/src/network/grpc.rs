@@ -370,6 +370,17 @@ impl Transport for GrpcTransport {
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(s)) if is_connection_failure(&s) => Err(ForwardError::Unreachable(s)),
+            // The connection broke with the request sent (the peer died under it): it
+            // may have been applied, so no failing over, but it is the peer that became
+            // unavailable; `CANCELLED` would tell the client it cancelled the call.
+            Ok(Err(s)) if s.code() == tonic::Code::Cancelled => {
+                Err(ForwardError::Failed(tonic::Status::unavailable(format!(
+                    "forwarding to {} broke off with the request sent (it may have been \
+                     applied): {}",
+                    peer.id,
+                    s.message()
+                ))))
+            }
             Ok(Err(s)) => Err(ForwardError::Failed(s)),
             Err(_) => Err(ForwardError::TimedOut(tonic::Status::unavailable(format!(
                 "forwarding to {} got no answer within {timeout:?}",
