@@ -501,3 +501,38 @@ async fn the_loopback_transport_refuses_writes_made_under_a_map_that_missed_a_ch
         .await
         .expect("a sender that holds the pending map writes to both lists");
 }
+
+/// A plan's estimate of what it moves comes from the store's key count and size, not a
+/// scan: with every key on every node (N = 3 of 3), each moved partition replica counts
+/// as the node's keys over its partitions.
+#[tokio::test]
+async fn a_plan_estimates_the_keys_and_bytes_it_moves() {
+    let net = LoopbackNet::new();
+    let m = members(4);
+    let nodes: Vec<Arc<Node>> = (0..3)
+        .map(|i| start_node(&net, &m[..3], i, Arc::new(MemoryEngine::new()), &spec()))
+        .collect();
+    let keys = 20 * Q as u64;
+    for i in 0..keys {
+        common::put_w(&nodes[0], &format!("estimate-{i}"), "v", 3).await;
+    }
+    let req = dynamo_proto::v1::PlanRequest {
+        members: m.iter().map(dynamo_proto::maps::member_to_proto).collect(),
+        partitions: 0,
+        replication: 0,
+    };
+    let plan = change::plan::preview(&nodes[0], req).expect("a plan");
+    assert!(!plan.moves.is_empty(), "adding a node moves partitions");
+    assert_eq!(
+        plan.estimated_keys,
+        keys / u64::from(Q) * plan.moves.len() as u64,
+        "{} keys on node 1 over its {Q} partitions, times {} moves",
+        keys,
+        plan.moves.len()
+    );
+    assert!(plan
+        .moves
+        .iter()
+        .all(|mv| mv.estimated_keys == keys / u64::from(Q)));
+    assert!(plan.estimated_bytes >= plan.estimated_keys * "v".len() as u64);
+}
