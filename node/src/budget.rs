@@ -55,6 +55,8 @@ const ADJUST_EVERY: Duration = Duration::from_secs(1);
 /// How often, within a period, the foreground p99 so far is checked for harm (see
 /// [`Budget::refill`]).
 const BRAKE_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// The least an [`Budget::acquire`] in debt sleeps.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 /// Fewer foreground requests than this in a period give no latency signal.
 const MIN_SAMPLES: u64 = 20;
 /// Periods whose p99s make the usual p99.
@@ -255,7 +257,10 @@ impl Budget {
                 }
                 Duration::from_secs_f64(-b.tokens / b.rate)
             };
-            tokio::time::sleep(wait.min(ADJUST_EVERY)).await;
+            // At least a millisecond: a debt of a few bytes' rounding error waits zero
+            // nanoseconds, and a clock that does not move while this task runs (paused
+            // or simulated time) would then never repay it.
+            tokio::time::sleep(wait.clamp(MIN_WAIT, ADJUST_EVERY)).await;
         }
     }
 }
@@ -307,6 +312,31 @@ mod tests {
         assert!(
             waited >= Duration::from_millis(499) && waited <= Duration::from_millis(1100),
             "{waited:?}"
+        );
+    }
+
+    /// A debt smaller than a nanosecond's worth of the rate (a float's rounding error)
+    /// is waited out even when the clock moves only while tasks sleep: it used to wait
+    /// zero nanoseconds again and again, and the simulator hung in that loop.
+    #[test]
+    fn a_rounding_error_of_debt_is_repaid_when_time_moves_only_in_sleeps() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                let b = Budget::starting_at(CFG, 1000.0);
+                b.bucket.lock().tokens = -1e-9;
+                b.acquire(1).await;
+            });
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "acquire never returned"
         );
     }
 
