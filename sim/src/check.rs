@@ -4,8 +4,9 @@
 //! - no acknowledged element is lost, and no element appears that no client tried;
 //! - no element a delete removed for good is in the final state (a read between may
 //!   still return it: a sloppy quorum promises no read-your-writes);
-//! - one dot carries the same bytes wherever it is (a reused dot loses a version
-//!   silently on every join);
+//! - one dot carries the same bytes wherever it is and whenever a read returned it (a
+//!   reused dot loses a version silently on every join, and the final state may hold
+//!   only the survivor);
 //! - every replica of a key holds the same siblings, and the replicas of a partition the
 //!   same Merkle root;
 //! - no hint is left.
@@ -59,6 +60,7 @@ pub fn check(cluster: &Cluster, history: &History, excused: &BTreeSet<String>) -
             }
         }
     }
+    violations.extend(history.dot_clashes.iter().cloned());
     let keys: BTreeSet<&String> = history.tried.keys().collect();
     let none = BTreeSet::new();
     for key in keys {
@@ -75,8 +77,20 @@ pub fn check(cluster: &Cluster, history: &History, excused: &BTreeSet<String>) -
                 }
             };
             let mut siblings = Vec::new();
+            let seen = history.seen_dots.get(key);
             for s in set.siblings() {
                 let dot = s.dot.to_string();
+                let bytes = s.value.as_deref().unwrap_or_default();
+                let hash = crate::workload::bytes_hash(s.value.is_none(), bytes);
+                if let Some((_, at)) = seen
+                    .and_then(|seen| seen.get(&dot))
+                    .filter(|(h, _)| *h != hash)
+                {
+                    violations.push(format!(
+                        "{key}: dot {dot} carries other bytes on {} than a read returned at {at} ms",
+                        node.id()
+                    ));
+                }
                 match dots.get(&dot) {
                     Some((first, v)) if v != &s.value => violations.push(format!(
                         "{key}: dot {dot} carries different bytes on {first} and {}",

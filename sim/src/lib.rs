@@ -163,7 +163,11 @@ async fn world(seed: u64, cfg: Config) -> Report {
             let id = k * cfg.clients_per_kind + c;
             // Chain and blind clients share keys: a blind write is concurrent with every
             // chained put, so it must survive as a sibling. A deleter has keys of its own.
-            // A late client writes the read-modify-write keys and a deleter's.
+            // A late client writes the read-modify-write keys and a deleter's. The
+            // read-modify-write clients write the chained and blind keys too, merging
+            // their siblings as real clients do: unmerged, every blind write stayed a
+            // sibling, and each write decoded and joined thousands of them (most of a
+            // run's time).
             let family = |kind| match kind {
                 Kind::ReadModifyWrite => "s".to_owned(),
                 Kind::Chain | Kind::Blind => "c".to_owned(),
@@ -175,6 +179,9 @@ async fn world(seed: u64, cfg: Config) -> Report {
                 .collect();
             if let Kind::Late = kind {
                 keys.extend((0..cfg.keys).map(|i| format!("s{i}")));
+            }
+            if let Kind::ReadModifyWrite = kind {
+                keys.extend((0..cfg.keys).map(|i| format!("c{i}")));
             }
             if let Kind::Chain | Kind::Blind = kind {
                 unread_keys.extend(keys.iter().cloned());

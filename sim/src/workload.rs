@@ -51,8 +51,45 @@ pub struct History {
     /// loss of the whole cluster may take back what was acknowledged just before it.
     pub acked_at: BTreeMap<String, u64>,
     pub buried_at: BTreeMap<String, u64>,
+    /// Per key, every dot a read returned: a hash of the bytes it carried (a tombstone's
+    /// are empty) and when it was first seen (simulated ms).
+    pub seen_dots: BTreeMap<String, BTreeMap<String, (u64, u64)>>,
+    /// Dots reads returned with other bytes than they carried before: a dot names one
+    /// write, so two versions under one dot means one silently replaced the other
+    /// wherever they met (a reused dot), even if the final state happens to hold one.
+    pub dot_clashes: Vec<String>,
     pub ops: u64,
     pub failed: u64,
+}
+
+/// The hash the checker compares a dot's bytes by (stable within a run).
+pub fn bytes_hash(tombstone: bool, value: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tombstone.hash(&mut h);
+    value.hash(&mut h);
+    h.finish()
+}
+
+impl History {
+    /// Records the dots a read of `key` returned at `now` (simulated ms), noting any
+    /// that carries other bytes than when a read first returned it.
+    pub fn observe(&mut self, key: &str, siblings: &[dynamo_proto::v1::Sibling], now: u64) {
+        let seen = self.seen_dots.entry(key.to_owned()).or_default();
+        for s in siblings {
+            let hash = bytes_hash(s.tombstone, &s.value);
+            match seen.get(&s.dot) {
+                Some((first, at)) if *first != hash => self.dot_clashes.push(format!(
+                    "{key}: dot {} carried other bytes at {now} ms than at {at} ms",
+                    s.dot
+                )),
+                Some(_) => {}
+                None => {
+                    seen.insert(s.dot.clone(), (hash, now));
+                }
+            }
+        }
+    }
 }
 
 /// How a client writes.
@@ -145,9 +182,9 @@ impl Client {
                     match kv.get(Request::new(get)).await {
                         Ok(read) => {
                             let read = read.into_inner();
-                            let mut set = elements(&read);
-                            set.insert(element.clone());
-                            (join(&set), read.context)
+                            let now = now_ms(self.start);
+                            self.history.lock().observe(&key, &read.siblings, now);
+                            (with_element(&read, &element), read.context)
                         }
                         Err(e) => {
                             self.note(&key, "get", Err(e.code()));
@@ -203,6 +240,8 @@ impl Client {
             Ok(r) => r.into_inner(),
             Err(e) => return self.note(key, "get", Err(e.code())),
         };
+        let now = now_ms(self.start);
+        self.history.lock().observe(key, &read.siblings, now);
         let seen = elements(&read);
         if !seen.is_empty() && with_rng(|r| r.random_bool(0.25)) {
             let seen_values: BTreeSet<BTreeSet<String>> = read
@@ -328,6 +367,8 @@ impl Client {
                 match kv.get(Request::new(get)).await {
                     Ok(read) => {
                         let read = read.into_inner();
+                        let now = now_ms(self.start);
+                        self.history.lock().observe(key, &read.siblings, now);
                         let seen = elements(&read);
                         self.note(key, "get", Ok(()));
                         let k = Kept {
@@ -380,6 +421,65 @@ impl Client {
     }
 }
 
+/// The union of `read`'s live siblings plus `element`, as a value. One sibling (the
+/// usual case once clients merge) is extended as it is, without parsing its thousands
+/// of elements.
+fn with_element(read: &dynamo_proto::v1::GetResponse, element: &str) -> String {
+    let mut live = read.siblings.iter().filter(|s| !s.tombstone);
+    match (live.next(), live.next()) {
+        (Some(only), None) if !only.value.is_empty() => {
+            format!("{},{element}", String::from_utf8_lossy(&only.value))
+        }
+        _ => {
+            let mut set = elements(read);
+            set.insert(element.to_owned());
+            join(&set)
+        }
+    }
+}
+
 fn join(set: &BTreeSet<String>) -> String {
     set.iter().cloned().collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamo_proto::v1::Sibling;
+
+    fn sibling(dot: &str, value: &str) -> Sibling {
+        Sibling {
+            value: value.as_bytes().to_vec(),
+            tombstone: false,
+            dot: dot.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_dot_read_again_with_other_bytes_is_a_clash() {
+        let mut h = History::default();
+        h.observe(
+            "k",
+            &[sibling("n1#1.1:1", "a"), sibling("n2#1.1:1", "b")],
+            10,
+        );
+        h.observe("k", &[sibling("n1#1.1:1", "a")], 20);
+        h.observe("other", &[sibling("n2#1.1:1", "c")], 25);
+        assert!(h.dot_clashes.is_empty(), "dots are per key");
+        h.observe("k", &[sibling("n2#1.1:1", "b,c")], 30);
+        assert_eq!(
+            h.dot_clashes,
+            ["k: dot n2#1.1:1 carried other bytes at 30 ms than at 10 ms"]
+        );
+        let tombstone = Sibling {
+            tombstone: true,
+            ..sibling("n1#1.1:1", "")
+        };
+        h.observe("k", &[tombstone], 40);
+        assert_eq!(
+            h.dot_clashes.len(),
+            2,
+            "a value and a tombstone under one dot"
+        );
+    }
 }
