@@ -58,7 +58,11 @@ pub async fn committer(
             continue;
         };
         if let Some(pending) = state.pending.clone() {
-            finish(&cluster, pending.epoch, &note).await;
+            // Only a change put in force removes anyone: one that turned out not to be
+            // pending (another claimant's state won) is looked at again.
+            if !finish(&cluster, pending.epoch, &note).await {
+                continue;
+            }
             let mut c = cluster.lock();
             for gone in current
                 .members
@@ -110,8 +114,9 @@ pub async fn committer(
     }
 }
 
-/// Finalizes pending `epoch`, retrying while moves are left or calls fail.
-async fn finish(cluster: &Mutex<Cluster>, epoch: u64, note: &impl Fn(String)) {
+/// Finalizes pending `epoch`, retrying while moves are left or calls fail; whether it is
+/// in force.
+async fn finish(cluster: &Mutex<Cluster>, epoch: u64, note: &impl Fn(String)) -> bool {
     let mut last_error = String::new();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -121,7 +126,7 @@ async fn finish(cluster: &Mutex<Cluster>, epoch: u64, note: &impl Fn(String)) {
         match change::finalize(&node, epoch, false).await {
             Ok(s) if s.current.as_ref().is_some_and(|m| m.epoch == epoch) => {
                 note(format!("change: epoch {epoch} in force"));
-                return;
+                return true;
             }
             Ok(_) | Err(ChangeError::NotReady(_) | ChangeError::Unavailable(_)) => {}
             Err(e) => {
@@ -131,7 +136,7 @@ async fn finish(cluster: &Mutex<Cluster>, epoch: u64, note: &impl Fn(String)) {
                     last_error = error;
                 }
                 if matches!(e, ChangeError::Conflict(_) | ChangeError::Invalid(_)) {
-                    return;
+                    return false;
                 }
             }
         }

@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod net;
 pub mod shrink;
 pub mod trace;
+pub mod watch;
 pub mod workload;
 
 use std::sync::Arc;
@@ -198,6 +199,9 @@ async fn world(seed: u64, cfg: Config) -> Report {
             };
             clients.push(tokio::spawn(client.run()));
         }
+    }
+    if std::env::var_os("DYNAMO_SIM_WATCH").is_some() {
+        tokio::spawn(watch::map_states(cluster.clone(), start));
     }
     let changes = Arc::new(Mutex::new(Vec::new()));
     let committer = cfg

@@ -245,3 +245,37 @@ fn an_outage_that_revives_a_version_loses_no_acknowledged_element() {
         r.faults.join("\n")
     );
 }
+
+/// Two claimants, one on each side of a partition. Seed 751: the claimant committed a
+/// change (remove n2) that reached three nodes, then n4, cut off alone and its own stand-in
+/// claimant, committed another map of the same version; once healed, each side kept its
+/// state forever (gossip compared versions only), and the change never finished. Seed
+/// 671: the claimant, cut off with a minority, committed a map the majority never saw
+/// while the majority's stand-in committed another. Now a claimant that does not believe
+/// most members alive refuses to commit, and gossip settles two states of one version
+/// (the lower digest wins everywhere).
+#[test]
+fn two_claimants_on_two_sides_of_a_partition_end_with_one_map() {
+    let long = Config {
+        chaos: Duration::from_secs(60),
+        ..Config::default()
+    };
+    for seed in [671, 751] {
+        let r = run(seed, &long);
+        assert!(
+            r.violations.is_empty(),
+            "seed {seed}:\n{}\nfaults:\n{}",
+            r.violations.join("\n"),
+            r.faults.join("\n")
+        );
+        if seed == 671 {
+            assert!(
+                r.faults
+                    .iter()
+                    .any(|f| f.contains("a change needs most members up")),
+                "the minority claimant committed: {:?}",
+                r.faults
+            );
+        }
+    }
+}

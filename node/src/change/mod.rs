@@ -157,7 +157,35 @@ pub async fn commit(
     let Some(next) = held.commit(map)? else {
         return Ok(held);
     };
+    if let Some(why) = no_majority(node, &held) {
+        return Err(ChangeError::Unavailable(why));
+    }
     install_and_push(node, next).await
+}
+
+/// Why this node may not commit a change as claimant: it does not believe most members
+/// of the map in force alive (suspects count as gone). A claimant cut off with a minority (or alone) would otherwise
+/// commit a map the majority never sees while its own stand-in claimant commits another
+/// of the same version: gossip then settles which one wins (the lower digest), and the
+/// committer of the other was told it had committed (seeds 671 and 751 of the
+/// simulation). With a majority required, at most one side of a partition commits
+/// (two can only while a partition is younger than failure detection takes).
+fn no_majority(node: &Node, held: &MapState) -> Option<String> {
+    let current = held.current.as_ref()?;
+    let up = current
+        .members
+        .iter()
+        .filter(|m| m.id == node.id() || node.health.is_up(&m.id))
+        .count();
+    let members = current.members.len();
+    (up * 2 <= members).then(|| {
+        format!(
+            "{} does not believe {} of the {members} members alive: a change needs most \
+             members up",
+            node.id(),
+            members - up
+        )
+    })
 }
 
 /// Puts pending `epoch` in force, once every move is done and every member holds it.

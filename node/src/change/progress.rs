@@ -52,7 +52,15 @@ pub fn local(node: &Node) -> MovesResponse {
         pending_epoch: state.pending.as_ref().map_or(0, |m| m.epoch),
         moves,
         hints_pending: hints,
+        map_digest: state.digest(),
     }
+}
+
+/// Whether report `r` was made under `state` itself: its version, and its digest (two
+/// states of one version can exist until gossip settles which one wins; a report without
+/// a digest, from an older node, is taken by its version).
+fn same_state(r: &MovesResponse, state: &MapState) -> bool {
+    r.map_version == state.version && (r.map_digest == 0 || r.map_digest == state.digest())
 }
 
 /// Every member's [`local`] report (this node's own included), or why it is missing.
@@ -93,11 +101,12 @@ pub async fn cluster(node: &Arc<Node>) -> ProgressResponse {
     for (id, report) in reports(node, &state).await {
         match report {
             Ok(r) => {
-                if r.map_version >= state.version && r.pending_epoch == pending.epoch {
+                let same = same_state(&r, &state);
+                if (same || r.map_version > state.version) && r.pending_epoch == pending.epoch {
                     out.synced.push(id);
                 }
                 // Only reports made under this very state count.
-                if r.map_version == state.version {
+                if same {
                     for m in r.moves {
                         out.keys_moved += m.keys;
                         out.bytes_moved += m.bytes;
@@ -210,7 +219,7 @@ pub async fn drained(node: &Arc<Node>, id: &str) -> Result<(), String> {
     let done: BTreeSet<(u32, String)> = reports
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok())
-        .filter(|r| r.map_version == state.version)
+        .filter(|r| same_state(r, &state))
         .flat_map(|r| r.moves.iter())
         .filter(|m| m.state == Stage::Done.as_str())
         .map(|m| (m.partition, m.to.clone()))

@@ -103,6 +103,7 @@ impl Gossip {
             entries: self.entries().iter().map(wire::entry_to_proto).collect(),
             state_version: state.version,
             state: with_state.then(|| maps::state_to_proto(state)),
+            state_digest: state.digest(),
         }
     }
 }
@@ -195,11 +196,29 @@ pub fn answer(node: &Node, req: GossipRequest) -> Result<GossipResponse, tonic::
     }
     let live = node.live();
     let entries = node.gossip.view.lock().newer_than(&theirs);
+    let (send, want) = compare_states(&live.state, req.state_version, req.state_digest);
     Ok(GossipResponse {
         entries: entries.iter().map(wire::entry_to_proto).collect(),
-        state: (live.state.version > req.state_version).then(|| maps::state_to_proto(&live.state)),
-        state_wanted: req.state_version > live.state.version,
+        state: send.then(|| maps::state_to_proto(&live.state)),
+        state_wanted: want,
     })
+}
+
+/// Whether to send `ours` to a peer holding the state of `version` and `digest`, and
+/// whether to ask for the peer's. By version; at equal versions, when the digests differ
+/// (two claimants committed one version, each on its own side of a partition), both
+/// ways: the receiver keeps the state with the lower digest ([`MapState::supersedes`]),
+/// so every node ends with the same one. Without this, the two sides held their states
+/// forever (found by the simulation, seeds 671 and 751).
+pub fn compare_states(ours: &MapState, version: u64, digest: u64) -> (bool, bool) {
+    match ours.version.cmp(&version) {
+        std::cmp::Ordering::Greater => (true, false),
+        std::cmp::Ordering::Less => (false, true),
+        std::cmp::Ordering::Equal => {
+            let differ = digest != 0 && ours.version > 0 && digest != ours.digest();
+            (differ, differ)
+        }
+    }
 }
 
 /// The peers this node knows: members of its map (at the address the map gives, which is
@@ -346,6 +365,7 @@ pub async fn bootstrap(
         entries: vec![wire::entry_to_proto(me)],
         state_version: 0,
         state: None,
+        state_digest: 0,
     };
     let mut learned = Vec::new();
     let mut round = 0;
@@ -379,4 +399,45 @@ pub async fn bootstrap(
 /// Takes the entries a bootstrap learned (see [`bootstrap`]).
 pub fn seed_view(node: &Node, entries: Vec<Entry>) {
     absorb(node, entries);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamo_core::{planner, Member};
+
+    fn member(id: &str) -> Member {
+        Member {
+            id: id.into(),
+            addr: format!("{id}:1"),
+            zone: None,
+        }
+    }
+
+    /// Two claimants' states of one version: each side sends its state and asks for the
+    /// other's, and only the one with the lower digest supersedes the other.
+    #[test]
+    fn two_states_of_one_version_are_exchanged_and_the_lower_digest_wins() {
+        let five: Vec<Member> = ["n1", "n2", "n3", "n4", "n5"].map(member).into();
+        let first = MapState::in_force(planner::plan(None, &five, 16, 3).expect("a map"));
+        let commit = |members: &[Member]| {
+            let map = planner::plan(first.current.as_ref(), members, 16, 3).expect("a map");
+            first.commit(map).expect("commits").expect("a new state")
+        };
+        let a = commit(&five[1..]);
+        let b = commit(&[five.clone(), vec![member("n6")]].concat());
+        assert_eq!(a.version, b.version);
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(compare_states(&a, b.version, b.digest()), (true, true));
+        assert_eq!(compare_states(&b, a.version, a.digest()), (true, true));
+        assert_ne!(a.supersedes(&b), b.supersedes(&a), "exactly one wins");
+        // The same state, a newer or older one, and a peer that sends no digest.
+        assert_eq!(compare_states(&a, a.version, a.digest()), (false, false));
+        assert_eq!(compare_states(&a, a.version + 1, 7), (false, true));
+        assert_eq!(
+            compare_states(&a, first.version, first.digest()),
+            (true, false)
+        );
+        assert_eq!(compare_states(&a, a.version, 0), (false, false));
+    }
 }
