@@ -439,5 +439,20 @@ mod tests {
             (true, false)
         );
         assert_eq!(compare_states(&a, a.version, 0), (false, false));
+        // The same state as another node reaches the members (through proxies): nothing
+        // to exchange, and neither replaces the other.
+        let mut proxied = a.clone();
+        for m in proxied
+            .pending
+            .iter_mut()
+            .flat_map(|m| m.members.iter_mut())
+        {
+            m.addr = format!("proxy-{}", m.addr);
+        }
+        assert_eq!(
+            compare_states(&a, proxied.version, proxied.digest()),
+            (false, false)
+        );
+        assert!(!proxied.supersedes(&a) && !a.supersedes(&proxied));
     }
 }
