@@ -164,9 +164,9 @@ pub async fn commit(
 }
 
 /// Why this node may not commit a change as claimant: it does not believe most members
-/// of the map in force alive (suspects count as gone). A claimant cut off with a minority (or alone) would otherwise
-/// commit a map the majority never sees while its own stand-in claimant commits another
-/// of the same version: gossip then settles which one wins (the lower digest), and the
+/// of the map in force alive (suspects count as gone). A claimant cut off with a
+/// minority (or alone) would otherwise commit a map the majority never sees while the
+/// majority's stand-in claimant commits another of the same version: gossip then settles which one wins (the lower digest), and the
 /// committer of the other was told it had committed (seeds 671 and 751 of the
 /// simulation). With a majority required, at most one side of a partition commits
 /// (two can only while a partition is younger than failure detection takes).
