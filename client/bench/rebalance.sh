@@ -17,14 +17,19 @@
 # dynamo_transfer_bytes counters), the time from commit to finalize (polled every
 # 0.5 s), the time the clean-up took after it (dynamo_partitions_to_drop back to 0 on the
 # three cluster nodes; the next run starts only then), and the load's p99/p99.9 while
-# it ran. The load runs for REB_LOAD from the
-# commit; a change that finishes earlier is reported as such (its window also holds
-# quiet time). Prints a markdown table of medians; raw lines go to the output dir.
+# it ran. The load starts REB_COMMIT_AFTER seconds before the change is applied and
+# is measured for REB_LOAD after that; a change that finishes earlier is reported as
+# such (its window also holds quiet time). The summary also gives the worst p99 of a 250 ms
+# slice in the first second after the commit, and the same second of the baseline. Prints a markdown table of medians; raw lines go to the output dir.
 # Every process it starts is stopped on exit, failure or Ctrl-C.
 #
 # Environment (all optional):
 #   REB_KEYS=1000000   keys;   REB_REPS=3   repetitions;   REB_LOAD=40s   load per run
 #   REB_LOAD_FRACTION=0.5   the load as a fraction of the measured peak
+#   REB_COMMIT_AFTER=2   seconds of load before the change is applied, not counted
+#      in the latencies (`bench --skip`), the baseline's as the changes': the first
+#      half second of a load after an idle spell is slow on its own (p99 35-170 ms in
+#      baselines and changes alike), and the commit must not be confused with it
 #   REB_BASE_PORT=7400 gRPC ports base+1..; HTTP ports REB_HTTP_BASE_PORT=7480
 #   BENCH_NO_BUILD=1   skip the cargo build;  BENCH_OUT=target/bench  results parent
 #   TMPDIR             parent of the data directories;  CARGO_TARGET_DIR  binaries
@@ -35,6 +40,9 @@ KEYS=${REB_KEYS:-1000000}
 REPS=${REB_REPS:-3}
 LOAD=${REB_LOAD:-40s}
 FRACTION=${REB_LOAD_FRACTION:-0.5}
+COMMIT_AFTER=${REB_COMMIT_AFTER:-2}
+[[ $LOAD =~ ^[0-9]+s$ && $COMMIT_AFTER =~ ^[0-9]+$ ]] ||
+    { echo "REB_LOAD must be whole seconds (40s), REB_COMMIT_AFTER a whole number" >&2; exit 2; }
 BASE_PORT=${REB_BASE_PORT:-7400}
 HTTP_BASE_PORT=${REB_HTTP_BASE_PORT:-7480}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -194,11 +202,13 @@ change_under_load() {
     b0=$(transferred)
     read -r rr0 rs0 <<<"$(repairs)"
     echo "$(date -u +%T.%3N) load starts" >"$OUT/change-$name-$rep.log"
-    bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" --timeline 250ms \
+    bench --json --read-ratio 0.5 --rate "$RATE" --skip "${COMMIT_AFTER}s" --duration "$LOAD" --timeline 250ms \
         >"$OUT/load-$name-$rep.json" &
     local load_pid=$!
     sample_cpu "$OUT/cpu-$name-$rep.txt" &
     local cpu_pid=$!
+    sleep "$COMMIT_AFTER"
+    echo "$(date -u +%T.%3N) applying the change" >>"$OUT/change-$name-$rep.log"
     # Each line of the change's output stamped with the time it came (UTC, as the nodes log).
     # (Stamped with shell builtins: a `date` per line forked ~200 processes in the half
     # second the plan prints, and that burst alone put 100-400 ms into the load's p99.)
@@ -229,10 +239,16 @@ import json, re, sys
 name, rep, log, load, moved_bytes, window = sys.argv[1:]
 text = open(log).read()
 m = re.search(r"(\d+) partition replicas move \(fewest possible: (\d+)\)", text)
+def at(pattern):
+    h, mi, sec = re.search(r"^(\d+):(\d+):([\d.]+) " + pattern, text, re.M).groups()
+    return (int(h) * 60 + int(mi)) * 60 + float(sec)
+# When the change was committed, in seconds after the load was started.
+committed = (at("committed epoch") - at("load starts")) % 86400
 t = re.search(r"is in force after ([\d.]+) s", text)
 c = re.search(r"clean-up done (\d+) s after", text)
 print(json.dumps({"run": name, "rep": int(rep), "moves": int(m.group(1)),
                   "minimum": int(m.group(2)), "seconds": float(t.group(1)),
+                  "committed_after_s": round(committed, 3),
                   "bytes": int(moved_bytes), "window_s": float(window.rstrip("s")),
                   "cleanup_s": int(c.group(1)) if c else None,
                   "load": json.load(open(load))}))
@@ -245,7 +261,7 @@ for rep in $(seq 1 "$REPS"); do
     # the ratios compare like with like: the sampler alone costs a few % of the machine.
     sample_cpu "$OUT/cpu-baseline-$rep.txt" &
     cpu_pid=$!
-    bench --json --read-ratio 0.5 --rate "$RATE" --duration "$LOAD" --timeline 250ms \
+    bench --json --read-ratio 0.5 --rate "$RATE" --skip "${COMMIT_AFTER}s" --duration "$LOAD" --timeline 250ms \
         >"$OUT/load-baseline-$rep.json"
     kill "$cpu_pid" 2>/dev/null || true
     python3 -c "import json,sys; print(json.dumps({'run':'baseline','rep':$rep,'load':json.load(open('$OUT/load-baseline-$rep.json'))}))" >>"$RESULTS"
@@ -271,15 +287,22 @@ for rep in $(seq 1 "$REPS"); do
     rm -rf "${DATA:?}/$id"
 done
 
-python3 - "$RESULTS" "$PEAK" "$KEYS" "$FRACTION" <<'EOF' | tee "$OUT/summary.md"
+python3 - "$RESULTS" "$PEAK" "$KEYS" "$FRACTION" "$COMMIT_AFTER" <<'EOF' | tee "$OUT/summary.md"
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 def lat(run, p):
     return med([r["load"]["latency_us"][p] / 1000 for r in rows if r["run"] == run])
+def first_second(r):
+    # The worst p99 of the 250 ms slices in the second after the commit (the baseline:
+    # after the time its changes are applied); slices are timed from the load's start.
+    at = r.get("committed_after_s", float(sys.argv[5])) * 1000
+    return max(s["p99_ms"] for s in r["load"]["timeline"] if at - 250 <= s["start_ms"] < at + 1000)
+def first(run):
+    return med([first_second(r) for r in rows if r["run"] == run])
 print(f"{sys.argv[3]} keys of 100 bytes, peak {float(sys.argv[2]):.0f} ops/s, load at {float(sys.argv[4]):g} of it; medians of {len([r for r in rows if r['run']=='baseline'])} runs\n")
-print("| run | replicas moved (minimum) | bytes moved | time s | clean-up s | MB/s | ops/s | errors | p99 ms | p99.9 ms | p99 vs baseline |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| run | replicas moved (minimum) | bytes moved | time s | clean-up s | MB/s | ops/s | errors | p99 ms | p99.9 ms | p99 vs baseline | first second's p99 ms |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 base99 = lat("baseline", "p99")
 for run in ["baseline", "scale-out", "scale-in"]:
     rs = [r for r in rows if r["run"] == run]
@@ -289,13 +312,13 @@ for run in ["baseline", "scale-out", "scale-in"]:
     errs = med([r["load"]["errors"] for r in rs])
     p99, p999 = lat(run, "p99"), lat(run, "p999")
     if run == "baseline":
-        print(f"| {run} | - | - | - | - | - | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | 1.00x |")
+        print(f"| {run} | - | - | - | - | - | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | 1.00x | {first(run):.1f} |")
         continue
     moves, minimum = med([r["moves"] for r in rs]), med([r["minimum"] for r in rs])
     secs, by = med([r["seconds"] for r in rs]), med([r["bytes"] for r in rs])
     mbs = med([r["bytes"] / 1e6 / r["seconds"] for r in rs])
     clean = med([r["cleanup_s"] for r in rs if r.get("cleanup_s") is not None])
-    print(f"| {run} | {moves:.0f} ({minimum:.0f}) | {by/1e6:.1f} MB | {secs:.1f} | {clean:.0f} | {mbs:.1f} | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | {p99/base99:.2f}x |")
+    print(f"| {run} | {moves:.0f} ({minimum:.0f}) | {by/1e6:.1f} MB | {secs:.1f} | {clean:.0f} | {mbs:.1f} | {ops:.0f} | {errs:.0f} | {p99:.1f} | {p999:.1f} | {p99/base99:.2f}x | {first(run):.1f} |")
 done = lambda r: r["seconds"] + (r.get("cleanup_s") or 0)
 short = [r for r in rows if "seconds" in r and done(r) < r["window_s"]]
 if short:

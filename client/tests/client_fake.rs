@@ -353,6 +353,7 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
         progress: false,
         seed: 7,
         timeline: None,
+        skip: Duration::ZERO,
     };
     let outcome = bench::run(&client, &cfg).await.unwrap();
     let r = &outcome.report;
@@ -429,6 +430,30 @@ async fn bench_counts_ops_and_keeps_one_sibling_per_key() {
         "paced run sent {} requests (closed loop: {unpaced} in 300 ms)",
         outcome.report.ops
     );
+
+    // A lead-in is sent and shown in the timeline but not counted: 300 ms of it, then
+    // 300 ms measured, at 200 ops/s.
+    let led_in = BenchConfig {
+        skip: Duration::from_millis(300),
+        stop: Stop::After(Duration::from_millis(300)),
+        ..paced
+    };
+    let outcome = bench::run(&client, &led_in).await.unwrap();
+    let r = &outcome.report;
+    let slices = r.timeline.as_ref().expect("a timeline");
+    let shown: u64 = slices.iter().map(|s| s.ops).sum();
+    assert!((6..=7).contains(&slices.len()), "{slices:?}");
+    assert!(r.ops > 0 && r.ops <= 4 * 16, "{} counted", r.ops);
+    assert!(
+        shown >= r.ops + 4 * 14,
+        "the lead-in's requests are in the timeline: {shown} shown, {} counted",
+        r.ops
+    );
+    assert!(
+        r.seconds < 0.5,
+        "ops/s over the measured window: {} s",
+        r.seconds
+    );
 }
 
 #[tokio::test]
@@ -471,6 +496,7 @@ async fn bench_opens_its_sessions_before_the_clock_even_without_prefill() {
         progress: false,
         seed: 1,
         timeline: None,
+        skip: Duration::ZERO,
     };
     let outcome = bench::run(&client, &cfg).await.unwrap();
     assert_eq!(outcome.report.ops, 0, "nothing timed");

@@ -79,6 +79,10 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Report latency over time in slices this wide.
     pub timeline: Option<Duration>,
+    /// A lead-in before the measured `stop` duration: its requests are sent but counted
+    /// only in the timeline (the first moments of a load after an idle spell are slow
+    /// on their own; a benchmark comparing two runs leaves them out of both).
+    pub skip: Duration,
 }
 
 impl BenchConfig {
@@ -92,6 +96,9 @@ impl BenchConfig {
                 "--read-ratio {} must be within 0.0..=1.0",
                 self.read_ratio
             ));
+        }
+        if !self.skip.is_zero() && matches!(self.stop, Stop::Ops(_)) {
+            return Err("--skip needs a --duration, not --ops".into());
         }
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0) {
@@ -126,6 +133,7 @@ impl BenchConfig {
             "r": self.r,
             "w": self.w,
             "timeline_ms": self.timeline.map(|d| d.as_millis() as u64),
+            "skip_s": self.skip.as_secs_f64(),
         })
     }
 }
@@ -161,13 +169,14 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
     }
 
     let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let counted_from = start + cfg.skip;
     let budget = match cfg.stop {
-        Stop::After(d) => Budget::Until(Instant::now() + d),
+        Stop::After(d) => Budget::Until(counted_from + d),
         Stop::Ops(n) => Budget::Ops(Arc::new(AtomicI64::new(n.min(i64::MAX as u64) as i64))),
     };
     let bar = progress_bar(cfg, "bench");
     let ticker = spawn_ticker(bar.clone(), done.clone(), cfg.stop);
-    let start = Instant::now();
     let interval = cfg.worker_interval();
     let tasks: Vec<_> = contexts
         .into_iter()
@@ -185,6 +194,7 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
                 seed: cfg.seed.wrapping_add(index as u64 * 0x9E37_79B9),
                 contexts,
                 started: start,
+                counted_from,
                 timeline: cfg.timeline.is_some(),
                 // Workers start spread over one interval, so the load is even.
                 pace: interval.map(|every| Pace {
@@ -201,7 +211,8 @@ pub async fn run(client: &Client, cfg: &BenchConfig) -> anyhow::Result<Outcome> 
         })
         .collect();
     let results: Vec<WorkerResult> = futures::future::try_join_all(tasks).await?;
-    let elapsed = start.elapsed();
+    // The measured window: the lead-in's requests are not in the statistics.
+    let elapsed = counted_from.elapsed();
     ticker.abort();
     bar.finish_and_clear();
 
@@ -339,6 +350,7 @@ mod tests {
             progress: false,
             seed: 1,
             timeline: None,
+            skip: Duration::ZERO,
         }
     }
 
@@ -389,6 +401,12 @@ mod tests {
             ..config()
         };
         assert!(bad.validate().unwrap_err().contains("--key-size"));
+        let bad = BenchConfig {
+            stop: Stop::Ops(100),
+            skip: Duration::from_secs(1),
+            ..config()
+        };
+        assert!(bad.validate().unwrap_err().contains("--skip"));
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub(crate) struct WorkerSpec {
     pub keys: u64,
     /// When the run started.
     pub started: Instant,
+    /// Requests due (closed loop: sent) before this instant are sent but not counted in
+    /// the statistics, only in the timeline: the run's lead-in (`--skip`).
+    pub counted_from: Instant,
     /// Keep every operation's send time and latency for the timeline.
     pub timeline: bool,
     pub key_size: usize,
@@ -104,6 +107,11 @@ pub(crate) struct WorkerResult {
 }
 
 impl WorkerSpec {
+    /// Whether a request that started (or was due) at `start` counts in the statistics.
+    fn counts(&self, start: Instant) -> bool {
+        start >= self.counted_from
+    }
+
     fn sample(&self, out: &mut WorkerResult, start: Instant) {
         if self.timeline {
             out.samples.record(
@@ -149,7 +157,9 @@ pub(crate) async fn run_worker(
                 // doing); only one the worker slept for measures the generator's wake-up.
                 if due > Instant::now() {
                     tokio::time::sleep_until(due.into()).await;
-                    result.wake_lag.record(due.elapsed());
+                    if spec.counts(due) {
+                        result.wake_lag.record(due.elapsed());
+                    }
                 }
                 Some(due)
             }
@@ -184,10 +194,13 @@ async fn read(
         // The context is not kept: the key's writer already holds one that covers its
         // last write, and a read may come from replicas that lag behind it.
         Ok(_) => {
-            out.read.record(start.elapsed());
+            if spec.counts(start) {
+                out.read.record(start.elapsed());
+            }
             spec.sample(out, start);
         }
-        Err(e) => out.read.record_error(&e.to_string()),
+        Err(e) if spec.counts(start) => out.read.record_error(&e.to_string()),
+        Err(_) => {}
     }
 }
 
@@ -207,7 +220,9 @@ async fn write(
             match client.get(&key, spec.r).await {
                 Ok(got) => got.context,
                 Err(e) => {
-                    out.write.record_error(&format!("context read: {e}"));
+                    if spec.counts(due.unwrap_or_else(Instant::now)) {
+                        out.write.record_error(&format!("context read: {e}"));
+                    }
                     return;
                 }
             }
@@ -216,11 +231,14 @@ async fn write(
     let start = due.unwrap_or_else(Instant::now);
     match client.put(&key, spec.value.clone(), &context, spec.w).await {
         Ok(ctx) => {
-            out.write.record(start.elapsed());
+            if spec.counts(start) {
+                out.write.record(start.elapsed());
+            }
             spec.sample(out, start);
             spec.contexts.insert(i, ctx);
         }
-        Err(e) => out.write.record_error(&e.to_string()),
+        Err(e) if spec.counts(start) => out.write.record_error(&e.to_string()),
+        Err(_) => {}
     }
 }
 
@@ -241,6 +259,7 @@ mod tests {
             seed: 1,
             contexts: HashMap::new(),
             started: Instant::now(),
+            counted_from: Instant::now(),
             timeline: false,
             pace: None,
         }

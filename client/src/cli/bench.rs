@@ -30,6 +30,11 @@ pub struct BenchArgs {
     /// How long to measure (e.g. 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "ops")]
     pub duration: Duration,
+    /// Run this long first without counting (e.g. 2s): its requests are sent but appear
+    /// only in the timeline, and --duration is measured after it. The first moments of a
+    /// load after an idle spell are slow on their own; leave them out when comparing runs.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub skip: Duration,
     /// Stop after this many operations instead of after --duration (0: only prefill).
     #[arg(long)]
     pub ops: Option<u64>,
@@ -91,6 +96,7 @@ impl BenchArgs {
             progress: !self.quiet,
             seed: self.seed,
             timeline: self.timeline,
+            skip: self.skip,
         }
     }
 
