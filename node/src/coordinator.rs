@@ -366,9 +366,16 @@ pub async fn read(node: &Arc<Node>, key: Bytes, r: Option<u32>) -> Result<Read, 
         .map(|m| (*m).clone())
         .partition(|m| map.is_replica(p, &m.id));
     // Reading the new replicas is background work: an extra call each and, until the
-    // partition has reached them, a repair write for nearly every key read. So it takes
-    // the budget; over budget they are not read this time (the move's anti-entropy
-    // verification, hints and later reads cover them).
+    // partition has reached them, a repair write for nearly every key read. So a new
+    // replica found still receiving the partition is not read for a while (see
+    // `arriving`), and the others take the budget; over budget they are not read this
+    // time (the move's transfer and anti-entropy verification, hints and later reads
+    // cover them).
+    let now = tokio::time::Instant::now();
+    let repair_only: Vec<Member> = repair_only
+        .into_iter()
+        .filter(|m| !node.arriving.skip(&m.id, p, live.state.version, now))
+        .collect();
     let repair_only = match repair_only.len() as u64 {
         0 => repair_only,
         n if node
@@ -391,6 +398,8 @@ pub async fn read(node: &Arc<Node>, key: Bytes, r: Option<u32>) -> Result<Read, 
         read_repair::Replicas {
             counted,
             repair_only,
+            partition: p,
+            version: live.state.version,
         },
         tx,
     ));

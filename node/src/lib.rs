@@ -24,6 +24,7 @@
 
 pub mod access;
 pub mod antientropy;
+pub mod arriving;
 pub mod budget;
 pub mod change;
 pub mod clock;

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub hints_delivered: Counter,
     pub read_repairs: Counter,
     pub read_repairs_skipped: Counter,
+    pub read_repairs_arriving: Counter,
     pub fallback_writes: Counter,
     pub storage_bytes: Gauge,
     /// Bytes the engine's compactions still owe.
@@ -89,6 +90,14 @@ impl Default for Metrics {
             "Read repairs skipped because the background budget was spent (anti-entropy \
              repairs those replicas later)",
             read_repairs_skipped.clone(),
+        );
+        let read_repairs_arriving = Counter::default();
+        registry.register(
+            "read_repairs_arriving",
+            "Reads for repair only that found a new replica still receiving the partition \
+             (not repaired: the transfer brings the key; that replica is not read for repair \
+             in that partition for a while)",
+            read_repairs_arriving.clone(),
         );
         let fallback_writes = Counter::default();
         let storage_bytes = Gauge::default();
@@ -243,6 +252,7 @@ impl Default for Metrics {
             hints_delivered,
             read_repairs,
             read_repairs_skipped,
+            read_repairs_arriving,
             fallback_writes,
             storage_bytes,
             compaction_debt_bytes,

@@ -77,6 +77,8 @@ pub struct Node {
     pub anti_entropy: parking_lot::Mutex<Option<crate::antientropy::LastSweep>>,
     /// Serializes this node's coordinations of one key (see [`crate::key_lock`]).
     pub key_locks: crate::key_lock::KeyLocks,
+    /// New replicas found still receiving a partition (see [`crate::arriving`]).
+    pub arriving: crate::arriving::Arriving,
     pub started: Instant,
     /// Who may call what (see [`crate::access`]); open until the server sets its rules.
     pub access: Arc<crate::access::Access>,
@@ -145,6 +147,7 @@ impl Node {
             anti_entropy: Default::default(),
             budget,
             key_locks: Default::default(),
+            arriving: Default::default(),
             started: Instant::now(),
             access: crate::access::Access::open(),
             ready: AtomicBool::new(false),

@@ -49,6 +49,10 @@ pub struct Replicas {
     /// Those read for repair only: while members change, the new preference list's
     /// members that are not in the old one.
     pub repair_only: Vec<Member>,
+    /// The key's partition, and the version of the map state the read was made under
+    /// (for [`crate::arriving`]).
+    pub partition: u32,
+    pub version: u64,
 }
 
 /// Reads `key` from the other replicas and passes each counted answer to the coordinator
@@ -62,6 +66,7 @@ pub async fn gather_and_repair(
     replicas: Replicas,
     replies: mpsc::UnboundedSender<Option<SiblingSet>>,
 ) {
+    let (partition, version) = (replicas.partition, replicas.version);
     // Their reads were charged to the budget up front, repair included.
     let paid: Vec<String> = replicas.repair_only.iter().map(|m| m.id.clone()).collect();
     let asked = replicas
@@ -83,6 +88,15 @@ pub async fn gather_and_repair(
     let mut same = vec![node.id().to_owned()];
     let mut differing = Vec::new();
     while let Some((m, counted, result)) = inflight.next().await {
+        if !counted && result.as_ref().is_ok_and(|raw| raw.is_empty()) {
+            // A new replica without the key is most likely still receiving the
+            // partition: the transfer brings the key, a repair would do its work key by
+            // key (see `arriving`).
+            let now = tokio::time::Instant::now();
+            node.arriving.note(&m.id, partition, version, now);
+            node.metrics.read_repairs_arriving.inc();
+            continue;
+        }
         let state = result.and_then(|raw| {
             if raw == local {
                 return Ok(None);

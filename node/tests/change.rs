@@ -391,8 +391,11 @@ async fn an_aborted_change_loses_nothing_and_racing_commits_have_one_winner() {
     check(&nodes[..3], &outcome, &old).await;
 }
 
-/// While a change is pending (and no transfer runs), a get repairs the new replicas of
-/// its key too: they are read for repair only, and receive the join of what was read.
+/// While a change is pending (and no transfer runs), a get reads the new replicas of its
+/// key for repair only: one that holds a stale version receives the join of what was
+/// read; one that holds nothing is taken to be still receiving the partition (the
+/// transfer brings the key), is not repaired, and is not read for repair in that
+/// partition for a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_repair_covers_the_pending_preference_list() {
     let net = LoopbackNet::new();
@@ -403,14 +406,50 @@ async fn read_repair_covers_the_pending_preference_list() {
     // to the new replica.
     let old = nodes[0].map();
     let grown = planner::plan(Some(&old), &all, Q, 3).unwrap();
-    let key = (0..)
+    let moving: Vec<String> = (0..)
         .map(|i| format!("k{i}"))
-        .find(|k| grown.is_replica(grown.partition_of(k.as_bytes()), "n4"))
-        .unwrap();
-    let p = old.partition_of(key.as_bytes());
-    let kv = KvService::new(nodes[0].clone());
+        .filter(|k| grown.is_replica(grown.partition_of(k.as_bytes()), "n4"))
+        .take(200)
+        .collect();
+    let partition = |k: &String| old.partition_of(k.as_bytes());
+    // Two keys of one partition n4 receives, and one of another.
+    let (empty, same_partition, stale) = moving
+        .iter()
+        .find_map(|a| {
+            let b = moving
+                .iter()
+                .find(|b| *b != a && partition(b) == partition(a))?;
+            let c = moving.iter().find(|c| partition(c) != partition(a))?;
+            Some((a.clone(), b.clone(), c.clone()))
+        })
+        .expect("keys to test with");
+    let via = |k: &String| {
+        nodes
+            .iter()
+            .find(|n| old.is_replica(partition(k), n.id()))
+            .unwrap()
+            .clone()
+    };
     let mut out = Outcome::default();
-    out.put(&kv, key.clone(), "x".into(), "x".into(), Vec::new())
+    for k in [&empty, &same_partition] {
+        let kv = KvService::new(via(k));
+        out.put(&kv, k.clone(), "x".into(), "x".into(), Vec::new())
+            .await
+            .expect("put acknowledged");
+    }
+    // n4 holds `stale`'s first version, which a second put supersedes before the change.
+    let kv = KvService::new(via(&stale));
+    let ctx = out
+        .put(&kv, stale.clone(), "x".into(), "x".into(), Vec::new())
+        .await
+        .expect("put acknowledged");
+    let first = via(&stale).store.read(stale.as_bytes()).unwrap();
+    nodes[3]
+        .store
+        .join(bytes::Bytes::from(stale.clone()), first)
+        .await
+        .unwrap();
+    out.put(&kv, stale.clone(), "y".into(), "x,y".into(), ctx)
         .await
         .expect("put acknowledged");
     change::commit(&nodes[1], grown.clone(), false)
@@ -420,26 +459,53 @@ async fn read_repair_covers_the_pending_preference_list() {
         nodes[3].live().state.pending.as_ref() == Some(&grown)
     })
     .await;
-    assert!(nodes[3].store.read(key.as_bytes()).unwrap().is_empty());
-    // A get through an old replica of the key.
-    let via = nodes
-        .iter()
-        .find(|n| old.is_replica(p, n.id()))
-        .unwrap()
-        .clone();
-    out.check(&key, &elements(&get(&via, &key).await));
-    wait_for("the new replica is repaired", 10, || {
-        !nodes[3].store.read(key.as_bytes()).unwrap().is_empty()
+    let values = |k: &String| -> BTreeSet<String> {
+        nodes[3]
+            .store
+            .read(k.as_bytes())
+            .unwrap()
+            .values()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
+
+    // The stale new replica is repaired.
+    out.check(&stale, &elements(&get(&via(&stale), &stale).await));
+    wait_for("the stale new replica is repaired", 10, || {
+        values(&stale) == BTreeSet::from(["x,y".to_owned()])
     })
     .await;
-    let repaired: BTreeSet<String> = nodes[3]
-        .store
-        .read(key.as_bytes())
-        .unwrap()
-        .values()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect();
-    assert_eq!(repaired, BTreeSet::from(["x".to_owned()]));
+
+    // The empty one is not, and is not read again in that partition for a while.
+    let coordinator = via(&empty);
+    let arriving = || coordinator.metrics.read_repairs_arriving.get();
+    // (A read for repair only takes the budget; one over it is not sent: try again.)
+    for _ in 0..50 {
+        out.check(&empty, &elements(&get(&coordinator, &empty).await));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if arriving() > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        arriving(),
+        1,
+        "the empty new replica is found still receiving"
+    );
+    let (p, version) = (partition(&empty), coordinator.live().state.version);
+    let now = tokio::time::Instant::now();
+    assert!(coordinator.arriving.skip("n4", p, version, now));
+    assert!(!coordinator
+        .arriving
+        .skip("n4", partition(&stale), version, now));
+    out.check(
+        &same_partition,
+        &elements(&get(&coordinator, &same_partition).await),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(arriving(), 1, "not read again in that partition");
+    assert!(values(&empty).is_empty(), "not repaired key by key");
+    assert!(values(&same_partition).is_empty());
 }
 
 /// The in-process transport carries the sender's map epoch and is refused as the gRPC
