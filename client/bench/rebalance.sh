@@ -136,13 +136,15 @@ transferred() {
     echo "$total"
 }
 
-# Read repairs done and skipped over the budget, summed over every node: "done skipped".
+# Read repairs done, skipped over the budget, and reads for repair that found a new
+# replica still receiving its partition, summed over every node: "done skipped arriving".
 repairs() {
     local port
     for port in $((HTTP_BASE_PORT + 1)) $((HTTP_BASE_PORT + 2)) $((HTTP_BASE_PORT + 3)) $((HTTP_BASE_PORT + 4)); do
         curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null || true
     done | awk '/^dynamo_read_repairs_total / {d += $2} /^dynamo_read_repairs_skipped_total / {s += $2}
-        END {printf "%d %d\n", d, s}'
+        /^dynamo_read_repairs_arriving_total / {a += $2}
+        END {printf "%d %d %d\n", d, s, a}'
 }
 
 # Partitions the three cluster nodes hold but no longer replicate (their clean-up left).
@@ -197,10 +199,10 @@ while True:
 
 # One change under load: $1 = name, then `change apply` arguments. Appends a line.
 change_under_load() {
-    local name=$1 rep=$2 b0 b1 rr0 rs0 rr1 rs1
+    local name=$1 rep=$2 b0 b1 rr0 rs0 ra0 rr1 rs1 ra1
     shift 2
     b0=$(transferred)
-    read -r rr0 rs0 <<<"$(repairs)"
+    read -r rr0 rs0 ra0 <<<"$(repairs)"
     echo "$(date -u +%T.%3N) load starts" >"$OUT/change-$name-$rep.log"
     bench --json --read-ratio 0.5 --rate "$RATE" --skip "${COMMIT_AFTER}s" --duration "$LOAD" --timeline 250ms \
         >"$OUT/load-$name-$rep.json" &
@@ -228,8 +230,8 @@ change_under_load() {
     echo "clean-up done $((SECONDS - t_final)) s after the change was in force" \
         >>"$OUT/change-$name-$rep.log"
     wait "$load_pid"
-    read -r rr1 rs1 <<<"$(repairs)"
-    echo "read repairs during the run: $((rr1 - rr0)) done, $((rs1 - rs0)) skipped over the budget" \
+    read -r rr1 rs1 ra1 <<<"$(repairs)"
+    echo "read repairs during the run: $((rr1 - rr0)) done, $((rs1 - rs0)) skipped over the budget, $((ra1 - ra0)) reads found a new replica still receiving" \
         >>"$OUT/change-$name-$rep.log"
     kill "$cpu_pid" 2>/dev/null || true
     b1=$(transferred)
